@@ -1,0 +1,207 @@
+"""The artifact layer: an fsspec root holding content-addressed images and
+per-(partition, stage) Parquet shards, each written under a temporary name and
+renamed into place, plus JSON markers written only after their data is closed.
+
+    <root>/images/<sha256[:2]>/<sha256>.<ext>
+    <root>/partitions/<partition>/<stage>/<kind>-<shard:05d>.parquet
+    <root>/partitions/<partition>/<stage>/_shards/<shard>.json   per-shard marker
+    <root>/partitions/<partition>/<stage>/_MANIFEST.json         written last
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+
+TMP_PREFIX = "_tmp."
+
+
+class ArtifactStore:
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        self.base = self.base.rstrip("/")
+
+    # ---------------------------------------------------------------- paths
+    def path(self, rel: str) -> str:
+        return f"{self.base}/{rel.lstrip('/')}"
+
+    def url(self, rel: str) -> str:
+        """A user-facing location (URL for remote roots, path for local ones)."""
+        return f"{self.root}/{rel.lstrip('/')}"
+
+    @staticmethod
+    def stage_rel(partition: str, stage: str) -> str:
+        return f"partitions/{partition}/{stage}"
+
+    @staticmethod
+    def shard_file(kind: str, shard: int) -> str:
+        return f"{kind}-{shard:05d}.parquet"
+
+    @staticmethod
+    def image_rel(image_id: str, ext: str) -> str:
+        return f"images/{image_id[:2]}/{image_id}.{ext}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        """Base names under `rel` (empty when missing)."""
+        p = self.path(rel)
+        if not self.fs.exists(p):
+            return []
+        return sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in self.fs.ls(p, detail=False))
+
+    def remove(self, rel: str) -> None:
+        p = self.path(rel)
+        if self.fs.exists(p):
+            self.fs.rm(p, recursive=True)
+
+    # ------------------------------------------------------------ atomicity
+    def _tmp_for(self, rel: str) -> str:
+        head, _, name = rel.rpartition("/")
+        return f"{head}/{TMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}" if head else f"{TMP_PREFIX}{name}"
+
+    def commit_tmp(self, tmp_rel: str, rel: str) -> None:
+        """Rename a finished temporary file into place (atomic on local and POSIX file systems)."""
+        self.fs.mv(self.path(tmp_rel), self.path(rel))
+
+    def write_bytes_atomic(self, rel: str, data: bytes) -> None:
+        tmp = self._tmp_for(rel)
+        self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(self.path(tmp), "wb") as f:
+            f.write(data)
+        self.commit_tmp(tmp, rel)
+
+    def write_json_atomic(self, rel: str, obj: Any) -> None:
+        self.write_bytes_atomic(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, rel: str) -> Any | None:
+        p = self.path(rel)
+        if not self.fs.exists(p):
+            return None
+        with self.fs.open(p, "rb") as f:
+            return json.loads(f.read())
+
+    def sha256(self, rel: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(self.path(rel), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    # ---------------------------------------------------------------- images
+    def put_image(self, image_id: str, ext: str, data: bytes) -> str:
+        """Store image bytes once under their sha256; returns the relative path."""
+        rel = self.image_rel(image_id, ext)
+        if not self.exists(rel):
+            self.write_bytes_atomic(rel, data)
+        return rel
+
+    # --------------------------------------------------------------- parquet
+    def parquet_writer(self, rel: str, schema, name: str = "") -> ParquetShardWriter:
+        return ParquetShardWriter(self, rel, schema, name or rel)
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None, batch_size: int = 1024):
+        """Stream record batches of one Parquet file."""
+        import pyarrow.parquet as pq
+
+        with self.fs.open(self.path(rel), "rb") as f:
+            pf = pq.ParquetFile(f)
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+
+class ParquetShardWriter:
+    """Streams row groups to a temporary file; `close()` renames it into place.
+
+    A reader never sees a partial file: until `close()` the data lives under a
+    `_tmp.` name that no reader lists. Every table is checked against the schema.
+    """
+
+    def __init__(self, store: ArtifactStore, rel: str, schema, name: str):
+        import pyarrow.parquet as pq
+
+        self.store, self.rel, self.schema, self.name = store, rel, schema, name
+        self.tmp_rel = store._tmp_for(rel)
+        store.fs.makedirs(store.path(rel).rsplit("/", 1)[0], exist_ok=True)
+        self._fh = store.fs.open(store.path(self.tmp_rel), "wb")
+        self._writer = pq.ParquetWriter(self._fh, schema, compression="zstd")
+        self.rows = 0
+
+    def write_rows(self, rows: list[dict]) -> None:
+        from .schema import to_table
+
+        if rows:
+            self.write_table(to_table(rows, self.schema, self.name))
+
+    def write_table(self, table) -> None:
+        from .schema import check
+
+        check(table, self.schema, self.name)
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+
+    def close(self) -> dict[str, Any]:
+        """Finish the file, move it into place; returns {path, rows, sha256}."""
+        self._writer.close()
+        self._fh.close()
+        self.store.commit_tmp(self.tmp_rel, self.rel)
+        return {"path": self.rel, "rows": self.rows, "sha256": self.store.sha256(self.rel)}
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            self._fh.close()
+        finally:
+            self.store.remove(self.tmp_rel)
+
+    def __enter__(self) -> ParquetShardWriter:
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def iter_stage_batches(
+    store: ArtifactStore,
+    partition: str,
+    stage: str,
+    kind: str = "part",
+    columns: list[str] | None = None,
+    batch_size: int = 1024,
+) -> Iterator:
+    """Stream a completed stage's output, reading only the files its manifest lists."""
+    for rel in stage_files(store, partition, stage, kind):
+        yield from store.read_parquet(rel, columns=columns, batch_size=batch_size)
+
+
+def stage_files(store: ArtifactStore, partition: str, stage: str, kind: str = "part") -> list[str]:
+    manifest = store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
+    if manifest is None:
+        raise FileNotFoundError(
+            f"stage {stage!r} has no manifest for partition {partition!r} under {store.root}: "
+            f"run `nyx {stage} --partition {partition}` first"
+        )
+    return [o["path"] for o in manifest["outputs"].get(kind, [])]
+
+
+def read_stage_table(store: ArtifactStore, partition: str, stage: str, kind: str = "part", columns=None):
+    import pyarrow as pa
+
+    batches = list(iter_stage_batches(store, partition, stage, kind, columns))
+    if not batches:
+        from .schema import SCHEMAS
+
+        manifest = store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
+        schema = SCHEMAS[manifest["schemas"][kind]]
+        if columns:
+            schema = pa.schema([schema.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.Table.from_batches(batches)

@@ -1,0 +1,132 @@
+"""`nyx`: one subcommand per stage, `nyx run` for the whole pipeline without
+Airflow, `nyx status` for what the artifact root holds. Heavy imports live in
+the command bodies so that `nyx --help` answers at once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from .stages import STAGE_NAMES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Nyx pipeline: NyxQA construction and Nyx retriever training (arXiv 2510.17354).")
+
+Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name in configs/ or a YAML path.")]
+Partition = Annotated[str | None, typer.Option("--partition", help="Partition name (default: the profile's).")]
+Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e.g. ingest.every_nth=10 (repeatable).")]
+Root = Annotated[str | None, typer.Option("--root", help="Artifact root (path or fsspec URL).")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute even if complete and unchanged.")]
+
+
+def _config(profile: str, partition: str | None, sets: list[str] | None, root: str | None, force: bool = False):
+    from .config import load_config
+
+    overrides = list(sets or [])
+    if partition:
+        overrides.append(f"partition={partition}")
+    if root:
+        overrides.append(f"artifacts.root={root}")
+    if force:
+        overrides.append("force=true")
+    try:
+        return load_config(profile, overrides)
+    except Exception as e:  # pydantic / YAML / missing profile: one clear line, no traceback
+        typer.echo(f"error: invalid configuration: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+def _run_stages(names: list[str], cfg) -> list:
+    from .log import setup_cli_logging
+    from .runner import StageError, run_stage
+    from .stages import get_stage
+
+    setup_cli_logging()
+    results = []
+    for name in names:
+        try:
+            results.append(run_stage(get_stage(name), cfg))
+        except StageError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from e
+    return results
+
+
+def _stage_command(name: str):
+    def command(profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
+                root: Root = None, force: Force = False) -> None:
+        cfg = _config(profile, partition, sets, root, force)
+        (result,) = _run_stages([name], cfg)
+        typer.echo(json.dumps(result.summary(), indent=2))
+
+    from .stages import STAGE_MODULES
+
+    command.__doc__ = f"Run the `{name}` stage for one partition ({STAGE_MODULES[name]})."
+    return command
+
+
+for _name in STAGE_NAMES:
+    app.command(_name)(_stage_command(_name))
+
+
+@app.command("run")
+def run_pipeline(profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
+                 root: Root = None, force: Force = False,
+                 stages: Annotated[str | None, typer.Option(help="Comma-separated subset, in order.")] = None) -> None:
+    """Run the stages in order, in this process, without Airflow."""
+    cfg = _config(profile, partition, sets, root, force)
+    names = [s.strip() for s in stages.split(",")] if stages else list(STAGE_NAMES)
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        typer.echo(f"error: unknown stage(s) {unknown}; stages: {', '.join(STAGE_NAMES)}", err=True)
+        raise typer.Exit(2)
+    _run_stages(names, cfg)
+    typer.echo(status_text(cfg))
+
+
+def status_text(cfg) -> str:
+    from .artifacts import ArtifactStore
+    from .log import drop_table
+
+    store = ArtifactStore(cfg.artifact_root())
+    lines = [f"artifacts: {store.root}", f"partition: {cfg.partition}"]
+    for name in STAGE_NAMES:
+        m = store.read_json(f"{ArtifactStore.stage_rel(cfg.partition, name)}/_MANIFEST.json")
+        if m is None:
+            lines.append(f"\n[{name}] not complete")
+            continue
+        lines.append(f"\n[{name}] {m['rows_in']} in -> {m['rows_out']} out   "
+                     f"config {m['config_hash']}   {m['timings']['finished_at']}   {m['location']}")
+        lines.append(drop_table(m["drops"], m["rows_in"]))
+        if m.get("extra"):
+            lines.append("  " + ", ".join(f"{k}={v}" for k, v in m["extra"].items()))
+    return "\n".join(lines)
+
+
+@app.command("status")
+def status(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None) -> None:
+    """Print each stage's manifest summary (rows, drop reasons, location) for a partition."""
+    typer.echo(status_text(_config(profile, partition, sets, root)))
+
+
+@app.command("config")
+def show_config(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None) -> None:
+    """Print the resolved configuration and each stage's config hash."""
+    import yaml
+
+    from .config import stable_hash
+    from .stages import get_stage
+
+    cfg = _config(profile, partition, sets, root)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    for name in STAGE_NAMES:
+        st = get_stage(name)
+        h = stable_hash({"stage": name, "version": st.version, "config": st.config_payload(cfg)})
+        typer.echo(f"# {name} config_hash: {h}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,213 @@
+"""One pydantic config tree for the whole pipeline.
+
+Profiles are YAML files (``configs/<name>.yaml``); a run's config is the profile
+deep-merged with overrides given as dotted keys (``ingest.every_nth=10``) from
+the CLI or from DAG params. Each stage's *config hash* (its own sub-tree plus
+the stage's code version) is what idempotency compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SAMPLE_CORPUS_DIR = PACKAGE_DIR / "data" / "sample_obelics"
+
+
+class _Model(BaseModel):
+    # A typo in a YAML key must be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ArtifactsConfig(_Model):
+    root: str = Field(
+        "./artifacts",
+        description="fsspec URL or local path of the artifact root; "
+        "$NYX_ARTIFACTS_ROOT wins when set.",
+    )
+
+
+class SourceConfig(_Model):
+    """Where OBELICS rows come from (one ingest shard per file / data file)."""
+
+    kind: Literal["sample", "files", "hf"] = "sample"
+    paths: list[str] = Field(
+        default_factory=list,
+        description="kind=files: Parquet or JSONL files, globs allowed, any fsspec URL.",
+    )
+    hf_dataset: str = "HuggingFaceM4/OBELICS"
+    hf_config: str = Field(
+        "default",
+        description="'default' or 'opt_out_docs_removed_2023_07_12'",
+    )
+    hf_split: str = "train"
+    hf_data_files: list[str] = Field(
+        default_factory=list,
+        description="kind=hf: one shard per entry, e.g. "
+        "'data/train-00000-of-01432-*.parquet'; empty streams the whole split as one shard.",
+    )
+    max_rows_per_shard: int | None = Field(
+        None, ge=1, description="Stop reading a shard after this many rows (smoke runs)."
+    )
+
+
+class FetchConfig(_Model):
+    concurrency: int = Field(16, ge=1, le=1024)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+    max_bytes: int = Field(10_000_000, ge=1)
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="Decompression-bomb guard: refuse larger images."
+    )
+    min_side: int = Field(1, ge=1, description="Refuse images narrower/shorter than this.")
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs allowed even though private/loopback/link-local "
+        "(e.g. '127.0.0.0/8' for a loopback test server).",
+    )
+    allow_file_urls: bool = True
+    user_agent: str = "nyx-pipeline/0.1 (+OBELICS image fetch)"
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _valid_cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
+class IngestConfig(_Model):
+    source: SourceConfig = SourceConfig()
+    every_nth: int = Field(1, ge=1, description="Keep every Nth document of a shard (paper: 5000).")
+    on_image_failure: Literal["drop_document", "drop_image"] = "drop_document"
+    batch_docs: int = Field(64, ge=1, description="Documents fetched and written per row group.")
+    fetch: FetchConfig = FetchConfig()
+
+
+class TokenizerConfig(_Model):
+    name_or_path: str | None = Field(
+        None, description="HF hub id or local path (paper: Qwen/Qwen2.5-VL-3B-Instruct)."
+    )
+    train_vocab_size: int = Field(
+        2000, ge=300, description="When name_or_path is unset: train a BPE of this size offline."
+    )
+
+
+class ChunkConfig(_Model):
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    image_placeholder: str = Field("<image>", min_length=1)
+    chunk_tokens: int = Field(200, ge=1)
+    keep_tail: bool = Field(False, description="Keep the short last chunk of a document.")
+    max_images: int = Field(5, ge=0, description="Drop chunks with more images than this.")
+    batch_docs: int = Field(256, ge=1)
+
+
+class SampleConfig(_Model):
+    size: int = Field(10_000, ge=1)
+    text_only_frac: float = Field(0.6329, ge=0, le=1)
+    single_image_frac: float = Field(0.2985, ge=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SampleConfig:
+        if self.text_only_frac + self.single_image_frac > 1.0 + 1e-9:
+            raise ValueError("text_only_frac + single_image_frac must be <= 1")
+        return self
+
+    @property
+    def multi_image_frac(self) -> float:
+        return max(0.0, 1.0 - self.text_only_frac - self.single_image_frac)
+
+
+class NyxConfig(_Model):
+    profile: str = "demo"
+    partition: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
+    force: bool = False
+    artifacts: ArtifactsConfig = ArtifactsConfig()
+    ingest: IngestConfig = IngestConfig()
+    chunk: ChunkConfig = ChunkConfig()
+    sample: SampleConfig = SampleConfig()
+
+    def artifact_root(self) -> str:
+        root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root
+        if "://" not in root:
+            root = str(Path(root).expanduser().resolve())
+        return root
+
+    def stage_config(self, stage: str) -> BaseModel:
+        return getattr(self, stage)
+
+
+def config_dir() -> Path:
+    env = os.environ.get("NYX_CONFIG_DIR")
+    return Path(env) if env else PACKAGE_DIR.parent / "configs"
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = value
+    return node
+
+
+def load_config(
+    profile: str = "demo",
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> NyxConfig:
+    """Load a profile (a name in ``configs/`` or a YAML path) and apply overrides."""
+    import yaml
+
+    path = Path(profile)
+    if not path.suffix:
+        path = config_dir() / f"{profile}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"profile {profile!r} not found (looked for {path}); available: {list_profiles()}"
+        )
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("profile", path.stem)
+    if isinstance(overrides, dict):
+        data = _deep_merge(data, overrides)
+    else:
+        for item in overrides or []:
+            data = _deep_merge(data, parse_override(item))
+    return NyxConfig.model_validate(data)
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]

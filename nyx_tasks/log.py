@@ -1,0 +1,87 @@
+"""Logging helpers: stage loggers, throttled progress lines, drop-reason tables.
+
+Everything goes through stdlib logging, so the same lines land in a terminal
+(`nyx ...`) and in Airflow task logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+
+
+def get_logger(stage: str) -> logging.Logger:
+    return logging.getLogger(f"nyx.{stage}")
+
+
+def setup_cli_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_nyx", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        h._nyx = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(level)
+    # httpx logs every request at INFO; a fetch of thousands of images would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class Progress:
+    """Logs `label: done/total (rate/s)` at most every `every_s` seconds, and once at the end."""
+
+    def __init__(self, log: logging.Logger, label: str, total: int | None = None,
+                 unit: str = "rows", every_s: float = 5.0):
+        self.log, self.label, self.total, self.unit, self.every_s = log, label, total, unit, every_s
+        self.done = 0
+        self.t0 = self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self._emit(now)
+
+    def _emit(self, now: float, final: bool = False) -> None:
+        rate = self.done / max(now - self.t0, 1e-9)
+        of = f"/{self.total}" if self.total is not None else ""
+        self.log.info("%s: %s%s %s%s (%.1f %s/s)", self.label, self.done, of, self.unit,
+                      " done" if final else "", rate, self.unit)
+
+    def close(self) -> float:
+        now = time.monotonic()
+        self._emit(now, final=True)
+        return now - self.t0
+
+
+class DropCounter:
+    """Counts dropped records by named reason; logs the first few examples of each."""
+
+    def __init__(self, log: logging.Logger, examples_per_reason: int = 3):
+        self.log = log
+        self.counts: Counter[str] = Counter()
+        self.examples_per_reason = examples_per_reason
+
+    def drop(self, reason: str, example: str = "", n: int = 1) -> None:
+        self.counts[reason] += n
+        if self.counts[reason] <= self.examples_per_reason:
+            self.log.info("drop %s: %s", reason, example[:300])
+
+    def __getitem__(self, reason: str) -> int:
+        return self.counts[reason]
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+def drop_table(drops: dict[str, int], total_in: int | None = None) -> str:
+    if not drops:
+        return "  (no drops)"
+    width = max(len(r) for r in drops)
+    lines = []
+    for reason, n in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])):
+        pct = f"  {100.0 * n / total_in:5.1f}%" if total_in else ""
+        lines.append(f"  {reason:<{width}}  {n:>8}{pct}")
+    return "\n".join(lines)

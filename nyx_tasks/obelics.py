@@ -1,0 +1,210 @@
+"""Reading OBELICS rows and turning them into clean documents.
+
+An OBELICS row (HuggingFaceM4/OBELICS) holds `images` and `texts`, parallel
+lists where each index has exactly one non-null entry, and `metadata` /
+`general_metadata`, both JSON *strings*. The real data has quirks handled here:
+per-image metadata keys vary (`src`, `alt_text`, `original_width`, ... may be
+absent), `general_metadata` can be `[]`, and texts can carry the extraction
+marker END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED, which must never reach a chunk.
+The hub dataset has 1432 Parquet shards (data/train-000NN-of-01432-<hash>.parquet)
+and a second config, `opt_out_docs_removed_2023_07_12`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+from .config import SAMPLE_CORPUS_DIR, SourceConfig
+
+EOD_MARKER = "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"
+HF_NUM_SHARDS = 1432
+HF_CONFIGS = ("default", "opt_out_docs_removed_2023_07_12")
+
+
+@dataclass
+class Malformed:
+    """A source row that could not be read at all (counted as a drop)."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class Document:
+    doc_id: str
+    source: str
+    url: str | None
+    texts: list[str | None]
+    image_urls: list[str | None]
+    metadata: list[Any]
+    general_metadata: dict[str, Any]
+
+
+# ------------------------------------------------------------------ sources
+def _file_format(path: str) -> str:
+    p = path.lower()
+    for suffix, fmt in ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".json", "jsonl"),
+                        (".parquet", "parquet")):
+        if p.endswith(suffix):
+            return fmt
+    raise ValueError(f"cannot tell the format of {path!r}: expected .parquet or .jsonl")
+
+
+def list_source_shards(src: SourceConfig) -> list[dict]:
+    """One shard per input file (or HF data-files entry), in a stable order."""
+    import fsspec
+
+    if src.kind == "hf":
+        entries = src.hf_data_files or [None]
+        return [{"shard": i, "name": f or f"{src.hf_dataset}:{src.hf_config}:{src.hf_split}",
+                 "kind": "hf", "data_files": f} for i, f in enumerate(entries)]
+    patterns = ([str(SAMPLE_CORPUS_DIR / "obelics-*.jsonl"), str(SAMPLE_CORPUS_DIR / "obelics-*.parquet")]
+                if src.kind == "sample" else src.paths)
+    if not patterns:
+        raise ValueError("ingest.source.paths is empty (kind=files needs at least one path)")
+    urls: list[str] = []
+    for pattern in patterns:
+        fs, _ = fsspec.core.url_to_fs(pattern)
+        proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        matches = sorted(fs.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if src.kind == "files" and not matches:
+            raise FileNotFoundError(f"ingest source {pattern!r} matches no file")
+        urls += [m if proto in ("file", "local") else f"{proto}://{m}" for m in matches]
+    return [{"shard": i, "name": u.rsplit("/", 1)[-1], "kind": "file", "url": u,
+             "format": _file_format(u)} for i, u in enumerate(urls)]
+
+
+def fingerprint_shards(shards: list[dict], src: SourceConfig) -> str:
+    """A hash that changes when any input file changes (size, mtime, etag)."""
+    import fsspec
+
+    from .config import stable_hash
+
+    facts = []
+    for s in shards:
+        if s["kind"] == "hf":
+            facts.append([src.hf_dataset, src.hf_config, src.hf_split, s["data_files"]])
+            continue
+        fs, path = fsspec.core.url_to_fs(s["url"])
+        info = fs.info(path)
+        facts.append([s["url"], info.get("size"),
+                      str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")])
+    return stable_hash(facts, 32)
+
+
+def iter_source_rows(shard: dict, src: SourceConfig) -> Iterator[tuple[int, dict | Malformed]]:
+    """(row index, raw row or Malformed) for one shard, streamed."""
+    limit = src.max_rows_per_shard
+    rows = (_iter_hf(shard, src) if shard["kind"] == "hf"
+            else _iter_jsonl(shard["url"]) if shard["format"] == "jsonl"
+            else _iter_parquet(shard["url"]))
+    for i, row in enumerate(rows):
+        if limit is not None and i >= limit:
+            return
+        yield i, row
+
+
+def _iter_jsonl(url: str) -> Iterator[dict | Malformed]:
+    import fsspec
+
+    with fsspec.open(url, "rb", compression="infer") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield Malformed("invalid_utf8", str(e))
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield Malformed("invalid_json", str(e))
+                continue
+            yield row if isinstance(row, dict) else Malformed("not_an_object", type(row).__name__)
+
+
+def _iter_parquet(url: str, batch_size: int = 256) -> Iterator[dict | Malformed]:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+            yield from batch.to_pylist()
+
+
+def _iter_hf(shard: dict, src: SourceConfig) -> Iterator[dict | Malformed]:
+    """Stream the hub dataset (needs network access to the hub; real code path)."""
+    from datasets import load_dataset
+
+    kwargs: dict[str, Any] = {"split": src.hf_split, "streaming": True}
+    if shard.get("data_files"):
+        kwargs["data_files"] = {src.hf_split: shard["data_files"]}
+    config = None if src.hf_config == "default" else src.hf_config
+    yield from load_dataset(src.hf_dataset, config, **kwargs)
+
+
+# ------------------------------------------------------------------- parsing
+def _json_field(value: Any, default: Any) -> Any:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else default
+    return value  # already decoded (e.g. a JSONL writer that did not stringify)
+
+
+def clean_text(text: str) -> str:
+    return text.replace(EOD_MARKER, "").strip()
+
+
+def parse_row(row: dict, source: str, base_url: str | None = None) -> Document | Malformed:
+    """Validate one OBELICS row and clean it. Image URLs are resolved against
+    `base_url` (the source file's URL), so a corpus may ship relative paths."""
+    images, texts = row.get("images"), row.get("texts")
+    if not isinstance(images, list) or not isinstance(texts, list):
+        return Malformed("missing_fields", "images/texts must be lists")
+    if len(images) != len(texts):
+        return Malformed("length_mismatch", f"{len(images)} images vs {len(texts)} texts")
+    try:
+        metadata = _json_field(row.get("metadata"), [])
+        general = _json_field(row.get("general_metadata"), {})
+    except (json.JSONDecodeError, TypeError) as e:
+        return Malformed("bad_metadata_json", str(e))
+    if not isinstance(general, dict):  # the real data has `[]` here
+        general = {}
+    if not isinstance(metadata, list) or len(metadata) != len(texts):
+        metadata = [None] * len(texts)
+
+    out_texts: list[str | None] = []
+    out_urls: list[str | None] = []
+    out_meta: list[Any] = []
+    for img, txt, meta in zip(images, texts, metadata, strict=True):
+        if (img is None) == (txt is None):
+            return Malformed("slot_not_exactly_one", "a slot must hold exactly one of image/text")
+        if txt is not None:
+            if not isinstance(txt, str):
+                return Malformed("bad_text_type", type(txt).__name__)
+            txt = clean_text(txt)
+            if not txt:
+                continue  # an empty (or marker-only) text slot carries nothing
+            out_texts.append(txt)
+            out_urls.append(None)
+        else:
+            if not isinstance(img, str) or not img.strip():
+                return Malformed("bad_image_url", repr(img)[:80])
+            out_texts.append(None)
+            out_urls.append(urljoin(base_url, img.strip()) if base_url else img.strip())
+        out_meta.append(meta)
+    if not any(t for t in out_texts):
+        return Malformed("no_text", "document has no text after cleaning")
+    doc_id = hashlib.sha256(
+        json.dumps([out_texts, out_urls], ensure_ascii=False).encode()
+    ).hexdigest()[:24]
+    url = general.get("url")
+    return Document(doc_id=doc_id, source=source, url=url if isinstance(url, str) else None,
+                    texts=out_texts, image_urls=out_urls, metadata=out_meta, general_metadata=general)

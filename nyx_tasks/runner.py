@@ -1,0 +1,311 @@
+"""The stage runner: owns idempotency, resumability and manifests.
+
+A stage only says how to plan its shards and how to process one; the runner
+decides whether work is needed, skips finished shards, and writes the
+`_MANIFEST.json` last. The same three calls (`plan_stage`, `run_shard`,
+`commit_stage`) are what the Airflow DAG maps over and what `nyx <stage>` runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from . import __version__
+from .artifacts import TMP_PREFIX, ArtifactStore
+from .config import NyxConfig, stable_hash
+from .log import DropCounter, drop_table, get_logger
+
+MANIFEST = "_MANIFEST.json"
+PLAN = "_PLAN.json"
+SHARDS_DIR = "_shards"
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    from .config import PACKAGE_DIR
+
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{__version__}+g{sha}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on; the message says what went wrong and what to do."""
+
+
+@dataclass
+class StageContext:
+    cfg: NyxConfig
+    store: ArtifactStore
+    stage: Stage
+    partition: str
+    key: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log(self):
+        return get_logger(self.stage.name)
+
+    def rel(self, name: str = "") -> str:
+        base = ArtifactStore.stage_rel(self.partition, self.stage.name)
+        return f"{base}/{name}" if name else base
+
+    def input_manifest(self, stage: str) -> dict:
+        m = self.store.read_json(f"{ArtifactStore.stage_rel(self.partition, stage)}/{MANIFEST}")
+        if m is None:
+            raise StageError(
+                f"{self.stage.name}: input stage {stage!r} is not complete for partition "
+                f"{self.partition!r} (no manifest under {self.store.url(ArtifactStore.stage_rel(self.partition, stage))}). "
+                f"Run `nyx {stage} --partition {self.partition}` first."
+            )
+        return m
+
+
+class ShardOutputs:
+    """What one shard writes: one Parquet file per output kind, drops, counters."""
+
+    def __init__(self, ctx: StageContext, shard: dict):
+        self.ctx, self.shard = ctx, shard
+        self.drops = DropCounter(ctx.log)
+        self.rows_in = 0
+        self.extra: Counter[str] = Counter()
+        idx = int(shard["shard"])
+        from .schema import SCHEMAS
+
+        self.writers = {
+            kind: ctx.store.parquet_writer(
+                ctx.rel(ArtifactStore.shard_file(kind, idx)), SCHEMAS[schema], f"{ctx.stage.name}/{kind}"
+            )
+            for kind, schema in ctx.stage.outputs.items()
+        }
+
+    def write(self, rows: list[dict], kind: str = "part") -> None:
+        self.writers[kind].write_rows(rows)
+
+    def write_table(self, table, kind: str = "part") -> None:
+        self.writers[kind].write_table(table)
+
+    def close(self) -> dict[str, dict]:
+        return {kind: w.close() for kind, w in self.writers.items()}
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+
+class Stage:
+    """A pipeline stage. Subclasses set the class attributes and implement
+    `plan_shards` and `process`; everything else is the runner's."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1  # bump when the output for the same config changes
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[dict[str, str]] = {"part": "documents"}  # kind -> schema name
+    doc: ClassVar[str] = ""
+
+    def config_payload(self, cfg: NyxConfig) -> Any:
+        return getattr(cfg, self.name).model_dump(mode="json")
+
+    def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
+        """Hashes of what this stage reads; a change re-computes. Default: upstream outputs."""
+        return {s: ctx.input_manifest(s)["output_hash"] for s in self.inputs}
+
+    def plan_shards(self, ctx: StageContext) -> list[dict]:
+        raise NotImplementedError
+
+    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+        raise NotImplementedError
+
+    def finalize(self, ctx: StageContext, manifest: dict) -> None:
+        """Hook to add stage-level facts to the manifest before it is written."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    partition: str
+    status: str  # "computed" | "skipped"
+    manifest: dict
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "stage": self.stage, "partition": self.partition, "status": self.status,
+            "rows_in": m["rows_in"], "rows_out": m["rows_out"], "drops": m["drops"],
+            "path": m["location"],
+        }
+
+
+def _context(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None) -> StageContext:
+    store = store or ArtifactStore(cfg.artifact_root())
+    return StageContext(cfg=cfg, store=store, stage=stage, partition=cfg.partition)
+
+
+def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> list[dict]:
+    """Decide what to do. Returns the shard specs (empty when the stage is complete
+    and unchanged). A changed config/input or `force` invalidates the old output
+    first, so no reader mixes old and new shards."""
+    ctx = _context(stage, cfg, store)
+    config_hash = stable_hash({"stage": stage.name, "version": stage.version,
+                               "config": stage.config_payload(cfg)})
+    inputs = stage.input_fingerprint(ctx)
+    key = stable_hash({"config": config_hash, "inputs": inputs})
+    log = ctx.log
+    log.info("%s: partition=%s root=%s config_hash=%s inputs=%s",
+             stage.name, ctx.partition, ctx.store.root, config_hash, inputs or "-")
+    manifest = ctx.store.read_json(ctx.rel(MANIFEST))
+    if manifest and manifest.get("key") == key and not cfg.force:
+        log.info("%s: already complete for partition %s with the same config and inputs "
+                 "(key %s, %s rows); nothing to do. Use --force to recompute.",
+                 stage.name, ctx.partition, key, manifest["rows_out"])
+        return []
+    if manifest:
+        why = "force" if cfg.force else "config or inputs changed"
+        log.info("%s: recomputing partition %s (%s): previous key %s, new key %s",
+                 stage.name, ctx.partition, why, manifest.get("key"), key)
+        ctx.store.remove(ctx.rel(MANIFEST))
+    if cfg.force:
+        ctx.store.remove(ctx.rel(SHARDS_DIR))
+    ctx.key, ctx.inputs = key, inputs
+    shards = stage.plan_shards(ctx)
+    if not shards:
+        raise StageError(f"{stage.name}: nothing to process for partition {ctx.partition} "
+                         "(the input has no shards); check the source configuration.")
+    ctx.store.write_json_atomic(ctx.rel(PLAN), {
+        "stage": stage.name, "partition": ctx.partition, "key": key, "config_hash": config_hash,
+        "inputs": inputs, "config": stage.config_payload(cfg), "shards": shards, "planned_at": _now(),
+    })
+    done = sum(1 for s in shards if _shard_done(ctx, s, key))
+    log.info("%s: %d shard(s) planned, %d already finished from an earlier attempt",
+             stage.name, len(shards), done)
+    return shards
+
+
+def _marker_rel(ctx: StageContext, shard: dict) -> str:
+    return ctx.rel(f"{SHARDS_DIR}/{int(shard['shard']):05d}.json")
+
+
+def _shard_done(ctx: StageContext, shard: dict, key: str) -> dict | None:
+    marker = ctx.store.read_json(_marker_rel(ctx, shard))
+    return marker if marker and marker.get("key") == key else None
+
+
+def _read_plan(ctx: StageContext) -> dict:
+    plan = ctx.store.read_json(ctx.rel(PLAN))
+    if plan is None:
+        raise StageError(f"{ctx.stage.name}: no plan for partition {ctx.partition}; run the plan step first")
+    return plan
+
+
+def run_shard(stage: Stage, cfg: NyxConfig, shard: dict, store: ArtifactStore | None = None) -> dict:
+    """Process one shard unless its marker says it is done. Returns the marker."""
+    ctx = _context(stage, cfg, store)
+    plan = _read_plan(ctx)
+    ctx.key, ctx.inputs = plan["key"], plan["inputs"]
+    name = shard.get("name", shard["shard"])
+    marker = _shard_done(ctx, shard, ctx.key)
+    if marker:
+        ctx.log.info("%s: shard %s already finished (%s rows); skipping",
+                     stage.name, name, marker["rows_out"])
+        return marker
+    t0 = time.monotonic()
+    ctx.log.info("%s: shard %s starting", stage.name, name)
+    out = ShardOutputs(ctx, shard)
+    try:
+        stage.process(ctx, shard, out)
+        files = out.close()
+    except BaseException:
+        out.abort()
+        raise
+    seconds = time.monotonic() - t0
+    marker = {
+        "shard": int(shard["shard"]), "name": name, "key": ctx.key, "outputs": files,
+        "rows_in": out.rows_in, "rows_out": files["part"]["rows"] if "part" in files else 0,
+        "drops": out.drops.as_dict(), "extra": dict(out.extra), "seconds": round(seconds, 3),
+        "finished_at": _now(),
+    }
+    # The marker is written only after every output file is closed and in place.
+    ctx.store.write_json_atomic(_marker_rel(ctx, shard), marker)
+    ctx.log.info("%s: shard %s done: %d in, %d out, %d dropped in %.1fs (%.1f rows/s)",
+                 stage.name, name, marker["rows_in"], marker["rows_out"], sum(marker["drops"].values()),
+                 seconds, marker["rows_in"] / max(seconds, 1e-9))
+    return marker
+
+
+def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> StageResult:
+    """Check every planned shard finished, then write the manifest last."""
+    ctx = _context(stage, cfg, store)
+    existing = ctx.store.read_json(ctx.rel(MANIFEST))
+    plan = ctx.store.read_json(ctx.rel(PLAN))
+    if existing and (plan is None or existing.get("key") == plan["key"]):
+        return StageResult(stage.name, ctx.partition, "skipped", existing)
+    plan = _read_plan(ctx)
+    markers, missing = [], []
+    for s in plan["shards"]:
+        m = _shard_done(ctx, s, plan["key"])
+        (markers.append(m) if m else missing.append(s.get("name", s["shard"])))
+    if missing:
+        raise StageError(f"{stage.name}: shard(s) {missing} of partition {ctx.partition} did not "
+                         "finish; re-run the stage (finished shards are kept).")
+    drops: Counter[str] = Counter()
+    extra: Counter[str] = Counter()
+    outputs: dict[str, list[dict]] = {k: [] for k in stage.outputs}
+    for m in markers:
+        drops.update(m["drops"])
+        extra.update(m["extra"])
+        for kind, f in m["outputs"].items():
+            outputs[kind].append(f)
+    _remove_strays(ctx, {f["path"].rsplit("/", 1)[-1] for fs in outputs.values() for f in fs})
+    rows_in = sum(m["rows_in"] for m in markers)
+    rows_out = sum(m["rows_out"] for m in markers)
+    manifest = {
+        "stage": stage.name, "partition": ctx.partition, "status": "complete",
+        "stage_version": stage.version, "code_version": code_version(),
+        "key": plan["key"], "config_hash": plan["config_hash"], "config": plan["config"],
+        "inputs": plan["inputs"], "rows_in": rows_in, "rows_out": rows_out,
+        "drops": dict(sorted(drops.items())), "extra": dict(sorted(extra.items())),
+        "outputs": outputs, "schemas": dict(stage.outputs),
+        "output_hash": stable_hash([(k, f["path"], f["sha256"]) for k, fs in outputs.items() for f in fs], 32),
+        "location": ctx.store.url(ctx.rel()),
+        "shards": [{k: m[k] for k in ("shard", "name", "rows_in", "rows_out", "drops", "seconds")} for m in markers],
+        "timings": {"planned_at": plan["planned_at"], "finished_at": _now(),
+                    "shard_seconds": round(sum(m["seconds"] for m in markers), 3)},
+    }
+    stage.finalize(ctx, manifest)
+    ctx.store.write_json_atomic(ctx.rel(MANIFEST), manifest)
+    ctx.log.info("%s: partition %s complete: %d in, %d out -> %s\ndrop reasons:\n%s",
+                 stage.name, ctx.partition, rows_in, rows_out, manifest["location"],
+                 drop_table(manifest["drops"], rows_in))
+    return StageResult(stage.name, ctx.partition, "computed", manifest)
+
+
+def _remove_strays(ctx: StageContext, keep: set[str]) -> None:
+    """Drop files an earlier, differently-sharded run or a crash left behind."""
+    for name in ctx.store.listdir(ctx.rel()):
+        if name.startswith(TMP_PREFIX) or (name.endswith(".parquet") and name not in keep):
+            ctx.store.remove(ctx.rel(name))
+
+
+def run_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> StageResult:
+    """plan -> every shard -> commit, in this process (the CLI path)."""
+    store = store or ArtifactStore(cfg.artifact_root())
+    shards = plan_stage(stage, cfg, store)
+    for shard in shards:
+        run_shard(stage, cfg, shard, store)
+    return commit_stage(stage, cfg, store)

@@ -1,0 +1,87 @@
+"""The Parquet schemas of every artifact, in one place, checked on every write.
+
+Mixed-modal text follows the paper's convention: a string holding one image
+placeholder token per image, plus the ordered list of image ids (sha256 of the
+image bytes, which is also where the image lives in the store).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One row per kept OBELICS document. `texts` and `image_ids` are parallel
+# slot lists exactly as in OBELICS: each slot holds a text or an image.
+DOCUMENTS = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # "<file>#<row>"
+        pa.field("url", pa.string()),  # general_metadata.url when present
+        pa.field("texts", pa.list_(pa.string()), nullable=False),
+        pa.field("image_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("image_urls", pa.list_(pa.string()), nullable=False),
+        pa.field("n_images", pa.int32(), nullable=False),
+        pa.field("metadata_json", pa.string(), nullable=False),
+        pa.field("general_metadata_json", pa.string(), nullable=False),
+    ]
+)
+
+# One row per image stored by ingest (an image used twice appears once per shard).
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),  # sha256 hex of the bytes
+        pa.field("path", pa.string(), nullable=False),  # relative to the artifact root
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("mime", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("num_bytes", pa.int64(), nullable=False),
+    ]
+)
+
+# One row per kept chunk of `chunk_tokens` tokens (paper: 200), images inline.
+CHUNKS = pa.schema(
+    [
+        pa.field("chunk_id", pa.string(), nullable=False),  # "<doc_id>-t<token_start>"
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("chunk_index", pa.int32(), nullable=False),
+        pa.field("token_start", pa.int32(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),  # placeholders mark the images
+        pa.field("image_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("n_images", pa.int32(), nullable=False),
+    ]
+)
+
+# The sampled subset: chunk rows plus the modality group they were drawn from.
+SAMPLED_CHUNKS = CHUNKS.append(pa.field("modality", pa.string(), nullable=False))
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "documents": DOCUMENTS,
+    "images": IMAGES,
+    "chunks": CHUNKS,
+    "sampled_chunks": SAMPLED_CHUNKS,
+}
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def check(table: pa.Table, schema: pa.Schema, name: str = "") -> pa.Table:
+    """Raise SchemaError unless `table` has exactly `schema` and no nulls where forbidden."""
+    if not table.schema.equals(schema, check_metadata=False):
+        raise SchemaError(
+            f"{name or 'table'}: schema mismatch\n got:      {table.schema}\n expected: {schema}"
+        )
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise SchemaError(f"{name or 'table'}: null in non-nullable column {field.name!r}")
+    return table
+
+
+def to_table(rows: list[dict], schema: pa.Schema, name: str = "") -> pa.Table:
+    try:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
+        raise SchemaError(f"{name or 'table'}: rows do not fit the schema: {e}") from e
+    return check(table, schema, name)

@@ -1,0 +1,20 @@
+"""The stage registry, in pipeline order. The CLI and the DAGs are generated
+from it; a stage module exposes `STAGE`, an instance of `runner.Stage`."""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> module; order is the pipeline order (paper sections: NyxQA construction).
+STAGE_MODULES: dict[str, str] = {
+    "ingest": "nyx_tasks.stages.ingest",
+    "chunk": "nyx_tasks.stages.chunk",
+    "sample": "nyx_tasks.stages.sample",
+}
+STAGE_NAMES: tuple[str, ...] = tuple(STAGE_MODULES)
+
+
+def get_stage(name: str):
+    if name not in STAGE_MODULES:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    return importlib.import_module(STAGE_MODULES[name]).STAGE

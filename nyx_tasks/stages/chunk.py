@@ -1,0 +1,106 @@
+"""`chunk` (paper: NyxQA construction): cut each ingested document into
+200-token chunks; each image counts as one placeholder token and stays where it
+stood; the short tail is dropped (configurable); chunks with more than 5 images
+are dropped. Chunk ids derive from document id and token offset, so a re-run
+gives identical ids.
+
+rows_in = documents, rows_out = chunks; drops count chunks by reason.
+"""
+
+from __future__ import annotations
+
+
+from ..chunking import cut, layout
+from ..log import Progress
+from ..runner import ShardOutputs, Stage, StageContext
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ChunkStage(Stage):
+    name = "chunk"
+    version = 1
+    inputs = ("ingest",)
+    outputs = {"part": "chunks"}
+    doc = "Cut documents into 200-token mixed-modal chunks; drop short tails and chunks with >5 images."
+
+    def plan_shards(self, ctx: StageContext) -> list[dict]:
+        ingest = ctx.input_manifest("ingest")
+        self._prepare_tokenizer(ctx, [o["path"] for o in ingest["outputs"]["part"]])
+        return [{"shard": i, "name": o["path"].rsplit("/", 1)[-1], "input": o["path"]}
+                for i, o in enumerate(ingest["outputs"]["part"])]
+
+    def _prepare_tokenizer(self, ctx: StageContext, inputs: list[str]) -> None:
+        """Train the demo BPE once per plan (on this partition's documents) and
+        store it beside the chunks; a configured HF tokenizer needs nothing here."""
+        from ..tokenizer import train_bpe
+
+        tcfg = ctx.cfg.chunk.tokenizer
+        if tcfg.name_or_path:
+            return
+
+        def texts():
+            for rel in inputs:
+                for batch in ctx.store.read_parquet(rel, columns=["texts"]):
+                    for texts_ in batch.column("texts").to_pylist():
+                        yield from (t for t in texts_ if t)
+
+        tok = train_bpe(texts(), tcfg.train_vocab_size, ctx.cfg.chunk.image_placeholder)
+        ctx.store.write_bytes_atomic(ctx.rel(TOKENIZER_FILE), tok.to_str().encode())
+        ctx.log.info("chunk: trained a %d-token byte-level BPE on partition %s -> %s",
+                     tok.get_vocab_size(), ctx.partition, ctx.store.url(ctx.rel(TOKENIZER_FILE)))
+
+    def load_tokenizer(self, ctx: StageContext):
+        from tokenizers import Tokenizer
+
+        from ..tokenizer import load_pretrained
+
+        tcfg = ctx.cfg.chunk.tokenizer
+        if tcfg.name_or_path:
+            return load_pretrained(tcfg.name_or_path, ctx.cfg.chunk.image_placeholder)
+        with ctx.store.fs.open(ctx.store.path(ctx.rel(TOKENIZER_FILE)), "rb") as f:
+            return Tokenizer.from_str(f.read().decode())
+
+    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+        from ..tokenizer import placeholder_id
+
+        cfg = ctx.cfg.chunk
+        tok = self.load_tokenizer(ctx)
+        pid = placeholder_id(tok, cfg.image_placeholder)
+        progress = Progress(ctx.log, f"chunk {shard['name']}", unit="docs")
+        for batch in ctx.store.read_parquet(shard["input"], columns=["doc_id", "texts", "image_ids"],
+                                            batch_size=cfg.batch_docs):
+            docs = batch.to_pylist()
+            laid = [layout(d["texts"], d["image_ids"], cfg.image_placeholder) for d in docs]
+            encodings = tok.encode_batch([s for s, _ in laid], add_special_tokens=False)
+            rows = []
+            for d, (doc_string, images), enc in zip(docs, laid, encodings, strict=True):
+                out.rows_in += 1
+                chunks = cut(doc_string, images, enc.ids, enc, pid, cfg.chunk_tokens, cfg.keep_tail)
+                if not cfg.keep_tail and len(enc.ids) % cfg.chunk_tokens:
+                    out.drops.drop("chunk_short_tail", d["doc_id"])
+                if not chunks:
+                    out.extra["docs_without_chunks"] += 1
+                for c in chunks:
+                    if len(c.image_ids) > cfg.max_images:
+                        out.drops.drop("chunk_too_many_images", f"{d['doc_id']} chunk {c.chunk_index}: {len(c.image_ids)} images")
+                        continue
+                    rows.append({
+                        "chunk_id": f"{d['doc_id']}-t{c.token_start:06d}", "doc_id": d["doc_id"],
+                        "chunk_index": c.chunk_index, "token_start": c.token_start,
+                        "n_tokens": c.n_tokens, "text": c.text, "image_ids": c.image_ids,
+                        "n_images": len(c.image_ids),
+                    })
+            out.write(rows)
+            progress.update(len(docs))
+        progress.close()
+
+    def finalize(self, ctx: StageContext, manifest: dict) -> None:
+        tcfg = ctx.cfg.chunk.tokenizer
+        manifest["tokenizer"] = tcfg.name_or_path or ctx.store.url(ctx.rel(TOKENIZER_FILE))
+        if not tcfg.name_or_path:
+            manifest["tokenizer_sha256"] = ctx.store.sha256(ctx.rel(TOKENIZER_FILE))
+
+
+STAGE = ChunkStage()
+

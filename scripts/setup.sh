@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Idempotent set-up used by both README commands: a project venv with this
+# project installed (editable) plus its dev extras. Re-installs only when
+# pyproject.toml changed. Torch comes from pip (torch==2.14.1 / torchvision==0.29.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${NYX_VENV:-.venv}"
+PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+STAMP="$VENV/.nyx-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV with $PY" >&2
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing the project and its dependencies into $VENV (first run: a few minutes)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  echo "$want" > "$STAMP"
+fi
