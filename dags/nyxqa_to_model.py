@@ -1,0 +1,58 @@
+"""nyxqa_to_model: OBELICS -> NyxQA -> Nyx, one partition per run.
+
+Thin by rule: every task calls one function of `nyx_tasks`; what runs where is
+decided here. Stages come from the registry, in order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag
+from nyx_airflow.params import trigger_params
+from nyx_airflow.stage_group import stage_group
+
+from nyx_tasks.stages import STAGE_NAMES
+
+DOC = """
+# nyxqa_to_model
+
+Builds the NyxQA dataset from OBELICS web documents and (as later stages land)
+trains the Nyx mixed-modal retriever — *Towards Mixed-Modal Retrieval for
+Universal RAG* (arXiv 2510.17354).
+
+| stage | what it does |
+|---|---|
+| ingest | read OBELICS rows, keep every Nth, fetch + verify + store images, drop documents whose image fails |
+| chunk | 200-token chunks, images as one placeholder token each, drop chunks with more than 5 images |
+| sample | fixed-size subset: 63.29% text-only, 29.85% single-image, rest multi-image |
+
+Each stage is a task group `plan -> shard (mapped, one per input shard) -> commit`.
+A stage that is complete with the same config and inputs is a no-op (its log says
+so); `force` recomputes. Outputs: `<root>/partitions/<partition>/<stage>/`, with a
+`_MANIFEST.json` (rows, drop reasons, hashes, timings) written last.
+"""
+
+
+@dag(
+    dag_id="nyxqa_to_model",
+    schedule=None,
+    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["nyx", "nyxqa", "pipeline"],
+    params=trigger_params(),
+    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30),
+                  "retry_exponential_backoff": True, "owner": "nyx"},
+)
+def nyxqa_to_model():
+    previous = None
+    for name in STAGE_NAMES:
+        group = stage_group(name)
+        if previous is not None:
+            previous >> group
+        previous = group
+
+
+nyxqa_to_model()
