@@ -65,13 +65,16 @@ def cut(
     n = len(ids)
     chunks: list[Chunk] = []
     cursor = 0  # images consumed so far
+    c0 = encoding.token_to_chars(0)[0] if n else 0
     for idx, start in enumerate(range(0, n, chunk_tokens)):
         end = min(start + chunk_tokens, n)
         if end - start < chunk_tokens and not keep_tail:
             break
         k = ids[start:end].count(placeholder_id)
-        c0 = encoding.token_to_chars(start)[0]
-        c1 = encoding.token_to_chars(end - 1)[1]
+        # A chunk starts where the previous one ended: a character split over
+        # two byte-level tokens at a boundary belongs to the earlier chunk only.
+        c1 = max(c0, encoding.token_to_chars(end - 1)[1])
         chunks.append(Chunk(idx, start, end - start, doc_string[c0:c1], images[cursor:cursor + k]))
         cursor += k
+        c0 = c1
     return chunks

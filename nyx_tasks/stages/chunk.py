@@ -9,7 +9,6 @@ rows_in = documents, rows_out = chunks; drops count chunks by reason.
 
 from __future__ import annotations
 
-
 from ..chunking import cut, layout
 from ..log import Progress
 from ..runner import ShardOutputs, Stage, StageContext

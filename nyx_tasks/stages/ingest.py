@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 
 from ..log import Progress
-from ..obelics import Document, Malformed, fingerprint_shards, iter_source_rows, list_source_shards, parse_row
+from ..obelics import (
+    Document,
+    Malformed,
+    fingerprint_shards,
+    iter_source_rows,
+    list_source_shards,
+    parse_row,
+)
 from ..runner import ShardOutputs, Stage, StageContext
 
 

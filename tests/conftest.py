@@ -1,0 +1,139 @@
+"""Shared fixtures: a demo config rooted in a temp dir, a loopback image
+server, and corpus builders. Network traffic stays on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NYX_CONFIG_DIR", str(REPO / "configs"))
+os.environ.pop("NYX_ARTIFACTS_ROOT", None)  # tests choose their own roots
+# Airflow reads its config at import: point it at a throwaway home before any test imports it.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="nyx-airflow-home-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+
+def png_bytes(w: int = 32, h: int = 24, color=(200, 30, 30), fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+class ImageServer:
+    """A loopback HTTP server with scripted routes; records every request path."""
+
+    def __init__(self):
+        self.routes: dict[str, tuple] = {}
+        self.requests: list[str] = []
+        self.block = threading.Event()  # set to release /block requests
+        self.blocked_hit = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                server.requests.append(self.path)
+                route = server.routes.get(self.path)
+                if route is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                kind, *args = route
+                if kind == "block":
+                    server.blocked_hit.set()
+                    server.block.wait(60)
+                    kind, args = "ok", [args[0], "image/png"]
+                if kind == "sleep":
+                    time.sleep(args[0])
+                    kind, args = "ok", [args[1], "image/png"]
+                if kind == "flaky":  # fail `n` times with 503, then serve
+                    state = args[0]
+                    if state["left"] > 0:
+                        state["left"] -= 1
+                        self.send_response(503)
+                        self.end_headers()
+                        return
+                    kind, args = "ok", [state["body"], "image/png"]
+                if kind == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", args[0])
+                    self.end_headers()
+                    return
+                body, ctype = args
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, path: str, *route) -> str:
+        self.routes[path] = route
+        return self.url(path)
+
+
+@pytest.fixture
+def image_server():
+    srv = ImageServer()
+    srv.thread.start()
+    yield srv
+    srv.block.set()
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Build a demo config rooted in tmp_path, with extra dotted overrides."""
+    from nyx_tasks.config import load_config
+
+    def make(*overrides: str, root: Path | None = None):
+        return load_config("demo", [f"artifacts.root={root or tmp_path / 'artifacts'}", *overrides])
+
+    return make
+
+
+def obelics_row(texts: list, images: list, general: object = None, metadata: object = None) -> dict:
+    return {
+        "texts": texts,
+        "images": images,
+        "metadata": json.dumps(metadata if metadata is not None else [None] * len(texts)),
+        "general_metadata": json.dumps(general if general is not None else {"url": "https://example.org/doc"}),
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray"]
+
+
+def long_text(seed: int, n_words: int = 120) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n_words)) + "."

@@ -1,0 +1,71 @@
+"""The real thing: `airflow dags test nyxqa_to_model` on the demo profile, in a
+fresh SQLite Airflow home, twice (the second run is a no-op per stage), plus a
+trigger with a bad param that must be refused before anything runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nyx_tasks.stages import STAGE_NAMES
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.airflow
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "NYX_ARTIFACTS_ROOT": str(home / "artifacts"),
+           "NYX_CONFIG_DIR": str(REPO / "configs")}
+    out = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return env
+
+
+def dags_test(env, conf: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([AIRFLOW, "dags", "test", "nyxqa_to_model", "-c", json.dumps(conf)],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
+    root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
+    first = dags_test(airflow_env, {"partition": "e2e"})
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-5000:]
+    assert "successful" in log and "failed" not in log.lower().replace("failed_", "")
+    manifests = {s: json.loads((root / "partitions/e2e" / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
+    ingest, chunk, sample = (manifests[s] for s in ("ingest", "chunk", "sample"))
+    assert ingest["rows_out"] >= 40 and ingest["drops"]["image_not_found"] == 1
+    assert len(ingest["shards"]) == 3  # the three sample files were mapped as three tasks
+    assert chunk["inputs"] == {"ingest": ingest["output_hash"]}
+    assert sample["inputs"] == {"chunk": chunk["output_hash"]}
+    from nyx_tasks.stages.sample import GROUPS, group_targets
+
+    targets = group_targets(60, (0.6329, 0.2985, 1 - 0.6329 - 0.2985))  # the demo asks for 60
+    x = sample["extra"]
+    assert sample["rows_out"] == sum(min(targets[g], x[f"available_{g}"]) for g in GROUPS)
+    assert "rendered_map_index='obelics-00001.jsonl'" in log  # shards named in the UI
+
+    second = dags_test(airflow_env, {"partition": "e2e"})
+    log2 = second.stdout + second.stderr
+    assert second.returncode == 0, log2[-5000:]
+    assert log2.count("already complete") == len(STAGE_NAMES)
+    again = {s: json.loads((root / "partitions/e2e" / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
+    assert again == manifests
+
+
+def test_bad_trigger_param_is_refused_before_anything_runs(airflow_env):
+    root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
+    out = dags_test(airflow_env, {"partition": "refused", "every_nth": 0})
+    assert out.returncode != 0
+    assert "Invalid input for param every_nth" in out.stdout + out.stderr
+    assert not (root / "partitions/refused").exists()

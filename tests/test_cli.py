@@ -1,0 +1,42 @@
+import json
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+HEAVY = ("torch", "transformers", "pyarrow", "httpx", "datasets", "airflow", "PIL", "tokenizers", "fsspec")
+
+
+def nyx(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "nyx_tasks", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, **kw)
+
+
+def test_help_lists_every_stage_and_imports_nothing_heavy():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom nyx_tasks.cli import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+            f"print(r.output)\nprint('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for cmd in ("ingest", "chunk", "sample", "run", "status"):
+        assert cmd in out.stdout
+    assert out.stdout.strip().endswith("HEAVY=")
+
+
+def test_bad_override_is_one_clear_line(tmp_path):
+    out = nyx("ingest", "--root", str(tmp_path), "--set", "ingest.every_nth=0")
+    assert out.returncode == 2
+    assert "invalid configuration" in out.stderr and "every_nth" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_then_status(tmp_path):
+    out = nyx("run", "--root", str(tmp_path), "--set", "sample.size=10")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"\[sample\] \d+ in -> 10 out", out.stdout), out.stdout
+    status = nyx("status", "--root", str(tmp_path))
+    assert "image_decompression_bomb" in status.stdout
+    single = nyx("sample", "--root", str(tmp_path), "--set", "sample.size=10")
+    assert json.loads(single.stdout)["status"] == "skipped"
