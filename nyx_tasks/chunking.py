@@ -78,3 +78,38 @@ def cut(
         cursor += k
         c0 = c1
     return chunks
+
+
+@dataclass
+class BatchResult:
+    rows: list[dict]
+    drops: list[tuple[str, str]]  # (reason, example)
+    docs_without_chunks: int
+
+
+def chunk_batch(tok, placeholder_id: int, docs: list[dict], cfg) -> BatchResult:
+    """Chunk a batch of documents (`doc_id`, `texts`, `image_ids`) into CHUNKS rows.
+
+    `cfg` is a ChunkConfig. One `encode_batch` call per batch; drops are returned
+    by name (short tails, chunks with more than `max_images` images).
+    """
+    laid = [layout(d["texts"], d["image_ids"], cfg.image_placeholder) for d in docs]
+    encodings = tok.encode_batch([s for s, _ in laid], add_special_tokens=False)
+    rows, drops, empty = [], [], 0
+    for d, (doc_string, images), enc in zip(docs, laid, encodings, strict=True):
+        ids = enc.ids
+        chunks = cut(doc_string, images, ids, enc, placeholder_id, cfg.chunk_tokens, cfg.keep_tail)
+        if not cfg.keep_tail and len(ids) % cfg.chunk_tokens:
+            drops.append(("chunk_short_tail", d["doc_id"]))
+        empty += not chunks
+        for c in chunks:
+            if len(c.image_ids) > cfg.max_images:
+                drops.append(("chunk_too_many_images",
+                              f"{d['doc_id']} chunk {c.chunk_index}: {len(c.image_ids)} images"))
+                continue
+            rows.append({
+                "chunk_id": f"{d['doc_id']}-t{c.token_start:06d}", "doc_id": d["doc_id"],
+                "chunk_index": c.chunk_index, "token_start": c.token_start, "n_tokens": c.n_tokens,
+                "text": c.text, "image_ids": c.image_ids, "n_images": len(c.image_ids),
+            })
+    return BatchResult(rows, drops, empty)

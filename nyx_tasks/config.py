@@ -100,6 +100,11 @@ class TokenizerConfig(_Model):
     train_vocab_size: int = Field(
         2000, ge=300, description="When name_or_path is unset: train a BPE of this size offline."
     )
+    train_max_chars: int = Field(
+        20_000_000, ge=1000,
+        description="Train on at most this many characters of the corpus (in order), so "
+        "training memory stays bounded however large the partition.",
+    )
 
 
 class ChunkConfig(_Model):

@@ -131,10 +131,11 @@ def _iter_jsonl(url: str) -> Iterator[dict | Malformed]:
 
 def _iter_parquet(url: str, batch_size: int = 256) -> Iterator[dict | Malformed]:
     import fsspec
-    import pyarrow.parquet as pq
+
+    from .artifacts import iter_parquet_file
 
     with fsspec.open(url, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size):
+        for batch in iter_parquet_file(f, batch_size=batch_size):
             yield from batch.to_pylist()
 
 

@@ -9,7 +9,7 @@ rows_in = documents, rows_out = chunks; drops count chunks by reason.
 
 from __future__ import annotations
 
-from ..chunking import cut, layout
+from ..chunking import chunk_batch
 from ..log import Progress
 from ..runner import ShardOutputs, Stage, StageContext
 
@@ -39,10 +39,16 @@ class ChunkStage(Stage):
             return
 
         def texts():
+            budget = tcfg.train_max_chars
             for rel in inputs:
                 for batch in ctx.store.read_parquet(rel, columns=["texts"]):
                     for texts_ in batch.column("texts").to_pylist():
-                        yield from (t for t in texts_ if t)
+                        for t in texts_:
+                            if t:
+                                yield t
+                                budget -= len(t)
+                        if budget <= 0:
+                            return
 
         tok = train_bpe(texts(), tcfg.train_vocab_size, ctx.cfg.chunk.image_placeholder)
         ctx.store.write_bytes_atomic(ctx.rel(TOKENIZER_FILE), tok.to_str().encode())
@@ -70,27 +76,12 @@ class ChunkStage(Stage):
         for batch in ctx.store.read_parquet(shard["input"], columns=["doc_id", "texts", "image_ids"],
                                             batch_size=cfg.batch_docs):
             docs = batch.to_pylist()
-            laid = [layout(d["texts"], d["image_ids"], cfg.image_placeholder) for d in docs]
-            encodings = tok.encode_batch([s for s, _ in laid], add_special_tokens=False)
-            rows = []
-            for d, (doc_string, images), enc in zip(docs, laid, encodings, strict=True):
-                out.rows_in += 1
-                chunks = cut(doc_string, images, enc.ids, enc, pid, cfg.chunk_tokens, cfg.keep_tail)
-                if not cfg.keep_tail and len(enc.ids) % cfg.chunk_tokens:
-                    out.drops.drop("chunk_short_tail", d["doc_id"])
-                if not chunks:
-                    out.extra["docs_without_chunks"] += 1
-                for c in chunks:
-                    if len(c.image_ids) > cfg.max_images:
-                        out.drops.drop("chunk_too_many_images", f"{d['doc_id']} chunk {c.chunk_index}: {len(c.image_ids)} images")
-                        continue
-                    rows.append({
-                        "chunk_id": f"{d['doc_id']}-t{c.token_start:06d}", "doc_id": d["doc_id"],
-                        "chunk_index": c.chunk_index, "token_start": c.token_start,
-                        "n_tokens": c.n_tokens, "text": c.text, "image_ids": c.image_ids,
-                        "n_images": len(c.image_ids),
-                    })
-            out.write(rows)
+            res = chunk_batch(tok, pid, docs, cfg)
+            out.rows_in += len(docs)
+            for reason, example in res.drops:
+                out.drops.drop(reason, example)
+            out.extra["docs_without_chunks"] += res.docs_without_chunks
+            out.write(res.rows)
             progress.update(len(docs))
         progress.close()
 
