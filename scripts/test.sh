@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command: set up, then run the whole suite (unit, property, loopback
-# HTTP, crash-resume, DAG integrity and a real `airflow dags test`).
+# The test command: set up, lint, then run the whole suite (unit, property,
+# loopback HTTP, crash-resume, DAG integrity and a real `airflow dags test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONHASHSEED=0
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,24 @@
+# The Airflow image (api-server, scheduler, dag-processor, triggerer, CPU worker):
+# the official Airflow 3.3 image plus this project, CPU torch.
+FROM apache/airflow:3.3.2-python3.11
+
+USER root
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
+USER airflow
+
+WORKDIR /opt/nyx
+COPY --chown=airflow:root pyproject.toml README.md ./
+COPY --chown=airflow:root nyx_tasks ./nyx_tasks
+COPY --chown=airflow:root configs ./configs
+COPY --chown=airflow:root dags ./dags
+COPY --chown=airflow:root plugins ./plugins
+# CPU wheels of torch keep this image small; the GPU worker image has CUDA ones.
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
+      "apache-airflow==${AIRFLOW_VERSION}" "apache-airflow-providers-celery" -e . 
+
+ENV NYX_CONFIG_DIR=/opt/nyx/configs \
+    AIRFLOW__CORE__DAGS_FOLDER=/opt/nyx/dags \
+    AIRFLOW__CORE__PLUGINS_FOLDER=/opt/nyx/plugins \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False
