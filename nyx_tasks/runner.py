@@ -119,8 +119,20 @@ class Stage:
     outputs: ClassVar[dict[str, str]] = {"part": "documents"}  # kind -> schema name
     doc: ClassVar[str] = ""
 
+    # Dotted config fields that change how, not what, a stage computes (batch
+    # sizes, concurrency): left out of the config hash so tuning them never
+    # triggers a recompute.
+    execution_only: ClassVar[tuple[str, ...]] = ()
+
     def config_payload(self, cfg: NyxConfig) -> Any:
-        return getattr(cfg, self.name).model_dump(mode="json")
+        payload = getattr(cfg, self.name).model_dump(mode="json")
+        for dotted in self.execution_only:
+            *parents, leaf = dotted.split(".")
+            node = payload
+            for p in parents:
+                node = node[p]
+            del node[leaf]
+        return payload
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
         """Hashes of what this stage reads; a change re-computes. Default: upstream outputs."""

@@ -43,3 +43,13 @@ def test_stage_config_hash_tracks_only_that_stages_config():
         return stable_hash({"stage": name, "version": st.version, "config": st.config_payload(cfg)})
     assert h(base, "sample") != h(other, "sample")
     assert all(h(base, s) == h(other, s) for s in STAGE_NAMES if s != "sample")
+
+
+def test_execution_only_settings_do_not_change_the_hash():
+    def h(cfg, name):
+        st = get_stage(name)
+        return stable_hash(st.config_payload(cfg))
+    base = load_config("demo")
+    tuned = load_config("demo", ["ingest.batch_docs=3", "ingest.fetch.concurrency=2", "chunk.batch_docs=5"])
+    assert h(base, "ingest") == h(tuned, "ingest") and h(base, "chunk") == h(tuned, "chunk")
+    assert h(base, "ingest") != h(load_config("demo", ["ingest.fetch.max_bytes=10"]), "ingest")

@@ -84,8 +84,8 @@ def test_redirect_to_refused_address_is_blocked(image_server):
     assert image_server.requests == ["/r"]
 
 
-def test_address_guard_classification_uses_only_documentation_literals():
-    # Literals only: nothing is contacted here.
+def test_address_guard_classification_of_loopback_literals():
+    # Address literals only: nothing is contacted here.
     g = AddressGuard([])
     assert not g.allows("127.0.0.1") and not g.allows("::1")
     assert not g.allows("::ffff:127.0.0.1")  # IPv4-mapped loopback

@@ -21,6 +21,7 @@ class ChunkStage(Stage):
     version = 1
     inputs = ("ingest",)
     outputs = {"part": "chunks"}
+    execution_only = ("batch_docs",)
     doc = "Cut documents into 200-token mixed-modal chunks; drop short tails and chunks with >5 images."
 
     def plan_shards(self, ctx: StageContext) -> list[dict]:
@@ -36,6 +37,11 @@ class ChunkStage(Stage):
 
         tcfg = ctx.cfg.chunk.tokenizer
         if tcfg.name_or_path:
+            return
+        previous = ctx.store.read_json(ctx.rel("_PLAN.json"))
+        if previous and previous["key"] == ctx.key and ctx.store.exists(ctx.rel(TOKENIZER_FILE)):
+            # Resuming the same plan: finished shards were cut with this tokenizer.
+            ctx.log.info("chunk: resuming with the tokenizer trained for this plan")
             return
 
         def texts():

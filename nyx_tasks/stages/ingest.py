@@ -29,6 +29,7 @@ class IngestStage(Stage):
     version = 1
     inputs = ()
     outputs = {"part": "documents", "images": "images"}
+    execution_only = ("batch_docs", "fetch.concurrency")
     doc = "Read OBELICS rows, keep every Nth, fetch + verify + store images, drop documents with failed images."
 
     def plan_shards(self, ctx: StageContext) -> list[dict]:
