@@ -100,7 +100,7 @@ def status_text(cfg) -> str:
             continue
         lines.append(f"\n[{name}] {m['rows_in']} in -> {m['rows_out']} out   "
                      f"config {m['config_hash']}   {m['timings']['finished_at']}   {m['location']}")
-        lines.append(drop_table(m["drops"], m["rows_in"]))
+        lines.append(drop_table(m["drops"], m["rows_out"]))
         if m.get("extra"):
             lines.append("  " + ", ".join(f"{k}={v}" for k, v in m["extra"].items()))
     return "\n".join(lines)

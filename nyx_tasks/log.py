@@ -76,12 +76,16 @@ class DropCounter:
         return dict(sorted(self.counts.items()))
 
 
-def drop_table(drops: dict[str, int], total_in: int | None = None) -> str:
+def drop_lines(drops: dict[str, int], kept: int) -> list[str]:
+    """One line per drop reason, most frequent first, with its share of all
+    records the stage judged (kept + dropped, in the unit the drops count)."""
     if not drops:
-        return "  (no drops)"
+        return ["(no drops)"]
+    judged = kept + sum(drops.values())
     width = max(len(r) for r in drops)
-    lines = []
-    for reason, n in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0])):
-        pct = f"  {100.0 * n / total_in:5.1f}%" if total_in else ""
-        lines.append(f"  {reason:<{width}}  {n:>8}{pct}")
-    return "\n".join(lines)
+    return [f"{reason:<{width}}  {n:>8}  {100.0 * n / judged:5.1f}%"
+            for reason, n in sorted(drops.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def drop_table(drops: dict[str, int], kept: int) -> str:
+    return "\n".join("  " + line for line in drop_lines(drops, kept))

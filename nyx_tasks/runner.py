@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from . import __version__
 from .artifacts import TMP_PREFIX, ArtifactStore
 from .config import NyxConfig, stable_hash
-from .log import DropCounter, drop_table, get_logger
+from .log import DropCounter, drop_lines, get_logger
 
 MANIFEST = "_MANIFEST.json"
 PLAN = "_PLAN.json"
@@ -301,9 +301,10 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
     }
     stage.finalize(ctx, manifest)
     ctx.store.write_json_atomic(ctx.rel(MANIFEST), manifest)
-    ctx.log.info("%s: partition %s complete: %d in, %d out -> %s\ndrop reasons:\n%s",
-                 stage.name, ctx.partition, rows_in, rows_out, manifest["location"],
-                 drop_table(manifest["drops"], rows_in))
+    ctx.log.info("%s: partition %s complete: %d in, %d out, %d dropped -> %s",
+                 stage.name, ctx.partition, rows_in, rows_out, sum(drops.values()), manifest["location"])
+    for line in drop_lines(manifest["drops"], rows_out):  # one log line per reason reads well in Airflow
+        ctx.log.info("%s: drops  %s", stage.name, line)
     return StageResult(stage.name, ctx.partition, "computed", manifest)
 
 

@@ -12,7 +12,6 @@ echo "[demo] airflow db migrate (AIRFLOW_HOME=$AIRFLOW_HOME)" >&2
 .venv/bin/airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
 echo "[demo] airflow dags test nyxqa_to_model (partition=$PARTITION, artifacts=$NYX_ARTIFACTS_ROOT)" >&2
 .venv/bin/airflow dags test nyxqa_to_model -c "{\"partition\": \"$PARTITION\"}" "$@" 2>&1 | tee "$AIRFLOW_HOME/dags-test.log" | grep -E "nyx\.|ERROR|Marking run|failed" >&2 || true
-state=$(grep -oE "Marking run <DagRun nyxqa_to_model[^>]*> successful|dag run state: (success|failed)" "$AIRFLOW_HOME/dags-test.log" | tail -1)
 .venv/bin/nyx status --partition "$PARTITION"
 if ! .venv/bin/python - "$PARTITION" <<'PY'
 import sys
