@@ -128,5 +128,33 @@ def show_config(profile: Profile = "demo", partition: Partition = None, sets: Se
         typer.echo(f"# {name} config_hash: {h}")
 
 
+models_app = typer.Typer(no_args_is_help=True, help="Models: build the tiny offline models.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("build-tiny")
+def build_tiny_cmd(out_dir: Annotated[str, typer.Argument(help="Where to write the models.")],
+                   seed: Annotated[int, typer.Option(help="Weight seed.")] = 0) -> None:
+    """Build tiny random-weight Qwen2.5-VL and Qwen2 models (and their tokenizer) offline."""
+    from .models.tiny import build_tiny
+
+    typer.echo(json.dumps(build_tiny(out_dir, seed), indent=2))
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export datasets for publishing.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("nyxqa")
+def export_nyxqa_cmd(out_dir: Annotated[str, typer.Argument(help="Output folder (local path or fsspec URL).")],
+                     profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
+                     root: Root = None) -> None:
+    """Write NyxQA in the HF-datasets Parquet layout (data/<split>-00000-of-00001.parquet), images embedded."""
+    from .export import export_nyxqa
+
+    cfg = _config(profile, partition, sets, root)
+    typer.echo(json.dumps(export_nyxqa(cfg, out_dir), indent=2))
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

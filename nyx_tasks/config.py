@@ -133,6 +133,61 @@ class SampleConfig(_Model):
         return max(0.0, 1.0 - self.text_only_frac - self.single_image_frac)
 
 
+class GenerationConfig(_Model):
+    """A VLM behind one of the inference backends (nyx_tasks/inference)."""
+
+    backend: Literal["hf", "openai", "vllm"] = "hf"
+    model: str = Field("", description="Local path or hub id (hf, vllm); the served model name (openai).")
+    # openai backend: in Airflow the `nyx_vllm` connection supplies both, never the code.
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://vllm:8000/v1")
+    api_key_env: str = Field("NYX_VLLM_API_KEY", description="Environment variable holding the API key.")
+    concurrency: int = Field(8, ge=1, le=4096, description="openai: requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(3, ge=0, le=20, description="openai: retries (with backoff) on timeouts, 429, 5xx.")
+    batch_size: int = Field(8, ge=1, description="hf: requests per generate() call.")
+    device: str = Field("auto", description="hf: cpu, cuda, or auto.")
+    dtype: str = Field("auto", description="auto | bfloat16 | float16 | float32")
+    # vllm offline engine
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=256)
+    limit_mm_per_prompt: int = Field(5, ge=0)
+    mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    # sampling
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    seed: int = 0
+    compact_json: bool = Field(
+        False, description="hf: forbid whitespace between JSON tokens (tiny random models love whitespace)."
+    )
+
+
+class SynthesizeConfig(_Model):
+    generation: GenerationConfig = GenerationConfig()
+    prompt_version: str = Field("v1", pattern=r"^v\d+$")
+    max_qa_per_chunk: int = Field(5, ge=1, le=20)
+    max_answer_words: int = Field(5, ge=1)
+    num_distractors: int = Field(3, ge=1, le=9)
+    max_images_per_prompt: int = Field(5, ge=1)
+    shard_chunks: int = Field(256, ge=1, description="Chunks per synthesize shard (one mapped task each).")
+
+
+class FilterConfig(_Model):
+    max_answer_words: int = Field(5, ge=1)
+    context_phrases: list[str] = Field(
+        default_factory=lambda: ["the text", "the passage", "the author", "the context", "the article",
+                                 "the document", "the paragraph", "mentioned above", "the given"],
+        description="Questions containing these lean on the source and are dropped.",
+    )
+    image_words: list[str] = Field(
+        default_factory=lambda: ["image", "picture", "photo", "figure", "shown"],
+        description="Words that mention an image; such a question needs a valid <imageN> reference.",
+    )
+    eval_per_group: int = Field(200, ge=0, description="dev and test size per modality group (paper: 200).")
+    seed: int = 0
+
+
 class NyxConfig(_Model):
     profile: str = "demo"
     partition: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
@@ -141,6 +196,8 @@ class NyxConfig(_Model):
     ingest: IngestConfig = IngestConfig()
     chunk: ChunkConfig = ChunkConfig()
     sample: SampleConfig = SampleConfig()
+    synthesize: SynthesizeConfig = SynthesizeConfig()
+    filter: FilterConfig = FilterConfig()
 
     def artifact_root(self) -> str:
         root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root

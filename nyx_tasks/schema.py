@@ -85,3 +85,44 @@ def to_table(rows: list[dict], schema: pa.Schema, name: str = "") -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
         raise SchemaError(f"{name or 'table'}: rows do not fit the schema: {e}") from e
     return check(table, schema, name)
+
+# One row per synthesized QA item (before the rule filters): the question and
+# its shortened answer, the distractors, and the chunk it was written from.
+QA_CANDIDATES = pa.schema(
+    [
+        pa.field("qa_id", pa.string(), nullable=False),
+        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),  # the chunk's group: text_only / single_image / multi_image
+        pa.field("prompt", pa.string(), nullable=False),  # qa_text / qa_image / qa_multi_image
+        pa.field("question", pa.string(), nullable=False),  # image references as <imageN>
+        pa.field("answer", pa.string(), nullable=False),  # shortened
+        pa.field("original_answer", pa.string(), nullable=False),
+        pa.field("distractors", pa.list_(pa.string()), nullable=False),
+        pa.field("chunk_text", pa.string(), nullable=False),
+        pa.field("chunk_image_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+    ]
+)
+
+# NyxQA: one row per query after the rule filters, with options and the split.
+NYXQA = pa.schema(
+    [
+        pa.field("qa_id", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),  # image placeholders where the question cited images
+        pa.field("query_image_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("options", pa.list_(pa.string()), nullable=False),  # 4, shuffled
+        pa.field("correct_index", pa.int32(), nullable=False),
+        pa.field("pos_chunk_id", pa.string(), nullable=False),
+        pa.field("pos_text", pa.string(), nullable=False),
+        pa.field("pos_image_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("n_images", pa.int32(), nullable=False),  # images in the positive chunk
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # train / dev / test
+    ]
+)
+
+SCHEMAS.update({"qa_candidates": QA_CANDIDATES, "nyxqa": NYXQA})

@@ -17,6 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NYX_CONFIG_DIR", str(REPO / "configs"))
 os.environ.pop("NYX_ARTIFACTS_ROOT", None)  # tests choose their own roots
+# Tiny offline models are built once per session, outside the home directory.
+os.environ.setdefault("NYX_TINY_MODELS", str(Path(tempfile.gettempdir()) / "nyx-test-tiny-models"))
 # Airflow reads its config at import: point it at a throwaway home before any test imports it.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="nyx-airflow-home-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")

@@ -10,6 +10,8 @@ STAGE_MODULES: dict[str, str] = {
     "ingest": "nyx_tasks.stages.ingest",
     "chunk": "nyx_tasks.stages.chunk",
     "sample": "nyx_tasks.stages.sample",
+    "synthesize": "nyx_tasks.stages.synthesize",
+    "filter": "nyx_tasks.stages.filter",
 }
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_MODULES)
 

@@ -1,0 +1,92 @@
+"""One interface for batched chat requests with interleaved images, sampling
+params and an optional JSON schema, whatever serves the model.
+
+A request's content parts are `{"type": "text", "text": ...}` or
+`{"type": "image", "image_id": <sha256>, "path": <relative to the artifact
+root>}`; backends load image bytes themselves. A request's key is the hash of
+everything that determines its answer (model, messages with images by content
+hash, sampling, schema), which is what the request cache keys on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    json_schema: dict[str, Any] | None = None
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    tag: str = ""  # caller's bookkeeping (not part of the key)
+
+    def key(self, model_id: str) -> str:
+        def strip(part: dict) -> dict:
+            return {k: v for k, v in part.items() if k != "path"}  # images are keyed by content hash
+
+        msgs = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+                 else [strip(p) for p in m["content"]]} for m in self.messages]
+        blob = json.dumps({"model": model_id, "messages": msgs, "schema": self.json_schema,
+                           "max_tokens": self.max_tokens, "temperature": self.temperature,
+                           "top_p": self.top_p, "seed": self.seed}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def image_parts(self) -> list[dict]:
+        return [p for m in self.messages if not isinstance(m["content"], str)
+                for p in m["content"] if p.get("type") == "image"]
+
+
+@dataclass
+class ChatResponse:
+    text: str
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    error: str = ""  # set when the request itself was refused (e.g. HTTP 400); never cached
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+OnDone = Callable[[int, "ChatResponse"], None]
+
+
+class GenerationError(RuntimeError):
+    """The backend cannot answer (server down after retries, model failed to load)."""
+
+
+class Backend(Protocol):
+    model_id: str  # what the cache keys on: model path/id plus anything that changes outputs
+
+    def generate(self, requests: list[ChatRequest], on_done: OnDone | None = None) -> list[ChatResponse]:
+        """Answer every request, in order, calling `on_done(i, response)` as each one
+        finishes; raise GenerationError when the backend is down."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def text_of(message_content: str | list[dict]) -> str:
+    if isinstance(message_content, str):
+        return message_content
+    return "".join(p["text"] for p in message_content if p.get("type") == "text")
+
+
+def load_image(store, part: dict):
+    """The PIL image behind an image part (converted to RGB)."""
+    import io
+
+    from PIL import Image
+
+    with store.fs.open(store.path(part["path"]), "rb") as f:
+        return Image.open(io.BytesIO(f.read())).convert("RGB")

@@ -1,0 +1,144 @@
+"""`nyx models build-tiny DIR`: tiny, seeded, random-weight models of the real
+architectures, built without any download, for the demo profile and the tests.
+
+- `tokenizer/`: a byte-level BPE trained on the bundled corpus, with Qwen2's
+  special tokens and the Qwen2.5-VL chat template;
+- `qwen2_5_vl/`: Qwen2_5_VLForConditionalGeneration + the real Qwen2.5-VL
+  processor (image processor, tokenizer, chat template);
+- `qwen2/`: a text-only Qwen2ForCausalLM (what the vLLM CPU server serves).
+
+The weights are random: generations are noise, but every code path (chat
+template, image tokens, structured decoding, batching) is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>"]
+CHAT_TEMPLATE = (Path(__file__).with_name("qwen_chat_template.jinja")).read_text()
+
+
+def corpus_texts() -> Iterable[str]:
+    """Texts of the bundled sample corpus (plus JSON punctuation, so that
+    structured outputs tokenize into sensible pieces)."""
+    from ..config import load_config
+    from ..obelics import iter_source_rows, list_source_shards
+
+    src = load_config("demo").ingest.source
+    for shard in list_source_shards(src):
+        for _, row in iter_source_rows(shard, src):
+            if isinstance(row, dict) and isinstance(row.get("texts"), list):
+                yield from (t for t in row["texts"] if isinstance(t, str))
+    yield '{"qa_pairs": [{"question": "What is <image1>?", "answer": "a red circle"}]}' * 20
+
+
+def build_tokenizer(out: Path, vocab_size: int = 2048):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus_texts(), trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=4096,
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    hf.save_pretrained(out)
+    return hf
+
+
+def _text_config(vocab: int, tok) -> dict:
+    # head_dim 64: the smallest the vLLM CPU attention kernels accept (16 is refused).
+    return dict(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"), tie_word_embeddings=True)
+
+
+def build_qwen2(out: Path, tok, seed: int = 0) -> Path:
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(**_text_config(len(tok), tok), rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    model = Qwen2ForCausalLM(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def build_qwen2_5_vl(out: Path, tok, seed: int = 0) -> Path:
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    torch.manual_seed(seed)
+    text = _text_config(len(tok), tok)
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    mrope = [head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16]  # Qwen's 16/24/24 split of head_dim/2
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+    cfg = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           out_hidden_size=text["hidden_size"], fullatt_block_indexes=[1]),
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=text["eos_token_id"], pad_token_id=text["pad_token_id"])
+    model.save_pretrained(out)
+    # Small images keep the tiny model fast: at most 64 patches of 28x28 per image.
+    image_processor = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    proc = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
+                               video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+    proc.save_pretrained(out)
+    return out
+
+
+def tiny_dir() -> Path:
+    """Where `tiny:` models live: $NYX_TINY_MODELS, else ~/.cache/nyx/tiny-models."""
+    return Path(os.environ.get("NYX_TINY_MODELS") or Path.home() / ".cache" / "nyx" / "tiny-models")
+
+
+def build_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
+    """Build every tiny model under `out_dir`; returns {name: path}. Idempotent, and
+    safe when several processes race: each builds in a temp dir, the first rename wins."""
+    out = Path(out_dir)
+    done = out / "tiny_models.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
+    tok = build_tokenizer(tmp / "tokenizer")
+    build_qwen2(tmp / "qwen2", tok, seed)
+    build_qwen2_5_vl(tmp / "qwen2_5_vl", tok, seed)
+    names = {"tokenizer": "tokenizer", "qwen2": "qwen2", "qwen2_5_vl": "qwen2_5_vl"}
+    (tmp / "tiny_models.json").write_text(json.dumps({k: str(out / v) for k, v in names.items()}, indent=2))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads(done.read_text())

@@ -1,0 +1,32 @@
+"""Versioned prompt templates (see README.md in this folder)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+PROMPTS_DIR = Path(__file__).resolve().parent
+CHUNK_MARKER = "[[CHUNK]]"
+
+
+@functools.cache
+def _env(version: str):
+    import jinja2
+
+    folder = PROMPTS_DIR / version
+    if not folder.is_dir():
+        raise FileNotFoundError(f"prompt version {version!r} not found under {PROMPTS_DIR}")
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=False, autoescape=False)
+
+
+def render(version: str, name: str, **kw) -> str:
+    return _env(version).get_template(f"{name}.jinja").render(**kw).strip()
+
+
+def fingerprint(version: str) -> dict[str, str]:
+    """Content hashes of a version's templates (part of the stage's config hash)."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            for p in sorted((PROMPTS_DIR / version).glob("*.jinja"))}
