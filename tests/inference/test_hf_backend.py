@@ -1,0 +1,50 @@
+"""The hf backend on the tiny offline Qwen2.5-VL: real processor, chat template,
+images, batching, and xgrammar-constrained JSON."""
+
+import json
+
+import pytest
+
+from nyx_tasks.artifacts import ArtifactStore
+from nyx_tasks.config import GenerationConfig
+from nyx_tasks.inference import ChatRequest, make_backend
+from nyx_tasks.stages.synthesize import SHORTEN_SCHEMA, distractor_schema, parse
+from tests.conftest import png_bytes
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = ArtifactStore(str(tmp_path_factory.mktemp("root")))
+    s.put_image("a" * 64, "png", png_bytes(60, 40))
+    return s
+
+
+def test_batched_structured_generation_with_images_and_cache(store):
+    cfg = GenerationConfig(backend="hf", model="tiny:qwen2_5_vl", device="cpu", batch_size=3,
+                           compact_json=True, temperature=1.0, max_tokens=96)
+    backend = make_backend(cfg, store)
+    img = {"type": "image", "image_id": "a" * 64, "path": store.image_rel("a" * 64, "png")}
+    reqs = [ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": f"Shorten {i}: "}, img]}],
+                        json_schema=SHORTEN_SCHEMA, max_tokens=96, temperature=1.0, seed=i) for i in range(4)]
+    reqs.append(ChatRequest(messages=[{"role": "user", "content": "three wrong answers"}],
+                            json_schema=distractor_schema(3), max_tokens=96, temperature=1.0))
+    out = backend.generate(reqs)
+    assert backend.misses == 5 and backend.hits == 0
+    finished = [r for r in out if r.finish_reason == "stop"]
+    assert finished, [r.text for r in out]
+    for req, r in zip(reqs, out, strict=True):
+        if r.finish_reason == "stop":  # a finished constrained generation always satisfies the schema
+            assert parse(r.text, req.json_schema) is not None, r.text
+    assert all(r.prompt_tokens > 0 for r in out)
+    again = backend.generate(reqs)
+    assert backend.hits == 5 and [a.text for a in again] == [r.text for r in out]
+    json.dumps([r.to_json() for r in out])  # responses are plain data
+
+
+def test_text_only_model_refuses_images(store):
+    from nyx_tasks.inference import GenerationError
+
+    backend = make_backend(GenerationConfig(backend="hf", model="tiny:qwen2", device="cpu"), store, cache=False)
+    img = {"type": "image", "image_id": "a" * 64, "path": store.image_rel("a" * 64, "png")}
+    with pytest.raises(GenerationError, match="text-only"):
+        backend.generate([ChatRequest(messages=[{"role": "user", "content": [img]}])])
