@@ -157,7 +157,9 @@ class GenerationConfig(_Model):
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(512, ge=1)
-    seed: int = 0
+    seed: int | None = Field(
+        0, description="Per-request sampling seed; null sends none (vLLM's CPU build crashes on seeded sampling)."
+    )
     compact_json: bool = Field(
         False, description="hf: forbid whitespace between JSON tokens (tiny random models love whitespace)."
     )

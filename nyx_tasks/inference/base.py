@@ -24,7 +24,7 @@ class ChatRequest:
     max_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
-    seed: int = 0
+    seed: int | None = 0
     tag: str = ""  # caller's bookkeeping (not part of the key)
 
     def key(self, model_id: str) -> str:

@@ -103,7 +103,7 @@ class HFBackend:
                    "pad_token_id": self.tokenizer.pad_token_id}
             if gen["do_sample"]:
                 gen.update(temperature=batch[0].temperature, top_p=batch[0].top_p)
-                torch.manual_seed(batch[0].seed)
+                torch.manual_seed(batch[0].seed or 0)
             if any(r.json_schema for r in batch):
                 any_json = self._grammar({})  # rows without a schema still need a grammar slot
                 gen["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(

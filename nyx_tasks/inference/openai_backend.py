@@ -30,6 +30,7 @@ class OpenAIBackend:
         self.cfg, self.store, self.base_url = cfg, store, base_url.rstrip("/")
         self.api_key = api_key or "EMPTY"
         self.model_id = f"openai:{cfg.model}"
+        self.max_in_flight = 0  # the most requests seen in flight at once (reported in the manifest)
 
     def _content(self, content):
         if isinstance(content, str):
@@ -47,8 +48,10 @@ class OpenAIBackend:
 
     def _kwargs(self, r: ChatRequest) -> dict:
         kw = {"model": self.cfg.model, "max_tokens": r.max_tokens, "temperature": r.temperature,
-              "top_p": r.top_p, "seed": r.seed,
+              "top_p": r.top_p,
               "messages": [{"role": m["role"], "content": self._content(m["content"])} for m in r.messages]}
+        if r.seed is not None:
+            kw["seed"] = r.seed
         if r.json_schema is not None:
             kw["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "nyx", "schema": r.json_schema, "strict": True}}
@@ -65,11 +68,13 @@ class OpenAIBackend:
         http = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=self.cfg.concurrency))
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, http_client=http,
                                     max_retries=self.cfg.retries, timeout=self.cfg.timeout_s)
-        t0, done = time.monotonic(), 0
+        t0, done, in_flight = time.monotonic(), 0, 0
 
         async def one(i: int, r: ChatRequest) -> ChatResponse:
-            nonlocal done
+            nonlocal done, in_flight
             async with sem:
+                in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, in_flight)
                 try:
                     resp = await client.chat.completions.create(**self._kwargs(r))
                 except openai.BadRequestError as e:  # this request is refused; the server is fine
@@ -80,6 +85,8 @@ class OpenAIBackend:
                     out = ChatResponse(text=choice.message.content or "", finish_reason=choice.finish_reason or "",
                                        prompt_tokens=usage.prompt_tokens if usage else 0,
                                        completion_tokens=usage.completion_tokens if usage else 0)
+                finally:
+                    in_flight -= 1
             if on_done:
                 on_done(i, out)
             done += 1

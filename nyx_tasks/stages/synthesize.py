@@ -166,6 +166,9 @@ class SynthesizeStage(Stage):
                 raise StageError(f"synthesize: {e}") from e
             out.extra[f"requests_{round_name}"] += len(reqs)
             out.extra["cache_hits"] += backend.hits - before
+            in_flight = getattr(backend.inner, "max_in_flight", None)
+            ctx.log.info("synthesize %s: %s: %d answered, %d from cache%s", shard["name"], round_name, len(resps),
+                         backend.hits - before, f", up to {in_flight} in flight" if in_flight else "")
             return resps
 
         # Round 1: QA pairs per chunk and prompt.
