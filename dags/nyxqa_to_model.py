@@ -26,6 +26,8 @@ Universal RAG* (arXiv 2510.17354).
 | ingest | read OBELICS rows, keep every Nth, fetch + verify + store images, drop documents whose image fails |
 | chunk | 200-token chunks, images as one placeholder token each, drop chunks with more than 5 images |
 | sample | fixed-size subset: 63.29% text-only, 29.85% single-image, rest multi-image |
+| synthesize | a VLM writes QA pairs (text, image, multi-image prompts), shortens answers, writes 3 distractors; `route` sends shards to the `gpu` queue with the in-process `vllm` backend |
+| filter | the paper's rule filters (named drops), 4 shuffled options + correct index, train/dev/test split |
 
 Each stage is a task group `plan -> shard (mapped, one per input shard) -> commit`.
 A stage that is complete with the same config and inputs is a no-op (its log says

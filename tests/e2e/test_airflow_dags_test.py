@@ -54,6 +54,12 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     x = sample["extra"]
     assert sample["rows_out"] == sum(min(targets[g], x[f"available_{g}"]) for g in GROUPS)
     assert "rendered_map_index='obelics-00001.jsonl'" in log  # shards named in the UI
+    synth, filt = manifests["synthesize"], manifests["filter"]
+    assert synth["inputs"]["sample"] == sample["output_hash"] and synth["rows_in"] == sample["rows_out"]
+    assert synth["extra"]["requests_qa"] >= synth["rows_in"]  # the tiny VLM answered through the hf backend
+    assert filt["inputs"] == {"synthesize": synth["output_hash"]}
+    assert filt["rows_in"] == synth["rows_out"] == filt["rows_out"] + sum(filt["drops"].values())
+    assert "Skipping tasks [('synthesize.shard_gpu', -1)]" in log  # hf backend: default queue, not gpu
 
     second = dags_test(airflow_env, {"partition": "e2e"})
     log2 = second.stdout + second.stderr
