@@ -149,7 +149,7 @@ app.add_typer(export_app, name="export")
 def export_nyxqa_cmd(out_dir: Annotated[str, typer.Argument(help="Output folder (local path or fsspec URL).")],
                      profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
                      root: Root = None) -> None:
-    """Write NyxQA in the HF-datasets Parquet layout (data/<split>-00000-of-00001.parquet), images embedded."""
+    """Write NyxQA in the HF-datasets Parquet layout (data/{train,validation,test}-00000-of-00001.parquet), images embedded."""
     from .export import export_nyxqa
 
     cfg = _config(profile, partition, sets, root)

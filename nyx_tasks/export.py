@@ -9,7 +9,8 @@ import json
 from .artifacts import ArtifactStore, iter_stage_batches
 from .config import NyxConfig
 
-SPLITS = ("train", "dev", "test")
+# NyxQA split -> the HF split name (datasets reads a `dev` file as `validation` anyway).
+SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 
 
 def export_nyxqa(cfg: NyxConfig, out_dir: str) -> dict:
@@ -42,7 +43,7 @@ def export_nyxqa(cfg: NyxConfig, out_dir: str) -> dict:
     meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
     fs, base = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(f"{base}/data", exist_ok=True)
-    counts = dict.fromkeys(SPLITS, 0)
+    counts = dict.fromkeys(SPLITS.values(), 0)
     writers: dict = {}  # opened on a split's first row: an empty split file would break load_dataset
     try:
         for batch in iter_stage_batches(store, cfg.partition, "filter"):
@@ -51,11 +52,12 @@ def export_nyxqa(cfg: NyxConfig, out_dir: str) -> dict:
                 part = [r for r in rows if r["split"] == s]
                 if not part:
                     continue
-                counts[s] += len(part)
-                if s not in writers:
-                    writers[s] = pq.ParquetWriter(fs.open(f"{base}/data/{s}-00000-of-00001.parquet", "wb"),
-                                                  schema.with_metadata(meta))
-                writers[s].write_table(pa.Table.from_pylist([{
+                name = SPLITS[s]
+                counts[name] += len(part)
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(fs.open(f"{base}/data/{name}-00000-of-00001.parquet", "wb"),
+                                                     schema.with_metadata(meta))
+                writers[name].write_table(pa.Table.from_pylist([{
                     "qa_id": r["qa_id"], "query": r["query"], "query_images": [image(i) for i in r["query_image_ids"]],
                     "answer": r["answer"], "options": r["options"], "correct_index": r["correct_index"],
                     "pos_chunk_id": r["pos_chunk_id"], "pos_text": r["pos_text"],

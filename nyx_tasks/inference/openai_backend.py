@@ -102,9 +102,10 @@ class OpenAIBackend:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            cause = f" <- {type(e.__cause__).__name__}: {str(e.__cause__)[:200]}" if e.__cause__ else ""
             raise GenerationError(
                 f"the OpenAI-compatible server at {self.base_url} failed after {self.cfg.retries} retries "
-                f"({type(e).__name__}: {str(e)[:200]}). Check that it is up (GET {self.base_url.removesuffix('/v1')}/health) "
+                f"({type(e).__name__}: {str(e)[:200]}{cause}). Check that it is up (GET {self.base_url.removesuffix('/v1')}/health) "
                 f"and the nyx_vllm connection; finished requests are cached and will not be repeated."
             ) from e
         finally:

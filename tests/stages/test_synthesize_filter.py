@@ -159,3 +159,25 @@ def test_filter_stage_end_to_end_on_scripted_synthesis(make_cfg, scripted):
         assert r["query"].count("<image>") == len(r["query_image_ids"])
         assert set(r["query_image_ids"]) <= set(r["pos_image_ids"])
         assert r["split"] in {"train", "dev", "test"}
+
+
+def test_export_loads_with_datasets_and_embeds_images(make_cfg, scripted, tmp_path):
+    import datasets
+
+    from nyx_tasks.export import export_nyxqa
+
+    cfg = make_cfg("sample.size=30", "filter.eval_per_group=1", "synthesize.max_qa_per_chunk=4")
+    store = ArtifactStore(cfg.artifact_root())
+    for s in ("ingest", "chunk", "sample", "synthesize", "filter"):
+        run_stage(get_stage(s), cfg, store)
+    table = read_stage_table(store, cfg.partition, "filter").to_pylist()
+    res = export_nyxqa(cfg, str(tmp_path / "hf"))
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "hf" / "data"))
+    assert {k: len(v) for k, v in ds.items()} == {k: v for k, v in res["rows"].items() if v}
+    assert sum(res["rows"].values()) == len(table)
+    with_images = [r for split in ds.values() for r in split if r["pos_images"]]
+    assert with_images, "the scripted image questions should survive the filters"
+    img = with_images[0]["pos_images"][0]
+    assert img.size[0] > 0  # decoded by datasets' Image feature from the embedded bytes
+    src = next(t for t in table if t["qa_id"] == with_images[0]["qa_id"])
+    assert len(with_images[0]["pos_images"]) == len(src["pos_image_ids"])
