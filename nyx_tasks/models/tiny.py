@@ -5,7 +5,9 @@ architectures, built without any download, for the demo profile and the tests.
   special tokens and the Qwen2.5-VL chat template;
 - `qwen2_5_vl/`: Qwen2_5_VLForConditionalGeneration + the real Qwen2.5-VL
   processor (image processor, tokenizer, chat template);
-- `qwen2/`: a text-only Qwen2ForCausalLM (what the vLLM CPU server serves).
+- `qwen2/`: a text-only Qwen2ForCausalLM (what the vLLM CPU server serves);
+- `internvl/`: InternVLForConditionalGeneration, the paper's synthesis VLM
+  family (InternVL3), with the real InternVL processor and image tokens.
 
 The weights are random: generations are noise, but every code path (chat
 template, image tokens, structured decoding, batching) is the real one.
@@ -39,21 +41,28 @@ def corpus_texts() -> Iterable[str]:
     yield '{"qa_pairs": [{"question": "What is <image1>?", "answer": "a red circle"}]}' * 20
 
 
-def build_tokenizer(out: Path, vocab_size: int = 2048):
+# InternVL's image tokens (the -hf layout): <img> <IMG_CONTEXT>*n </img>.
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                   "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+INTERNVL_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n") \
+    .replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
+
+
+def build_tokenizer(out: Path, vocab_size: int = 2048, internvl: bool = False):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    specials = SPECIAL_TOKENS + (list(INTERNVL_TOKENS.values()) if internvl else [])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus_texts(), trainer=trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=4096,
-    )
-    hf.chat_template = CHAT_TEMPLATE
+    extra = INTERNVL_TOKENS if internvl else SPECIAL_TOKENS[1:]
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                 extra_special_tokens=extra, model_max_length=4096)
+    hf.chat_template = INTERNVL_CHAT_TEMPLATE if internvl else CHAT_TEMPLATE
     hf.save_pretrained(out)
     return hf
 
@@ -118,9 +127,49 @@ def build_qwen2_5_vl(out: Path, tok, seed: int = 0) -> Path:
     return out
 
 
+def build_internvl(out: Path, seed: int = 0) -> Path:
+    """InternVLForConditionalGeneration (InternVL3's architecture, -hf layout) with
+    a Qwen2 language model, 56x56 tiles and 4 image tokens per tile."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    tok = build_tokenizer(out / "_tokenizer", internvl=True)
+    torch.manual_seed(seed)
+    text = _text_config(len(tok), tok)
+    text.update(model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    cfg = InternVLConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           image_size=[56, 56], patch_size=[14, 14]),
+        text_config=text, image_token_id=tok.context_image_token_id, image_seq_length=4, downsample_ratio=0.5,
+    )
+    model = InternVLForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=text["eos_token_id"], pad_token_id=text["pad_token_id"])
+    model.save_pretrained(out)
+    proc = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size={"height": 56, "width": 56}, crop_to_patches=True,
+                                              min_patches=1, max_patches=4),
+        tokenizer=tok, video_processor=InternVLVideoProcessor(size={"height": 56, "width": 56}),
+        image_seq_length=4, chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    proc.save_pretrained(out)
+    shutil.rmtree(out / "_tokenizer")
+    return out
+
+
+TINY_VERSION = 2  # bump when the set or shape of tiny models changes: old builds are not reused
+
+
 def tiny_dir() -> Path:
-    """Where `tiny:` models live: $NYX_TINY_MODELS, else ~/.cache/nyx/tiny-models."""
-    return Path(os.environ.get("NYX_TINY_MODELS") or Path.home() / ".cache" / "nyx" / "tiny-models")
+    """Where `tiny:` models live: $NYX_TINY_MODELS (else ~/.cache/nyx/tiny-models), per build version."""
+    base = Path(os.environ.get("NYX_TINY_MODELS") or Path.home() / ".cache" / "nyx" / "tiny-models")
+    return base / f"v{TINY_VERSION}"
 
 
 def build_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
@@ -135,7 +184,8 @@ def build_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
     tok = build_tokenizer(tmp / "tokenizer")
     build_qwen2(tmp / "qwen2", tok, seed)
     build_qwen2_5_vl(tmp / "qwen2_5_vl", tok, seed)
-    names = {"tokenizer": "tokenizer", "qwen2": "qwen2", "qwen2_5_vl": "qwen2_5_vl"}
+    build_internvl(tmp / "internvl", seed)
+    names = {"tokenizer": "tokenizer", "qwen2": "qwen2", "qwen2_5_vl": "qwen2_5_vl", "internvl": "internvl"}
     (tmp / "tiny_models.json").write_text(json.dumps({k: str(out / v) for k, v in names.items()}, indent=2))
     try:
         tmp.rename(out)

@@ -48,3 +48,18 @@ def test_text_only_model_refuses_images(store):
     img = {"type": "image", "image_id": "a" * 64, "path": store.image_rel("a" * 64, "png")}
     with pytest.raises(GenerationError, match="text-only"):
         backend.generate([ChatRequest(messages=[{"role": "user", "content": [img]}])])
+
+
+def test_tiny_internvl_answers_image_requests_in_schema(store):
+    cfg = GenerationConfig(backend="hf", model="tiny:internvl", device="cpu", batch_size=2,
+                           compact_json=True, temperature=1.0, max_tokens=64)
+    backend = make_backend(cfg, store, cache=False)
+    img = {"type": "image", "image_id": "a" * 64, "path": store.image_rel("a" * 64, "png")}
+    reqs = [ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "<image1>"}, img]}],
+                        json_schema=SHORTEN_SCHEMA, max_tokens=64, temperature=1.0, seed=i) for i in range(2)]
+    out = backend.generate(reqs)
+    assert backend.model_id.startswith("hf:") and "internvl" in backend.model_id
+    assert all(r.prompt_tokens > 4 for r in out)  # the image expanded into its context tokens
+    for r in out:
+        if r.finish_reason == "stop":
+            assert parse(r.text, SHORTEN_SCHEMA) is not None
