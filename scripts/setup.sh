@@ -4,6 +4,8 @@
 # pyproject.toml changed. Torch comes from pip (torch==2.14.1 / torchvision==0.29.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# pip warns about every missing local index folder of this machine's pip.conf; keep real errors only.
+quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
 VENV="${NYX_VENV:-.venv}"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 STAMP="$VENV/.nyx-installed"
@@ -14,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing the project and its dependencies into $VENV (first run: a few minutes)" >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  quiet "$VENV/bin/python" -m pip install -q --upgrade pip
+  quiet "$VENV/bin/python" -m pip install -q -e ".[dev]"
   echo "$want" > "$STAMP"
 fi
