@@ -203,6 +203,16 @@ def stage_files(store: ArtifactStore, partition: str, stage: str, kind: str = "p
     return [o["path"] for o in manifest["outputs"].get(kind, [])]
 
 
+def image_paths(store: ArtifactStore, partition: str, needed: set[str] | None = None) -> dict[str, str]:
+    """image_id -> stored path (relative to the root), from ingest's image tables."""
+    paths: dict[str, str] = {}
+    for batch in iter_stage_batches(store, partition, "ingest", kind="images", columns=["image_id", "path"]):
+        for iid, path in zip(batch.column("image_id").to_pylist(), batch.column("path").to_pylist(), strict=True):
+            if needed is None or iid in needed:
+                paths[iid] = path
+    return paths
+
+
 def read_stage_table(store: ArtifactStore, partition: str, stage: str, kind: str = "part", columns=None):
     import pyarrow as pa
 

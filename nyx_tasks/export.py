@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from .artifacts import ArtifactStore, iter_stage_batches
+from .artifacts import ArtifactStore, image_paths, iter_stage_batches
 from .config import NyxConfig
 
 # NyxQA split -> the HF split name (datasets reads a `dev` file as `validation` anyway).
@@ -19,9 +19,7 @@ def export_nyxqa(cfg: NyxConfig, out_dir: str) -> dict:
     import pyarrow.parquet as pq
 
     store = ArtifactStore(cfg.artifact_root())
-    paths = {}
-    for batch in iter_stage_batches(store, cfg.partition, "ingest", kind="images", columns=["image_id", "path"]):
-        paths.update(zip(batch.column("image_id").to_pylist(), batch.column("path").to_pylist(), strict=True))
+    paths = image_paths(store, cfg.partition)
 
     def image(iid: str) -> dict:
         with store.fs.open(store.path(paths[iid]), "rb") as f:

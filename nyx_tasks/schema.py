@@ -126,3 +126,30 @@ NYXQA = pa.schema(
 )
 
 SCHEMAS.update({"qa_candidates": QA_CANDIDATES, "nyxqa": NYXQA})
+
+# Mined triplets: a NyxQA query, its positive chunk and hard negatives (paper:
+# mmE5, top 20, first 10 ranks skipped, positive removed by id, 5 kept).
+TRIPLETS = pa.schema(
+    [
+        pa.field("qa_id", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("query_image_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("pos_chunk_id", pa.string(), nullable=False),
+        pa.field("pos_text", pa.string(), nullable=False),
+        pa.field("pos_image_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("pos_score", pa.float32(), nullable=False),
+        pa.field("pos_rank", pa.int32(), nullable=False),  # 0-based; -1 when outside the searched top
+        pa.field("neg_chunk_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("neg_texts", pa.list_(pa.string()), nullable=False),
+        pa.field("neg_image_ids", pa.list_(pa.list_(pa.string())), nullable=False),
+        pa.field("neg_scores", pa.list_(pa.float32()), nullable=False),
+        pa.field("neg_ranks", pa.list_(pa.int32()), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("miner_id", pa.string(), nullable=False),
+        pa.field("miner_hash", pa.string(), nullable=False),
+    ]
+)
+
+SCHEMAS["triplets"] = TRIPLETS

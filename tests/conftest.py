@@ -139,3 +139,64 @@ def long_text(seed: int, n_words: int = 120) -> str:
 
     rng = random.Random(seed)
     return " ".join(rng.choice(WORDS) for _ in range(n_words)) + "."
+
+
+# A scripted generator for pinning synthesize/filter logic (the real backends
+# are tested in tests/inference and against a real vLLM server).
+class Scripted:
+    """Answers by prompt kind; records every request it is sent."""
+
+    model_id = "scripted:v1"
+
+    def __init__(self):
+        self.seen = []
+
+    def generate(self, requests, on_done=None):
+        out = []
+        for i, r in enumerate(requests):
+            self.seen.append(r)
+            from nyx_tasks.inference.base import text_of
+
+            prompt = text_of(r.messages[0]["content"])
+            if "Shorten the answer" in prompt:
+                q = prompt.split("Question: ")[1].split("\n")[0]
+                text = json.dumps({"short_answer": "granite", "can_shorten": "long" not in q,
+                                   "depends_on_context": "passage" in q})
+            elif "wrong but plausible" in prompt:
+                text = "not json" if "broken" in prompt else json.dumps({"distractors": ["basalt", "marble", "slate"]})
+            elif "at least two images" in prompt:
+                text = json.dumps({"qa_pairs": [{"question": "Compare <image1> and <image2>?", "answer": "red"}]})
+            elif "<image1>" in prompt:
+                text = json.dumps({"qa_pairs": [{"question": "What colour is <image1>?", "answer": "red"}]})
+            else:
+                text = json.dumps({"qa_pairs": [
+                    {"question": "What is the tower built of?", "answer": "granite blocks"},
+                    {"question": "What does the passage say?", "answer": "things"},
+                    {"question": "Why is it long to say?", "answer": "because"},
+                    {"question": "A broken one?", "answer": "x"}]})
+            from nyx_tasks.inference.base import ChatResponse
+
+            resp = ChatResponse(text=text)
+            out.append(resp)
+            if on_done:
+                on_done(i, resp)
+        return out
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    from nyx_tasks.inference.cache import CachedBackend, RequestCache
+    from nyx_tasks.stages import synthesize as synth
+
+    inner = Scripted()
+
+    def make(cfg, store, cache=True):
+        return CachedBackend(inner, RequestCache(store, inner.model_id))
+
+    monkeypatch.setattr(synth, "make_backend", make)
+    return inner
+
+

@@ -16,11 +16,12 @@ log = logging.getLogger("nyx.inference")
 
 
 def model_fingerprint(name_or_path: str) -> str:
-    """Local dir: hash of its files' names and sizes and config; hub id: the id."""
+    """Local dir: hash of its files' names, sizes and modification times (a checkpoint
+    rewritten in place gets a new fingerprint) and config; hub id: the id."""
     p = Path(name_or_path)
     if not p.is_dir():
         return name_or_path
-    facts = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.is_file())
+    facts = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())
     cfg = (p / "config.json").read_text() if (p / "config.json").exists() else ""
     return f"{name_or_path}@{stable_hash([facts, cfg])}"
 

@@ -12,6 +12,7 @@ STAGE_MODULES: dict[str, str] = {
     "sample": "nyx_tasks.stages.sample",
     "synthesize": "nyx_tasks.stages.synthesize",
     "filter": "nyx_tasks.stages.filter",
+    "mine": "nyx_tasks.stages.mine",
 }
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_MODULES)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from ..artifacts import image_paths
 from ..inference import ChatRequest, GenerationError, make_backend
 from ..prompts import CHUNK_MARKER, fingerprint, render
 from ..runner import ShardOutputs, Stage, StageContext, StageError
@@ -128,16 +129,6 @@ class SynthesizeStage(Stage):
                 break
         return rows
 
-    def _image_paths(self, ctx, needed: set[str]) -> dict[str, str]:
-        from ..artifacts import iter_stage_batches
-
-        paths = {}
-        for batch in iter_stage_batches(ctx.store, ctx.partition, "ingest", kind="images", columns=["image_id", "path"]):
-            for iid, path in zip(batch.column("image_id").to_pylist(), batch.column("path").to_pylist(), strict=True):
-                if iid in needed:
-                    paths[iid] = path
-        return paths
-
     def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
         cfg = ctx.cfg.synthesize
         gen = cfg.generation
@@ -145,7 +136,7 @@ class SynthesizeStage(Stage):
         out.rows_in = len(chunks)
         if not chunks:
             return
-        paths = self._image_paths(ctx, {i for c in chunks for i in c["image_ids"]})
+        paths = image_paths(ctx.store, ctx.partition, {i for c in chunks for i in c["image_ids"]})
         try:
             backend = make_backend(gen, ctx.store)
         except GenerationError as e:

@@ -1,0 +1,69 @@
+"""Hard-negative selection rules and the mine stage with the packaged MiniLM."""
+
+import pytest
+
+from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+from nyx_tasks.config import MineConfig
+from nyx_tasks.runner import run_stage
+from nyx_tasks.stages import get_stage
+from nyx_tasks.stages.mine import select_negatives
+
+IDS = [f"c{i}" for i in range(25)]
+TEXTS = [f"text {i}" for i in range(25)]
+
+
+def pick(ranked, pos=3, texts=TEXTS, pos_score=1.0, scores=None, **cfg):
+    scores = scores or [1.0 - 0.01 * r for r in range(len(ranked))]
+    return select_negatives(ranked, scores, pos, IDS, texts, MineConfig(**cfg), pos_score)
+
+
+def test_rank_window_and_count():
+    p = pick(list(range(25)))
+    assert p.ranks == [10, 11, 12, 13, 14] and p.indices == [10, 11, 12, 13, 14]
+    p = pick(list(range(25)), range_min=2, range_max=6, num_negatives=5)
+    assert p.ranks == [2, 4, 5] and 3 not in p.indices  # index 3 is the positive; only 3 fit the window
+    assert p.excluded["positive"] == 1
+
+
+def test_positive_excluded_by_id_when_texts_collide():
+    texts = list(TEXTS)
+    texts[12] = texts[3]  # a different chunk (other images) with the positive's text
+    ranked = list(range(25))
+    assert 12 not in pick(ranked, texts=texts).indices  # paper default: same text is skipped too
+    p = pick(ranked, texts=texts, exclude_same_text=False)
+    assert 12 in p.indices and 3 not in p.indices  # only the positive's id is excluded
+    ranked[11] = 3  # the positive itself inside the window
+    p = pick(ranked, texts=texts, exclude_same_text=False)
+    assert 3 not in p.indices and p.excluded["positive"] == 1
+
+
+def test_false_negative_guard():
+    scores = [0.99] * 12 + [0.5] * 13
+    p = pick(list(range(25)), scores=scores, pos_score=1.0, false_negative_margin=0.05)
+    assert p.excluded["guard"] == 2 and p.ranks == [12, 13, 14, 15, 16]
+    assert pick(list(range(25)), scores=scores, pos_score=1.0).ranks == [10, 11, 12, 13, 14]  # off by default
+
+
+def test_bad_window_is_refused():
+    with pytest.raises(ValueError):
+        MineConfig(range_min=20, range_max=20)
+
+
+def test_mine_stage_with_minilm_reuses_cached_embeddings(make_cfg, scripted):
+    cfg = make_cfg("sample.size=30", "synthesize.max_qa_per_chunk=4")
+    store = ArtifactStore(cfg.artifact_root())
+    for s in ("ingest", "chunk", "sample", "synthesize", "filter"):
+        run_stage(get_stage(s), cfg, store)
+    m = run_stage(get_stage("mine"), cfg, store).manifest
+    n_chunks = store.read_json("partitions/demo/chunk/_MANIFEST.json")["rows_out"]
+    assert m["extra"]["embedded_documents"] == n_chunks and m["rows_out"] == m["rows_in"] > 0
+    rows = read_stage_table(store, cfg.partition, "mine").to_pylist()
+    for r in rows:
+        assert len(r["neg_chunk_ids"]) == 5 and r["pos_chunk_id"] not in r["neg_chunk_ids"]
+        assert all(10 <= k < 20 for k in r["neg_ranks"]) and r["neg_scores"] == sorted(r["neg_scores"], reverse=True)
+        assert r["pos_text"] not in r["neg_texts"]
+        assert len(r["neg_image_ids"]) == len(r["neg_texts"]) == 5
+    # a forced re-run embeds nothing: every vector comes from the cache
+    m2 = run_stage(get_stage("mine"), make_cfg("sample.size=30", "synthesize.max_qa_per_chunk=4", "force=true"), store).manifest
+    assert m2["extra"]["embedded_documents"] == 0 and m2["extra"]["embedded_queries"] == 0
+    assert m2["output_hash"] == m["output_hash"]
