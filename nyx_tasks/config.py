@@ -208,13 +208,14 @@ class MineConfig(_Model):
     """Hard negatives (paper: mmE5, top 20, ranks before 10 skipped, 5 kept)."""
 
     embedder: EmbedderConfig = EmbedderConfig()
-    range_min: int = Field(10, ge=0, description="Skip candidates ranked before this (0-based).")
-    range_max: int = Field(20, ge=1, description="Search this many candidates per query.")
+    range_min: int = Field(10, ge=0, description="Skip this many of the best candidates (positives never count).")
+    range_max: int = Field(20, ge=1, description="Consider only the best this-many candidates.")
+    search_slack: int = Field(10, ge=0, description="Extra candidates retrieved to make up for removed positives.")
     num_negatives: int = Field(5, ge=1)
     exclude_same_text: bool = Field(True, description="Also skip documents whose text equals the positive's.")
     false_negative_margin: float | None = Field(
         None, ge=0, lt=1,
-        description="Guard: drop candidates scoring above (1 - margin) x the positive's score; off in the paper.",
+        description="Guard: drop candidates scoring above pos - |pos| x margin; off in the paper.",
     )
     query_batch: int = Field(4096, ge=1)
 

@@ -23,7 +23,7 @@ from ..runner import ShardOutputs, Stage, StageContext
 class Picked:
     indices: list[int]
     scores: list[float]
-    ranks: list[int]
+    ranks: list[int]  # raw search ranks (0-based)
     excluded: dict[str, int]
 
 
@@ -31,13 +31,16 @@ def select_negatives(ranked: list[int], scores: list[float], pos: int, doc_ids: 
                      cfg: MineConfig, pos_score: float) -> Picked:
     """Pick negatives from one query's ranked doc indices (best first).
 
-    Ranks before `range_min` are skipped; the positive is excluded by id and, if
-    `exclude_same_text`, so is every doc whose text equals the positive's; the
-    guard drops candidates scoring above (1 - margin) x pos_score."""
-    picked, sc, rk = [], [], []
+    The positive (by id), documents with the positive's text (if
+    `exclude_same_text`) and, with the guard on, candidates scoring above
+    pos - |pos| x margin are removed first; of the remaining candidates the
+    first `range_min` are skipped and the next `num_negatives` kept, within the
+    top `range_max`. This is sentence-transformers' `mine_hard_negatives`
+    order (positives never take a rank), which the benchmark checks against."""
+    kept: list[tuple[int, float, int]] = []
     excluded = {"positive": 0, "same_text": 0, "guard": 0}
-    for rank in range(cfg.range_min, min(cfg.range_max, len(ranked))):
-        d = ranked[rank]
+    threshold = None if cfg.false_negative_margin is None else pos_score - abs(pos_score) * cfg.false_negative_margin
+    for rank, d in enumerate(ranked):
         if d < 0:
             break
         if doc_ids[d] == doc_ids[pos]:
@@ -46,15 +49,34 @@ def select_negatives(ranked: list[int], scores: list[float], pos: int, doc_ids: 
         if cfg.exclude_same_text and doc_texts[d] == doc_texts[pos]:
             excluded["same_text"] += 1
             continue
-        if cfg.false_negative_margin is not None and scores[rank] > (1 - cfg.false_negative_margin) * pos_score:
+        if threshold is not None and scores[rank] > threshold:
             excluded["guard"] += 1
             continue
-        picked.append(d)
-        sc.append(float(scores[rank]))
-        rk.append(rank)
-        if len(picked) == cfg.num_negatives:
+        kept.append((d, float(scores[rank]), rank))
+        if len(kept) >= cfg.range_max:
             break
-    return Picked(picked, sc, rk, excluded)
+    window = kept[cfg.range_min:cfg.range_min + cfg.num_negatives]
+    return Picked([d for d, _, _ in window], [s for _, s, _ in window], [r for _, _, r in window], excluded)
+
+
+def search_depth(cfg: MineConfig) -> int:
+    """Candidates to retrieve: the window plus slack for removed positives / same-text docs."""
+    return cfg.range_max + cfg.search_slack
+
+
+def mine_negatives(q_vecs, d_vecs, positives: list[int], doc_ids: list[str], doc_texts: list[str],
+                   cfg: MineConfig) -> tuple[list[Picked], list[float], list[list[int]]]:
+    """Search, then select per query: (picks, positive scores, ranked doc indices)."""
+    import numpy as np
+
+    from ..search import exact_topk
+
+    scores, ranked = exact_topk(q_vecs, d_vecs, search_depth(cfg), cfg.query_batch)
+    pos_scores = np.einsum("ij,ij->i", q_vecs, d_vecs[positives]).tolist() if positives else []
+    ranked_l, scores_l = ranked.tolist(), scores.tolist()
+    picks = [select_negatives(ranked_l[i], scores_l[i], p, doc_ids, doc_texts, cfg, pos_scores[i])
+             for i, p in enumerate(positives)]
+    return picks, pos_scores, ranked_l
 
 
 class MineStage(Stage):
@@ -69,11 +91,8 @@ class MineStage(Stage):
         return [{"shard": 0, "name": "all"}]  # the search needs the whole corpus
 
     def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
-        import numpy as np
-
         from ..embedding import MixedItem, make_embedder
         from ..embedding.cache import embed_cached
-        from ..search import exact_topk
 
         cfg = ctx.cfg.mine
         docs = [r for b in iter_stage_batches(ctx.store, ctx.partition, "chunk",
@@ -93,17 +112,16 @@ class MineStage(Stage):
                                                   for q in queries], "query", ctx.store)
         out.extra["embedded_documents"] += n_new_docs
         out.extra["embedded_queries"] += n_new_q
-        scores, ranked = exact_topk(q_vecs, d_vecs, cfg.range_max, cfg.query_batch)
         texts = [d["text"] for d in docs]
-        rows = []
-        for qi, q in enumerate(queries):
-            pos = pos_of.get(q["pos_chunk_id"])
-            if pos is None:
+        kept = [qi for qi, q in enumerate(queries) if q["pos_chunk_id"] in pos_of]
+        for q in queries:
+            if q["pos_chunk_id"] not in pos_of:
                 out.drops.drop("positive_not_in_corpus", q["qa_id"])
-                continue
-            pos_score = float(np.dot(q_vecs[qi], d_vecs[pos]))
-            hits = ranked[qi].tolist()
-            p = select_negatives(hits, scores[qi].tolist(), pos, doc_ids, texts, cfg, pos_score)
+        positives = [pos_of[queries[qi]["pos_chunk_id"]] for qi in kept]
+        picks, pos_scores, ranked = mine_negatives(q_vecs[kept], d_vecs, positives, doc_ids, texts, cfg)
+        rows = []
+        for qi, pos, p, pos_score, hits in zip(kept, positives, picks, pos_scores, ranked, strict=True):
+            q = queries[qi]
             for k, v in p.excluded.items():
                 out.extra[f"excluded_{k}"] += v
             if len(p.indices) < cfg.num_negatives:

@@ -18,30 +18,33 @@ def pick(ranked, pos=3, texts=TEXTS, pos_score=1.0, scores=None, **cfg):
 
 
 def test_rank_window_and_count():
-    p = pick(list(range(25)))
-    assert p.ranks == [10, 11, 12, 13, 14] and p.indices == [10, 11, 12, 13, 14]
-    p = pick(list(range(25)), range_min=2, range_max=6, num_negatives=5)
-    assert p.ranks == [2, 4, 5] and 3 not in p.indices  # index 3 is the positive; only 3 fit the window
+    p = pick(list(range(25)))  # positive (3) removed first: the window is the 11th..15th other docs
+    assert p.indices == [11, 12, 13, 14, 15] and p.ranks == [11, 12, 13, 14, 15]
     assert p.excluded["positive"] == 1
+    p = pick([3, *range(4, 25)], range_min=2, range_max=6, num_negatives=5)
+    assert p.indices == [6, 7, 8, 9]  # only 4 candidates fit between range_min and range_max
+    assert pick(list(range(8)), range_min=5).indices == [6, 7]  # a small corpus gives what it has
 
 
 def test_positive_excluded_by_id_when_texts_collide():
     texts = list(TEXTS)
     texts[12] = texts[3]  # a different chunk (other images) with the positive's text
     ranked = list(range(25))
-    assert 12 not in pick(ranked, texts=texts).indices  # paper default: same text is skipped too
+    p = pick(ranked, texts=texts)
+    assert 12 not in p.indices and p.excluded["same_text"] == 1  # paper default: same text skipped too
     p = pick(ranked, texts=texts, exclude_same_text=False)
     assert 12 in p.indices and 3 not in p.indices  # only the positive's id is excluded
-    ranked[11] = 3  # the positive itself inside the window
-    p = pick(ranked, texts=texts, exclude_same_text=False)
-    assert 3 not in p.indices and p.excluded["positive"] == 1
+    assert p.excluded == {"positive": 1, "same_text": 0, "guard": 0}
 
 
 def test_false_negative_guard():
     scores = [0.99] * 12 + [0.5] * 13
     p = pick(list(range(25)), scores=scores, pos_score=1.0, false_negative_margin=0.05)
-    assert p.excluded["guard"] == 2 and p.ranks == [12, 13, 14, 15, 16]
-    assert pick(list(range(25)), scores=scores, pos_score=1.0).ranks == [10, 11, 12, 13, 14]  # off by default
+    assert p.excluded["guard"] == 11 and p.indices == [22, 23, 24]  # 0..11 minus the positive are too close
+    assert pick(list(range(25)), scores=scores, pos_score=1.0).indices == [11, 12, 13, 14, 15]  # off by default
+    # sign-safe threshold: with a negative positive score, pos - |pos| x margin stays below pos
+    neg = pick(list(range(25)), scores=[-0.1] * 25, pos_score=-0.2, false_negative_margin=0.1)
+    assert neg.indices == [] and neg.excluded["guard"] == 24
 
 
 def test_bad_window_is_refused():
@@ -60,7 +63,7 @@ def test_mine_stage_with_minilm_reuses_cached_embeddings(make_cfg, scripted):
     rows = read_stage_table(store, cfg.partition, "mine").to_pylist()
     for r in rows:
         assert len(r["neg_chunk_ids"]) == 5 and r["pos_chunk_id"] not in r["neg_chunk_ids"]
-        assert all(10 <= k < 20 for k in r["neg_ranks"]) and r["neg_scores"] == sorted(r["neg_scores"], reverse=True)
+        assert all(10 <= k < 30 for k in r["neg_ranks"]) and r["neg_scores"] == sorted(r["neg_scores"], reverse=True)
         assert r["pos_text"] not in r["neg_texts"]
         assert len(r["neg_image_ids"]) == len(r["neg_texts"]) == 5
     # a forced re-run embeds nothing: every vector comes from the cache
