@@ -128,6 +128,18 @@ def show_config(profile: Profile = "demo", partition: Partition = None, sets: Se
         typer.echo(f"# {name} config_hash: {h}")
 
 
+@app.command("remine")
+def remine_cmd(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None,
+               force: Force = False) -> None:
+    """Re-mine hard negatives with the newest checkpoint into a new versioned artifact."""
+    from .log import setup_cli_logging
+    from .stages.mine import remine
+
+    setup_cli_logging()
+    result, version, ckpt = remine(_config(profile, partition, sets, root, force))
+    typer.echo(json.dumps({**result.summary(), "version": version, "checkpoint": ckpt}, indent=2))
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Models: build the tiny offline models.")
 app.add_typer(models_app, name="models")
 

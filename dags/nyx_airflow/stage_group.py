@@ -10,6 +10,10 @@ from airflow.sdk import Asset, TaskGroup, get_current_context, task
 
 from .params import overrides_from_params
 
+# Emitted by the training stages when a retriever checkpoint is written (issue 5);
+# the re-mining DAG is scheduled on it.
+CHECKPOINT_ASSET = Asset(name="nyx_checkpoint", uri="x-nyx://models/checkpoint", group="nyx")
+
 
 def stage_asset(stage: str) -> Asset:
     return Asset(name=f"nyx_{stage}", uri=f"x-nyx://partitions/{stage}", group="nyx")

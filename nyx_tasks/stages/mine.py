@@ -140,3 +140,31 @@ class MineStage(Stage):
 
 
 STAGE = MineStage()
+
+
+def remine(cfg, store=None):
+    """Re-mine the partition's NyxQA negatives with the newest retriever checkpoint
+    (or the configured miner when there is none) into a new versioned artifact,
+    `partitions/<p>/negatives/<version>/`, leaving earlier versions untouched.
+    The version is the hash of the miner, so re-mining with the same miner is a
+    no-op. Returns (StageResult, version, checkpoint or None)."""
+    from ..artifacts import ArtifactStore
+    from ..checkpoints import latest_checkpoint
+    from ..runner import run_stage
+
+    store = store or ArtifactStore(cfg.artifact_root())
+    ckpt = latest_checkpoint(store)
+    emb = cfg.mine.embedder
+    if ckpt:
+        emb = emb.model_copy(update={"kind": "nyx", "model": ckpt.get("merged") or ckpt["base_model"],
+                                     "adapter": None if ckpt.get("merged") else ckpt.get("adapter")})
+    cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"embedder": emb})})
+    version = stable_hash({"embedder": emb.model_dump(mode="json"), "checkpoint": ckpt}, 12)
+
+    class VersionedMine(MineStage):
+        name = f"negatives/{version}"
+
+        def config_payload(self, c):
+            return c.mine.model_dump(mode="json", exclude={"query_batch"})
+
+    return run_stage(VersionedMine(), cfg, store), version, ckpt

@@ -74,3 +74,16 @@ def test_params_become_config_overrides(dagbag):
     cfg = load_config("demo", over)
     assert cfg.partition == "2026-01-02" and cfg.ingest.every_nth == 3 and cfg.sample.size == 9
     assert cfg.ingest.source.kind == "files" and cfg.force
+
+
+def test_remine_dag_runs_on_a_cron_or_a_new_checkpoint(dagbag):
+    from airflow.sdk import AssetOrTimeSchedule
+    from nyx_airflow.stage_group import CHECKPOINT_ASSET
+
+    dag = dagbag.dags["nyx_remine_negatives"]
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "0 3 * * 0"
+    assert [a.name for a in dag.timetable.asset_condition.objects] == [CHECKPOINT_ASSET.name]
+    (remine,) = dag.tasks
+    assert [o.name for o in remine.outlets] == ["nyx_negatives"]
+    assert (remine.queue, remine.pool) == ("gpu", "gpu")

@@ -70,3 +70,24 @@ def test_mine_stage_with_minilm_reuses_cached_embeddings(make_cfg, scripted):
     m2 = run_stage(get_stage("mine"), make_cfg("sample.size=30", "synthesize.max_qa_per_chunk=4", "force=true"), store).manifest
     assert m2["extra"]["embedded_documents"] == 0 and m2["extra"]["embedded_queries"] == 0
     assert m2["output_hash"] == m["output_hash"]
+
+
+def test_remine_writes_a_new_version_and_keeps_the_old(make_cfg, scripted):
+    from nyx_tasks.stages.mine import remine
+
+    cfg = make_cfg("sample.size=30", "synthesize.max_qa_per_chunk=4")
+    store = ArtifactStore(cfg.artifact_root())
+    for s in ("ingest", "chunk", "sample", "synthesize", "filter"):
+        run_stage(get_stage(s), cfg, store)
+    first, v1, ckpt = remine(cfg, store)
+    assert ckpt is None and first.status == "computed"  # no checkpoint yet: the configured miner
+    again, v1b, _ = remine(cfg, store)
+    assert v1b == v1 and again.status == "skipped"  # same miner: nothing to do
+    # a new checkpoint appears: the next re-mine writes a new version beside the old one
+    store.write_json_atomic("models/run1/train_stage1/_CHECKPOINT.json", {
+        "base_model": "tiny:qwen2_5_vl", "adapter": None, "merged": None, "created_at": "2026-11-22T00:00:00Z"})
+    second, v2, ckpt = remine(cfg, store)
+    assert ckpt["run"] == "run1" and v2 != v1 and second.status == "computed"
+    assert store.exists(f"partitions/demo/negatives/{v1}/_MANIFEST.json")
+    rows = read_stage_table(store, cfg.partition, f"negatives/{v2}").to_pylist()
+    assert rows and all(r["miner_id"].startswith("nyx:") for r in rows)
