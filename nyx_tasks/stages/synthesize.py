@@ -162,6 +162,18 @@ class SynthesizeStage(Stage):
                          backend.hits - before, f", up to {in_flight} in flight" if in_flight else "")
             return resps
 
+        def answered(round_name: str, items: list, reqs: list[ChatRequest], schema: dict, refused, unparseable,
+                     where=lambda _: ""):
+            """(item, parsed answer) for every answer that parses; the rest are named drops
+            (`refused(item)` for a request the server refused, `unparseable(item)` otherwise)."""
+            for item, r in zip(items, run(round_name, reqs), strict=True):
+                obj = None if r.error else parse(r.text, schema)
+                if obj is None:
+                    reason = refused(item) if r.error else unparseable(item)
+                    out.drops.drop(reason, f"{where(item)}{r.error or f'{r.text[-200:]!r} ({r.finish_reason})'}")
+                    continue
+                yield item, obj
+
         # Round 1: QA pairs per chunk and prompt.
         reqs, meta = [], []
         schema = qa_schema(cfg.max_qa_per_chunk)
@@ -174,14 +186,8 @@ class SynthesizeStage(Stage):
                 reqs.append(request(text, parts, schema))
                 meta.append((c, p))
         cands = []
-        for (c, p), r in zip(meta, run("qa", reqs), strict=True):
-            if r.error:
-                out.drops.drop(f"request_refused_{p}", r.error)
-                continue
-            obj = parse(r.text, schema)
-            if obj is None:
-                out.drops.drop(f"unparseable_{p}", f"{c['chunk_id']}: {r.text[-200:]!r} ({r.finish_reason})")
-                continue
+        for (c, p), obj in answered("qa", meta, reqs, schema, refused=lambda m: f"request_refused_{m[1]}",
+                                    unparseable=lambda m: f"unparseable_{m[1]}", where=lambda m: f"{m[0]['chunk_id']}: "):
             for k, pair in enumerate(obj["qa_pairs"]):
                 cands.append({"chunk": c, "prompt": p, "k": k, "question": pair["question"].strip(),
                               "original_answer": pair["answer"].strip()})
@@ -190,11 +196,9 @@ class SynthesizeStage(Stage):
                                max_words=cfg.max_answer_words), schema=SHORTEN_SCHEMA, max_tokens=min(gen.max_tokens, 128))
                 for q in cands]
         kept = []
-        for q, r in zip(cands, run("shorten", reqs), strict=True):
-            obj = None if r.error else parse(r.text, SHORTEN_SCHEMA)
-            if obj is None:
-                out.drops.drop("unparseable_shorten", r.error or f"{r.text[-200:]!r} ({r.finish_reason})")
-            elif obj["depends_on_context"]:
+        for q, obj in answered("shorten", cands, reqs, SHORTEN_SCHEMA, refused=lambda _: "unparseable_shorten",
+                               unparseable=lambda _: "unparseable_shorten"):
+            if obj["depends_on_context"]:
                 out.drops.drop("depends_on_context", q["question"])
             elif not obj["can_shorten"] or not obj["short_answer"].strip():
                 out.drops.drop("not_shortenable", f"{q['question']} -> {q['original_answer']}")
@@ -206,11 +210,8 @@ class SynthesizeStage(Stage):
                                n=cfg.num_distractors), schema=dschema, max_tokens=min(gen.max_tokens, 160))
                 for q in kept]
         rows = []
-        for q, r in zip(kept, run("distractors", reqs), strict=True):
-            obj = None if r.error else parse(r.text, dschema)
-            if obj is None:
-                out.drops.drop("unparseable_distractors", r.error or f"{r.text[-200:]!r} ({r.finish_reason})")
-                continue
+        for q, obj in answered("distractors", kept, reqs, dschema, refused=lambda _: "unparseable_distractors",
+                               unparseable=lambda _: "unparseable_distractors"):
             c = q["chunk"]
             qa_id = hashlib.sha256(f"{c['chunk_id']}|{q['prompt']}|{q['k']}|{q['question']}".encode()).hexdigest()[:24]
             rows.append({"qa_id": qa_id, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"], "modality": c["modality"],
