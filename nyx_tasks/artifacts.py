@@ -148,12 +148,14 @@ class ParquetShardWriter:
         from .schema import to_table
 
         if rows:
-            self.write_table(to_table(rows, self.schema, self.name))
+            self._append(to_table(rows, self.schema, self.name))  # to_table has checked it
 
     def write_table(self, table) -> None:
         from .schema import check
 
-        check(table, self.schema, self.name)
+        self._append(check(table, self.schema, self.name))
+
+    def _append(self, table) -> None:
         if table.num_rows:
             self._writer.write_table(table)
             self.rows += table.num_rows

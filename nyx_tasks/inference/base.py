@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -25,7 +25,6 @@ class ChatRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = 0
-    tag: str = ""  # caller's bookkeeping (not part of the key)
 
     def key(self, model_id: str) -> str:
         def strip(part: dict) -> dict:
@@ -51,7 +50,6 @@ class ChatResponse:
     completion_tokens: int = 0
     cached: bool = False
     error: str = ""  # set when the request itself was refused (e.g. HTTP 400); never cached
-    meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"text": self.text, "finish_reason": self.finish_reason,

@@ -144,9 +144,9 @@ class SynthesizeStage(Stage):
         model_id = backend.model_id
         ph = ctx.cfg.chunk.image_placeholder
 
-        def request(prompt_text, chunk=None, schema=None, max_tokens=gen.max_tokens, tag=""):
+        def request(prompt_text, chunk=None, schema=None, max_tokens=gen.max_tokens):
             return ChatRequest(messages=user_message(prompt_text, chunk), json_schema=schema, max_tokens=max_tokens,
-                               temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed, tag=tag)
+                               temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
 
         def run(round_name: str, reqs: list[ChatRequest]):
             before = backend.hits
