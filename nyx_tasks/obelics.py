@@ -57,8 +57,6 @@ def _file_format(path: str) -> str:
 
 def list_source_shards(src: SourceConfig) -> list[dict]:
     """One shard per input file (or HF data-files entry), in a stable order."""
-    import fsspec
-
     if src.kind == "hf":
         entries = src.hf_data_files or [None]
         return [{"shard": i, "name": f or f"{src.hf_dataset}:{src.hf_config}:{src.hf_split}",
@@ -67,19 +65,37 @@ def list_source_shards(src: SourceConfig) -> list[dict]:
                 if src.kind == "sample" else src.paths)
     if not patterns:
         raise ValueError("ingest.source.paths is empty (kind=files needs at least one path)")
+    urls = expand_urls(patterns, what="ingest source", must_match=src.kind == "files")
+    return [{"shard": i, "name": u.rsplit("/", 1)[-1], "kind": "file", "url": u,
+             "format": _file_format(u)} for i, u in enumerate(urls)]
+
+
+def expand_urls(patterns: list[str], what: str = "input", must_match: bool = True) -> list[str]:
+    """Paths / fsspec URLs with globs -> the matching file URLs, sorted per pattern."""
+    import fsspec
+
     urls: list[str] = []
     for pattern in patterns:
         fs, _ = fsspec.core.url_to_fs(pattern)
         proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         matches = sorted(fs.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        if src.kind == "files" and not matches:
-            raise FileNotFoundError(f"ingest source {pattern!r} matches no file")
+        if must_match and (not matches or not fs.exists(matches[0])):
+            raise FileNotFoundError(f"{what} {pattern!r} matches no file")
         urls += [m if proto in ("file", "local") else f"{proto}://{m}" for m in matches]
-    return [{"shard": i, "name": u.rsplit("/", 1)[-1], "kind": "file", "url": u,
-             "format": _file_format(u)} for i, u in enumerate(urls)]
+    return urls
 
 
-def fingerprint_shards(shards: list[dict], src: SourceConfig) -> str:
+def iter_file_rows(url: str) -> Iterator[dict | Malformed]:
+    """Rows of one Parquet or JSONL file (a JSONL line that cannot be read is a Malformed)."""
+    return _iter_jsonl(url) if _file_format(url) == "jsonl" else _iter_parquet(url)
+
+
+def fingerprint_urls(urls: list[str]) -> str:
+    """A hash that changes when any file changes (size, mtime, etag)."""
+    return fingerprint_shards([{"kind": "file", "url": u} for u in urls], None)
+
+
+def fingerprint_shards(shards: list[dict], src: SourceConfig | None) -> str:
     """A hash that changes when any input file changes (size, mtime, etag)."""
     import fsspec
 

@@ -124,8 +124,10 @@ class Stage:
     # triggers a recompute.
     execution_only: ClassVar[tuple[str, ...]] = ()
 
+    config_key: ClassVar[str | None] = None  # the config section; None: the stage's name
+
     def config_payload(self, cfg: NyxConfig) -> Any:
-        payload = getattr(cfg, self.name).model_dump(mode="json")
+        payload = getattr(cfg, self.config_key or self.name).model_dump(mode="json")
         for dotted in self.execution_only:
             *parents, leaf = dotted.split(".")
             node = payload

@@ -127,15 +127,19 @@ NYXQA = pa.schema(
 
 SCHEMAS.update({"qa_candidates": QA_CANDIDATES, "nyxqa": NYXQA})
 
-# Mined triplets: a NyxQA query, its positive chunk and hard negatives (paper:
-# mmE5, top 20, first 10 ranks skipped, positive removed by id, 5 kept).
+# Mined triplets, the training schema of every source: a query, its positive
+# and hard negatives (paper: mmE5, top 20, first 10 ranks skipped, positive
+# removed by id, 5 kept). NyxQA rows point at chunks; a text-only set's rows
+# at its corpus (positive: the top-1 retrieved document).
 TRIPLETS = pa.schema(
     [
+        pa.field("source", pa.string(), nullable=False),  # "nyxqa" or a text-only set's name
         pa.field("qa_id", pa.string(), nullable=False),
         pa.field("query", pa.string(), nullable=False),
         pa.field("query_image_ids", pa.list_(pa.string()), nullable=False),
         pa.field("answer", pa.string(), nullable=False),
-        pa.field("pos_chunk_id", pa.string(), nullable=False),
+        pa.field("answers", pa.list_(pa.string()), nullable=False),  # every gold answer (text sets have several)
+        pa.field("pos_chunk_id", pa.string(), nullable=False),  # a chunk id, or a text set's corpus doc id
         pa.field("pos_text", pa.string(), nullable=False),
         pa.field("pos_image_ids", pa.list_(pa.string()), nullable=False),
         pa.field("pos_score", pa.float32(), nullable=False),

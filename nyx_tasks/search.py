@@ -1,28 +1,116 @@
-"""Exact inner-product search: FAISS IndexFlatIP (all GPUs when faiss-gpu sees
-any). Queries go in batches large enough to reach BLAS speed (FAISS uses a
-slow path below ~128k query-dims per batch)."""
+"""Exact inner-product search over L2-normalised embeddings (mining, feedback,
+evaluation).
+
+Two backends, one contract: `exact_topk(queries, docs, k, cfg)` returns the
+best `k` (scores, doc indices) per query, best first, -1 where the corpus is
+smaller than `k`. Exact ties are ordered by the lower doc index on the torch
+path; FAISS's heap may order them differently.
+
+- `faiss`: `IndexFlatIP` on the CPU; with faiss-gpu, sharded over every GPU.
+  Queries go in batches of at least ~128k query-dims: below that FAISS takes a
+  slow non-BLAS path.
+- `torch`: chunked matmul + top-k on the GPU in bf16 (tensor cores; often
+  faster than faiss-gpu's fp32 path), each query's best `2k` candidates then
+  re-scored in fp32, so bf16 rounding never changes which documents are kept
+  beyond what fp32 would. On a CPU it runs in fp32 (the tests compare it to
+  FAISS there).
+
+`auto` takes `torch` when a GPU is visible, else `faiss`; `benchmarks/search.py`
+measures the two side by side on whatever machine runs it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+FAISS_MIN_QUERY_DIMS = 131072
 
-def exact_topk(queries: np.ndarray, docs: np.ndarray, k: int, query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (Q, k), doc indices (Q, k)), best first; -1 where the corpus is smaller than k."""
+
+def resolve_backend(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    try:
+        import torch
+
+        return "torch" if torch.cuda.is_available() else "faiss"
+    except ImportError:
+        return "faiss"
+
+
+def exact_topk(queries: np.ndarray, docs: np.ndarray, k: int, cfg=None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (Q, k) float32, doc indices (Q, k) int64), best first. `cfg` is a
+    SearchConfig (None: the defaults)."""
+    from .config import SearchConfig
+
+    cfg = cfg or SearchConfig()
+    k_eff = min(k, docs.shape[0])
+    if queries.shape[0] == 0 or k_eff == 0:
+        scores, ids = np.zeros((queries.shape[0], k_eff), np.float32), np.zeros((queries.shape[0], k_eff), np.int64)
+    elif resolve_backend(cfg.backend) == "torch":
+        scores, ids = _torch_topk(queries, docs, k_eff, cfg)
+    else:
+        scores, ids = _faiss_topk(queries, docs, k_eff, cfg)
+    if k_eff < k:  # the FAISS convention for a short corpus, whatever the backend
+        pad = k - k_eff
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+
+def _faiss_topk(queries, docs, k, cfg):
     import faiss
 
     d = docs.shape[1]
     index = faiss.IndexFlatIP(d)
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+        co = faiss.GpuMultipleClonerOptions()
+        co.shard = True  # split the corpus across GPUs instead of copying it to each
+        index = faiss.index_cpu_to_all_gpus(index, co=co)
     index.add(np.ascontiguousarray(docs, dtype=np.float32))
-    k = min(k, docs.shape[0])
-    batch = max(query_batch, -(-131072 // d))
+    batch = max(cfg.query_batch, -(-FAISS_MIN_QUERY_DIMS // d))
     scores, ids = [], []
     for s in range(0, queries.shape[0], batch):
         sc, ix = index.search(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32), k)
         scores.append(sc)
         ids.append(ix)
-    if not scores:
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     return np.concatenate(scores), np.concatenate(ids)
+
+
+def _torch_topk(queries, docs, k, cfg):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fast = torch.bfloat16 if device == "cuda" else torch.float32
+    n = docs.shape[0]
+    cand = min(n, 2 * k if fast != torch.float32 else k)  # bf16 shortlists twice as many, then re-scores
+    docs32 = torch.from_numpy(np.ascontiguousarray(docs, dtype=np.float32)).to(device)  # (N, D)
+    docs_fast = docs32.to(fast)
+    out_s, out_i = [], []
+    for s in range(0, queries.shape[0], cfg.query_batch):
+        q32 = torch.from_numpy(np.ascontiguousarray(queries[s:s + cfg.query_batch], dtype=np.float32)).to(device)
+        q_fast = q32.to(fast)
+        best_s, best_i = None, None
+        for c in range(0, n, cfg.doc_chunk):
+            sc = q_fast @ docs_fast[c:c + cfg.doc_chunk].T  # (q, chunk)
+            top_s, top_i = sc.float().topk(min(cand, sc.shape[1]), dim=1)  # (q, cand)
+            top_i += c
+            if best_s is not None:
+                top_s, top_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i], 1)
+                keep = top_s.topk(min(cand, top_s.shape[1]), dim=1).indices
+                top_s, top_i = top_s.gather(1, keep), top_i.gather(1, keep)
+            best_s, best_i = top_s, top_i
+        # fp32 re-score of the shortlist, then order by (score desc, index asc) like FAISS
+        exact = torch.einsum("qd,qcd->qc", q32, docs32[best_i])  # (q, cand)
+        order = _order(exact, best_i)[:, :k]
+        out_s.append(exact.gather(1, order).cpu().numpy())
+        out_i.append(best_i.gather(1, order).cpu().numpy())
+    return np.concatenate(out_s), np.concatenate(out_i)
+
+
+def _order(scores, ids):
+    """Column order sorting each row by score descending, then doc index ascending."""
+    import torch
+
+    by_id = torch.argsort(ids, dim=1, stable=True)
+    by_score = torch.argsort(scores.gather(1, by_id), dim=1, descending=True, stable=True)
+    return by_id.gather(1, by_score)

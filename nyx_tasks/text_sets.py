@@ -1,0 +1,103 @@
+"""Text-only QA sets for mining (paper, stage 1 data: HotpotQA,
+2WikiMultiHopQA, MuSiQue): questions with their gold answers plus a retrieval
+corpus, read from local Parquet / JSONL (any fsspec URL). The default column
+names are FlashRAG's layout (`id`, `question`, `golden_answers`; corpus `id`,
+`contents`); `TextSetConfig` maps others.
+
+Bad rows are dropped with a named reason (`<set>_…`), never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import PACKAGE_DIR, TextSetConfig
+from .obelics import Malformed, expand_urls, fingerprint_urls, iter_file_rows
+
+Drop = Callable[[str, str], None]
+
+
+@dataclass
+class TextQuestion:
+    qid: str
+    question: str
+    answers: list[str]
+
+
+@dataclass
+class CorpusDoc:
+    doc_id: str
+    text: str
+
+
+def _resolve(path: str) -> str:
+    """`pkgdata:<rel>` -> a file shipped in nyx_tasks/data (the demo's fixtures)."""
+    return str(PACKAGE_DIR / "data" / path[len("pkgdata:"):]) if path.startswith("pkgdata:") else path
+
+
+def set_files(ts: TextSetConfig) -> tuple[list[str], list[str]]:
+    return (expand_urls([_resolve(p) for p in ts.questions], f"text set {ts.name!r} questions"),
+            expand_urls([_resolve(p) for p in ts.corpus], f"text set {ts.name!r} corpus"))
+
+
+def fingerprint(ts: TextSetConfig) -> str:
+    q, c = set_files(ts)
+    return fingerprint_urls(q + c)
+
+
+def _answers(value) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [a.strip() for a in value if isinstance(a, str) and a.strip()]
+
+
+def read_questions(ts: TextSetConfig, drop: Drop) -> list[TextQuestion]:
+    """The set's questions in file order (at most `max_questions`), deduplicated by id."""
+    out: list[TextQuestion] = []
+    seen: set[str] = set()
+    for url in set_files(ts)[0]:
+        for i, row in enumerate(iter_file_rows(url)):
+            where = f"{url}#{i}"
+            if isinstance(row, Malformed):
+                drop(f"{ts.name}_malformed_{row.reason}", where)
+                continue
+            qid = row.get(ts.id_column)
+            qid = f"{ts.name}:{qid if qid is not None else where}"
+            question = row.get(ts.question_column)
+            answers = _answers(row.get(ts.answers_column))
+            if not isinstance(question, str) or not question.strip():
+                drop(f"{ts.name}_no_question", where)
+            elif not answers:
+                drop(f"{ts.name}_no_answers", where)
+            elif qid in seen:
+                drop(f"{ts.name}_duplicate_question", qid)
+            else:
+                seen.add(qid)
+                out.append(TextQuestion(qid, question.strip(), answers))
+                if ts.max_questions and len(out) >= ts.max_questions:
+                    return out
+    return out
+
+
+def read_corpus(ts: TextSetConfig, drop: Drop) -> list[CorpusDoc]:
+    out: list[CorpusDoc] = []
+    seen: set[str] = set()
+    for url in set_files(ts)[1]:
+        for i, row in enumerate(iter_file_rows(url)):
+            where = f"{url}#{i}"
+            if isinstance(row, Malformed):
+                drop(f"{ts.name}_corpus_malformed_{row.reason}", where)
+                continue
+            doc_id, text = row.get(ts.corpus_id_column), row.get(ts.corpus_text_column)
+            doc_id = str(doc_id) if doc_id is not None else where
+            if not isinstance(text, str) or not text.strip():
+                drop(f"{ts.name}_corpus_empty_text", where)
+            elif doc_id in seen:
+                drop(f"{ts.name}_corpus_duplicate_id", doc_id)
+            else:
+                seen.add(doc_id)
+                out.append(CorpusDoc(doc_id, text))
+    return out
