@@ -27,6 +27,10 @@ def make_embedder(cfg, store) -> Embedder:
         from .st import SentenceTransformerEmbedder
 
         return SentenceTransformerEmbedder(cfg, resolve_model_path(cfg.model))
+    if cfg.kind == "mme5":
+        from .mme5 import MmE5Embedder
+
+        return MmE5Embedder(cfg, store, resolve_model_path(cfg.model))
     from .nyx import NyxEmbedder
 
     return NyxEmbedder(cfg, store, resolve_model_path(cfg.model))

@@ -7,7 +7,10 @@ architectures, built without any download, for the demo profile and the tests.
   processor (image processor, tokenizer, chat template);
 - `qwen2/`: a text-only Qwen2ForCausalLM (what the vLLM CPU server serves);
 - `internvl/`: InternVLForConditionalGeneration, the paper's synthesis VLM
-  family (InternVL3), with the real InternVL processor and image tokens.
+  family (InternVL3), with the real InternVL processor and image tokens;
+- `mllama/`: MllamaForConditionalGeneration (Llama-3.2-Vision, the backbone of
+  mmE5, the paper's hard-negative miner) with the real Mllama processor and a
+  tokenizer carrying Llama-3's special tokens.
 
 The weights are random: generations are noise, but every code path (chat
 template, image tokens, structured decoding, batching) is the real one.
@@ -163,7 +166,77 @@ def build_internvl(out: Path, seed: int = 0) -> Path:
     return out
 
 
-TINY_VERSION = 2  # bump when the set or shape of tiny models changes: old builds are not reused
+# Llama-3's special tokens, as the Mllama processor and mmE5 use them: the tokenizer itself
+# prepends <|begin_of_text|> (like Llama-3's TemplateProcessing post-processor), the
+# processor adds another after leading <|image|> tokens, padding is <|finetune_right_pad_id|>.
+MLLAMA_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|start_header_id|>",
+                         "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
+
+
+def build_mllama_tokenizer(out: Path, vocab_size: int = 2048):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=MLLAMA_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus_texts(), trainer=trainer)
+    bos = "<|begin_of_text|>"
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, tok.token_to_id(bos))])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|end_of_text|>",
+                                 pad_token="<|finetune_right_pad_id|>", extra_special_tokens=MLLAMA_SPECIAL_TOKENS[3:],
+                                 model_max_length=4096)
+    hf.save_pretrained(out)
+    return hf
+
+
+def build_mllama(out: Path, seed: int = 0) -> Path:
+    """MllamaForConditionalGeneration (Llama-3.2-Vision's architecture, mmE5's backbone):
+    a 2-layer vision encoder (+1 global layer) on 56x56 tiles of 14x14 patches, up to 4
+    tiles per image (the real aspect-ratio set), and a 3-layer text model whose middle
+    layer cross-attends to the image. The tanh gates that the real init leaves at zero
+    (cross-attention, tile and position embeddings) are set to random non-zero values,
+    so images, tiles and aspect ratios all change the output."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessor,
+        MllamaProcessor,
+    )
+
+    tok = build_mllama_tokenizer(out / "_tokenizer")
+    torch.manual_seed(seed)
+    ids = tok.convert_tokens_to_ids
+    text = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                cross_attention_layers=[1], rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                bos_token_id=ids("<|begin_of_text|>"), eos_token_id=ids("<|end_of_text|>"),
+                pad_token_id=ids("<|finetune_right_pad_id|>"))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, attention_heads=2,
+                  image_size=56, patch_size=14, max_num_tiles=4, intermediate_layers_indices=[0, 1],
+                  vision_output_dim=32 * 3)  # final + 2 intermediate layers, concatenated
+    cfg = MllamaConfig(text_config=text, vision_config=vision, image_token_index=ids("<|image|>"))
+    model = MllamaForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gate"):  # cross_attn_{attn,mlp}_gate, the tile/position embeddings' gates
+                p.uniform_(0.5, 1.5)
+    model.generation_config = GenerationConfig(bos_token_id=text["bos_token_id"], eos_token_id=text["eos_token_id"],
+                                               pad_token_id=text["pad_token_id"])
+    model.save_pretrained(out)
+    proc = MllamaProcessor(image_processor=MllamaImageProcessor(size={"height": 56, "width": 56}, max_image_tiles=4),
+                           tokenizer=tok)
+    proc.save_pretrained(out)
+    shutil.rmtree(out / "_tokenizer")
+    return out
+
+
+TINY_VERSION = 3  # bump when the set or shape of tiny models changes: old builds are not reused
 
 
 def tiny_dir() -> Path:
@@ -185,7 +258,9 @@ def build_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
     build_qwen2(tmp / "qwen2", tok, seed)
     build_qwen2_5_vl(tmp / "qwen2_5_vl", tok, seed)
     build_internvl(tmp / "internvl", seed)
-    names = {"tokenizer": "tokenizer", "qwen2": "qwen2", "qwen2_5_vl": "qwen2_5_vl", "internvl": "internvl"}
+    build_mllama(tmp / "mllama", seed)
+    names = {"tokenizer": "tokenizer", "qwen2": "qwen2", "qwen2_5_vl": "qwen2_5_vl", "internvl": "internvl",
+             "mllama": "mllama"}
     (tmp / "tiny_models.json").write_text(json.dumps({k: str(out / v) for k, v in names.items()}, indent=2))
     try:
         tmp.rename(out)
