@@ -28,6 +28,8 @@ Universal RAG* (arXiv 2510.17354).
 | sample | fixed-size subset: 63.29% text-only, 29.85% single-image, rest multi-image |
 | synthesize | a VLM writes QA pairs (text, image, multi-image prompts), shortens answers, writes 3 distractors; `route` sends shards to the `gpu` queue with the in-process `vllm` backend |
 | filter | the paper's rule filters (named drops), 4 shuffled options + correct index, train/dev/test split |
+| mine | embed queries and chunks with the miner (mmE5), exact search, skip 10 ranks, drop the positive by id, keep 5 hard negatives; the text-only sets (top-1 retrieved = positive) too |
+| train_stage1 | Matryoshka InfoNCE training of the Nyx embedder with LoRA (`torchrun` + DeepSpeed ZeRO-2 over `num_gpus` GPUs, `route` holds that many `gpu` pool slots; CPU in one process on the demo); publishes `nyx_checkpoint` |
 
 Each stage is a task group `plan -> shard (mapped, one per input shard) -> commit`.
 A stage that is complete with the same config and inputs is a no-op (its log says

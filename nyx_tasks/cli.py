@@ -168,5 +168,51 @@ def export_nyxqa_cmd(out_dir: Annotated[str, typer.Argument(help="Output folder 
     typer.echo(json.dumps(export_nyxqa(cfg, out_dir), indent=2))
 
 
+import_app = typer.Typer(no_args_is_help=True,
+                         help="Import public training sets into the triplet schema (<root>/datasets/<name>/).")
+app.add_typer(import_app, name="import")
+
+ImportSources = Annotated[list[str], typer.Argument(help="Parquet or JSONL files (globs and fsspec URLs allowed).")]
+ImportName = Annotated[str, typer.Option("--name", help="Dataset name; a train source reads it with kind=dataset.")]
+ImageRoots = Annotated[list[str] | None, typer.Option(
+    "--image-root", help="Folder the image paths are relative to (repeatable: the first that has the file wins).")]
+Placeholder = Annotated[str | None, typer.Option(
+    "--placeholder", help="Image placeholder written into the texts (default: train_stage1.image_placeholder).")]
+
+
+def _import(layout: str, sources: list[str], name: str, image_roots: list[str] | None, profile: str,
+            sets: list[str] | None, root: str | None, placeholder: str | None) -> None:
+    from .artifacts import ArtifactStore
+    from .importers import ImportFailed, import_dataset
+    from .log import setup_cli_logging
+
+    cfg = _config(profile, None, sets, root)
+    setup_cli_logging()
+    try:
+        manifest = import_dataset(layout, sources, name, ArtifactStore(cfg.artifact_root()), image_roots or [],
+                                  placeholder or cfg.train_stage1.image_placeholder, cfg.ingest.fetch)
+    except (ImportFailed, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(json.dumps({k: manifest[k] for k in ("dataset", "layout", "rows_in", "rows_out", "drops", "images",
+                                                    "location")}, indent=2))
+
+
+@import_app.command("mmeb")
+def import_mmeb_cmd(sources: ImportSources, name: ImportName, image_root: ImageRoots = None,
+                    profile: Profile = "demo", sets: Sets = None, root: Root = None,
+                    placeholder: Placeholder = None) -> None:
+    """Import TIGER-Lab/MMEB-train files (qry / pos_text / neg_text, <|image_1|>, an images folder)."""
+    _import("mmeb", sources, name, image_root, profile, sets, root, placeholder)
+
+
+@import_app.command("mme5")
+def import_mme5_cmd(sources: ImportSources, name: ImportName, image_root: ImageRoots = None,
+                    profile: Profile = "demo", sets: Sets = None, root: Root = None,
+                    placeholder: Placeholder = None) -> None:
+    """Import intfloat/mmE5-synthetic files (MMEB's columns, lists as Python-literal strings)."""
+    _import("mme5", sources, name, image_root, profile, sets, root, placeholder)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

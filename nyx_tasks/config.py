@@ -260,6 +260,96 @@ class MineConfig(_Model):
         return self
 
 
+class LoraSettings(_Model):
+    """LoRA through peft on the language model only (paper: rank 8)."""
+
+    enabled: bool = True
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    use_dora: bool = False
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Projection names inside the language model's decoder layers (the vision "
+        "tower has modules of the same names; they are not wrapped).")
+
+
+class LossSettings(_Model):
+    """Matryoshka InfoNCE (paper: 2048/1024/512/256 with weights 1/1/0.2/0.2)."""
+
+    dims: list[int] = Field(default_factory=lambda: [2048, 1024, 512, 256], min_length=1)
+    weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 0.2, 0.2], min_length=1)
+    temperature: float = Field(0.02, gt=0)
+    share_negatives: bool = Field(False, description="Score every query against every hard negative of the batch.")
+    gather_across_devices: bool = Field(True, description="All-gather positives (with gradient) across GPUs.")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> LossSettings:
+        if len(self.dims) != len(self.weights):
+            raise ValueError(f"loss.dims and loss.weights differ in length: {self.dims} vs {self.weights}")
+        return self
+
+
+class TrainSource(_Model):
+    """One source of the training mix, all in the triplet schema.
+
+    kind `mine`: this partition's mine output (NyxQA and the text-only sets;
+    `select` picks `source` values, empty = all); `negatives`: the newest
+    re-mined NyxQA negatives of the partition (falls back to `mine`);
+    `dataset`: a set imported with `nyx import` under `<root>/datasets/<name>`;
+    `feedback`: the partition's VLM-feedback triplets (stage 2)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    kind: Literal["mine", "negatives", "dataset", "feedback"] = "mine"
+    select: list[str] = Field(default_factory=list)
+    dataset: str | None = Field(None, description="kind=dataset: the name given to `nyx import`.")
+    weight: float = Field(1.0, ge=0, description="Rows per epoch = weight x rows (after the cap): 0.5 samples "
+                          "half without replacement, 2 repeats every row twice.")
+    max_rows: int | None = Field(None, ge=1, description="Cap: keep at most this many rows (a seeded sample).")
+    split: str | None = Field("train", description="Keep rows of this split only (null: every split).")
+    required: bool = Field(True, description="An empty source is an error; when false it is skipped with a log line.")
+
+    @model_validator(mode="after")
+    def _dataset_named(self) -> TrainSource:
+        if self.kind == "dataset" and not self.dataset:
+            raise ValueError(f"train source {self.name!r}: kind=dataset needs `dataset`")
+        return self
+
+
+class TrainConfig(_Model):
+    """Contrastive training of the Nyx embedder (paper: stage 1 / stage 2)."""
+
+    base_model: str = Field("tiny:qwen2_5_vl", description="Qwen2.5-VL path or hub id (paper: "
+                            "Qwen/Qwen2.5-VL-3B-Instruct), or tiny:qwen2_5_vl.")
+    init_from: Literal["base", "stage1"] = Field(
+        "base", description="stage 2 only: start from the base model or from the stage-1 model.")
+    sources: list[TrainSource] = Field(default_factory=lambda: [TrainSource(name="nyxqa", kind="mine")], min_length=1)
+    negatives_per_query: int = Field(1, ge=0, description="Hard negatives per query (the paper's code used 1 of 5).")
+    query_instruction: str = "Please retrieve the most relevant document to answer the question."
+    image_placeholder: str = "<image>"
+    max_pixels: int = Field(400 * 28 * 28, ge=28 * 28, description="Pixel cap per image (paper: 400 x 28 x 28).")
+    lora: LoraSettings = LoraSettings()
+    loss: LossSettings = LossSettings()
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides epochs.")
+    per_device_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    lr_scheduler: Literal["linear", "cosine"] = "linear"
+    bf16: Literal["auto", True, False] = Field("auto", description="auto: bf16 on GPUs, fp32 on a CPU.")
+    gradient_checkpointing: bool = True
+    save_steps: int = Field(100, ge=1, description="Checkpoint (model, optimizer, scheduler, step) every N steps.")
+    save_total_limit: int = Field(3, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    seed: int = 0
+    num_gpus: int = Field(0, ge=0, description="0: train on the CPU in one process; N: torchrun over N GPUs.")
+    deepspeed: bool = Field(True, description="ZeRO-2 through DeepSpeed when training on GPUs.")
+    dataloader_workers: int = Field(2, ge=0)
+
+
 class NyxConfig(_Model):
     profile: str = "demo"
     partition: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
@@ -271,6 +361,7 @@ class NyxConfig(_Model):
     synthesize: SynthesizeConfig = SynthesizeConfig()
     filter: FilterConfig = FilterConfig()
     mine: MineConfig = MineConfig()
+    train_stage1: TrainConfig = TrainConfig()
 
     def artifact_root(self) -> str:
         root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root

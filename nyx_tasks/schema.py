@@ -157,3 +157,19 @@ TRIPLETS = pa.schema(
 )
 
 SCHEMAS["triplets"] = TRIPLETS
+
+# A training run's log: one row per logging step (loss per Matryoshka dim,
+# learning rate); the model itself lives under <root>/models/<run>/<stage>/.
+TRAIN_LOG = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.float64(), nullable=False),
+        pa.field("loss", pa.float64(), nullable=False),
+        pa.field("loss_per_dim", pa.map_(pa.int32(), pa.float64()), nullable=False),
+        pa.field("learning_rate", pa.float64(), nullable=False),
+        pa.field("grad_norm", pa.float64()),
+        pa.field("run", pa.string(), nullable=False),
+    ]
+)
+
+SCHEMAS["train_log"] = TRAIN_LOG

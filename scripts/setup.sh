@@ -18,5 +18,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing the project and its dependencies into $VENV (first run: a few minutes)" >&2
   quiet "$VENV/bin/python" -m pip install -q --upgrade pip
   quiet "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  # DeepSpeed ships only an sdist whose build imports torch: build it against the torch just
+  # installed (an isolated build would pull a CUDA torch from the index). Ops compile on first use.
+  DS_BUILD_OPS=0 quiet "$VENV/bin/python" -m pip install -q --no-build-isolation "deepspeed==0.19.8"
   echo "$want" > "$STAMP"
 fi

@@ -19,9 +19,28 @@ def stage_asset(stage: str) -> Asset:
     return Asset(name=f"nyx_{stage}", uri=f"x-nyx://partitions/{stage}", group="nyx")
 
 
-# Stages whose work can run on a GPU worker: the backend in the resolved config
-# picks the queue at run time (a branch between two mapped shard tasks).
-GPU_ROUTED = {"synthesize": lambda cfg: cfg.synthesize.generation.backend == "vllm"}
+# Stages whose work can run on GPU workers: how many GPUs a shard needs under
+# the resolved config (0: the CPU path on the default queue). A branch picks, at
+# run time, the mapped shard task whose `pool_slots` is that count: pool slots
+# are fixed when the DAG is parsed and cannot be mapped, so there is one GPU
+# variant per supported count.
+GPU_ROUTED = {
+    "synthesize": lambda cfg: (cfg.synthesize.generation.tensor_parallel_size
+                               if cfg.synthesize.generation.backend == "vllm" else 0),
+    "train_stage1": lambda cfg: cfg.train_stage1.num_gpus,
+}
+GPU_COUNTS = (1, 2, 4, 8)
+
+# Stages that publish a retriever checkpoint (nyx_tasks.checkpoints) as well as their output.
+CHECKPOINT_STAGES = {"train_stage1"}
+
+
+def gpu_variant(n: int) -> int:
+    """The smallest supported GPU count that holds `n` GPUs."""
+    fits = [c for c in GPU_COUNTS if c >= n]
+    if not fits:
+        raise ValueError(f"{n} GPUs per task: at most {GPU_COUNTS[-1]} are supported on one worker")
+    return fits[0]
 
 
 def config_from_context():
@@ -82,7 +101,9 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
             m = run_shard(get_stage(stage_name), config_from_context(), spec)
             return {k: m[k] for k in ("shard", "rows_in", "rows_out", "drops")}
 
-        @task(task_id="commit", trigger_rule="none_failed", outlets=[stage_asset(stage_name)],
+        outlets = [stage_asset(stage_name)] + ([CHECKPOINT_ASSET] if stage_name in CHECKPOINT_STAGES else [])
+
+        @task(task_id="commit", trigger_rule="none_failed", outlets=outlets,
               doc_md=f"Check all `{stage_name}` shards finished and write the manifest last.")
         def commit() -> dict:
             from nyx_tasks.runner import commit_stage
@@ -90,7 +111,10 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
 
             result = commit_stage(get_stage(stage_name), config_from_context())
             summary = result.summary()
-            get_current_context()["outlet_events"][stage_asset(stage_name)].extra = summary
+            events = get_current_context()["outlet_events"]
+            events[stage_asset(stage_name)].extra = summary
+            if stage_name in CHECKPOINT_STAGES:  # the re-mining DAG listens to this one
+                events[CHECKPOINT_ASSET].extra = {**summary, "checkpoint": result.manifest.get("checkpoint")}
             return summary
 
         shards = plan()
@@ -99,13 +123,15 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
             shard.expand(spec=shards) >> done
             return group
 
-        @task.branch(task_id="route", doc_md="Send the shards to the `gpu` queue when the backend runs in-process on GPUs.")
+        @task.branch(task_id="route", doc_md="Send the shards to the `gpu` queue, holding as many `gpu` pool "
+                     "slots as the run needs GPUs, when the stage runs on GPUs; else to the default queue.")
         def route() -> str:
-            cfg = config_from_context()
-            return f"{stage_name}.shard_gpu" if GPU_ROUTED[stage_name](cfg) else f"{stage_name}.shard"
+            n = GPU_ROUTED[stage_name](config_from_context())
+            return f"{stage_name}.shard_gpu{gpu_variant(n)}" if n else f"{stage_name}.shard"
 
-        gpu_shard = shard.override(task_id="shard_gpu", queue="gpu", pool="gpu")
+        variants = [shard.override(task_id=f"shard_gpu{n}", queue="gpu", pool="gpu", pool_slots=n)
+                    .expand(spec=shards) for n in GPU_COUNTS]
         chosen = route()
         shards >> chosen
-        chosen >> [shard.expand(spec=shards), gpu_shard.expand(spec=shards)] >> done
+        chosen >> [shard.expand(spec=shards), *variants] >> done
     return group

@@ -1,7 +1,7 @@
 """The Nyx embedder (paper: Nyx model): a Qwen2.5-VL backbone; the embedding is
 the last layer's hidden state at the last non-padding token (right padding,
-an end-of-text token appended), L2-normalised; queries carry the retrieval
-instruction; images are capped at `max_pixels`; Matryoshka truncation to any
+the chat template, an end-of-text token appended), L2-normalised; queries
+carry the retrieval instruction; images are capped at `max_pixels`; Matryoshka truncation to any
 configured dimension. Loads a merged checkpoint, or a base model plus a LoRA
 adapter. The shared machinery lives in `vlm.VLMEmbedder`."""
 
@@ -10,21 +10,43 @@ from __future__ import annotations
 from .base import MixedItem
 from .vlm import VLMEmbedder, last_token_pool
 
-__all__ = ["VISION", "NyxEmbedder", "last_token_pool"]
+__all__ = ["VISION", "NyxEmbedder", "cap_image_pixels", "last_token_pool", "nyx_prompt"]
 
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
+PROMPT_FORMAT = "chat-v1"  # part of model_id: a change of prompt invalidates cached embeddings
+
+
+def nyx_prompt(processor, text: str, role: str, instruction: str, placeholder: str) -> str:
+    """The Nyx input for one query or document (training and embedding share it):
+    the chat template with text and images interleaved where the placeholders
+    stood, the retrieval instruction as the system message of queries
+    (documents keep the template's default), the assistant turn opened, and the
+    end-of-text token last, whose hidden state is the embedding (paper: EOS)."""
+    content: list[dict] = []
+    for i, part in enumerate(text.split(placeholder)):
+        if i:
+            content.append({"type": "image"})
+        if part:
+            content.append({"type": "text", "text": part})
+    messages = [{"role": "user", "content": content}]
+    if role == "query" and instruction:
+        messages.insert(0, {"role": "system", "content": instruction})
+    eos = processor.tokenizer.pad_token or "<|endoftext|>"
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + eos
+
+
+def cap_image_pixels(processor, max_pixels: int) -> None:
+    """The pixel cap per image (paper: 400 x 28 x 28) on Qwen2.5-VL's image processor."""
+    ip = processor.image_processor
+    ip.size = {"shortest_edge": min(ip.size.get("shortest_edge", 56 * 56), max_pixels), "longest_edge": max_pixels}
 
 
 class NyxEmbedder(VLMEmbedder):
     kind = "nyx"
+    prompt_format = PROMPT_FORMAT
 
     def _setup(self) -> None:
-        ip = self.processor.image_processor  # the pixel cap (paper: 400 x 28 x 28 per image)
-        ip.size = {"shortest_edge": min(ip.size.get("shortest_edge", 56 * 56), self.cfg.max_pixels),
-                   "longest_edge": self.cfg.max_pixels}
-        self.eos = self.processor.tokenizer.pad_token or "<|endoftext|>"
+        cap_image_pixels(self.processor, self.cfg.max_pixels)
 
     def _text(self, item: MixedItem, role: str) -> str:
-        body = item.text.replace(self.cfg.image_placeholder, VISION)
-        prefix = f"{self.cfg.query_instruction}\n" if role == "query" and self.cfg.query_instruction else ""
-        return f"{prefix}{body}{self.eos}"
+        return nyx_prompt(self.processor, item.text, role, self.cfg.query_instruction, self.cfg.image_placeholder)

@@ -36,6 +36,7 @@ def device_and_dtype(device: str):
 class VLMEmbedder:
     kind = "vlm"  # prefix of model_id and of the progress lines
     model_class = "AutoModelForImageTextToText"  # a transformers class name
+    prompt_format = ""  # a version of the prompt text, part of model_id when set
 
     def __init__(self, cfg, store, path: str):
         import transformers
@@ -55,7 +56,8 @@ class VLMEmbedder:
         self.dim = int(self.model.config.get_text_config().hidden_size)
         self._setup()
         self.model_id = (f"{self.kind}:{model_fingerprint(path)}:adapter={cfg.adapter}:px={cfg.max_pixels}"
-                         f":instr={cfg.query_instruction!r}")
+                         f":instr={cfg.query_instruction!r}"
+                         + (f":fmt={self.prompt_format}" if self.prompt_format else ""))
 
     # -- what subclasses say ------------------------------------------------
 

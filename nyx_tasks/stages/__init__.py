@@ -13,6 +13,7 @@ STAGE_MODULES: dict[str, str] = {
     "synthesize": "nyx_tasks.stages.synthesize",
     "filter": "nyx_tasks.stages.filter",
     "mine": "nyx_tasks.stages.mine",
+    "train_stage1": "nyx_tasks.stages.train_stage1",
 }
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_MODULES)
 

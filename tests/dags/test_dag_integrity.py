@@ -26,30 +26,45 @@ def test_no_import_errors(dagbag):
 
 
 def test_structure_follows_the_stage_registry(dagbag):
-    from nyx_airflow.stage_group import GPU_ROUTED
+    from nyx_airflow.stage_group import CHECKPOINT_STAGES, GPU_COUNTS, GPU_ROUTED
 
     dag = dagbag.dags["nyxqa_to_model"]
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     assert {"nyx", "nyxqa"} <= set(dag.tags) and dag.doc_md
     expected = {f"{s}.{t}" for s in STAGE_NAMES for t in ("plan", "shard", "commit")}
-    expected |= {f"{s}.{t}" for s in GPU_ROUTED for t in ("route", "shard_gpu")}
+    expected |= {f"{s}.{t}" for s in GPU_ROUTED for t in ("route", *(f"shard_gpu{n}" for n in GPU_COUNTS))}
     assert set(dag.task_ids) == expected
     for s in STAGE_NAMES:
         plan, shard, commit = (dag.get_task(f"{s}.{t}") for t in ("plan", "shard", "commit"))
         assert commit.trigger_rule == "none_failed"
         assert shard.map_index_template == "{{ shard_name }}"
-        assert [o.name for o in commit.outlets] == [f"nyx_{s}"]
+        assert [o.name for o in commit.outlets] == [f"nyx_{s}"] + (["nyx_checkpoint"] if s in CHECKPOINT_STAGES else [])
         assert plan.retries == 2
         if s in GPU_ROUTED:
-            gpu = dag.get_task(f"{s}.shard_gpu")
-            assert shard.upstream_task_ids == gpu.upstream_task_ids == {plan.task_id, f"{s}.route"}
-            assert (gpu.queue, gpu.pool) == ("gpu", "gpu") and shard.queue == "default"
-            assert commit.upstream_task_ids == {shard.task_id, gpu.task_id}
+            gpus = [dag.get_task(f"{s}.shard_gpu{n}") for n in GPU_COUNTS]
+            for n, gpu in zip(GPU_COUNTS, gpus, strict=True):
+                assert gpu.upstream_task_ids == shard.upstream_task_ids == {plan.task_id, f"{s}.route"}
+                assert (gpu.queue, gpu.pool, gpu.pool_slots) == ("gpu", "gpu", n) and shard.queue == "default"
+            assert commit.upstream_task_ids == {shard.task_id, *(g.task_id for g in gpus)}
         else:
             assert shard.upstream_task_ids == {plan.task_id}
             assert commit.upstream_task_ids == {shard.task_id}
     for a, b in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
         assert f"{a}.commit" in dag.get_task(f"{b}.plan").upstream_task_ids
+    assert STAGE_NAMES[STAGE_NAMES.index("filter") + 1:][:2] == ("mine", "train_stage1")
+
+
+def test_gpu_routing_picks_the_pool_slots_the_run_needs():
+    from nyx_airflow.stage_group import GPU_ROUTED, gpu_variant
+
+    from nyx_tasks.config import load_config
+
+    assert [gpu_variant(n) for n in (1, 2, 3, 4, 5, 8)] == [1, 2, 4, 4, 8, 8]
+    with pytest.raises(ValueError, match="at most 8"):
+        gpu_variant(9)
+    paper, demo = load_config("paper"), load_config("demo")
+    assert GPU_ROUTED["train_stage1"](paper) == 8 and GPU_ROUTED["train_stage1"](demo) == 0
+    assert GPU_ROUTED["synthesize"](paper) == 4 and GPU_ROUTED["synthesize"](demo) == 0
 
 
 @pytest.mark.parametrize("bad", [{"every_nth": 0}, {"profile": "huge"}, {"partition": "../x"},

@@ -1,0 +1,132 @@
+"""`train_stage1` / `train_stage2` (paper: stage-1 contrastive pre-training,
+stage-2 fine-tuning on VLM feedback): launch the training driver as a
+subprocess (`python -m nyx_tasks.training.driver` on a CPU, `torchrun` over
+`num_gpus` GPUs), stream its log lines, then publish the checkpoint.
+
+    <root>/models/<run>/<stage>/checkpoints/checkpoint-N/   model, optimizer, scheduler, rng, step, config
+    <root>/models/<run>/<stage>/adapter/  merged/  tensorboard/  metrics.json
+    <root>/models/<run>/<stage>/_CHECKPOINT.json            written last (see nyx_tasks.checkpoints)
+
+`<run>` is `<partition>-<stage key>`: a retried attempt of the same config and
+inputs lands in the same folder and resumes from its newest checkpoint; a
+changed config trains a new run beside the old one. The stage's Parquet output
+is the training log (one row per logging step).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+
+from ..runner import ShardOutputs, Stage, StageContext, StageError
+
+
+def run_name(partition: str, key: str) -> str:
+    return f"{partition}-{key[:12]}"
+
+
+def launch_command(num_gpus: int, spec_path: str) -> list[str]:
+    if num_gpus > 0:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_gpus}",
+                "-m", "nyx_tasks.training.driver", spec_path]
+    return [sys.executable, "-m", "nyx_tasks.training.driver", spec_path]
+
+
+def stream_subprocess(cmd: list[str], log, env: dict | None = None, keep: int = 30) -> tuple[int, list[str]]:
+    """Run `cmd`, forwarding each output line to `log` as it comes; (exit code, last lines)."""
+    tail: deque[str] = deque(maxlen=keep)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "TRANSFORMERS_VERBOSITY": "warning", **(env or {})}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=env) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                log.info("%s", line)
+        return proc.wait(), list(tail)
+
+
+class TrainStage(Stage):
+    version = 1
+    inputs = ("mine",)
+    outputs = {"part": "train_log"}
+    execution_only = ("dataloader_workers", "save_steps", "save_total_limit", "logging_steps")
+    doc = "Contrastive Matryoshka InfoNCE training of the Nyx embedder (LoRA; DeepSpeed ZeRO-2 on GPUs)."
+
+    def __init__(self, name: str, inputs: tuple[str, ...] = ("mine",)):
+        self.name = self.config_key = name
+        self.inputs = inputs
+
+    def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
+        found = super().input_fingerprint(ctx)
+        for src in ctx.cfg.stage_config(self.name).sources:  # imported datasets and re-mined negatives
+            if src.kind == "dataset":
+                m = ctx.store.read_json(f"datasets/{src.dataset}/_MANIFEST.json")
+                if m is None:
+                    raise StageError(f"{self.name}: dataset {src.dataset!r} (source {src.name!r}) is not imported "
+                                     f"under {ctx.store.url('datasets')}; run `nyx import ... --name {src.dataset}`.")
+                found[f"dataset:{src.dataset}"] = m["output_hash"]
+            elif src.kind == "negatives":
+                from ..training.data import newest_negatives
+
+                found[f"negatives:{src.name}"] = newest_negatives(ctx.store, ctx.partition) or "-"
+        return found
+
+    def plan_shards(self, ctx: StageContext) -> list[dict]:
+        return [{"shard": 0, "name": "train"}]
+
+    def init_adapter(self, ctx: StageContext) -> str | None:
+        """An adapter to fold in before training (stage 2 from the stage-1 model)."""
+        return None
+
+    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+        cfg = ctx.cfg.stage_config(self.name)
+        run = run_name(ctx.partition, ctx.key)
+        rel = f"models/{run}/{self.name}"
+        local = ctx.store.fs.protocol in ("file", "local") or "file" in ctx.store.fs.protocol
+        out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.gettempdir()) / "nyx-runs" / run / self.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"stage": self.name, "partition": ctx.partition, "root": ctx.store.root, "run": run,
+                "out_dir": str(out_dir), "train": cfg.model_dump(mode="json"), "init_adapter": self.init_adapter(ctx)}
+        spec_path = out_dir / "run_spec.json"
+        spec_path.write_text(json.dumps(spec, indent=1))
+        cmd = launch_command(cfg.num_gpus, str(spec_path))
+        ctx.log.info("%s: run %s, base %s, %s, LoRA r=%d, loss dims %s, batch %d x %d accum, lr %g -> %s",
+                     self.name, run, cfg.base_model, f"{cfg.num_gpus} GPU(s)" if cfg.num_gpus else "CPU",
+                     cfg.lora.r, cfg.loss.dims, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
+                     cfg.learning_rate, ctx.store.url(rel))
+        ctx.log.info("%s: launching %s", self.name, " ".join(cmd))
+        code, tail = stream_subprocess(cmd, ctx.log)
+        if code != 0:
+            raise StageError(f"{self.name}: training exited with code {code}; last line: {tail[-1] if tail else '-'}. "
+                             f"Checkpoints under {ctx.store.url(rel)}/checkpoints are kept: a retry resumes "
+                             "from the newest.")
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+        if not local:  # train on local disk, then publish to the remote root
+            ctx.store.fs.put(str(out_dir), ctx.store.path(rel), recursive=True)
+        hist = [h for h in metrics["log_history"] if "loss" in h and "step" in h]
+        out.rows_in = metrics["examples"]
+        out.extra["steps"] = metrics["total_steps"]
+        out.write([{"step": h["step"], "epoch": float(h.get("epoch", 0.0)), "loss": float(h["loss"]),
+                    "loss_per_dim": [(int(k.split("@")[1]), float(v)) for k, v in h.items() if k.startswith("loss@")],
+                    "learning_rate": float(h.get("learning_rate", 0.0)),
+                    "grad_norm": float(h["grad_norm"]) if h.get("grad_norm") is not None else None, "run": run}
+                   for h in hist])
+        final = {"train_loss": metrics["train"].get("train_loss"), "first_loss": hist[0]["loss"] if hist else None,
+                 "last_loss": hist[-1]["loss"] if hist else None, "steps": metrics["total_steps"],
+                 "samples_per_second": metrics["train"].get("train_samples_per_second")}
+        ctx.store.write_json_atomic(f"{rel}/_CHECKPOINT.json", {
+            "base_model": cfg.base_model, "adapter": ctx.store.url(f"{rel}/adapter"),
+            "merged": ctx.store.url(f"{rel}/merged"), "stage": self.name, "run": run, "partition": ctx.partition,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "metrics": final})
+
+    def finalize(self, ctx: StageContext, manifest: dict) -> None:
+        rel = f"models/{run_name(ctx.partition, manifest['key'])}/{self.name}"
+        manifest["checkpoint"] = ctx.store.read_json(f"{rel}/_CHECKPOINT.json")

@@ -1,0 +1,8 @@
+"""`train_stage1` (paper: stage-1 contrastive pre-training of Nyx on NyxQA and
+the public mix); the recipe is nyx_tasks/training, the launch nyx_tasks/stages/train.py."""
+
+from __future__ import annotations
+
+from .train import TrainStage
+
+STAGE = TrainStage("train_stage1", inputs=("mine",))

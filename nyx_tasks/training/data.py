@@ -1,0 +1,276 @@
+"""The training mix (tevatron's "dataset" role): raw triplets, no tokenisation.
+
+Paper (arXiv 2510.17354, training): stage 1 trains on NyxQA with its mined hard negatives plus
+public sets (MMEB-train, mmE5's synthetic data, the text-only QA sets); stage 2 adds the
+VLM-feedback triplets. Every source is a table in the TRIPLETS schema; this module reads them
+(`load_sources`), resolves image ids to stored paths (`image_index`), and lays out each epoch
+(`TrainingMix`): weights, one seeded shuffle, and a seeded choice of hard negatives. The collator
+(tokenising) and the trainer come after it and only see `Example`s.
+
+Every random choice is a `random.Random` seeded by a string naming what it decides, so the same
+(seed, epoch) always gives the same list, whatever else ran before.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from ..artifacts import ArtifactStore, image_paths, iter_stage_batches
+from ..config import TrainConfig, TrainSource
+from ..log import get_logger
+
+PARTITION_KINDS = ("mine", "negatives", "feedback")
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A mixed-modal text: one placeholder per image; images as paths relative to the artifact root."""
+
+    text: str
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Example:
+    qa_id: str
+    source: str  # the TrainSource name
+    query: Doc
+    positive: Doc
+    negatives: tuple[Doc, ...]  # negatives_per_query of them, fewer when the row has fewer
+
+
+# ------------------------------------------------------------------ reading
+def _stage_rows(store: ArtifactStore, partition: str, stage: str) -> list[dict]:
+    return [r for b in iter_stage_batches(store, partition, stage) for r in b.to_pylist()]
+
+
+def newest_negatives(store: ArtifactStore, partition: str) -> str | None:
+    """The newest complete `partitions/<p>/negatives/<version>/` by its manifest's finished time."""
+    base = f"{ArtifactStore.stage_rel(partition, 'negatives')}"
+    found = []
+    for version in store.listdir(base):
+        m = store.read_json(f"{base}/{version}/_MANIFEST.json")
+        if m and m.get("status") == "complete":
+            found.append((m["timings"]["finished_at"], m["timings"].get("planned_at", ""), version))
+    return max(found)[2] if found else None
+
+
+def _dataset_manifest(store: ArtifactStore, name: str) -> dict:
+    from ..importers import dataset_rel
+
+    m = store.read_json(f"{dataset_rel(name)}/_MANIFEST.json")
+    if m is None:
+        raise FileNotFoundError(f"no imported dataset {name!r} under {store.url(dataset_rel(name))}: "
+                                f"run `nyx import mmeb|mme5 SRC... --name {name}` first")
+    return m
+
+
+def _source_rows(store: ArtifactStore, partition: str, src: TrainSource, cache: dict, log) -> list[dict]:
+    def stage(name: str) -> list[dict]:
+        if name not in cache:
+            cache[name] = _stage_rows(store, partition, name)
+        return cache[name]
+
+    if src.kind == "mine":
+        return stage("mine")
+    if src.kind == "negatives":
+        version = newest_negatives(store, partition)
+        if version is None:
+            log.info("train source %r: no re-mined negatives under %s; falling back to the mine output",
+                     src.name, store.url(ArtifactStore.stage_rel(partition, "negatives")))
+            return stage("mine")
+        log.info("train source %r: negatives version %s", src.name, version)
+        return stage(f"negatives/{version}")
+    if src.kind == "feedback":
+        if store.read_json(f"{ArtifactStore.stage_rel(partition, 'feedback')}/_MANIFEST.json") is None:
+            raise FileNotFoundError(
+                f"train source {src.name!r} (kind=feedback) needs the `feedback` stage's output for partition "
+                f"{partition!r} under {store.root}, and there is none: the VLM-feedback stage (paper: stage 2) "
+                "must run first (it is not part of this pipeline yet)")
+        return stage("feedback")
+    m = _dataset_manifest(store, src.dataset)
+    return [r for o in m["outputs"]["part"] for b in store.read_parquet(o["path"]) for r in b.to_pylist()]
+
+
+def _filter(rows: list[dict], src: TrainSource, seed: int) -> list[dict]:
+    # kind=negatives holds NyxQA only; its fallback (mine) must give the same kind of rows
+    select = set(src.select or (["nyxqa"] if src.kind == "negatives" else []))
+    kept = [r for r in rows if (not select or r["source"] in select)
+            and (src.split is None or r["split"] == src.split)]
+    if not kept and not src.required:
+        return []
+    if not kept:
+        raise ValueError(
+            f"train source {src.name!r} (kind={src.kind}) has no rows after select={sorted(select) or 'all'} "
+            f"split={src.split!r}; its input has {len(rows)} rows, by source "
+            f"{dict(Counter(r['source'] for r in rows))} and split {dict(Counter(r['split'] for r in rows))}")
+    if src.max_rows is not None and len(kept) > src.max_rows:
+        # a seeded sample, kept in input order; it does not depend on the epoch
+        picked = random.Random(f"{seed}:cap:{src.name}").sample(range(len(kept)), src.max_rows)
+        kept = [kept[i] for i in sorted(picked)]
+    return kept
+
+
+def load_sources(store: ArtifactStore, partition: str, cfg: TrainConfig, log=None) -> dict[str, list[dict]]:
+    """TrainSource name -> triplet rows (TRIPLETS dicts) after `select`, `split` and the
+    `max_rows` cap, in `cfg.sources` order. kind mine: the partition's `mine` output;
+    negatives: the newest `negatives/<version>` (NyxQA rows; falls back to `mine` with a log
+    line); dataset: `<root>/datasets/<name>/` from `nyx import`; feedback: the `feedback`
+    stage's output (an error naming the stage while it does not exist). A source with no rows
+    after filtering is an error naming it."""
+    log = log or get_logger("train")
+    cache: dict[str, list[dict]] = {}
+    out: dict[str, list[dict]] = {}
+    for src in cfg.sources:
+        out[src.name] = _filter(_source_rows(store, partition, src, cache, log), src, cfg.seed)
+        log.info("train source %r (kind=%s): %d rows%s", src.name, src.kind, len(out[src.name]),
+                 "" if out[src.name] else " (optional: skipped)")
+    if not any(out.values()):
+        raise ValueError(f"every train source is empty: {sorted(out)}; check the sources' select and split")
+    return out
+
+
+def image_index(store: ArtifactStore, partition: str, cfg: TrainConfig) -> dict[str, str]:
+    """image_id -> path relative to the root: the partition's ingest images (when a source reads
+    the partition) plus the IMAGES tables of every dataset source."""
+    paths: dict[str, str] = {}
+    if any(s.kind in PARTITION_KINDS for s in cfg.sources):
+        paths.update(image_paths(store, partition))
+    for src in cfg.sources:
+        if src.kind == "dataset":
+            for o in _dataset_manifest(store, src.dataset)["outputs"].get("images", []):
+                for b in store.read_parquet(o["path"], columns=["image_id", "path"]):
+                    paths.update(zip(b.column("image_id").to_pylist(), b.column("path").to_pylist(), strict=True))
+    return paths
+
+
+# --------------------------------------------------------------------- mix
+@dataclass(frozen=True)
+class _Row:
+    qa_id: str
+    query: Doc
+    positive: Doc
+    negatives: tuple[Doc, ...]  # every mined negative, in rank order
+
+
+def _doc(text: str, ids: list[str], images: dict[str, str], placeholder: str, side: str) -> Doc | str:
+    """A Doc, or the drop reason: an image id with no stored path, or a placeholder count that
+    does not match the images (the collator could not place them)."""
+    if any(i not in images for i in ids):
+        return f"{side}_image_missing"
+    if text.count(placeholder) != len(ids):
+        return f"{side}_placeholder_mismatch"
+    return Doc(text, tuple(images[i] for i in ids))
+
+
+def _prepare(r: dict, images: dict[str, str], placeholder: str) -> _Row | str:
+    docs = [_doc(r["query"], r["query_image_ids"], images, placeholder, "query"),
+            _doc(r["pos_text"], r["pos_image_ids"], images, placeholder, "positive")]
+    docs += [_doc(t, ids, images, placeholder, "negative")
+             for t, ids in zip(r["neg_texts"], r["neg_image_ids"], strict=True)]
+    bad = next((d for d in docs if isinstance(d, str)), None)
+    return bad or _Row(r["qa_id"], docs[0], docs[1], tuple(docs[2:]))
+
+
+def _fraction(frac: float, n: int) -> int:
+    return min(n, int(frac * n + 0.5))
+
+
+class TrainingMix:
+    """The epochs of the training mix: each source contributes weight x rows per epoch (whole
+    part: every row that many times; fractional part: a seeded sample without replacement),
+    the epoch is shuffled once, and each example takes `negatives_per_query` of its row's
+    negatives (a seeded sample that keeps rank order).
+
+    `counts[source]`: rows (kept), rows_per_epoch, dropped (by reason), rows_short_of_negatives
+    (every example of such a row has fewer than `negatives_per_query` negatives)."""
+
+    def __init__(self, rows_by_source: dict[str, list[dict]], cfg: TrainConfig, images: dict[str, str]):
+        self.cfg = cfg
+        self.weights = {s.name: s.weight for s in cfg.sources}
+        self.rows: dict[str, list[_Row]] = {}
+        self.counts: dict[str, dict] = {}
+        k = cfg.negatives_per_query
+        for name, rows in rows_by_source.items():
+            kept, dropped = [], Counter()
+            for r in rows:
+                row = _prepare(r, images, cfg.image_placeholder)
+                if isinstance(row, str):
+                    dropped[row] += 1
+                else:
+                    kept.append(row)
+            self.rows[name] = kept
+            w = self.weights.get(name, 1.0)
+            self.counts[name] = {
+                "rows": len(kept), "rows_per_epoch": int(w) * len(kept) + _fraction(w - int(w), len(kept)),
+                "dropped": dict(sorted(dropped.items())),
+                "rows_short_of_negatives": sum(1 for x in kept if len(x.negatives) < k),
+            }
+
+    def __len__(self) -> int:
+        return sum(c["rows_per_epoch"] for c in self.counts.values())
+
+    def epoch(self, e: int) -> list[Example]:
+        """Deterministic for (cfg.seed, e); another epoch gives another order and sample."""
+        seed = self.cfg.seed
+        picks: list[tuple[str, int, int]] = []  # (source, row index, copy)
+        for name, rows in self.rows.items():
+            w = self.weights.get(name, 1.0)
+            whole, n = int(w), len(rows)
+            for copy in range(whole):
+                picks += [(name, i, copy) for i in range(n)]
+            m = _fraction(w - whole, n)
+            if m:
+                sample = random.Random(f"{seed}:{e}:weight:{name}").sample(range(n), m)
+                picks += [(name, i, whole) for i in sorted(sample)]
+        random.Random(f"{seed}:{e}:shuffle").shuffle(picks)
+        return [self._example(name, self.rows[name][i], e, copy) for name, i, copy in picks]
+
+    def _example(self, source: str, row: _Row, e: int, copy: int) -> Example:
+        negs, k = row.negatives, self.cfg.negatives_per_query
+        if len(negs) > k:
+            # a repeated row (weight >= 2) gets its own sample per copy
+            rng = random.Random(f"{self.cfg.seed}:{e}:negatives:{source}:{row.qa_id}:{copy}")
+            negs = tuple(negs[j] for j in sorted(rng.sample(range(len(negs)), k)))
+        return Example(row.qa_id, source, row.query, row.positive, negs)
+
+    def examples(self, epochs: float) -> list[Example]:
+        """epoch(0) + epoch(1) + ...; a fractional last epoch is a prefix of that epoch."""
+        out: list[Example] = []
+        for e in range(int(epochs)):
+            out += self.epoch(e)
+        frac = epochs - int(epochs)
+        if frac > 0:
+            last = self.epoch(int(epochs))
+            out += last[:_fraction(frac, len(last))]
+        return out
+
+
+@functools.cache
+def _example_dataset_class():
+    import torch.utils.data
+
+    class ExampleDataset(torch.utils.data.Dataset):
+        """A map-style torch Dataset over a list of Examples (the collator tokenises them)."""
+
+        def __init__(self, examples):
+            self.examples = list(examples)
+
+        def __len__(self) -> int:
+            return len(self.examples)
+
+        def __getitem__(self, i: int) -> Example:
+            return self.examples[i]
+
+    return ExampleDataset
+
+
+def __getattr__(name: str):
+    # `ExampleDataset` subclasses torch's Dataset; building it on first use keeps torch out of
+    # every import of this module.
+    if name == "ExampleDataset":
+        return _example_dataset_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

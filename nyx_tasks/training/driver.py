@@ -1,0 +1,122 @@
+"""The training driver, one recipe read top to bottom (paper: stage 1 / stage 2):
+data mix -> model (+ LoRA) -> Trainer -> resume from the newest checkpoint ->
+train -> adapter + merged export + metrics.
+
+    python -m nyx_tasks.training.driver RUN_SPEC.json                     # CPU, one process
+    torchrun --standalone --nproc-per-node 8 -m nyx_tasks.training.driver RUN_SPEC.json
+
+The run spec (written by the train stage) holds the TrainConfig, the artifact
+root, the partition, the output dir and an optional adapter to start from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run(spec: dict, callbacks: tuple = ()) -> dict:
+    """Train as `spec` says; returns the metrics. `callbacks`: extra TrainerCallbacks (tests)."""
+    import torch
+    from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..artifacts import ArtifactStore
+    from ..config import TrainConfig
+    from ..inference import resolve_model
+    from ..log import get_logger
+    from .collator import TripletCollator
+    from .data import ExampleDataset, TrainingMix, image_index, load_sources
+    from .deepspeed_config import zero2_config
+    from .model import export_merged, load_trainable
+    from .trainer import LogLines, NyxTrainer
+
+    cfg = TrainConfig.model_validate(spec["train"])
+    rank, world = _world()
+    log = get_logger("train")
+    out = Path(spec["out_dir"])
+    set_seed(cfg.seed)
+
+    # data: the mix, in the order every rank and every resumed attempt sees
+    store = ArtifactStore(spec["root"])
+    mix = TrainingMix(load_sources(store, spec["partition"], cfg, log), cfg, image_index(store, spec["partition"], cfg))
+    per_epoch = len(mix.epoch(0))
+    if per_epoch == 0:
+        raise SystemExit("train: the training mix is empty; check train sources (select, split, max_rows)")
+    n_examples = max(1, int(round(cfg.epochs * per_epoch)))
+    examples = mix.examples(math.ceil(cfg.epochs))[:n_examples]
+    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(n_examples / global_batch))
+    log.info("data: %s; %d examples per epoch, %d to train on, global batch %d -> %d steps",
+             json.dumps(mix.counts, sort_keys=True), per_epoch, n_examples, global_batch, total_steps)
+
+    # model
+    on_gpu = torch.cuda.is_available() and cfg.num_gpus > 0
+    bf16 = on_gpu if cfg.bf16 == "auto" else bool(cfg.bf16)
+    model, processor = load_trainable(resolve_model(cfg.base_model), cfg, bf16, spec.get("init_adapter"))
+
+    # trainer: checkpoints every save_steps carry model (adapter), optimizer, scheduler, rng and step
+    ckpt_dir = out / "checkpoints"
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")  # where transformers 5 looks for it
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), max_steps=total_steps, per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        warmup_steps=math.ceil(cfg.warmup_ratio * total_steps), lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=bf16,
+        logging_steps=cfg.logging_steps, report_to=["tensorboard"],
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, disable_tqdm=True,
+        dataloader_num_workers=cfg.dataloader_workers if on_gpu else 0, use_cpu=not on_gpu,
+        ddp_find_unused_parameters=False, log_level="warning",
+        deepspeed=zero2_config(cfg, total_steps, world) if on_gpu and cfg.deepspeed else None,
+    )
+
+    class SaveSpec(TrainerCallback):  # each checkpoint also carries the run's config
+        def on_save(self, a, state, control, **kw):
+            if state.is_world_process_zero:
+                (ckpt_dir / f"checkpoint-{state.global_step}" / "nyx_run.json").write_text(json.dumps(spec, indent=1))
+
+    trainer = NyxTrainer(model=model, args=args, train_dataset=ExampleDataset(examples),
+                         data_collator=TripletCollator(processor, cfg, store), loss_cfg=cfg.loss,
+                         callbacks=[LogLines(global_batch), SaveSpec(), *callbacks])
+    trainer.remove_callback(PrinterCallback)  # LogLines says it once, readably
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s (a retried attempt continues where the last one saved)", last)
+    result = trainer.train(resume_from_checkpoint=last)
+
+    metrics = {"train": result.metrics, "total_steps": total_steps, "examples": n_examples, "mix": mix.counts,
+               "log_history": trainer.state.log_history, "world_size": world, "bf16": bf16}
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(out / "adapter"))
+        processor.save_pretrained(str(out / "adapter"))
+        export_merged(model, processor, str(out / "merged"))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        log.info("wrote adapter, merged export and metrics under %s", out)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m nyx_tasks.training.driver RUN_SPEC.json")
+    import logging
+    import warnings
+
+    rank, _ = _world()
+    # the parent (the train stage, an Airflow task) stamps every line it forwards: no second timestamp
+    logging.basicConfig(level="INFO" if rank == 0 else "WARNING", format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, once per process
+    run(json.loads(Path(argv[0]).read_text()))
+
+
+if __name__ == "__main__":
+    main()

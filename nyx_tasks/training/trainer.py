@@ -1,0 +1,80 @@
+"""The transformers `Trainer` for Nyx: `compute_loss` encodes queries and
+documents and calls the Matryoshka InfoNCE loss; the data order is the
+TrainingMix's own (sequential sampler: deterministic, and what a resumed run
+skips through); every log line carries the loss per dimension, the learning
+rate and samples/s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from transformers import Trainer, TrainerCallback
+
+from ..config import LossSettings
+from ..log import get_logger
+from .loss import mrl_infonce_losses
+from .model import encode
+
+
+class NyxTrainer(Trainer):
+    def __init__(self, *args, loss_cfg: LossSettings, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_cfg = loss_cfg
+        self._dim_sums: dict[int, float] = defaultdict(float)
+        self._dim_calls = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        q = encode(model, inputs["query"])  # (B, D)
+        docs = encode(model, inputs["docs"])  # (B * (1 + K), D)
+        b, k = q.shape[0], int(inputs["num_negatives"])
+        docs = docs.view(b, 1 + k, -1)  # (B, 1 + K, D): positive first
+        c = self.loss_cfg
+        total, per_dim = mrl_infonce_losses(q, docs[:, 0], docs[:, 1:] if k else None, c.dims, c.weights,
+                                            c.temperature, c.share_negatives, c.gather_across_devices)
+        for d, v in per_dim.items():
+            self._dim_sums[d] += float(v.detach())
+        self._dim_calls += 1
+        return (total, {"per_dim": per_dim}) if return_outputs else total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._dim_calls and "loss" in logs:
+            logs.update({f"loss@{d}": round(s / self._dim_calls, 4) for d, s in self._dim_sums.items()})
+            self._dim_sums.clear()
+            self._dim_calls = 0
+        super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset=None):
+        from torch.utils.data import SequentialSampler
+
+        return SequentialSampler(train_dataset or self.train_dataset)  # the mix already shuffled, per epoch
+
+
+class LogLines(TrainerCallback):
+    """One readable line per logging step (these stream into the Airflow task log)."""
+
+    def __init__(self, global_batch: int):
+        self.global_batch, self.log = global_batch, get_logger("train")
+        self._t, self._step = time.monotonic(), 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.monotonic()
+        rate = (state.global_step - self._step) * self.global_batch / max(now - self._t, 1e-9)
+        self._t, self._step = now, state.global_step
+        if "loss" in logs:
+            dims = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k.startswith("loss@"))
+            self.log.info("step %d/%d epoch %.2f loss %.4f [%s] lr %.3g grad_norm %s %.2f samples/s",
+                          state.global_step, state.max_steps, logs.get("epoch", 0.0), logs["loss"], dims,
+                          logs.get("learning_rate", 0.0), f"{logs['grad_norm']:.3f}" if "grad_norm" in logs else "-",
+                          rate)
+        elif "train_runtime" in logs:
+            self.log.info("training done: %d steps in %.1fs (%.2f samples/s), mean loss %.4f", state.global_step,
+                          logs["train_runtime"], logs.get("train_samples_per_second", 0.0), logs.get("train_loss", 0.0))
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.log.info("checkpoint saved at step %d (model, optimizer, scheduler, rng, step) under %s",
+                          state.global_step, args.output_dir)
