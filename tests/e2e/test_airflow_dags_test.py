@@ -4,6 +4,7 @@ trigger with a bad param that must be refused before anything runs."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,14 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     assert synth["extra"]["requests_qa"] >= synth["rows_in"]  # the tiny VLM answered through the hf backend
     assert filt["inputs"] == {"synthesize": synth["output_hash"]}
     assert filt["rows_in"] == synth["rows_out"] == filt["rows_out"] + sum(filt["drops"].values())
-    assert "Skipping tasks [('synthesize.shard_gpu', -1)]" in log  # hf backend: default queue, not gpu
+    skipped = " ".join(re.findall(r"Skipping tasks \[[^\n]*", log))
+    for stage in ("synthesize", "train_stage1"):  # hf backend / num_gpus 0: default queue, no gpu variant runs
+        assert all(f"('{stage}.shard_gpu{n}', -1)" in skipped for n in (1, 2, 4, 8)), (stage, skipped)
+    mine, train = manifests["mine"], manifests["train_stage1"]
+    assert {s["name"] for s in mine["shards"]} == {"nyxqa", "text:hotpotqa", "text:2wikimultihopqa", "text:musique"}
+    assert mine["rows_out"] > 0 and train["inputs"] == {"mine": mine["output_hash"]}
+    assert train["rows_out"] == train["extra"]["steps"] > 0 and train["checkpoint"]["merged"]
+    assert "train_stage1: launching" in log and "nyx.train: step 1/" in log  # the trainer's lines, streamed
 
     second = dags_test(airflow_env, {"partition": "e2e"})
     log2 = second.stdout + second.stderr

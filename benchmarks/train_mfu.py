@@ -1,0 +1,173 @@
+"""Stage-1 training throughput on GPUs: samples/s, tokens/s and model FLOP
+utilisation of the real training path (TripletCollator -> NyxTrainer ->
+mrl_infonce_losses, LoRA r=8, gradient checkpointing, bf16, DeepSpeed ZeRO-2)
+on a random-weight model of the real Qwen2.5-VL-3B shape (built offline: 36
+layers, hidden 2048) with realistic inputs: query + positive + 1 hard negative,
+about 200 text tokens per document, a third of the documents carrying one image
+at the paper's pixel cap (400 x 28 x 28).
+
+    torchrun --standalone --nproc-per-node 1 benchmarks/train_mfu.py            # one GPU (goal: MFU >= 35%)
+    python benchmarks/train_mfu.py --tiny                                      # CPU smoke run of the same path
+
+Model FLOPs per step count what LoRA training must compute: the forward pass
+(2 x parameters x tokens for every matmul of the language model and the
+vision tower, plus attention's 4 x layers x T^2 x width per sequence) and a
+backward pass of the same size for the activation gradients (frozen weights
+need no weight gradients); activation recomputation is not counted, as MFU
+conventionally does not. Peak: 790 TFLOP/s bf16 dense per GPU (H100/H200 SXM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PEAK = 790e12
+LOREM = ("the harbour city kept its old market where traders sold salt maps lanterns and glass while the "
+         "northern ledger recorded every ship that came through the narrow channel in winter ").split()
+
+
+def qwen25_vl_3b_config(vocab: int):
+    """Qwen/Qwen2.5-VL-3B-Instruct's shape (config.json), random weights."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = dict(vocab_size=vocab, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+                tie_word_embeddings=True)
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=2048,
+                  fullatt_block_indexes=[7, 15, 23, 31])
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision)
+
+
+def make_examples(store, n: int, seed: int = 0):
+    import random
+
+    from PIL import Image
+
+    from nyx_tasks.training.data import Doc, Example
+
+    rng = random.Random(seed)
+    buf = io.BytesIO()
+    Image.effect_noise((560, 560), 60).convert("RGB").save(buf, format="PNG")  # 400 merged tokens at the cap
+    data = buf.getvalue()
+    import hashlib
+
+    sha = hashlib.sha256(data).hexdigest()
+    path = store.put_image(sha, "png", data)
+
+    def doc(words: int, image: bool) -> Doc:
+        text = " ".join(rng.choice(LOREM) for _ in range(words))
+        return Doc(f"<image> {text}", (path,)) if image else Doc(text)
+
+    return [Example(f"q{i}", "bench", doc(24, False), doc(170, i % 3 == 0), (doc(170, i % 3 == 1),))
+            for i in range(n)]
+
+
+def model_flops(model, batch: dict) -> float:
+    """Forward + activation-gradient backward FLOPs of one batch (see the module docstring)."""
+    cfg = model.config.get_text_config()
+    vis = model.config.vision_config
+    lm_params = sum(p.numel() for n, p in model.named_parameters()
+                    if "language_model" in n and "embed_tokens" not in n and "lora_" not in n)
+    vis_params = sum(p.numel() for n, p in model.named_parameters() if ".visual." in n and "lora_" not in n)
+    fwd = 0.0
+    for part in (batch["query"], batch["docs"]):
+        lengths = part["attention_mask"].sum(dim=1).double()
+        fwd += 2 * lm_params * float(lengths.sum())
+        fwd += 4 * cfg.num_hidden_layers * cfg.hidden_size * float((lengths ** 2).sum())
+        if "pixel_values" in part:
+            patches = float(part["image_grid_thw"].prod(dim=1).sum())
+            fwd += 2 * vis_params * patches + 4 * vis.depth * vis.hidden_size * patches * vis.window_size
+    return 2 * fwd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="the tiny offline model on the CPU (smoke run)")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8, help="per-device batch size")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback, TrainingArguments
+
+    from nyx_tasks.artifacts import ArtifactStore
+    from nyx_tasks.config import TrainConfig
+    from nyx_tasks.embedding.nyx import cap_image_pixels
+    from nyx_tasks.inference import resolve_model
+    from nyx_tasks.training.collator import TripletCollator
+    from nyx_tasks.training.data import ExampleDataset
+    from nyx_tasks.training.deepspeed_config import zero2_config
+    from nyx_tasks.training.model import apply_lora
+    from nyx_tasks.training.trainer import NyxTrainer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    on_gpu = torch.cuda.is_available() and not args.tiny
+    tiny = resolve_model("tiny:qwen2_5_vl")
+    processor = AutoProcessor.from_pretrained(tiny)  # the real Qwen2.5-VL processor, the tiny tokenizer
+    processor.tokenizer.padding_side = "right"
+    dims = [128, 64, 32, 16] if args.tiny else [2048, 1024, 512, 256]
+    cfg = TrainConfig(per_device_batch_size=args.batch, max_pixels=400 * 28 * 28, negatives_per_query=1,
+                      max_steps=args.steps, learning_rate=1e-4, loss={"dims": dims, "weights": [1, 1, 0.2, 0.2]},
+                      num_gpus=world if on_gpu else 0)
+    cap_image_pixels(processor, cfg.max_pixels)
+    torch.manual_seed(0)
+    if args.tiny:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny)
+    else:
+        with torch.device("cuda"):
+            model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_3b_config(len(processor.tokenizer))).to(torch.bfloat16)
+    model.config.use_cache = False
+    model = apply_lora(model, cfg.lora)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-mfu-"))
+    examples = make_examples(store, args.batch * world * args.steps)
+    collator = TripletCollator(processor, cfg, store)
+    flops_per_step = model_flops(model, collator(examples[:args.batch])) * world  # batches are alike
+    tokens_per_step = world * sum(float(collator(examples[:args.batch])[k]["attention_mask"].sum())
+                                  for k in ("query", "docs"))
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t: dict[int, float] = {}
+
+        def on_step_end(self, a, state, control, **kw):
+            if on_gpu:
+                torch.cuda.synchronize()
+            self.t[state.global_step] = time.perf_counter()
+
+    clock = Clock()
+    targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="nyx-mfu-out-"), max_steps=args.steps,
+                              per_device_train_batch_size=args.batch, learning_rate=cfg.learning_rate,
+                              bf16=on_gpu, use_cpu=not on_gpu, report_to=[], save_strategy="no",
+                              logging_steps=args.steps, remove_unused_columns=False, disable_tqdm=True,
+                              deepspeed=zero2_config(cfg, args.steps, world) if on_gpu else None,
+                              dataloader_num_workers=4 if on_gpu else 0)
+    trainer = NyxTrainer(model=model, args=targs, train_dataset=ExampleDataset(examples), data_collator=collator,
+                         loss_cfg=cfg.loss, callbacks=[clock])
+    trainer.train()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    warm = min(2, args.steps - 2)  # the first steps pay for kernel selection and allocator growth
+    secs = (clock.t[args.steps] - clock.t[warm]) / (args.steps - warm)
+    samples = args.batch * world / secs
+    mfu = flops_per_step / secs / (PEAK * world)
+    print(f"{'tiny Qwen2.5-VL on CPU (smoke run)' if args.tiny else f'Qwen2.5-VL-3B shape, {world} GPU(s), ZeRO-2, bf16'}: "
+          f"batch {args.batch}/device, query + positive + 1 negative")
+    print(f"  {secs * 1000:.0f} ms/step  {samples:.1f} samples/s  {tokens_per_step / secs:,.0f} tokens/s")
+    print(f"  model FLOPs {flops_per_step / 1e12:.2f} TFLOP/step -> {flops_per_step / secs / 1e12 / world:.1f} "
+          f"TFLOP/s per device: MFU {mfu:.1%} of {PEAK / 1e12:.0f} TFLOP/s (goal >= 35% on GPUs)")
+
+
+if __name__ == "__main__":
+    main()
