@@ -30,8 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PEAK = 790e12
-LOREM = ("the harbour city kept its old market where traders sold salt maps lanterns and glass while the "
-         "northern ledger recorded every ship that came through the narrow channel in winter ").split()
+LOREM = ["the", "harbour", "city", "kept", "its", "old", "market", "where", "traders", "sold", "salt", "maps", "lanterns", "and", "glass", "while", "the", "northern", "ledger", "recorded", "every", "ship", "that", "came", "through", "the", "narrow", "channel", "in", "winter"]
 
 
 def qwen25_vl_3b_config(vocab: int):
@@ -98,7 +97,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback, TrainingArguments
+    from transformers import (
+        AutoProcessor,
+        Qwen2_5_VLForConditionalGeneration,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from nyx_tasks.artifacts import ArtifactStore
     from nyx_tasks.config import TrainConfig

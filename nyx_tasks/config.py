@@ -350,6 +350,46 @@ class TrainConfig(_Model):
     dataloader_workers: int = Field(2, ge=0)
 
 
+class FeedbackConfig(_Model):
+    """Stage-2 data from VLM feedback (paper: K=30, windows of 1, stride 1,
+    Qwen2.5-VL-7B-Instruct, temperature 0.1, 256 tokens, up to 10 images)."""
+
+    generation: GenerationConfig = GenerationConfig()
+    embedder: EmbedderConfig = Field(
+        EmbedderConfig(kind="nyx"), description="How the stage-1 checkpoint embeds (its model is the checkpoint).")
+    search: SearchConfig = SearchConfig()
+    top_k: int = Field(30, ge=1)
+    window_size: int = Field(1, ge=1)
+    stride: int = Field(1, ge=1)
+    num_negatives: int = Field(3, ge=0)
+    threshold: float = Field(0.0, ge=0, lt=1, description="A window helps when its judged score is above this.")
+    mode: Literal["strict", "paper"] = Field(
+        "strict", description="strict: negatives appear in no helpful window; paper: simply the next documents.")
+    max_images: int = Field(10, ge=0, description="Images per VLM request (query images first).")
+    sources: list[str] = Field(default_factory=list, description="`source` values of mine's triplets to run "
+                               "(nyxqa and text-set names); empty = all.")
+    max_queries_per_source: int | None = Field(None, ge=1)
+    prompt_version: str = Field("v1", pattern=r"^v\d+$")
+    shard_queries: int = Field(256, ge=1, description="Queries per feedback shard (one mapped task each).")
+
+
+class EvaluateConfig(_Model):
+    """NyxQA dev/test retrieval and RAG accuracy at every Matryoshka dim, stage 1
+    vs stage 2; the text-only sets by answer F1 / EM."""
+
+    generation: GenerationConfig = GenerationConfig()
+    embedder: EmbedderConfig = EmbedderConfig(kind="nyx")
+    search: SearchConfig = SearchConfig()
+    splits: list[str] = Field(default_factory=lambda: ["dev", "test"], min_length=1)
+    dims: list[int] = Field(default_factory=lambda: [2048, 1024, 512, 256], min_length=1)
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    models: list[Literal["stage1", "stage2"]] = Field(default_factory=lambda: ["stage1", "stage2"], min_length=1)
+    text_sets: list[TextSetConfig] = Field(default_factory=list, description="Held-out text-only QA (FlashRAG dev).")
+    max_images: int = Field(10, ge=0)
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
+    prompt_version: str = Field("v1", pattern=r"^v\d+$")
+
+
 class NyxConfig(_Model):
     profile: str = "demo"
     partition: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
@@ -362,6 +402,9 @@ class NyxConfig(_Model):
     filter: FilterConfig = FilterConfig()
     mine: MineConfig = MineConfig()
     train_stage1: TrainConfig = TrainConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    train_stage2: TrainConfig = TrainConfig(sources=[TrainSource(name="feedback", kind="feedback")])
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def artifact_root(self) -> str:
         root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root

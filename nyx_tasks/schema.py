@@ -173,3 +173,34 @@ TRAIN_LOG = pa.schema(
 )
 
 SCHEMAS["train_log"] = TRAIN_LOG
+
+# Every VLM-feedback window (stage 2): the documents shown, the VLM's answer and its judged score.
+FEEDBACK_WINDOWS = pa.schema(
+    [
+        pa.field("qa_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("window", pa.int32(), nullable=False),
+        pa.field("doc_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("ranks", pa.list_(pa.int32()), nullable=False),  # 0-based retrieval ranks of doc_ids
+        pa.field("answer", pa.string()),  # null when the response did not fit the schema
+        pa.field("score", pa.float64(), nullable=False),  # option match (0/1) or token F1
+        pa.field("judge", pa.string(), nullable=False),  # multiple_choice / free_form
+    ]
+)
+
+# Evaluation results, long format: one value per model, dataset, split, dim and metric.
+EVAL_RESULTS = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("dim", pa.int32(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
+        pa.field("ci_low", pa.float64()),
+        pa.field("ci_high", pa.float64()),
+    ]
+)
+
+SCHEMAS.update({"feedback_windows": FEEDBACK_WINDOWS, "eval_results": EVAL_RESULTS})

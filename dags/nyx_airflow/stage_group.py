@@ -24,15 +24,22 @@ def stage_asset(stage: str) -> Asset:
 # run time, the mapped shard task whose `pool_slots` is that count: pool slots
 # are fixed when the DAG is parsed and cannot be mapped, so there is one GPU
 # variant per supported count.
+def _vlm_gpus(gen) -> int:
+    """An in-process vLLM engine needs its tensor-parallel GPUs; hf / openai run on the default queue."""
+    return gen.tensor_parallel_size if gen.backend == "vllm" else 0
+
+
 GPU_ROUTED = {
-    "synthesize": lambda cfg: (cfg.synthesize.generation.tensor_parallel_size
-                               if cfg.synthesize.generation.backend == "vllm" else 0),
+    "synthesize": lambda cfg: _vlm_gpus(cfg.synthesize.generation),
     "train_stage1": lambda cfg: cfg.train_stage1.num_gpus,
+    "feedback": lambda cfg: _vlm_gpus(cfg.feedback.generation),
+    "train_stage2": lambda cfg: cfg.train_stage2.num_gpus,
+    "evaluate": lambda cfg: _vlm_gpus(cfg.evaluate.generation),
 }
 GPU_COUNTS = (1, 2, 4, 8)
 
 # Stages that publish a retriever checkpoint (nyx_tasks.checkpoints) as well as their output.
-CHECKPOINT_STAGES = {"train_stage1"}
+CHECKPOINT_STAGES = {"train_stage1", "train_stage2"}
 
 
 def gpu_variant(n: int) -> int:

@@ -24,9 +24,10 @@ def render(version: str, name: str, **kw) -> str:
     return _env(version).get_template(f"{name}.jinja").render(**kw).strip()
 
 
-def fingerprint(version: str) -> dict[str, str]:
-    """Content hashes of a version's templates (part of the stage's config hash)."""
+def fingerprint(version: str, names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Content hashes of a version's templates (part of a stage's config hash):
+    the ones named (a stage's own), or all of them."""
     import hashlib
 
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-            for p in sorted((PROMPTS_DIR / version).glob("*.jinja"))}
+            for p in sorted((PROMPTS_DIR / version).glob("*.jinja")) if names is None or p.stem in names}

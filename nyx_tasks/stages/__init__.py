@@ -14,6 +14,9 @@ STAGE_MODULES: dict[str, str] = {
     "filter": "nyx_tasks.stages.filter",
     "mine": "nyx_tasks.stages.mine",
     "train_stage1": "nyx_tasks.stages.train_stage1",
+    "feedback": "nyx_tasks.stages.feedback",
+    "train_stage2": "nyx_tasks.stages.train_stage2",
+    "evaluate": "nyx_tasks.stages.evaluate",
 }
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_MODULES)
 

@@ -95,6 +95,9 @@ def user_message(prompt_text: str, chunk: list[dict] | None = None) -> list[dict
     return [{"role": "user", "content": [p for p in content if p.get("type") == "image" or p["text"]]}]
 
 
+PROMPTS = ("qa_text", "qa_image", "qa_multi_image", "shorten", "distractors")
+
+
 class SynthesizeStage(Stage):
     name = "synthesize"
     version = 1
@@ -106,7 +109,7 @@ class SynthesizeStage(Stage):
 
     def config_payload(self, cfg):
         payload = super().config_payload(cfg)
-        payload["prompts"] = fingerprint(cfg.synthesize.prompt_version)
+        payload["prompts"] = fingerprint(cfg.synthesize.prompt_version, PROMPTS)
         payload["image_placeholder"] = cfg.chunk.image_placeholder
         return payload
 

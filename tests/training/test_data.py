@@ -9,7 +9,7 @@ from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.config import TrainConfig, TrainSource
 from nyx_tasks.schema import TRIPLETS
 from nyx_tasks.training.data import Doc, TrainingMix, image_index, load_sources
-from tests.training.conftest import demo_cfg
+from tests.conftest import demo_cfg
 
 
 @pytest.fixture

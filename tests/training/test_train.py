@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
-from tests.training.conftest import demo_cfg
+from tests.conftest import demo_cfg
 
 
 def spec_for(root, out_dir, **train):

@@ -1,0 +1,364 @@
+"""The evaluation results table and its report (arXiv 2510.17354, "Experiments": retrieval and
+RAG accuracy at every Matryoshka dimension, Nyx stage 1 vs stage 2, text-only QA by F1 / EM).
+
+The table is long: one dict row per (model, dataset, split, dim, metric) with the columns of
+`RESULT_COLUMNS`; the stage writes it to Parquet. `render_report` turns it into `report.md` (one
+section per dataset/split: a metric x model by dim table, a stage 2 - stage 1 delta table, plot
+links) plus PNG plots of the headline metric and of recall@k against the dimension, and returns
+compact summary lines for the task log.
+
+Ordering, so that the caller decides it and reruns are byte-identical: datasets, splits and models
+in order of first appearance in `rows`; dims largest first in tables; metrics as rag_accuracy,
+f1, em, recall@k by k, mrr, then any other in order of appearance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+RESULT_COLUMNS = ("model", "dataset", "split", "dim", "metric", "value", "n", "ci_low", "ci_high")
+HEADLINE_METRICS = ("rag_accuracy", "f1", "em")  # the first one present is a section's headline
+BASELINE_MODEL, CANDIDATE_MODEL = "stage1", "stage2"  # the delta table is candidate - baseline
+_TEXT_COLUMNS = ("model", "dataset", "split", "metric")
+_KEY_COLUMNS = ("model", "dataset", "split", "dim", "metric")  # one row per key
+_RECALL = re.compile(r"recall@(\d+)")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.]")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def validate_rows(rows: Sequence[Mapping]) -> None:
+    """Check every result row against `RESULT_COLUMNS`; raise ValueError naming the row index and
+    column: missing or unknown columns, empty text columns, a non-int or non-positive `dim` or
+    `n`, a non-numeric or non-finite `value`, a confidence interval that is half set, non-numeric
+    or reversed, and a repeated (model, dataset, split, dim, metric) key."""
+    seen: dict[tuple, int] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"row {i}: expected a dict, got {type(row).__name__}")
+        missing = [c for c in RESULT_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"row {i}: missing column(s) {missing}")
+        unknown = sorted(str(c) for c in row if c not in RESULT_COLUMNS)
+        if unknown:
+            raise ValueError(
+                f"row {i}: unknown column(s) {unknown}; expected {list(RESULT_COLUMNS)}"
+            )
+        for col in _TEXT_COLUMNS:
+            if not isinstance(row[col], str) or not row[col]:
+                raise ValueError(
+                    f"row {i}: column {col!r} must be a non-empty str, got {row[col]!r}"
+                )
+        for col in ("dim", "n"):
+            if not _is_int(row[col]) or row[col] < 1:
+                raise ValueError(
+                    f"row {i}: column {col!r} must be a positive int, got {row[col]!r}"
+                )
+        if not _is_real(row["value"]):
+            raise ValueError(
+                f"row {i}: column 'value' must be a finite number, got {row['value']!r}"
+            )
+        lo, hi = row["ci_low"], row["ci_high"]
+        for col, v in (("ci_low", lo), ("ci_high", hi)):
+            if v is not None and not _is_real(v):
+                raise ValueError(
+                    f"row {i}: column {col!r} must be a finite number or None, got {v!r}"
+                )
+        if (lo is None) != (hi is None):
+            raise ValueError(
+                f"row {i}: columns 'ci_low' and 'ci_high' must both be set or both None"
+            )
+        if lo is not None and lo > hi:
+            raise ValueError(f"row {i}: column 'ci_low' ({lo}) is above 'ci_high' ({hi})")
+        key = tuple(row[c] for c in _KEY_COLUMNS)
+        if key in seen:
+            raise ValueError(
+                f"row {i}: duplicate of row {seen[key]} for {dict(zip(_KEY_COLUMNS, key, strict=True))}"
+            )
+        seen[key] = i
+
+
+# ----------------------------------------------------------------------------- table shaping
+
+
+def _ordered(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _sort_metrics(metrics: list[str]) -> list[str]:
+    def key(item):
+        pos, m = item
+        if m in HEADLINE_METRICS:
+            return (0, HEADLINE_METRICS.index(m))
+        if match := _RECALL.fullmatch(m):
+            return (1, int(match.group(1)))
+        return (2, 0) if m == "mrr" else (3, pos)
+
+    return [m for _, m in sorted(enumerate(metrics), key=key)]
+
+
+def _group(
+    rows: Sequence[Mapping],
+) -> dict[tuple[str, str], dict[str, dict[str, dict[int, Mapping]]]]:
+    """(dataset, split) -> metric -> model -> dim -> row, in first-appearance order."""
+    groups: dict = {}
+    for row in rows:
+        by_metric = groups.setdefault((row["dataset"], row["split"]), {})
+        by_metric.setdefault(row["metric"], {}).setdefault(row["model"], {})[int(row["dim"])] = row
+    return {
+        g: {m: by_metric[m] for m in _sort_metrics(list(by_metric))}
+        for g, by_metric in groups.items()
+    }
+
+
+def _headline(by_metric: Mapping) -> str | None:
+    return next((m for m in HEADLINE_METRICS if m in by_metric), None)
+
+
+def _dims(by_metric: Mapping) -> list[int]:
+    return sorted(
+        {d for by_model in by_metric.values() for cells in by_model.values() for d in cells},
+        reverse=True,
+    )
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of `name`; '-' never occurs in it (it separates the parts of a plot
+    name), and a short hash keeps two names that sanitise alike apart."""
+    safe = _UNSAFE.sub("_", name).strip(".") or "_"
+    return safe if safe == name else f"{safe}_{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _cell(row: Mapping | None) -> str:
+    if row is None:
+        return "–"
+    ci = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row["ci_low"] is not None else ""
+    return f"{row['value']:.3f}{ci} (n={row['n']})"
+
+
+def _signed(delta: float) -> str:
+    delta = round(delta, 3) + 0.0  # + 0.0 turns -0.0 into 0.0, so no "-0.000"
+    return f"{delta:+.3f}"
+
+
+def _deltas(by_metric: Mapping, dims: list[int]) -> dict[str, dict[int, float]]:
+    """metric -> dim -> candidate - baseline, where both models have that cell."""
+    out: dict[str, dict[int, float]] = {}
+    for metric, by_model in by_metric.items():
+        base, cand = by_model.get(BASELINE_MODEL), by_model.get(CANDIDATE_MODEL)
+        if base and cand:
+            common = {
+                d: cand[d]["value"] - base[d]["value"] for d in dims if d in base and d in cand
+            }
+            if common:
+                out[metric] = common
+    return out
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def _section(
+    dataset: str, split: str, by_metric: Mapping, dims: list[int], plots: list[tuple[str, str]]
+) -> list[str]:
+    lines = [f"## {_md(dataset)} / {_md(split)}", ""]
+    body = [
+        [_md(metric), _md(model), *(_cell(cells.get(d)) for d in dims)]
+        for metric, by_model in by_metric.items()
+        for model, cells in by_model.items()
+    ]
+    lines += _table(["metric", "model", *map(str, dims)], body) + [""]
+    deltas = _deltas(by_metric, dims)
+    if deltas:
+        lines += [
+            f"**Stage 2 vs stage 1** ({CANDIDATE_MODEL} − {BASELINE_MODEL}; positive: stage 2 is better)",
+            "",
+        ]
+        body = [
+            [_md(m), *(_signed(per_dim[d]) if d in per_dim else "–" for d in dims)]
+            for m, per_dim in deltas.items()
+        ]
+        lines += _table(["metric", *map(str, dims)], body) + [""]
+    for name, what in plots:
+        lines += [f"![{_md(dataset)} / {_md(split)}: {what}]({name})", ""]
+    return lines
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _new_figure(ncols: int, width: float, height: float):
+    """A figure drawn by Agg, without pyplot: no global backend switch and no figure registry,
+    so rendering is safe inside a worker that also does other plotting."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, sharey=True, squeeze=False)[0]
+
+
+def _draw(ax, by_model: Mapping, colours: Mapping[str, str], dims: list[int], ylabel: str) -> None:
+    """One line per model against a log-2 dimension axis, with the CI as a band where present."""
+    from matplotlib.ticker import NullLocator
+
+    for model, cells in by_model.items():
+        xs = sorted(cells)
+        ax.plot(xs, [cells[d]["value"] for d in xs], marker="o", color=colours[model], label=model)
+        if any(cells[d]["ci_low"] is not None for d in xs):
+            nan = float("nan")
+            lo = [nan if cells[d]["ci_low"] is None else cells[d]["ci_low"] for d in xs]
+            hi = [nan if cells[d]["ci_high"] is None else cells[d]["ci_high"] for d in xs]
+            if len(xs) > 1:
+                ax.fill_between(xs, lo, hi, color=colours[model], alpha=0.15, linewidth=0)
+            else:  # a band over one point has no width: draw the interval as an error bar
+                y = cells[xs[0]]["value"]
+                # yerr must be >= 0, and nothing forces an interval to contain its value
+                err = [[max(0.0, y - lo[0])], [max(0.0, hi[0] - y)]]
+                ax.errorbar(xs, [y], yerr=err, color=colours[model], capsize=4)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(dims, labels=[str(d) for d in dims])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(min(dims) / 1.4, max(dims) * 1.4)  # room for the end markers on a log axis
+    ax.set_xlabel("embedding dim (Matryoshka)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def _plot_headline(path: Path, title: str, metric: str, by_model, colours, dims) -> None:
+    fig, (ax,) = _new_figure(1, 6.0, 4.0)
+    _draw(ax, by_model, colours, dims, metric)
+    ax.set_title(title)
+    ax.legend(title="model")
+    fig.savefig(path, format="png")
+
+
+def _plot_recall(path: Path, title: str, recall: Mapping[str, Mapping], colours, dims) -> None:
+    fig, axes = _new_figure(len(recall), 3.6 * len(recall), 3.8)
+    for ax, (metric, by_model) in zip(axes, recall.items(), strict=True):
+        _draw(ax, by_model, colours, dims, "recall")
+        ax.set_title(metric)
+        ax.label_outer()  # shared y: only the leftmost panel keeps its label
+    # One legend for all panels; a model may be missing from some recall@k, so merge them.
+    handles = {
+        lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)
+    }
+    fig.legend(list(handles.values()), list(handles), title="model", loc="outside right upper")
+    fig.suptitle(title)
+    fig.savefig(path, format="png")
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _summary(dataset: str, split: str, by_metric: Mapping, dims: list[int]) -> list[str]:
+    """One line per model (the headline metric, em beside f1, and recall@1, each at every dim)
+    plus a stage 2 - stage 1 line."""
+    wanted = (_headline(by_metric), "em", "recall@1")
+    shown = [m for m in by_metric if m in wanted] or [next(iter(by_metric))]
+    models = _ordered(model for m in shown for model in by_metric[m])
+
+    def fmt(values: Mapping[int, str]) -> str:
+        return " ".join(f"{d}={values[d]}" for d in dims if d in values)
+
+    lines = []
+    for model in models:
+        parts, ns = [], []
+        for m in shown:
+            cells = by_metric[m].get(model, {})
+            if cells:
+                parts.append(f"{m} " + fmt({d: f"{r['value']:.3f}" for d, r in cells.items()}))
+                ns += [r["n"] for r in cells.values()]
+        lines.append(f"{dataset}/{split} {model} (n={max(ns)}): " + " | ".join(parts))
+    deltas = _deltas({m: by_metric[m] for m in shown}, dims)
+    if deltas:
+        parts = [
+            f"{m} " + fmt({d: _signed(v) for d, v in per_dim.items()})
+            for m, per_dim in deltas.items()
+        ]
+        lines.append(f"{dataset}/{split} {CANDIDATE_MODEL}-{BASELINE_MODEL}: " + " | ".join(parts))
+    return lines
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def render_report(
+    rows: Sequence[Mapping], out_dir: str, title: str, notes: Sequence[str] = ()
+) -> dict:
+    """Write the evaluation report of a results table into `out_dir` (created if needed).
+
+    rows: result rows with `RESULT_COLUMNS` (checked by `validate_rows`; at least one).
+    Writes `report.md` (title, notes as bullets, then per dataset/split: the metric x model table
+    by dim with "value [ci] (n=...)" cells, the stage 2 - stage 1 delta table when both models
+    are present, image links) and, per dataset/split, `<dataset>-<split>-accuracy_vs_dim.png`
+    (the headline metric: rag_accuracy, else f1, else em) and `<dataset>-<split>-recall_vs_dim.png`
+    (one panel per recall@k) when those metrics exist. Returns {"markdown": path, "plots": [paths],
+    "summary_lines": [str]}; the summary lines are for the task log.
+    """
+    validate_rows(rows)
+    if not rows:
+        raise ValueError("render_report: no result rows")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = {m: f"C{i % 10}" for i, m in enumerate(_ordered(r["model"] for r in rows))}
+
+    lines = [f"# {title}", ""]
+    if notes:
+        lines += ["## Notes", "", *(f"- {' '.join(str(n).splitlines())}" for n in notes), ""]
+    lines += [
+        "Columns are Matryoshka embedding dims; cells are `value [ci_low, ci_high] (n=queries)`.",
+        "",
+    ]
+    plots: list[Path] = []
+    summary: list[str] = []
+    for (dataset, split), by_metric in _group(rows).items():
+        dims = _dims(by_metric)
+        stem = f"{_slug(dataset)}-{_slug(split)}"
+        names: list[tuple[str, str]] = []  # (file name, what it shows)
+        if (metric := _headline(by_metric)) is not None:
+            names.append((f"{stem}-accuracy_vs_dim.png", f"{metric} vs dim"))
+            _plot_headline(
+                out / names[-1][0],
+                f"{dataset} / {split}: {metric} vs dim",
+                metric,
+                by_metric[metric],
+                colours,
+                dims,
+            )
+        recall = {m: v for m, v in by_metric.items() if _RECALL.fullmatch(m)}
+        if recall:
+            names.append((f"{stem}-recall_vs_dim.png", "recall@k vs dim"))
+            _plot_recall(
+                out / names[-1][0], f"{dataset} / {split}: recall@k vs dim", recall, colours, dims
+            )
+        plots += [out / name for name, _ in names]
+        lines += _section(dataset, split, by_metric, dims, names)
+        summary += _summary(dataset, split, by_metric, dims)
+
+    markdown = out / "report.md"
+    markdown.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return {"markdown": str(markdown), "plots": [str(p) for p in plots], "summary_lines": summary}

@@ -1,0 +1,199 @@
+"""`evaluate` (paper: results): NyxQA dev and test, retrieval (recall@1/5/10,
+MRR against the positive chunk) and RAG accuracy (retrieve top-1, the VLM
+answers the multiple-choice question, constrained to the options), at every
+Matryoshka dimension, for the stage-1 and stage-2 models side by side; the
+held-out text-only sets by answer F1 / EM after top-1 retrieval.
+
+Output: the results table (long format, with bootstrap intervals) and a report
+under `<root>/reports/<partition>-<key>/` (Markdown + plots: accuracy vs
+dimension, stage 1 vs stage 2), whose summary lines also go to the task log.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..runner import ShardOutputs, Stage, StageContext, StageError
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    version = 1
+    inputs = ("filter", "chunk", "ingest", "train_stage1", "train_stage2")
+    outputs = {"part": "eval_results"}
+    execution_only = ("generation.concurrency", "generation.batch_size", "generation.timeout_s",
+                      "generation.retries", "generation.base_url", "generation.api_key_env", "generation.device",
+                      "embedder.batch_size", "embedder.device", "search.query_batch", "search.doc_chunk",
+                      "search.backend")
+    doc = "Recall@k, MRR and RAG accuracy at every Matryoshka dim, stage 1 vs stage 2; a report with plots."
+
+    def config_payload(self, cfg):
+        from ..prompts import fingerprint
+        from ..rag import ANSWER_PROMPTS
+
+        payload = super().config_payload(cfg)
+        payload["prompts"] = fingerprint(cfg.evaluate.prompt_version, ANSWER_PROMPTS)
+        payload["image_placeholder"] = cfg.chunk.image_placeholder
+        return payload
+
+    def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
+        from ..text_sets import fingerprint
+
+        stages = ("filter", "chunk", "ingest", *(f"train_{m}" for m in ctx.cfg.evaluate.models))
+        found = {s: ctx.input_manifest(s)["output_hash"] for s in stages}
+        found.update({f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.evaluate.text_sets})
+        return found
+
+    def plan_shards(self, ctx: StageContext) -> list[dict]:
+        return [{"shard": 0, "name": "all"}]
+
+    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+        from ..artifacts import iter_stage_batches
+        from ..inference import GenerationError, make_backend
+        from ..rag import checkpoint_embedder, nyxqa_corpus, stage_checkpoint, text_corpus
+        from ..text_sets import read_questions
+
+        cfg = ctx.cfg.evaluate
+        qa = [r for b in iter_stage_batches(ctx.store, ctx.partition, "filter") for r in b.to_pylist()
+              if r["split"] in cfg.splits]
+        text_sets = [(ts, read_questions(ts, out.drops.drop)) for ts in cfg.text_sets]
+        out.rows_in = len(qa) + sum(len(q) for _, q in text_sets)
+        if not qa and not any(q for _, q in text_sets):
+            raise StageError(f"evaluate: no NyxQA {cfg.splits} items and no text-set questions in partition "
+                             f"{ctx.partition!r}; check filter.eval_per_group and evaluate.text_sets.")
+        try:
+            backend = make_backend(cfg.generation, ctx.store)
+        except GenerationError as e:
+            raise StageError(f"evaluate: {e}") from e
+        corpus = nyxqa_corpus(ctx.store, ctx.partition) if qa else None
+        rows: list[dict] = []
+        for model in cfg.models:
+            ckpt = stage_checkpoint(ctx.store, ctx.partition, f"train_{model}")
+            embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
+            too_big = [d for d in cfg.dims if d > embedder.dim]
+            if too_big:
+                raise StageError(f"evaluate: dims {too_big} exceed the {model} model's {embedder.dim} dims; "
+                                 "set evaluate.dims to dims the model has.")
+            ctx.log.info("evaluate %s: checkpoint %s (run %s), dims %s", model, ckpt["merged"], ckpt["run"], cfg.dims)
+            if qa:
+                rows += self._nyxqa(ctx, model, embedder, corpus, qa, backend, out)
+            for ts, questions in text_sets:
+                if questions:
+                    rows += self._text_set(ctx, model, embedder, ts, text_corpus(ts, out.drops.drop), questions,
+                                           backend, out)
+        backend.close()
+        out.write(rows)
+        self._report(ctx, rows)
+
+    # -- NyxQA: retrieval + multiple-choice RAG accuracy, per split and dim
+    def _nyxqa(self, ctx, model, embedder, corpus, qa, backend, out) -> list[dict]:
+        from ..embedding import MixedItem
+        from ..evaluation.metrics import retrieval_scores
+        from ..judges import option_match
+        from ..rag import answer_request, embed, search
+
+        cfg = ctx.cfg.evaluate
+        queries = [MixedItem(q["query"], tuple((i, corpus.paths[i]) for i in q["query_image_ids"])) for q in qa]
+        d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
+        out.extra[f"{model}_embedded"] += n_new
+        rows, reqs, where = [], [], []
+        for dim in cfg.dims:
+            _, ranked = search(q_vecs, d_vecs, max(cfg.ks), cfg.search, dim)
+            for split in cfg.splits:
+                idx = [i for i, q in enumerate(qa) if q["split"] == split]
+                if not idx:
+                    continue
+                ranked_ids = [[corpus.ids[d] for d in ranked[i] if d >= 0] for i in idx]
+                for metric, values in retrieval_scores(ranked_ids, [qa[i]["pos_chunk_id"] for i in idx], cfg.ks).items():
+                    rows.append(self._row(cfg, model, "nyxqa", split, dim, metric, values))
+                for i in idx:  # RAG: the VLM answers over the top-1 document
+                    reqs.append(answer_request(cfg.generation, cfg.prompt_version, qa[i]["query"],
+                                               qa[i]["query_image_ids"], [int(ranked[i][0])], corpus,
+                                               ctx.cfg.chunk.image_placeholder, cfg.max_images, options=qa[i]["options"]))
+                    where.append((dim, split, i))
+        scores = self._answers(ctx, backend, reqs, [qa[i]["options"] for _, _, i in where], out)
+        judged: dict[tuple, list[float]] = {}
+        for (dim, split, i), answer in zip(where, scores, strict=True):
+            ok = 0.0 if answer is None else option_match(answer, qa[i]["options"], qa[i]["correct_index"])
+            judged.setdefault((dim, split), []).append(ok)
+        rows += [self._row(cfg, model, "nyxqa", split, dim, "rag_accuracy", v) for (dim, split), v in judged.items()]
+        return rows
+
+    # -- text-only sets: top-1 retrieval, free-form answer, F1 / EM
+    def _text_set(self, ctx, model, embedder, ts, corpus, questions, backend, out) -> list[dict]:
+        from ..embedding import MixedItem
+        from ..judges import exact_match, token_f1
+        from ..rag import answer_request, embed, search
+
+        cfg = ctx.cfg.evaluate
+        d_vecs, q_vecs, _ = embed(embedder, corpus, [MixedItem(q.question) for q in questions], ctx.store)
+        reqs, where = [], []
+        for dim in cfg.dims:
+            _, ranked = search(q_vecs, d_vecs, 1, cfg.search, dim)
+            for i, q in enumerate(questions):
+                reqs.append(answer_request(cfg.generation, cfg.prompt_version, q.question, [], [int(ranked[i][0])],
+                                           corpus, ctx.cfg.chunk.image_placeholder, 0))
+                where.append((dim, i))
+        answers = self._answers(ctx, backend, reqs, [None] * len(reqs), out)
+        f1: dict[int, list[float]] = {}
+        em: dict[int, list[float]] = {}
+        for (dim, i), a in zip(where, answers, strict=True):
+            f1.setdefault(dim, []).append(0.0 if a is None else token_f1(a, questions[i].answers))
+            em.setdefault(dim, []).append(0.0 if a is None else exact_match(a, questions[i].answers))
+        return ([self._row(cfg, model, ts.name, "eval", d, "f1", v) for d, v in f1.items()]
+                + [self._row(cfg, model, ts.name, "eval", d, "em", v) for d, v in em.items()])
+
+    def _answers(self, ctx, backend, reqs, options, out) -> list[str | None]:
+        """Answers in request order; identical requests (the same top-1 at several dims) are sent once."""
+        from ..inference import GenerationError
+        from ..rag import parsed_answer
+
+        keys = [r.key(backend.model_id) for r in reqs]
+        unique = list(dict.fromkeys(keys))
+        first = {k: keys.index(k) for k in unique}
+        ctx.log.info("evaluate: %d answer requests (%d distinct) to %s", len(reqs), len(unique), backend.model_id[:80])
+        try:
+            resps = dict(zip(unique, backend.generate([reqs[first[k]] for k in unique]), strict=True))
+        except GenerationError as e:
+            raise StageError(f"evaluate: {e}") from e
+        out.extra["requests"] += len(unique)
+        answers = [parsed_answer(resps[k], opts) for k, opts in zip(keys, options, strict=True)]
+        out.extra["unparseable_answers"] += sum(a is None for a in answers)
+        return answers
+
+    @staticmethod
+    def _row(cfg, model, dataset, split, dim, metric, values) -> dict:
+        from ..evaluation.metrics import aggregate, bootstrap_ci
+
+        agg = aggregate(values)
+        lo, hi = bootstrap_ci(values, n_boot=cfg.bootstrap) if cfg.bootstrap else (None, None)
+        return {"model": model, "dataset": dataset, "split": split, "dim": int(dim), "metric": metric,
+                "value": agg["mean"], "n": agg["n"], "ci_low": lo, "ci_high": hi}
+
+    def _report(self, ctx, rows: list[dict]) -> None:
+        from ..evaluation.report import render_report
+        from .train import run_name
+
+        rel = f"reports/{run_name(ctx.partition, ctx.key)}"
+        local = "file" in ctx.store.fs.protocol or ctx.store.fs.protocol == "local"
+        out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.mkdtemp(prefix="nyx-report-"))
+        cfg = ctx.cfg
+        notes = [f"partition {ctx.partition}; profile {cfg.profile}; dims {cfg.evaluate.dims}",
+                 f"answering VLM: {cfg.evaluate.generation.model} ({cfg.evaluate.generation.backend})",
+                 "RAG accuracy: top-1 retrieved document, answer constrained to the four options",
+                 "intervals: 95% percentile bootstrap over queries"]
+        rendered = render_report(rows, str(out_dir), f"Nyx evaluation: {ctx.partition}", notes)
+        if not local:
+            ctx.store.fs.put(str(out_dir), ctx.store.path(rel), recursive=True)
+        for line in rendered["summary_lines"]:
+            ctx.log.info("evaluate: %s", line)
+        ctx.log.info("evaluate: report at %s", ctx.store.url(f"{rel}/{Path(rendered['markdown']).name}"))
+
+    def finalize(self, ctx: StageContext, manifest: dict) -> None:
+        from .train import run_name
+
+        manifest["report"] = ctx.store.url(f"reports/{run_name(ctx.partition, manifest['key'])}/report.md")
+
+
+STAGE = EvaluateStage()

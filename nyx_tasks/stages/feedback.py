@@ -1,0 +1,278 @@
+"""`feedback` (paper: stage 2, VLM feedback): for each training query the
+stage-1 retriever ranks its top-K documents, the VLM answers the query once
+per sliding window over that ranking, and each answer is judged
+(`nyx_tasks.judges`). The positive is the first document of the earliest
+window whose score is the highest, if that score is above a threshold; a query
+where no window scores above it is dropped. Negatives are the documents ranked
+after the positive: in `"paper"` mode simply the next ones, as the paper's code
+did (K=30, windows of 1, stride 1, 3 negatives), in `"strict"` mode only those
+that sit in no window which led to a correct answer, so a document that also
+helps the VLM is never trained on as a negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
+
+from ..runner import ShardOutputs, Stage, StageContext, StageError
+
+Id = TypeVar("Id", bound=Hashable)
+
+MODES = ("strict", "paper")
+
+
+def _check_window_args(window_size: int, stride: int) -> None:
+    if window_size < 1:
+        raise ValueError(f"window_size must be >= 1, got {window_size}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+
+
+def num_windows(n_ranked: int, window_size: int, stride: int) -> int:
+    """How many windows a ranked list of `n_ranked` documents yields.
+
+    Windows start at ranks 0, stride, 2*stride, ... while the start is
+    < n_ranked, so the count is ceil(n_ranked / stride) and does not depend on
+    `window_size`. A window is cut at the end of the list, so the last one (and,
+    when stride < window_size, the last few) may be shorter than `window_size`;
+    when stride > window_size the documents between two windows are in none.
+    Zero documents give zero windows. Raises ValueError on n_ranked < 0,
+    window_size < 1 or stride < 1.
+    """
+    _check_window_args(window_size, stride)
+    if n_ranked < 0:
+        raise ValueError(f"n_ranked must be >= 0, got {n_ranked}")
+    return -(-n_ranked // stride)
+
+
+def windows(ranked_ids: Sequence[Id], window_size: int, stride: int) -> list[list[Id]]:
+    """The documents each window shows the VLM, in rank order (paper: stage 2).
+
+    Input: `ranked_ids`, best first. Output: one list per window,
+    `ranked_ids[w*stride : w*stride+window_size]` for w in
+    range(num_windows(...)); see `num_windows` for shorter and skipped ranks.
+    """
+    n = num_windows(len(ranked_ids), window_size, stride)
+    return [list(ranked_ids[w * stride : w * stride + window_size]) for w in range(n)]
+
+
+def select_feedback(
+    ranked_ids: Sequence[Id],
+    window_scores: Sequence[float],
+    window_size: int,
+    stride: int,
+    num_negatives: int,
+    threshold: float = 0.0,
+    mode: str = "strict",
+) -> tuple[Id | None, list[Id]]:
+    """The positive and negatives of one query from its judged windows (paper: stage 2).
+
+    Inputs: `ranked_ids`, the retriever's ranking, best first; `window_scores[w]`,
+    the judged score of the VLM's answer for window w (laid out as in `windows`).
+    Output: `(positive, negatives)`.
+
+    Positive: the first document of the earliest window whose score is the
+    maximum (ties go to the better-ranked window), provided that maximum is
+    strictly above `threshold` (a score equal to it does not count); otherwise
+    `(None, [])`, and the caller counts the dropped query. An empty ranking
+    gives `(None, [])` too.
+
+    Negatives: up to `num_negatives` documents ranked after the positive's
+    rank, in rank order ("after" is by position: with windows wider than 1 the
+    rest of the winning window comes after the positive). `"paper"` takes the
+    next documents as they come; `"strict"` skips every document that appears
+    in any window scoring above `threshold`. Fewer are returned when fewer
+    qualify.
+
+    Duplicate ids in `ranked_ids` are not expected (a retriever returns each
+    document once); they do not crash, `"strict"` compares by id, and in both
+    modes a copy of the positive is never returned as a negative.
+
+    Raises ValueError on window_size < 1, stride < 1, num_negatives < 0, an
+    unknown mode, or len(window_scores) != num_windows(len(ranked_ids), ...).
+    """
+    _check_window_args(window_size, stride)
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    expected = num_windows(len(ranked_ids), window_size, stride)
+    if len(window_scores) != expected:
+        raise ValueError(
+            f"{len(ranked_ids)} ranked documents in windows of {window_size} with stride {stride} "
+            f"make {expected} windows, but {len(window_scores)} window scores were given"
+        )
+    if len(ranked_ids) == 0:
+        return None, []
+
+    best = max(window_scores)
+    if not best > threshold:
+        return None, []
+    # the first window reaching the maximum: ties go to the better-ranked window
+    pos_rank = next(w for w, score in enumerate(window_scores) if score == best) * stride
+    positive = ranked_ids[pos_rank]
+
+    excluded = {positive}
+    if mode == "strict":
+        for w, score in enumerate(window_scores):
+            if score > threshold:
+                excluded.update(ranked_ids[w * stride : w * stride + window_size])
+    negatives = [d for d in ranked_ids[pos_rank + 1 :] if d not in excluded]
+    return positive, negatives[:num_negatives]
+
+
+# ---------------------------------------------------------------- the stage
+class FeedbackStage(Stage):
+    """`feedback` (paper: stage 2): retrieve the top-K with the stage-1 checkpoint,
+    ask the answering VLM about each sliding window of the ranked list, judge its
+    answers (option match for NyxQA's multiple choice, token F1 for the text-only
+    sets), store every window, and apply `select_feedback`. Queries where no
+    window helps are dropped by name (`no_helpful_window`)."""
+
+    name = "feedback"
+    version = 1
+    inputs = ("mine", "filter", "train_stage1", "chunk", "ingest")
+    outputs = {"part": "triplets", "windows": "feedback_windows"}
+    execution_only = ("shard_queries", "generation.concurrency", "generation.batch_size", "generation.timeout_s",
+                      "generation.retries", "generation.base_url", "generation.api_key_env", "generation.device",
+                      "embedder.batch_size", "embedder.device", "search.query_batch", "search.doc_chunk",
+                      "search.backend")
+    doc = "Retrieve top-K with the stage-1 model, judge the VLM's answers over sliding windows, pick positives."
+
+    def config_payload(self, cfg):
+        from ..prompts import fingerprint
+        from ..rag import ANSWER_PROMPTS
+
+        payload = super().config_payload(cfg)
+        payload["prompts"] = fingerprint(cfg.feedback.prompt_version, ANSWER_PROMPTS)
+        payload["image_placeholder"] = cfg.chunk.image_placeholder
+        payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]
+        return payload
+
+    def plan_shards(self, ctx: StageContext) -> list[dict]:
+        from ..artifacts import iter_stage_batches
+
+        cfg = ctx.cfg.feedback
+        counts: dict[str, int] = {}
+        for b in iter_stage_batches(ctx.store, ctx.partition, "mine", columns=["source", "split"]):
+            for src, split in zip(b.column("source").to_pylist(), b.column("split").to_pylist(), strict=True):
+                if split == "train" and (not cfg.sources or src in cfg.sources):
+                    counts[src] = counts.get(src, 0) + 1
+        shards = []
+        for src, n in counts.items():
+            n = min(n, cfg.max_queries_per_source or n)
+            for start in range(0, n, cfg.shard_queries):
+                stop = min(start + cfg.shard_queries, n)
+                shards.append({"shard": len(shards), "name": f"{src}-{start:06d}-{stop:06d}", "source": src,
+                               "start": start, "stop": stop})
+        return shards or [{"shard": 0, "name": "empty", "source": None, "start": 0, "stop": 0}]
+
+    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+        from ..artifacts import iter_stage_batches
+        from ..config import stable_hash
+        from ..embedding import MixedItem
+        from ..inference import GenerationError, make_backend
+        from ..judges import option_match, token_f1
+        from ..rag import (
+            answer_request,
+            checkpoint_embedder,
+            embed,
+            nyxqa_corpus,
+            parsed_answer,
+            search,
+            stage_checkpoint,
+            text_corpus,
+        )
+
+        cfg = ctx.cfg.feedback
+        if shard["source"] is None:
+            return
+        rows = [r for b in iter_stage_batches(ctx.store, ctx.partition, "mine") for r in b.to_pylist()
+                if r["source"] == shard["source"] and r["split"] == "train"][shard["start"]:shard["stop"]]
+        out.rows_in = len(rows)
+        if shard["source"] == "nyxqa":
+            corpus = nyxqa_corpus(ctx.store, ctx.partition)
+            mc = {r["qa_id"]: r for b in iter_stage_batches(ctx.store, ctx.partition, "filter",
+                                                             columns=["qa_id", "options", "correct_index"])
+                  for r in b.to_pylist()}
+        else:
+            ts = next((t for t in ctx.cfg.mine.text_sets if t.name == shard["source"]), None)
+            if ts is None:
+                raise StageError(f"feedback: source {shard['source']!r} is not among mine.text_sets")
+            corpus, mc = text_corpus(ts), {}
+        ckpt = stage_checkpoint(ctx.store, ctx.partition, "train_stage1")
+        embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
+        queries = [MixedItem(r["query"], tuple((i, corpus.paths[i]) for i in r["query_image_ids"])) for r in rows]
+        d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
+        out.extra["embedded"] += n_new
+        scores, ranked = search(q_vecs, d_vecs, cfg.top_k, cfg.search)
+        ph = ctx.cfg.chunk.image_placeholder
+
+        # one request per window per query, all sent at once (the backend batches and caches)
+        reqs, meta = [], []
+        for qi, r in enumerate(rows):
+            hits = [int(d) for d in ranked[qi] if d >= 0]
+            opts = mc.get(r["qa_id"])
+            for w, docs in enumerate(windows(hits, cfg.window_size, cfg.stride)):
+                reqs.append(answer_request(cfg.generation, cfg.prompt_version, r["query"], r["query_image_ids"], docs,
+                                           corpus, ph, cfg.max_images, options=opts["options"] if opts else None))
+                meta.append((qi, w, docs))
+        try:
+            backend = make_backend(cfg.generation, ctx.store)
+            ctx.log.info("feedback %s: %d queries x windows = %d requests to %s", shard["name"], len(rows), len(reqs),
+                         backend.model_id[:80])
+            resps = backend.generate(reqs)
+        except GenerationError as e:
+            raise StageError(f"feedback: {e}") from e
+        out.extra["requests"] += len(reqs)
+        out.extra["cache_hits"] += backend.hits
+        backend.close()
+
+        window_scores: list[list[float]] = [[] for _ in rows]
+        window_rows = []
+        for (qi, w, docs), resp in zip(meta, resps, strict=True):
+            r, opts = rows[qi], mc.get(rows[qi]["qa_id"])
+            answer = parsed_answer(resp, opts["options"] if opts else None)
+            if answer is None:
+                out.extra["unparseable_answers"] += 1
+                score = 0.0
+            elif opts:
+                score = option_match(answer, opts["options"], opts["correct_index"])
+            else:
+                score = token_f1(answer, r["answers"] or [r["answer"]])
+            window_scores[qi].append(score)
+            out.extra[f"window_score_{int(score * 10) / 10:.1f}"] += 1  # 0.0, 0.1, ..., 1.0
+            window_rows.append({"qa_id": r["qa_id"], "source": r["source"], "window": w,
+                                "doc_ids": [corpus.ids[d] for d in docs],
+                                "ranks": [list(ranked[qi]).index(d) for d in docs], "answer": answer,
+                                "score": float(score), "judge": "multiple_choice" if opts else "free_form"})
+        out.write(window_rows, kind="windows")
+
+        triplets = []
+        miner = f"feedback:{embedder.model_id}"
+        for qi, r in enumerate(rows):
+            hits = [int(d) for d in ranked[qi] if d >= 0]
+            by_id = {corpus.ids[d]: (d, rank) for rank, d in enumerate(hits)}
+            pos, negs = select_feedback([corpus.ids[d] for d in hits], window_scores[qi], cfg.window_size,
+                                        cfg.stride, cfg.num_negatives, cfg.threshold, cfg.mode)
+            if pos is None:
+                out.drops.drop("no_helpful_window", r["qa_id"])
+                continue
+            d_pos, pos_rank = by_id[pos]
+            out.extra[f"positive_rank_{pos_rank:02d}"] += 1
+            if len(negs) < cfg.num_negatives:
+                out.extra["queries_short_of_negatives"] += 1
+            neg = [by_id[n] for n in negs]
+            triplets.append({**{k: r[k] for k in ("source", "qa_id", "query", "query_image_ids", "answer", "answers",
+                                                  "split", "modality")},
+                             "pos_chunk_id": pos, "pos_text": corpus.texts[d_pos], "pos_image_ids": corpus.image_ids[d_pos],
+                             "pos_score": float(scores[qi][pos_rank]), "pos_rank": pos_rank,
+                             "neg_chunk_ids": negs, "neg_texts": [corpus.texts[d] for d, _ in neg],
+                             "neg_image_ids": [corpus.image_ids[d] for d, _ in neg],
+                             "neg_scores": [float(scores[qi][k]) for _, k in neg], "neg_ranks": [k for _, k in neg],
+                             "miner_id": miner, "miner_hash": stable_hash(miner)})
+        out.write(triplets)
+
+
+STAGE = FeedbackStage()

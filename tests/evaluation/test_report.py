@@ -1,0 +1,289 @@
+"""nyx_tasks.evaluation.report: a synthetic results table (stage1 and stage2 at dims 128..16 on
+NyxQA dev/test and one text-only set) rendered to report.md + PNGs; the numbers, the delta signs,
+the notes, the plot links and files, the summary lines, and row validation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nyx_tasks.evaluation.report import RESULT_COLUMNS, render_report, validate_rows
+
+DIMS = [128, 64, 32, 16]
+MODELS = ["stage1", "stage2"]
+NYX_METRICS = ["rag_accuracy", "recall@1", "recall@5", "recall@10", "mrr"]
+TEXT_METRICS = ["f1", "em"]
+NOTES = ["demo run: tiny model", "CIs: 95% percentile bootstrap"]
+
+
+def make_rows(shift: float = 0.0) -> list[dict]:
+    """stage2 beats stage1 on NyxQA and on hotpotqa F1 but loses on hotpotqa EM; values fall with
+    the dim; retrieval rows carry a CI, MRR and the text set do not."""
+    rows = []
+    for dataset, split, metrics, n in [
+        ("nyxqa", "dev", NYX_METRICS, 40),
+        ("nyxqa", "test", NYX_METRICS, 120),
+        ("hotpotqa", "dev", TEXT_METRICS, 50),
+    ]:
+        for model in MODELS:
+            for i, dim in enumerate(DIMS):
+                for j, metric in enumerate(metrics):
+                    gain = 0.0512 if model == "stage2" else 0.0
+                    if metric == "em":
+                        gain = -gain
+                    value = 0.2 + 0.1 * j + gain - 0.031 * i + 0.0017 * (split == "test") + shift
+                    ci = metric.startswith("recall@") or metric == "rag_accuracy"
+                    rows.append(
+                        {
+                            "model": model,
+                            "dataset": dataset,
+                            "split": split,
+                            "dim": dim,
+                            "metric": metric,
+                            "value": value,
+                            "n": n,
+                            "ci_low": value - 0.04 if ci else None,
+                            "ci_high": value + 0.05 if ci else None,
+                        }
+                    )
+    return rows
+
+
+def expected_cell(row: dict) -> str:
+    ci = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row["ci_low"] is not None else ""
+    return f"{row['value']:.3f}{ci} (n={row['n']})"
+
+
+def find(rows, **key) -> dict:
+    (row,) = [r for r in rows if all(r[k] == v for k, v in key.items())]
+    return row
+
+
+def section(markdown: str, dataset: str, split: str) -> str:
+    """The text of the `## dataset / split` section."""
+    parts = re.split(r"^## ", markdown, flags=re.M)
+    (body,) = [p for p in parts if p.startswith(f"{dataset} / {split}\n")]
+    return body
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    rows = make_rows()
+    out_dir = tmp_path_factory.mktemp("report") / "nested" / "eval"  # created by render_report
+    result = render_report(rows, str(out_dir), "Nyx demo evaluation", notes=NOTES)
+    return rows, out_dir, result, Path(result["markdown"]).read_text()
+
+
+def test_layout(rendered):
+    _, out_dir, result, markdown = rendered
+    assert Path(result["markdown"]) == out_dir / "report.md"
+    names = sorted(Path(p).name for p in result["plots"])
+    assert names == sorted(
+        [
+            "nyxqa-dev-accuracy_vs_dim.png",
+            "nyxqa-dev-recall_vs_dim.png",
+            "nyxqa-test-accuracy_vs_dim.png",
+            "nyxqa-test-recall_vs_dim.png",
+            "hotpotqa-dev-accuracy_vs_dim.png",  # a text set: F1 plot, no recall plot
+        ]
+    )
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*names, "report.md"])
+    assert markdown.startswith("# Nyx demo evaluation\n")
+    headings = re.findall(r"^## (.*)$", markdown, flags=re.M)
+    assert headings == ["Notes", "nyxqa / dev", "nyxqa / test", "hotpotqa / dev"]
+
+
+def test_tables_hold_every_value_formatted(rendered):
+    rows, _, _, markdown = rendered
+    for dataset, split, metrics in [
+        ("nyxqa", "dev", NYX_METRICS),
+        ("nyxqa", "test", NYX_METRICS),
+        ("hotpotqa", "dev", TEXT_METRICS),
+    ]:
+        body = section(markdown, dataset, split)
+        assert "| metric | model | 128 | 64 | 32 | 16 |" in body
+        for metric in metrics:
+            for model in MODELS:
+                cells = [
+                    expected_cell(
+                        find(rows, dataset=dataset, split=split, model=model, metric=metric, dim=d)
+                    )
+                    for d in DIMS
+                ]
+                assert f"| {metric} | {model} | " + " | ".join(cells) + " |" in body
+
+
+def test_delta_table_signs(rendered):
+    rows, _, _, markdown = rendered
+
+    def delta_line(dataset, split, metric):
+        values = []
+        for d in DIMS:
+            key = {"dataset": dataset, "split": split, "metric": metric, "dim": d}
+            diff = (
+                find(rows, model="stage2", **key)["value"]
+                - find(rows, model="stage1", **key)["value"]
+            )
+            values.append(f"{diff:+.3f}")
+        return f"| {metric} | " + " | ".join(values) + " |"
+
+    test = section(markdown, "nyxqa", "test")
+    assert "**Stage 2 vs stage 1**" in test
+    assert (
+        delta_line("nyxqa", "test", "rag_accuracy")
+        == "| rag_accuracy | +0.051 | +0.051 | +0.051 | +0.051 |"
+    )
+    assert delta_line("nyxqa", "test", "rag_accuracy") in test
+    hotpot = section(markdown, "hotpotqa", "dev")
+    assert delta_line("hotpotqa", "dev", "f1") in hotpot
+    assert delta_line("hotpotqa", "dev", "em") == "| em | -0.051 | -0.051 | -0.051 | -0.051 |"
+    assert delta_line("hotpotqa", "dev", "em") in hotpot
+
+
+def test_notes_are_bullets(rendered):
+    *_, markdown = rendered
+    for note in NOTES:
+        assert f"\n- {note}\n" in markdown
+
+
+def test_every_plot_is_linked_and_a_valid_png(rendered):
+    _, out_dir, result, markdown = rendered
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert sorted(links) == sorted(Path(p).name for p in result["plots"])
+    for path in result["plots"]:
+        assert Path(path).parent == out_dir and Path(path).stat().st_size > 0
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.width > 300 and img.height > 200
+    assert "![nyxqa / test: rag_accuracy vs dim](nyxqa-test-accuracy_vs_dim.png)" in markdown
+    assert "![hotpotqa / dev: f1 vs dim](hotpotqa-dev-accuracy_vs_dim.png)" in markdown
+
+
+def test_plots_follow_the_data_and_rerender_identically(rendered, tmp_path):
+    rows, out_dir, result, markdown = rendered
+    again = render_report(rows, str(tmp_path / "same"), "Nyx demo evaluation", notes=NOTES)
+    render_report(make_rows(shift=0.1), str(tmp_path / "other"), "Nyx demo evaluation")
+    assert Path(again["markdown"]).read_text() == markdown
+    for path in result["plots"]:
+        name = Path(path).name
+        assert (tmp_path / "same" / name).read_bytes() == Path(path).read_bytes()
+        assert (tmp_path / "other" / name).read_bytes() != Path(path).read_bytes()
+
+
+def test_summary_lines(rendered):
+    rows, _, result, _ = rendered
+    lines = result["summary_lines"]
+    for dataset, split in [("nyxqa", "dev"), ("nyxqa", "test"), ("hotpotqa", "dev")]:
+        for model in MODELS:
+            (line,) = [x for x in lines if x.startswith(f"{dataset}/{split} {model} ")]
+            assert all(f"{d}=" in line for d in DIMS)
+        assert any(x.startswith(f"{dataset}/{split} stage2-stage1: ") for x in lines)
+    test2 = next(x for x in lines if x.startswith("nyxqa/test stage2 "))
+    acc = [
+        f"{d}={find(rows, dataset='nyxqa', split='test', model='stage2', metric='rag_accuracy', dim=d)['value']:.3f}"
+        for d in DIMS
+    ]
+    assert test2.startswith(
+        "nyxqa/test stage2 (n=120): rag_accuracy " + " ".join(acc) + " | recall@1 "
+    )
+    hotpot1 = next(x for x in lines if x.startswith("hotpotqa/dev stage1 "))
+    assert "f1 128=" in hotpot1 and "| em 128=" in hotpot1 and "recall" not in hotpot1
+    assert "em 128=-0.051" in next(x for x in lines if x.startswith("hotpotqa/dev stage2-stage1"))
+
+
+def test_single_model_and_unsafe_names(tmp_path):
+    rows = [
+        r | {"dataset": "web/qa set"}
+        for r in make_rows()
+        if r["model"] == "stage2" and r["dataset"] == "nyxqa" and r["split"] == "dev"
+    ]
+    result = render_report(rows, str(tmp_path), "only stage 2")
+    markdown = Path(result["markdown"]).read_text()
+    assert "Stage 2 vs stage 1" not in markdown and "## Notes" not in markdown
+    assert not any("stage2-stage1" in x for x in result["summary_lines"])
+    for path in result["plots"]:
+        assert Path(path).parent == tmp_path and re.fullmatch(
+            r"[A-Za-z0-9_.-]+\.png", Path(path).name
+        )
+    assert len(result["plots"]) == 2
+
+
+def test_render_rejects_an_empty_table(tmp_path):
+    with pytest.raises(ValueError, match="no result rows"):
+        render_report([], str(tmp_path), "empty")
+
+
+def good_row(**change) -> dict:
+    row = {
+        "model": "stage1",
+        "dataset": "nyxqa",
+        "split": "dev",
+        "dim": 16,
+        "metric": "mrr",
+        "value": 0.5,
+        "n": 10,
+        "ci_low": None,
+        "ci_high": None,
+    }
+    return row | change
+
+
+def test_validate_rows_accepts_good_rows():
+    import numpy as np
+
+    validate_rows(
+        [good_row(), good_row(dim=np.int64(32), value=np.float32(0.25), ci_low=0.1, ci_high=0.4)]
+    )
+    assert set(good_row()) == set(RESULT_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            {k: v for k, v in good_row().items() if k != "value"},
+            r"row 1: missing column\(s\) \['value'\]",
+        ),
+        (good_row(value="0.5"), "row 1: column 'value' must be a finite number, got '0.5'"),
+        (good_row(value=float("nan")), "row 1: column 'value' must be a finite number"),
+        (good_row(value=True), "row 1: column 'value'"),
+        (good_row(dim="16"), "row 1: column 'dim' must be a positive int"),
+        (good_row(dim=16.0), "row 1: column 'dim'"),
+        (good_row(n=0), "row 1: column 'n' must be a positive int"),
+        (good_row(model=""), "row 1: column 'model' must be a non-empty str"),
+        (good_row(ci_low="x", ci_high=0.6), "row 1: column 'ci_low'"),
+        (good_row(ci_low=0.4), "both be set or both None"),
+        (good_row(ci_low=0.6, ci_high=0.4), "'ci_low' \\(0.6\\) is above"),
+        (good_row() | {"extra": 1}, r"unknown column\(s\) \['extra'\]"),
+        (good_row(), "row 1: duplicate of row 0"),
+        ("not a row", "row 1: expected a dict"),
+    ],
+)
+def test_validate_rows_names_the_bad_row_and_column(bad, message):
+    with pytest.raises(ValueError, match=message):
+        validate_rows([good_row(), bad])
+
+
+def test_one_dim_with_an_interval_that_misses_its_value(tmp_path):
+    rows = [good_row(metric="recall@1", value=0.5, ci_low=0.6, ci_high=0.7)]
+    (plot,) = render_report(rows, str(tmp_path), "one dim")["plots"]
+    with Image.open(plot) as img:
+        assert img.format == "PNG"
+
+
+def test_rows_round_trip_through_parquet(rendered, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = rendered[0]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "results.parquet")
+    table = pq.read_table(tmp_path / "results.parquet")
+    assert table.column_names == list(RESULT_COLUMNS)
+    assert str(table.schema.field("ci_low").type) == "double"
+    back = table.to_pylist()
+    validate_rows(back)
+    assert back == rows
