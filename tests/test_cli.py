@@ -33,7 +33,9 @@ def test_bad_override_is_one_clear_line(tmp_path):
 
 
 def test_run_then_status(tmp_path):
-    out = nyx("run", "--root", str(tmp_path), "--set", "sample.size=10")
+    # up to mine: the whole DAG runs in tests/e2e; a 10-chunk sample is too small for feedback positives
+    out = nyx("run", "--root", str(tmp_path), "--set", "sample.size=10",
+              "--stages", "ingest,chunk,sample,synthesize,filter,mine")
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"\[sample\] \d+ in -> 10 out", out.stdout), out.stdout
     status = nyx("status", "--root", str(tmp_path))

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..runner import ShardOutputs, Stage, StageContext, StageError
+from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 
 
 class EvaluateStage(Stage):
@@ -22,19 +23,13 @@ class EvaluateStage(Stage):
     version = 1
     inputs = ("filter", "chunk", "ingest", "train_stage1", "train_stage2")
     outputs = {"part": "eval_results"}
-    execution_only = ("generation.concurrency", "generation.batch_size", "generation.timeout_s",
-                      "generation.retries", "generation.base_url", "generation.api_key_env", "generation.device",
-                      "embedder.batch_size", "embedder.device", "search.query_batch", "search.doc_chunk",
-                      "search.backend")
+    execution_only = (*GENERATION_TUNING, *RETRIEVAL_TUNING)
     doc = "Recall@k, MRR and RAG accuracy at every Matryoshka dim, stage 1 vs stage 2; a report with plots."
 
     def config_payload(self, cfg):
-        from ..prompts import fingerprint
         from ..rag import ANSWER_PROMPTS
 
-        payload = super().config_payload(cfg)
-        payload["prompts"] = fingerprint(cfg.evaluate.prompt_version, ANSWER_PROMPTS)
-        payload["image_placeholder"] = cfg.chunk.image_placeholder
+        payload = with_prompts(super().config_payload(cfg), cfg, cfg.evaluate.prompt_version, ANSWER_PROMPTS)
         return payload
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:

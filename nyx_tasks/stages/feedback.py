@@ -16,6 +16,7 @@ from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
 from ..runner import ShardOutputs, Stage, StageContext, StageError
+from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 
 Id = TypeVar("Id", bound=Hashable)
 
@@ -134,19 +135,13 @@ class FeedbackStage(Stage):
     version = 1
     inputs = ("mine", "filter", "train_stage1", "chunk", "ingest")
     outputs = {"part": "triplets", "windows": "feedback_windows"}
-    execution_only = ("shard_queries", "generation.concurrency", "generation.batch_size", "generation.timeout_s",
-                      "generation.retries", "generation.base_url", "generation.api_key_env", "generation.device",
-                      "embedder.batch_size", "embedder.device", "search.query_batch", "search.doc_chunk",
-                      "search.backend")
+    execution_only = ("shard_queries", *GENERATION_TUNING, *RETRIEVAL_TUNING)
     doc = "Retrieve top-K with the stage-1 model, judge the VLM's answers over sliding windows, pick positives."
 
     def config_payload(self, cfg):
-        from ..prompts import fingerprint
         from ..rag import ANSWER_PROMPTS
 
-        payload = super().config_payload(cfg)
-        payload["prompts"] = fingerprint(cfg.feedback.prompt_version, ANSWER_PROMPTS)
-        payload["image_placeholder"] = cfg.chunk.image_placeholder
+        payload = with_prompts(super().config_payload(cfg), cfg, cfg.feedback.prompt_version, ANSWER_PROMPTS)
         payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]
         return payload
 

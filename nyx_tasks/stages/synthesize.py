@@ -22,8 +22,9 @@ import json
 
 from ..artifacts import image_paths
 from ..inference import ChatRequest, GenerationError, make_backend
-from ..prompts import CHUNK_MARKER, fingerprint, render
+from ..prompts import CHUNK_MARKER, render
 from ..runner import ShardOutputs, Stage, StageContext, StageError
+from .common import GENERATION_TUNING, with_prompts
 
 
 def qa_schema(max_qa: int) -> dict:
@@ -103,15 +104,11 @@ class SynthesizeStage(Stage):
     version = 1
     inputs = ("sample", "ingest")
     outputs = {"part": "qa_candidates"}
-    execution_only = ("shard_chunks", "generation.concurrency", "generation.batch_size", "generation.timeout_s",
-                      "generation.retries", "generation.base_url", "generation.api_key_env", "generation.device")
+    execution_only = ("shard_chunks", *GENERATION_TUNING)
     doc = "A VLM writes QA pairs per chunk (text, image, multi-image prompts), shortens answers, writes distractors."
 
     def config_payload(self, cfg):
-        payload = super().config_payload(cfg)
-        payload["prompts"] = fingerprint(cfg.synthesize.prompt_version, PROMPTS)
-        payload["image_placeholder"] = cfg.chunk.image_placeholder
-        return payload
+        return with_prompts(super().config_payload(cfg), cfg, cfg.synthesize.prompt_version, PROMPTS)
 
     def plan_shards(self, ctx: StageContext) -> list[dict]:
         n = ctx.input_manifest("sample")["rows_out"]
