@@ -153,6 +153,23 @@ def build_tiny_cmd(out_dir: Annotated[str, typer.Argument(help="Where to write t
     typer.echo(json.dumps(build_tiny(out_dir, seed), indent=2))
 
 
+airflow_app = typer.Typer(no_args_is_help=True, help="Airflow set-up for this project.")
+app.add_typer(airflow_app, name="airflow")
+
+
+@airflow_app.command("init")
+def airflow_init_cmd() -> None:
+    """Create/update the `gpu` pool (NYX_GPU_SLOTS, default 1) and, when NYX_VLLM_URL is set, the
+    `nyx_vllm` connection (key from NYX_VLLM_API_KEY). Idempotent."""
+    from .airflow_setup import init
+
+    try:
+        typer.echo(json.dumps(init(), indent=2))
+    except (RuntimeError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+
+
 export_app = typer.Typer(no_args_is_help=True, help="Export datasets for publishing.")
 app.add_typer(export_app, name="export")
 

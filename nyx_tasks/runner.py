@@ -8,6 +8,7 @@ decides whether work is needed, skips finished shards, and writes the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import subprocess
@@ -166,6 +167,39 @@ class StageResult:
         }
 
 
+def config_summary(payload: Any, limit: int = 900) -> str:
+    """The resolved stage config as one `key=value` line (nested keys dotted), for the log."""
+    flat: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            text = str(node)
+            flat.append(f"{prefix[:-1]}={text if len(text) <= 80 else text[:77] + '...'}")
+
+    walk(payload, "")
+    line = " ".join(flat)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def failure_line(stage: str, step: str, partition: str):
+    """On failure, one line saying what went wrong and what to do, before the traceback."""
+    try:
+        yield
+    except StageError as e:
+        get_logger(stage).error("%s FAILED (%s, partition %s): %s", stage, step, partition, e)
+        raise
+    except Exception as e:
+        get_logger(stage).error(
+            "%s FAILED (%s, partition %s): %s: %s. Finished shards are kept; fix the cause and clear the task "
+            "(or re-run `nyx %s --partition %s`) to resume. The traceback follows.",
+            stage, step, partition, type(e).__name__, str(e)[:500], stage.split("/")[0], partition)
+        raise
+
+
 def _context(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None) -> StageContext:
     store = store or ArtifactStore(cfg.artifact_root())
     return StageContext(cfg=cfg, store=store, stage=stage, partition=cfg.partition)
@@ -175,40 +209,42 @@ def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None)
     """Decide what to do. Returns the shard specs (empty when the stage is complete
     and unchanged). A changed config/input or `force` invalidates the old output
     first, so no reader mixes old and new shards."""
-    ctx = _context(stage, cfg, store)
-    config_hash = stable_hash({"stage": stage.name, "version": stage.version,
-                               "config": stage.config_payload(cfg)})
-    inputs = stage.input_fingerprint(ctx)
-    key = stable_hash({"config": config_hash, "inputs": inputs})
-    log = ctx.log
-    log.info("%s: partition=%s root=%s config_hash=%s inputs=%s",
-             stage.name, ctx.partition, ctx.store.root, config_hash, inputs or "-")
-    manifest = ctx.store.read_json(ctx.rel(MANIFEST))
-    if manifest and manifest.get("key") == key and not cfg.force:
-        log.info("%s: already complete for partition %s with the same config and inputs "
-                 "(key %s, %s rows); nothing to do. Use --force to recompute.",
-                 stage.name, ctx.partition, key, manifest["rows_out"])
-        return []
-    if manifest:
-        why = "force" if cfg.force else "config or inputs changed"
-        log.info("%s: recomputing partition %s (%s): previous key %s, new key %s",
-                 stage.name, ctx.partition, why, manifest.get("key"), key)
-        ctx.store.remove(ctx.rel(MANIFEST))
-    if cfg.force:
-        ctx.store.remove(ctx.rel(SHARDS_DIR))
-    ctx.key, ctx.inputs = key, inputs
-    shards = stage.plan_shards(ctx)
-    if not shards:
-        raise StageError(f"{stage.name}: nothing to process for partition {ctx.partition} "
-                         "(the input has no shards); check the source configuration.")
-    ctx.store.write_json_atomic(ctx.rel(PLAN), {
-        "stage": stage.name, "partition": ctx.partition, "key": key, "config_hash": config_hash,
-        "inputs": inputs, "config": stage.config_payload(cfg), "shards": shards, "planned_at": _now(),
-    })
-    done = sum(1 for s in shards if _shard_done(ctx, s, key))
-    log.info("%s: %d shard(s) planned, %d already finished from an earlier attempt",
-             stage.name, len(shards), done)
-    return shards
+    with failure_line(stage.name, "plan", cfg.partition):
+        ctx = _context(stage, cfg, store)
+        config_hash = stable_hash({"stage": stage.name, "version": stage.version,
+                                   "config": stage.config_payload(cfg)})
+        inputs = stage.input_fingerprint(ctx)
+        key = stable_hash({"config": config_hash, "inputs": inputs})
+        log = ctx.log
+        log.info("%s: partition=%s root=%s config_hash=%s inputs=%s",
+                 stage.name, ctx.partition, ctx.store.root, config_hash, inputs or "-")
+        log.info("%s: config %s", stage.name, config_summary(stage.config_payload(cfg)))
+        manifest = ctx.store.read_json(ctx.rel(MANIFEST))
+        if manifest and manifest.get("key") == key and not cfg.force:
+            log.info("%s: already complete for partition %s with the same config and inputs "
+                     "(key %s, %s rows); nothing to do. Use --force to recompute.",
+                     stage.name, ctx.partition, key, manifest["rows_out"])
+            return []
+        if manifest:
+            why = "force" if cfg.force else "config or inputs changed"
+            log.info("%s: recomputing partition %s (%s): previous key %s, new key %s",
+                     stage.name, ctx.partition, why, manifest.get("key"), key)
+            ctx.store.remove(ctx.rel(MANIFEST))
+        if cfg.force:
+            ctx.store.remove(ctx.rel(SHARDS_DIR))
+        ctx.key, ctx.inputs = key, inputs
+        shards = stage.plan_shards(ctx)
+        if not shards:
+            raise StageError(f"{stage.name}: nothing to process for partition {ctx.partition} "
+                             "(the input has no shards); check the source configuration.")
+        ctx.store.write_json_atomic(ctx.rel(PLAN), {
+            "stage": stage.name, "partition": ctx.partition, "key": key, "config_hash": config_hash,
+            "inputs": inputs, "config": stage.config_payload(cfg), "shards": shards, "planned_at": _now(),
+        })
+        done = sum(1 for s in shards if _shard_done(ctx, s, key))
+        log.info("%s: %d shard(s) planned, %d already finished from an earlier attempt",
+                 stage.name, len(shards), done)
+        return shards
 
 
 def _marker_rel(ctx: StageContext, shard: dict) -> str:
@@ -229,85 +265,87 @@ def _read_plan(ctx: StageContext) -> dict:
 
 def run_shard(stage: Stage, cfg: NyxConfig, shard: dict, store: ArtifactStore | None = None) -> dict:
     """Process one shard unless its marker says it is done. Returns the marker."""
-    ctx = _context(stage, cfg, store)
-    plan = _read_plan(ctx)
-    ctx.key, ctx.inputs = plan["key"], plan["inputs"]
-    name = shard.get("name", shard["shard"])
-    marker = _shard_done(ctx, shard, ctx.key)
-    if marker:
-        ctx.log.info("%s: shard %s already finished (%s rows); skipping",
-                     stage.name, name, marker["rows_out"])
+    with failure_line(stage.name, f"shard {shard.get('name', shard.get('shard'))}", cfg.partition):
+        ctx = _context(stage, cfg, store)
+        plan = _read_plan(ctx)
+        ctx.key, ctx.inputs = plan["key"], plan["inputs"]
+        name = shard.get("name", shard["shard"])
+        marker = _shard_done(ctx, shard, ctx.key)
+        if marker:
+            ctx.log.info("%s: shard %s already finished (%s rows); skipping",
+                         stage.name, name, marker["rows_out"])
+            return marker
+        t0 = time.monotonic()
+        ctx.log.info("%s: shard %s starting", stage.name, name)
+        out = ShardOutputs(ctx, shard)
+        try:
+            stage.process(ctx, shard, out)
+            files = out.close()
+        except BaseException:
+            out.abort()
+            raise
+        seconds = time.monotonic() - t0
+        marker = {
+            "shard": int(shard["shard"]), "name": name, "key": ctx.key, "outputs": files,
+            "rows_in": out.rows_in, "rows_out": files["part"]["rows"] if "part" in files else 0,
+            "drops": out.drops.as_dict(), "extra": dict(out.extra), "seconds": round(seconds, 3),
+            "finished_at": _now(),
+        }
+        # The marker is written only after every output file is closed and in place.
+        ctx.store.write_json_atomic(_marker_rel(ctx, shard), marker)
+        ctx.log.info("%s: shard %s done: %d in, %d out, %d dropped in %.1fs (%.1f rows/s)",
+                     stage.name, name, marker["rows_in"], marker["rows_out"], sum(marker["drops"].values()),
+                     seconds, marker["rows_in"] / max(seconds, 1e-9))
         return marker
-    t0 = time.monotonic()
-    ctx.log.info("%s: shard %s starting", stage.name, name)
-    out = ShardOutputs(ctx, shard)
-    try:
-        stage.process(ctx, shard, out)
-        files = out.close()
-    except BaseException:
-        out.abort()
-        raise
-    seconds = time.monotonic() - t0
-    marker = {
-        "shard": int(shard["shard"]), "name": name, "key": ctx.key, "outputs": files,
-        "rows_in": out.rows_in, "rows_out": files["part"]["rows"] if "part" in files else 0,
-        "drops": out.drops.as_dict(), "extra": dict(out.extra), "seconds": round(seconds, 3),
-        "finished_at": _now(),
-    }
-    # The marker is written only after every output file is closed and in place.
-    ctx.store.write_json_atomic(_marker_rel(ctx, shard), marker)
-    ctx.log.info("%s: shard %s done: %d in, %d out, %d dropped in %.1fs (%.1f rows/s)",
-                 stage.name, name, marker["rows_in"], marker["rows_out"], sum(marker["drops"].values()),
-                 seconds, marker["rows_in"] / max(seconds, 1e-9))
-    return marker
 
 
 def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> StageResult:
     """Check every planned shard finished, then write the manifest last."""
-    ctx = _context(stage, cfg, store)
-    existing = ctx.store.read_json(ctx.rel(MANIFEST))
-    plan = ctx.store.read_json(ctx.rel(PLAN))
-    if existing and (plan is None or existing.get("key") == plan["key"]):
-        return StageResult(stage.name, ctx.partition, "skipped", existing)
-    plan = _read_plan(ctx)
-    markers, missing = [], []
-    for s in plan["shards"]:
-        m = _shard_done(ctx, s, plan["key"])
-        (markers.append(m) if m else missing.append(s.get("name", s["shard"])))
-    if missing:
-        raise StageError(f"{stage.name}: shard(s) {missing} of partition {ctx.partition} did not "
-                         "finish; re-run the stage (finished shards are kept).")
-    drops: Counter[str] = Counter()
-    extra: Counter[str] = Counter()
-    outputs: dict[str, list[dict]] = {k: [] for k in stage.outputs}
-    for m in markers:
-        drops.update(m["drops"])
-        extra.update(m["extra"])
-        for kind, f in m["outputs"].items():
-            outputs[kind].append(f)
-    _remove_strays(ctx, {f["path"].rsplit("/", 1)[-1] for fs in outputs.values() for f in fs})
-    rows_in = sum(m["rows_in"] for m in markers)
-    rows_out = sum(m["rows_out"] for m in markers)
-    manifest = {
-        "stage": stage.name, "partition": ctx.partition, "status": "complete",
-        "stage_version": stage.version, "code_version": code_version(),
-        "key": plan["key"], "config_hash": plan["config_hash"], "config": plan["config"],
-        "inputs": plan["inputs"], "rows_in": rows_in, "rows_out": rows_out,
-        "drops": dict(sorted(drops.items())), "extra": dict(sorted(extra.items())),
-        "outputs": outputs, "schemas": dict(stage.outputs),
-        "output_hash": stable_hash([(k, f["path"], f["sha256"]) for k, fs in outputs.items() for f in fs], 32),
-        "location": ctx.store.url(ctx.rel()),
-        "shards": [{k: m[k] for k in ("shard", "name", "rows_in", "rows_out", "drops", "seconds")} for m in markers],
-        "timings": {"planned_at": plan["planned_at"], "finished_at": _now(),
-                    "shard_seconds": round(sum(m["seconds"] for m in markers), 3)},
-    }
-    stage.finalize(ctx, manifest)
-    ctx.store.write_json_atomic(ctx.rel(MANIFEST), manifest)
-    ctx.log.info("%s: partition %s complete: %d in, %d out, %d dropped -> %s",
-                 stage.name, ctx.partition, rows_in, rows_out, sum(drops.values()), manifest["location"])
-    for line in drop_lines(manifest["drops"], rows_out):  # one log line per reason reads well in Airflow
-        ctx.log.info("%s: drops  %s", stage.name, line)
-    return StageResult(stage.name, ctx.partition, "computed", manifest)
+    with failure_line(stage.name, "commit", cfg.partition):
+        ctx = _context(stage, cfg, store)
+        existing = ctx.store.read_json(ctx.rel(MANIFEST))
+        plan = ctx.store.read_json(ctx.rel(PLAN))
+        if existing and (plan is None or existing.get("key") == plan["key"]):
+            return StageResult(stage.name, ctx.partition, "skipped", existing)
+        plan = _read_plan(ctx)
+        markers, missing = [], []
+        for s in plan["shards"]:
+            m = _shard_done(ctx, s, plan["key"])
+            (markers.append(m) if m else missing.append(s.get("name", s["shard"])))
+        if missing:
+            raise StageError(f"{stage.name}: shard(s) {missing} of partition {ctx.partition} did not "
+                             "finish; re-run the stage (finished shards are kept).")
+        drops: Counter[str] = Counter()
+        extra: Counter[str] = Counter()
+        outputs: dict[str, list[dict]] = {k: [] for k in stage.outputs}
+        for m in markers:
+            drops.update(m["drops"])
+            extra.update(m["extra"])
+            for kind, f in m["outputs"].items():
+                outputs[kind].append(f)
+        _remove_strays(ctx, {f["path"].rsplit("/", 1)[-1] for fs in outputs.values() for f in fs})
+        rows_in = sum(m["rows_in"] for m in markers)
+        rows_out = sum(m["rows_out"] for m in markers)
+        manifest = {
+            "stage": stage.name, "partition": ctx.partition, "status": "complete",
+            "stage_version": stage.version, "code_version": code_version(),
+            "key": plan["key"], "config_hash": plan["config_hash"], "config": plan["config"],
+            "inputs": plan["inputs"], "rows_in": rows_in, "rows_out": rows_out,
+            "drops": dict(sorted(drops.items())), "extra": dict(sorted(extra.items())),
+            "outputs": outputs, "schemas": dict(stage.outputs),
+            "output_hash": stable_hash([(k, f["path"], f["sha256"]) for k, fs in outputs.items() for f in fs], 32),
+            "location": ctx.store.url(ctx.rel()),
+            "shards": [{k: m[k] for k in ("shard", "name", "rows_in", "rows_out", "drops", "seconds")} for m in markers],
+            "timings": {"planned_at": plan["planned_at"], "finished_at": _now(),
+                        "shard_seconds": round(sum(m["seconds"] for m in markers), 3)},
+        }
+        stage.finalize(ctx, manifest)
+        ctx.store.write_json_atomic(ctx.rel(MANIFEST), manifest)
+        ctx.log.info("%s: partition %s complete: %d in, %d out, %d dropped -> %s",
+                     stage.name, ctx.partition, rows_in, rows_out, sum(drops.values()), manifest["location"])
+        for line in drop_lines(manifest["drops"], rows_out):  # one log line per reason reads well in Airflow
+            ctx.log.info("%s: drops  %s", stage.name, line)
+        return StageResult(stage.name, ctx.partition, "computed", manifest)
 
 
 def _remove_strays(ctx: StageContext, keep: set[str]) -> None:
@@ -324,3 +362,4 @@ def run_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) 
     for shard in shards:
         run_shard(stage, cfg, shard, store)
     return commit_stage(stage, cfg, store)
+

@@ -10,7 +10,7 @@ PARTITION="${NYX_PARTITION:-demo}"
 mkdir -p "$AIRFLOW_HOME"
 echo "[demo] airflow db migrate (AIRFLOW_HOME=$AIRFLOW_HOME)" >&2
 .venv/bin/airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
-.venv/bin/airflow pools set gpu 1 "GPU slots for Nyx GPU tasks" > /dev/null
+.venv/bin/nyx airflow init > /dev/null   # the gpu pool (NYX_GPU_SLOTS) and, with NYX_VLLM_URL, the nyx_vllm connection
 echo "[demo] airflow dags test nyxqa_to_model (partition=$PARTITION, artifacts=$NYX_ARTIFACTS_ROOT)" >&2
 .venv/bin/airflow dags test nyxqa_to_model -c "{\"partition\": \"$PARTITION\"}" "$@" 2>&1 | tee "$AIRFLOW_HOME/dags-test.log" | grep -E "nyx\.|ERROR|Marking run|failed" >&2 || true
 .venv/bin/nyx status --partition "$PARTITION"

@@ -154,3 +154,28 @@ def test_any_fsspec_root_works(make_cfg):
     images = [p for p in fs.find(root.replace("memory://", "/")) if "/images/" in p]
     assert images and not any("_tmp." in p for p in fs.find(root.replace("memory://", "/")))
     assert run_stage(get_stage("sample"), cfg, store).status == "skipped"
+
+
+def test_a_failure_logs_one_clear_line_first(make_cfg, caplog, monkeypatch):
+    """What went wrong and what to do, as one ERROR line before the exception (and traceback) leaves."""
+    from nyx_tasks.runner import StageError, run_stage
+    from nyx_tasks.stages import get_stage
+
+    cfg = make_cfg()
+    with caplog.at_level("INFO"), pytest.raises(StageError):
+        run_stage(get_stage("chunk"), cfg)  # no ingest yet
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "chunk FAILED (plan, partition demo)" in errors[0].getMessage()
+    assert "Run `nyx ingest --partition demo` first" in errors[0].getMessage()
+
+    caplog.clear()
+    run_stage(get_stage("ingest"), cfg)
+    stage = get_stage("chunk")
+    monkeypatch.setattr(type(stage), "process", lambda self, ctx, shard, out: (_ for _ in ()).throw(
+        OSError("disk full")))
+    with caplog.at_level("INFO"), pytest.raises(OSError):
+        run_stage(stage, cfg)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "chunk FAILED (shard" in line and "OSError: disk full" in line and "Finished shards are kept" in line
+    config_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("chunk: config ")]
+    assert config_lines and "chunk_tokens=200" in config_lines[0]  # the resolved config, one line

@@ -68,7 +68,9 @@ def test_gpu_routing_picks_the_pool_slots_the_run_needs():
 
 
 @pytest.mark.parametrize("bad", [{"every_nth": 0}, {"profile": "huge"}, {"partition": "../x"},
-                                 {"sample_size": -5}, {"force": "yes"}, {"source_paths": [""]}])
+                                 {"sample_size": -5}, {"force": "yes"}, {"source_paths": [""]},
+                                 {"synth_backend": "tgi"}, {"num_gpus": 9}, {"num_gpus": -1},
+                                 {"base_model": "two words"}, {"train_steps": 0}, {"feedback_top_k": "30"}])
 def test_trigger_form_refuses_bad_values(dagbag, bad):
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
@@ -102,3 +104,42 @@ def test_remine_dag_runs_on_a_cron_or_a_new_checkpoint(dagbag):
     (remine,) = dag.tasks
     assert [o.name for o in remine.outlets] == ["nyx_negatives"]
     assert (remine.queue, remine.pool) == ("gpu", "gpu")
+
+
+def test_one_backfillable_dag_per_stage(dagbag):
+    from airflow.sdk import DAG
+    from nyx_airflow.params import trigger_params
+
+    for stage in STAGE_NAMES:
+        dag = dagbag.dags[f"nyx_stage_{stage}"]
+        assert isinstance(dag, DAG) and dag.is_paused_upon_creation and not dag.catchup
+        # backfills need a time-based schedule
+        assert type(dag.timetable).__name__ == "CronTriggerTimetable" and dag.timetable.expression == "0 0 * * *"
+        assert {t.split(".")[0] for t in dag.task_ids} == {stage}  # exactly that stage
+        assert set(dag.params) == set(trigger_params()) and stage in dag.tags
+    full = dagbag.dags["nyxqa_to_model"]
+    for stage in STAGE_NAMES:  # the same task group in both: one factory, no copies
+        assert {t for t in full.task_ids if t.startswith(f"{stage}.")} == set(dagbag.dags[f"nyx_stage_{stage}"].task_ids)
+
+
+def test_trigger_form_fields_have_titles_and_sections(dagbag):
+    params = dagbag.dags["nyxqa_to_model"].params
+    for name in params:
+        param = params.get_param(name)
+        assert param.schema.get("title") and param.schema.get("section") and param.description, name
+
+
+def test_model_and_training_params_become_overrides():
+    from nyx_airflow.params import overrides_from_params
+
+    from nyx_tasks.config import load_config
+
+    cfg = load_config("demo", overrides_from_params(
+        {"base_model": "/models/qwen", "answer_model": "Qwen/Qwen2.5-VL-7B-Instruct", "num_gpus": 4,
+         "train_steps": 7, "synth_backend": "openai", "miner_model": "intfloat/mmE5-mllama-11b-instruct",
+         "feedback_top_k": 12, "synth_model": ""}, "2026-01-02"))
+    assert cfg.train_stage1.base_model == cfg.train_stage2.base_model == "/models/qwen"
+    assert cfg.feedback.generation.model == cfg.evaluate.generation.model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert cfg.train_stage1.num_gpus == cfg.train_stage2.num_gpus == 4 and cfg.train_stage2.max_steps == 7
+    assert cfg.synthesize.generation.backend == "openai" and cfg.feedback.top_k == 12
+    assert cfg.synthesize.generation.model == load_config("demo").synthesize.generation.model  # empty: the profile's
