@@ -19,7 +19,11 @@ COPY nyx_tasks ./nyx_tasks
 COPY configs ./configs
 COPY dags ./dags
 COPY plugins ./plugins
+# torch first: DeepSpeed ships only an sdist whose build imports torch, so it is built against
+# the installed CUDA torch without isolation (an isolated build would fetch another torch).
 RUN pip install --upgrade pip \
+ && pip install "torch==2.14.1" "torchvision==0.29.1" \
+ && DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed==0.19.8" \
  && pip install "apache-airflow[celery]==${AIRFLOW_VERSION}" -e ".[gpu]"
 
 RUN useradd --uid 50000 --gid 0 --create-home airflow

@@ -32,8 +32,10 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 def compose():
     raw = (REPO / "docker-compose.yaml").read_text()
     with pytest.raises(KeyError, match="NYX_JWT_SECRET"):
-        interpolate(raw, {})  # the shared secret must be given, never defaulted
-    return yaml.safe_load(interpolate(raw, {"NYX_JWT_SECRET": "test-secret"}))
+        interpolate(raw, {"NYX_VLLM_API_KEY": "k"})  # the shared secret must be given, never defaulted
+    with pytest.raises(KeyError, match="NYX_VLLM_API_KEY"):
+        interpolate(raw, {"NYX_JWT_SECRET": "s"})  # so must the vLLM key
+    return yaml.safe_load(interpolate(raw, {"NYX_JWT_SECRET": "test-secret", "NYX_VLLM_API_KEY": "test-key"}))
 
 
 @pytest.mark.skipif(not SCHEMA.exists(), reason="shared/schemas not present")
@@ -62,6 +64,12 @@ def test_services_queues_and_health(compose):
     assert secrets == {"test-secret"}  # one shared JWT secret
     assert all(s[n]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" for n in airflow)
     assert all("artifacts:/artifacts" in s[n]["volumes"] for n in airflow)
+    assert all("models:/models" in s[n]["volumes"] for n in airflow) and "models:/models" in s["vllm"]["volumes"]
+    # the init service makes the gpu pool and the nyx_vllm connection; workers and vLLM share one key
+    assert "nyx airflow init" in " ".join(s["airflow-init"]["command"])
+    assert {s[n]["environment"]["NYX_VLLM_API_KEY"] for n in airflow} == {"test-key"}
+    assert vllm[vllm.index("--api-key") + 1] == "test-key"
+    assert s["vllm"]["healthcheck"]["test"][-1].endswith("/health")
 
 
 def test_dockerfiles_install_this_project():
@@ -70,3 +78,7 @@ def test_dockerfiles_install_this_project():
         assert "COPY nyx_tasks" in text.replace("--chown=airflow:root ", "")
         assert re.search(r'-e "?\.', text), name
     assert "apache/airflow:3.3" in (REPO / "docker" / "airflow.Dockerfile").read_text()
+    gpu = (REPO / "docker" / "gpu-worker.Dockerfile").read_text()
+    # torch before DeepSpeed, whose sdist build imports it; then vLLM, faiss-gpu through the gpu extra
+    assert gpu.index('"torch==') < gpu.index("--no-build-isolation \"deepspeed") < gpu.index('".[gpu]"')
+    assert "nvidia/cuda:" in gpu and "--queues\", \"gpu\"" in gpu

@@ -19,6 +19,18 @@ def stage_asset(stage: str) -> Asset:
     return Asset(name=f"nyx_{stage}", uri=f"x-nyx://partitions/{stage}", group="nyx")
 
 
+# The corpus everything starts from; ingest reads it (the asset graph's root).
+OBELICS_ASSET = Asset(name="obelics", uri="hf://datasets/HuggingFaceM4/OBELICS", group="nyx")
+
+
+def stage_inlets(stage_name: str) -> list[Asset]:
+    """What a stage reads, as assets: the lineage the UI's asset graph draws."""
+    from nyx_tasks.stages import get_stage
+
+    inputs = get_stage(stage_name).inputs
+    return [stage_asset(s) for s in inputs] if inputs else [OBELICS_ASSET]
+
+
 # Stages whose work can run on GPU workers: how many GPUs a shard needs under
 # the resolved config (0: the CPU path on the default queue). A branch picks, at
 # run time, the mapped shard task whose `pool_slots` is that count: pool slots
@@ -87,7 +99,8 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
     """Build the task group for `stage_name`; returns it (chain groups with >>)."""
     with TaskGroup(group_id=stage_name, tooltip=doc) as group:
 
-        @task(task_id="plan", doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
+        @task(task_id="plan", inlets=stage_inlets(stage_name),
+              doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
         def plan() -> list[dict]:
             from nyx_tasks.log import get_logger
             from nyx_tasks.runner import plan_stage

@@ -143,3 +143,16 @@ def test_model_and_training_params_become_overrides():
     assert cfg.train_stage1.num_gpus == cfg.train_stage2.num_gpus == 4 and cfg.train_stage2.max_steps == 7
     assert cfg.synthesize.generation.backend == "openai" and cfg.feedback.top_k == 12
     assert cfg.synthesize.generation.model == load_config("demo").synthesize.generation.model  # empty: the profile's
+
+
+def test_asset_lineage_runs_from_obelics_to_the_evaluated_model(dagbag):
+    from nyx_tasks.stages import get_stage
+
+    dag = dagbag.dags["nyxqa_to_model"]
+    assert [a.name for a in dag.get_task("ingest.plan").inlets] == ["obelics"]
+    produced = {"obelics"}
+    for stage in STAGE_NAMES:  # every stage reads only assets produced before it
+        inlets = {a.name for a in dag.get_task(f"{stage}.plan").inlets}
+        assert inlets <= produced and (stage == "ingest" or inlets == {f"nyx_{s}" for s in get_stage(stage).inputs})
+        produced |= {a.name for a in dag.get_task(f"{stage}.commit").outlets}
+    assert {"nyx_evaluate", "nyx_checkpoint"} <= produced
