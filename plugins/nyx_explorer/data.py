@@ -1,0 +1,259 @@
+"""What the explorer reads from an artifact root, Airflow-agnostic: partitions, stage manifests,
+stage tables (cached by their manifest's output hash), image locations, the evaluation report.
+
+Every read goes through `nyx_tasks.artifacts` (manifests list the files, so a half-written stage
+is never seen). Paths that come from a URL are checked here: `image_rel` and `report_file` return
+None for anything that is not an image under `images/` or a plot beside the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")  # the DAG's partition param pattern
+# images/<sha[:2]>/<sha>.<ext>: the store's content-addressed layout (`ArtifactStore.image_rel`)
+IMAGE_RE = re.compile(r"^([0-9A-Za-z]{2})/(\1[0-9A-Za-z_-]{0,126})\.(png|jpe?g|gif|webp|bmp|tiff?)$")
+IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+               "webp": "image/webp", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
+PLOT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\.png$")
+
+
+def artifact_root() -> str:
+    """$NYX_ARTIFACTS_ROOT, else the demo profile's root (read per request, so a changed
+    environment is seen without a restart)."""
+    return os.environ.get("NYX_ARTIFACTS_ROOT") or _demo_root()
+
+
+@lru_cache(maxsize=1)
+def _demo_root() -> str:
+    from nyx_tasks.config import load_config
+
+    return load_config("demo").artifact_root()
+
+
+def store_for(root: str):
+    from nyx_tasks.artifacts import ArtifactStore
+
+    return ArtifactStore(root)
+
+
+# ------------------------------------------------------------------ manifests
+
+
+def manifest(store, partition: str, stage: str) -> dict | None:
+    from nyx_tasks.artifacts import ArtifactStore
+
+    return store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
+
+
+def partitions(store) -> list[dict]:
+    """One row per partition: name, stages complete (of the pipeline's), last finish time."""
+    from nyx_tasks.stages import STAGE_NAMES
+
+    out = []
+    for name in store.listdir("partitions"):
+        if not PARTITION_RE.match(name):
+            continue
+        done = [m for s in STAGE_NAMES if (m := manifest(store, name, s)) and m.get("status") == "complete"]
+        finished = max((m.get("timings", {}).get("finished_at") or "" for m in done), default="")
+        out.append({"name": name, "complete": len(done), "stages": len(STAGE_NAMES),
+                    "last_stage": done[-1]["stage"] if done else "", "finished_at": finished})
+    return out
+
+
+def stage_summaries(store, partition: str) -> list[dict]:
+    """Every pipeline stage in order, with its manifest's counts (None fields when not run)."""
+    from nyx_tasks.stages import STAGE_NAMES
+
+    rows = []
+    for stage in STAGE_NAMES:
+        m = manifest(store, partition, stage)
+        if m is None:
+            rows.append({"stage": stage, "present": False})
+            continue
+        drops = sorted((m.get("drops") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        timings = m.get("timings") or {}
+        rows.append({
+            "stage": stage, "present": True, "status": m.get("status", ""),
+            "rows_in": m.get("rows_in"), "rows_out": m.get("rows_out"),
+            "dropped": sum(v for _, v in drops), "drops": drops,
+            "extra": sorted((m.get("extra") or {}).items()),
+            "config_hash": m.get("config_hash", ""), "config": m.get("config") or {},
+            "finished_at": timings.get("finished_at", ""), "seconds": timings.get("shard_seconds"),
+            "location": m.get("location", ""), "outputs": sorted(m.get("outputs") or {}),
+            "shards": len(m.get("shards") or []),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------- tables
+
+
+def stage_rows(store, partition: str, stage: str, kind: str = "part") -> list[dict] | None:
+    """A completed stage's output as a list of dicts, or None when the stage has not run (or has no
+    output of that kind). Cached per output hash: a recomputed stage is read again."""
+    m = manifest(store, partition, stage)
+    if m is None or kind not in (m.get("outputs") or {}):
+        return None
+    return _rows_cached(store.root, partition, stage, kind, m.get("output_hash", ""))
+
+
+@lru_cache(maxsize=16)
+def _rows_cached(root: str, partition: str, stage: str, kind: str, output_hash: str) -> list[dict]:
+    from nyx_tasks.artifacts import read_stage_table
+
+    return read_stage_table(store_for(root), partition, stage, kind=kind).to_pylist()
+
+
+def images(store, partition: str) -> dict[str, str]:
+    """image_id -> path under `images/` (the URL tail of the image route), from ingest's tables."""
+    m = manifest(store, partition, "ingest")
+    if m is None:
+        return {}
+    return _images_cached(store.root, partition, m.get("output_hash", ""))
+
+
+@lru_cache(maxsize=8)
+def _images_cached(root: str, partition: str, output_hash: str) -> dict[str, str]:
+    from nyx_tasks.artifacts import image_paths
+
+    return {iid: rel.removeprefix("images/") for iid, rel in image_paths(store_for(root), partition).items()}
+
+
+def placeholder(store, partition: str, stage: str) -> str:
+    m = manifest(store, partition, stage) or {}
+    return (m.get("config") or {}).get("image_placeholder") or "<image>"
+
+
+def segments(text: str, image_ids: list[str], token: str) -> list[tuple[str, str]]:
+    """Split text at image placeholders: [("text", s) | ("image", image_id)], images in order;
+    ids beyond the placeholders are appended, placeholders beyond the ids stay as text."""
+    parts = text.split(token) if token else [text]
+    out: list[tuple[str, str]] = []
+    ids = list(image_ids)
+    for i, part in enumerate(parts):
+        if part:
+            out.append(("text", part))
+        if i < len(parts) - 1:
+            out.append(("image", ids.pop(0)) if ids else ("text", token))
+    out.extend(("image", iid) for iid in ids)
+    return out
+
+
+# --------------------------------------------------------------- pagination
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    number: int  # 1-based
+    pages: int
+    total: int
+    per_page: int
+
+    @property
+    def first_index(self) -> int:
+        return (self.number - 1) * self.per_page
+
+
+def paginate(items: list, number: int, per_page: int) -> Page:
+    pages = max(1, math.ceil(len(items) / per_page))
+    number = min(max(1, number), pages)
+    start = (number - 1) * per_page
+    return Page(items[start:start + per_page], number, pages, len(items), per_page)
+
+
+# -------------------------------------------------------------------- safety
+
+
+def image_rel(tail: str) -> str | None:
+    """`images/<tail>` when tail has the store's image layout (no `..`, no absolute path, no
+    other folder); else None."""
+    m = IMAGE_RE.match(tail)
+    return f"images/{tail}" if m else None
+
+
+def image_media_type(rel: str) -> str:
+    return IMAGE_TYPES[rel.rsplit(".", 1)[-1].lower()]
+
+
+def read_image(store, rel: str) -> bytes | None:
+    """The bytes of `rel` (from `image_rel`), or None when missing or when, on a local root, the
+    file resolves (through a symlink) outside the root's images folder."""
+    path = store.path(rel)
+    if "file" in store.fs.protocol or store.fs.protocol == "local":
+        real, base = os.path.realpath(path), os.path.realpath(store.path("images"))
+        if not real.startswith(base + os.sep) or not os.path.isfile(real):
+            return None
+        path = real
+    elif not store.fs.isfile(path):
+        return None
+    with store.fs.open(path, "rb") as f:
+        return f.read()
+
+
+# -------------------------------------------------------------------- report
+
+
+def report_dir(store, partition: str) -> str | None:
+    """The report folder (relative to the root) named by the evaluate manifest."""
+    m = manifest(store, partition, "evaluate")
+    report = (m or {}).get("report")
+    if not report:
+        return None
+    for prefix in (store.root + "/", store.base + "/"):
+        if report.startswith(prefix):
+            return report.removeprefix(prefix).rsplit("/", 1)[0]
+    return None
+
+
+def report_text(store, partition: str) -> str | None:
+    rel = report_dir(store, partition)
+    if rel is None or not store.exists(f"{rel}/report.md"):
+        return None
+    with store.fs.open(store.path(f"{rel}/report.md"), "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def report_plots(store, partition: str) -> list[str]:
+    rel = report_dir(store, partition)
+    return [n for n in store.listdir(rel) if PLOT_RE.match(n)] if rel else []
+
+
+def report_file(store, partition: str, name: str) -> str | None:
+    """`<report dir>/<name>` when name is one of the report's plots (listed, not built from the URL)."""
+    if name not in report_plots(store, partition):
+        return None
+    return f"{report_dir(store, partition)}/{name}"
+
+
+def results_tables(rows: list[dict]) -> list[dict]:
+    """The evaluate results pivoted for display: one table per (dataset, split), one row per
+    (metric, dim), one column per model (ordered as first seen), with n and the 95% interval."""
+    tables: dict[tuple, dict] = {}
+    for r in rows:
+        t = tables.setdefault((r["dataset"], r["split"]), {"dataset": r["dataset"], "split": r["split"],
+                                                            "models": [], "rows": {}})
+        if r["model"] not in t["models"]:
+            t["models"].append(r["model"])
+        cell = {"value": r["value"], "n": r["n"], "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high")}
+        t["rows"].setdefault((r["metric"], r["dim"]), {})[r["model"]] = cell
+    out = []
+    for t in tables.values():
+        keys = sorted(t["rows"], key=lambda k: (_metric_order(k[0]), -k[1]))
+        out.append({**t, "rows": [{"metric": k[0], "dim": k[1], "cells": t["rows"][k]} for k in keys]})
+    return out
+
+
+def _metric_order(metric: str) -> tuple:
+    fixed = {"rag_accuracy": 0, "f1": 1, "em": 2}
+    if metric in fixed:
+        return (fixed[metric], 0, metric)
+    if m := re.fullmatch(r"recall@(\d+)", metric):
+        return (3, int(m.group(1)), metric)
+    return (4 if metric == "mrr" else 5, 0, metric)
