@@ -3,10 +3,12 @@
 Generated from the same stage registry and task-group factory as
 `nyxqa_to_model` (no copy-pasted DAG files). Airflow 3 backfills only DAGs with
 a time-based schedule, so each has a daily one; they are paused on creation and
-never catch up, so nothing runs until someone backfills or triggers them. The
-run's logical date names the partition (as in `nyxqa_to_model` with an empty
-partition param), so
+never catch up. A backfill's runs need the DAG unpaused, and unpausing also
+fires the latest daily run, so a first `gate` task lets only backfill and
+manual runs through (scheduled runs skip, saying why). The run's logical date
+names the partition (as in `nyxqa_to_model` with an empty partition param), so
 
+    airflow dags unpause nyx_stage_chunk
     airflow backfill create --dag-id nyx_stage_chunk --from-date 2026-01-01 --to-date 2026-01-03
 
 re-runs exactly `chunk` for the partitions 2026-01-01..2026-01-03 (a no-op
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, get_current_context, task
 from nyx_airflow.params import trigger_params
 from nyx_airflow.stage_group import stage_group
 
+from nyx_tasks.log import get_logger
 from nyx_tasks.stages import STAGE_NAMES
 
 DOC = """
@@ -32,10 +35,12 @@ logical date (YYYY-MM-DD) unless the `partition` param names one. Made for
 backfills over past partitions after changing the stage:
 
 ```
+airflow dags unpause nyx_stage_{stage}
 airflow backfill create --dag-id nyx_stage_{stage} --from-date 2026-01-01 --to-date 2026-01-07
 ```
 
-Paused on creation, daily schedule, no catch-up. The full pipeline is `nyxqa_to_model`.
+Paused on creation, daily schedule, no catch-up; the `gate` task skips the
+schedule's own runs, so unpausing (which backfills need) runs nothing by itself. The full pipeline is `nyxqa_to_model`.
 """
 
 
@@ -51,10 +56,23 @@ def stage_dag(stage: str) -> DAG:
         tags=["nyx", "stage", stage],
         params=trigger_params(),
         default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30),
-                      "retry_exponential_backoff": True, "owner": "nyx"},
+                      "retry_exponential_backoff": 2.0, "owner": "nyx"},
     ) as dag:
-        stage_group(stage)
+        gate() >> stage_group(stage)
     return dag
+
+
+@task.short_circuit(task_id="gate", doc_md="Backfill and manual runs go on; the daily schedule itself does nothing.")
+def gate() -> bool:
+    """The schedule exists only so Airflow can backfill this DAG, and a backfill's
+    runs need the DAG unpaused; unpausing then also fires the latest daily run.
+    That run must not touch a partition nobody asked for, so it skips here."""
+    run = get_current_context()["dag_run"]
+    if run.run_type in ("backfill", "manual"):
+        return True
+    get_logger("dag").info("%s run %s: only backfills and manual runs run this stage; skipping",
+                           run.run_type, run.run_id)
+    return False
 
 
 for _stage in STAGE_NAMES:

