@@ -61,6 +61,23 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     expected = f"filter: partition api complete: {manifest['rows_in']} in, {manifest['rows_out']} out"
     assert expected in text, text[-3000:]
 
+    # clear one stage with its downstream in the full DAG: those tasks run again (as no-ops: complete and
+    # unchanged), nothing upstream does, and the run succeeds again
+    r = server.api("POST", "/dags/nyxqa_to_model/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": run_id, "task_ids": ["train_stage2.plan"], "include_downstream": True,
+        "include_upstream": False, "only_failed": False, "reset_dag_runs": True})
+    assert r.status_code == 200, r.text
+    cleared = {t["task_id"] for t in r.json()["task_instances"]}
+    assert "train_stage2.plan" in cleared and "evaluate.commit" in cleared and not any(
+        t.startswith(("feedback.", "mine.", "ingest.")) for t in cleared)
+    server.wait_for("the cleared run finished", lambda: run_state(server, "nyxqa_to_model", run_id) == "success", 900)
+    tis = server.api("GET", f"/dags/nyxqa_to_model/dagRuns/{run_id}/taskInstances", params={"limit": 500}).json()
+    tries = {t["task_id"]: t["try_number"] for t in tis["task_instances"] if t["state"] == "success"}
+    assert tries["evaluate.plan"] == tries["train_stage2.plan"] == 2 and tries["feedback.plan"] == 1
+    again = server.api("GET", f"/dags/nyxqa_to_model/dagRuns/{run_id}/taskInstances/evaluate.plan/logs/2",
+                       headers={"Accept": "application/json"})
+    assert "already complete" in json.dumps(again.json())
+
     # a backfill of one stage DAG: exactly that stage runs, for each date's partition. Backfill runs
     # need the DAG unpaused; the daily run that unpausing fires is skipped by the gate.
     assert server.api("PATCH", "/dags/nyx_stage_ingest", json={"is_paused": False}).status_code == 200
