@@ -27,6 +27,12 @@ class ArtifactStore:
         self.fs, self.base = fsspec.core.url_to_fs(self.root)
         self.base = self.base.rstrip("/")
 
+    @property
+    def is_local(self) -> bool:
+        """A local file system root: tools that need real paths (training, matplotlib) write in place."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        return bool({"file", "local"} & set(protocols))
+
     # ---------------------------------------------------------------- paths
     def path(self, rel: str) -> str:
         return f"{self.base}/{rel.lstrip('/')}"

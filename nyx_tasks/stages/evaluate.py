@@ -145,8 +145,10 @@ class EvaluateStage(Stage):
         from ..rag import parsed_answer
 
         keys = [r.key(backend.model_id) for r in reqs]
-        unique = list(dict.fromkeys(keys))
-        first = {k: keys.index(k) for k in unique}
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        unique = list(first)
         ctx.log.info("evaluate: %d answer requests (%d distinct) to %s", len(reqs), len(unique), backend.model_id[:80])
         try:
             resps = dict(zip(unique, backend.generate([reqs[first[k]] for k in unique]), strict=True))
@@ -171,7 +173,7 @@ class EvaluateStage(Stage):
         from .train import run_name
 
         rel = f"reports/{run_name(ctx.partition, ctx.key)}"
-        local = "file" in ctx.store.fs.protocol or ctx.store.fs.protocol == "local"
+        local = ctx.store.is_local
         out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.mkdtemp(prefix="nyx-report-"))
         cfg = ctx.cfg
         notes = [f"partition {ctx.partition}; profile {cfg.profile}; dims {cfg.evaluate.dims}",

@@ -90,7 +90,7 @@ class TrainStage(Stage):
         cfg = ctx.cfg.stage_config(self.name)
         run = run_name(ctx.partition, ctx.key)
         rel = f"models/{run}/{self.name}"
-        local = ctx.store.fs.protocol in ("file", "local") or "file" in ctx.store.fs.protocol
+        local = ctx.store.is_local
         out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.gettempdir()) / "nyx-runs" / run / self.name
         out_dir.mkdir(parents=True, exist_ok=True)
         spec = {"stage": self.name, "partition": ctx.partition, "root": ctx.store.root, "run": run,
