@@ -88,8 +88,8 @@ def _source_rows(store: ArtifactStore, partition: str, src: TrainSource, cache: 
         if store.read_json(f"{ArtifactStore.stage_rel(partition, 'feedback')}/_MANIFEST.json") is None:
             raise FileNotFoundError(
                 f"train source {src.name!r} (kind=feedback) needs the `feedback` stage's output for partition "
-                f"{partition!r} under {store.root}, and there is none: the VLM-feedback stage (paper: stage 2) "
-                "must run first (it is not part of this pipeline yet)")
+                f"{partition!r} under {store.root}, and there is none: run `nyx feedback --partition {partition}` "
+                "(the VLM-feedback stage, paper: stage 2) first")
         return stage("feedback")
     m = _dataset_manifest(store, src.dataset)
     return [r for o in m["outputs"]["part"] for b in store.read_parquet(o["path"]) for r in b.to_pylist()]
