@@ -17,8 +17,7 @@ from nyx_tasks.stages import STAGE_NAMES
 DOC = """
 # nyxqa_to_model
 
-Builds the NyxQA dataset from OBELICS web documents and (as later stages land)
-trains the Nyx mixed-modal retriever — *Towards Mixed-Modal Retrieval for
+Builds the NyxQA dataset from OBELICS web documents and trains the Nyx mixed-modal retriever — *Towards Mixed-Modal Retrieval for
 Universal RAG* (arXiv 2510.17354).
 
 | stage | what it does |
@@ -30,6 +29,9 @@ Universal RAG* (arXiv 2510.17354).
 | filter | the paper's rule filters (named drops), 4 shuffled options + correct index, train/dev/test split |
 | mine | embed queries and chunks with the miner (mmE5), exact search, skip 10 ranks, drop the positive by id, keep 5 hard negatives; the text-only sets (top-1 retrieved = positive) too |
 | train_stage1 | Matryoshka InfoNCE training of the Nyx embedder with LoRA (`torchrun` + DeepSpeed ZeRO-2 over `num_gpus` GPUs, `route` holds that many `gpu` pool slots; CPU in one process on the demo); publishes `nyx_checkpoint` |
+| feedback | retrieve the top-K with the stage-1 model, the answering VLM judges sliding windows, the first document of the best window above the threshold is the positive; queries with no helpful window dropped by name |
+| train_stage2 | the stage-1 recipe on the feedback triplets plus the mix, from the base or the stage-1 model; publishes `nyx_checkpoint` |
+| evaluate | recall@1/5/10, MRR and top-1 RAG accuracy on NyxQA dev/test at every Matryoshka dim, stage 1 vs stage 2; text sets by F1/EM; `reports/<run>/report.md` with plots |
 
 Each stage is a task group `plan -> shard (mapped, one per input shard) -> commit`.
 A stage that is complete with the same config and inputs is a no-op (its log says
