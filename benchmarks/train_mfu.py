@@ -14,7 +14,9 @@ Model FLOPs per step count what LoRA training must compute: the forward pass
 vision tower, plus attention's 4 x layers x T^2 x width per sequence) and a
 backward pass of the same size for the activation gradients (frozen weights
 need no weight gradients); activation recomputation is not counted, as MFU
-conventionally does not. Peak: 790 TFLOP/s bf16 dense per GPU (H100/H200 SXM).
+conventionally does not. Peak: the device's dense bf16 rate from its datasheet
+(`device_peak`: 989 TFLOP/s for an H100/H200 SXM, 756 for an H100 PCIe), named in
+the output; `--peak-tflops` overrides it.
 """
 
 from __future__ import annotations
@@ -29,25 +31,41 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PEAK = 790e12
+# Dense bf16 tensor-core peaks from the vendors' datasheets, matched on torch.cuda.get_device_name().
+PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12),
+         ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12)]
+
+
+def device_peak(override_tflops: float | None = None) -> tuple[str, float]:
+    """(device name, dense bf16 FLOP/s) of GPU 0; the override wins; 0.0 when unknown."""
+    import torch
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if override_tflops:
+        return name, override_tflops * 1e12
+    return name, next((peak for key, peak in PEAKS if key in name), 0.0)
 LOREM = ["the", "harbour", "city", "kept", "its", "old", "market", "where", "traders", "sold", "salt", "maps", "lanterns", "and", "glass", "while", "the", "northern", "ledger", "recorded", "every", "ship", "that", "came", "through", "the", "narrow", "channel", "in", "winter"]
 
 
-def qwen25_vl_3b_config(vocab: int):
-    """Qwen/Qwen2.5-VL-3B-Instruct's shape (config.json), random weights."""
+def qwen25_vl_3b_config(tok):
+    """Qwen/Qwen2.5-VL-3B-Instruct's shape (config.json), random weights, with the special-token
+    ids of the tiny tokenizer the benchmark's processor uses."""
     from transformers import Qwen2_5_VLConfig
 
-    text = dict(vocab_size=vocab, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+    ids = tok.convert_tokens_to_ids
+    text = dict(vocab_size=len(tok), bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                 num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
                 tie_word_embeddings=True)
     vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=2048,
                   fullatt_block_indexes=[7, 15, 23, 31])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                            video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                            vision_end_token_id=ids("<|vision_end|>"))
 
 
-def make_examples(store, n: int, seed: int = 0):
+def make_examples(store, n: int, seed: int = 0, images: bool = True):
     import random
 
     from PIL import Image
@@ -67,7 +85,8 @@ def make_examples(store, n: int, seed: int = 0):
         text = " ".join(rng.choice(LOREM) for _ in range(words))
         return Doc(f"<image> {text}", (path,)) if image else Doc(text)
 
-    return [Example(f"q{i}", "bench", doc(24, False), doc(170, i % 3 == 0), (doc(170, i % 3 == 1),))
+    return [Example(f"q{i}", "bench", doc(24, False), doc(170, images and i % 3 == 0),
+                    (doc(170, images and i % 3 == 1),))
             for i in range(n)]
 
 
@@ -89,11 +108,43 @@ def model_flops(model, batch: dict) -> float:
     return 2 * fwd
 
 
+class Profile:
+    """torch.profiler over steps 3-4 (after kernel selection); prints the top ops by device and CPU time."""
+
+    def __new__(cls, on_gpu: bool):
+        import torch
+        from transformers import TrainerCallback
+
+        class _Profile(TrainerCallback):
+            prof = None
+
+            def on_step_begin(self, a, state, control, **kw):
+                if state.global_step == 2:
+                    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+                    self.prof = torch.profiler.profile(activities=acts)
+                    self.prof.__enter__()
+
+            def on_step_end(self, a, state, control, **kw):
+                if self.prof is not None and state.global_step == 4:
+                    self.prof.__exit__(None, None, None)
+                    avg = self.prof.key_averages()
+                    if int(os.environ.get("RANK", "0")) == 0:
+                        key = "device_time_total" if on_gpu else "cpu_time_total"
+                        print(avg.table(sort_by=key, row_limit=25, max_name_column_width=60), flush=True)
+                        print(avg.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60), flush=True)
+                    self.prof = None
+
+        return _Profile()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the tiny offline model on the CPU (smoke run)")
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--no-images", action="store_true", help="text-only documents (isolates the vision tower's cost)")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops over two warm steps")
     ap.add_argument("--batch", type=int, default=8, help="per-device batch size")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (default: by name)")
     args = ap.parse_args()
 
     import torch
@@ -129,13 +180,13 @@ def main() -> None:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny)
     else:
         with torch.device("cuda"):
-            model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_3b_config(len(processor.tokenizer))).to(torch.bfloat16)
+            model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_3b_config(processor.tokenizer)).to(torch.bfloat16)
     model.config.use_cache = False
     model = apply_lora(model, cfg.lora)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-mfu-"))
-    examples = make_examples(store, args.batch * world * args.steps)
+    examples = make_examples(store, args.batch * world * args.steps, images=not args.no_images)
     collator = TripletCollator(processor, cfg, store)
     flops_per_step = model_flops(model, collator(examples[:args.batch])) * world  # batches are alike
     tokens_per_step = world * sum(float(collator(examples[:args.batch])[k]["attention_mask"].sum())
@@ -158,19 +209,20 @@ def main() -> None:
                               deepspeed=zero2_config(cfg, args.steps, world) if on_gpu else None,
                               dataloader_num_workers=4 if on_gpu else 0)
     trainer = NyxTrainer(model=model, args=targs, train_dataset=ExampleDataset(examples), data_collator=collator,
-                         loss_cfg=cfg.loss, callbacks=[clock])
+                         loss_cfg=cfg.loss, callbacks=[clock] + ([Profile(on_gpu)] if args.profile else []))
     trainer.train()
     if int(os.environ.get("RANK", "0")) != 0:
         return
     warm = min(2, args.steps - 2)  # the first steps pay for kernel selection and allocator growth
     secs = (clock.t[args.steps] - clock.t[warm]) / (args.steps - warm)
     samples = args.batch * world / secs
-    mfu = flops_per_step / secs / (PEAK * world)
+    device, peak = device_peak(args.peak_tflops)
+    mfu = flops_per_step / secs / (peak * world) if peak else float("nan")
     print(f"{'tiny Qwen2.5-VL on CPU (smoke run)' if args.tiny else f'Qwen2.5-VL-3B shape, {world} GPU(s), ZeRO-2, bf16'}: "
           f"batch {args.batch}/device, query + positive + 1 negative")
     print(f"  {secs * 1000:.0f} ms/step  {samples:.1f} samples/s  {tokens_per_step / secs:,.0f} tokens/s")
     print(f"  model FLOPs {flops_per_step / 1e12:.2f} TFLOP/step -> {flops_per_step / secs / 1e12 / world:.1f} "
-          f"TFLOP/s per device: MFU {mfu:.1%} of {PEAK / 1e12:.0f} TFLOP/s (goal >= 35% on GPUs)")
+          f"TFLOP/s per device: MFU {mfu:.1%} of {device}'s {peak / 1e12:.0f} TFLOP/s (goal >= 35% on GPUs)")
 
 
 if __name__ == "__main__":

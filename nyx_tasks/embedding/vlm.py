@@ -50,13 +50,26 @@ class VLMEmbedder:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, cfg.adapter).merge_and_unload()
+        self._attach(model, transformers.AutoProcessor.from_pretrained(path), model_fingerprint(path))
+
+    @classmethod
+    def from_loaded(cls, cfg, store, model, processor, fingerprint: str):
+        """An embedder around a model already in memory (benchmarks build random-weight models
+        of the real shapes this way, without writing tens of GB of weights to disk)."""
+        self = cls.__new__(cls)
+        self.cfg, self.store = cfg, store
+        self.device, _ = device_and_dtype(cfg.device)
+        self._attach(model, processor, fingerprint)
+        return self
+
+    def _attach(self, model, processor, fingerprint: str) -> None:
         self.model = model.to(self.device).eval()
-        self.processor = transformers.AutoProcessor.from_pretrained(path)
+        self.processor = processor
         self.processor.tokenizer.padding_side = "right"  # last_token_pool relies on it
         self.dim = int(self.model.config.get_text_config().hidden_size)
         self._setup()
-        self.model_id = (f"{self.kind}:{model_fingerprint(path)}:adapter={cfg.adapter}:px={cfg.max_pixels}"
-                         f":instr={cfg.query_instruction!r}"
+        self.model_id = (f"{self.kind}:{fingerprint}:adapter={self.cfg.adapter}:px={self.cfg.max_pixels}"
+                         f":instr={self.cfg.query_instruction!r}"
                          + (f":fmt={self.prompt_format}" if self.prompt_format else ""))
 
     # -- what subclasses say ------------------------------------------------

@@ -25,6 +25,7 @@ from collections import deque
 from pathlib import Path
 
 from ..runner import ShardOutputs, Stage, StageContext, StageError
+from ..training.deepspeed_config import launch_env
 
 
 def run_name(partition: str, key: str) -> str:
@@ -103,7 +104,7 @@ class TrainStage(Stage):
                      cfg.lora.r, cfg.loss.dims, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
                      cfg.learning_rate, ctx.store.url(rel))
         ctx.log.info("%s: launching %s", self.name, " ".join(cmd))
-        code, tail = stream_subprocess(cmd, ctx.log)
+        code, tail = stream_subprocess(cmd, ctx.log, env=launch_env(os.environ))
         if code != 0:
             raise StageError(f"{self.name}: training exited with code {code}; last line: {tail[-1] if tail else '-'}. "
                              f"Checkpoints under {ctx.store.url(rel)}/checkpoints are kept: a retry resumes "

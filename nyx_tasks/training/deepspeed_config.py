@@ -9,6 +9,7 @@ DeepSpeed owns optimizer and scheduler states in checkpoints.
 from __future__ import annotations
 
 import math
+import re
 
 from ..config import TrainConfig
 
@@ -47,3 +48,17 @@ def zero2_config(cfg: TrainConfig, total_steps: int, world_size: int) -> dict:
         "steps_per_print": cfg.logging_steps,
         "wall_clock_breakdown": False,
     }
+
+
+def deepspeed_arch_list(value: str) -> str:
+    """TORCH_CUDA_ARCH_LIST as DeepSpeed's JIT op builder (FusedAdam) can read it: it parses each
+    entry as numbers and fails on the arch suffixes of NVIDIA's Hopper/Blackwell images (`9.0a`,
+    `10.0f`: "invalid literal for int() ... '0a'", seen on an H200). The suffix only selects
+    arch-specific instructions that FusedAdam does not use; `+PTX` is kept."""
+    return re.sub(r"(\d+\.\d+)[a-z]+", r"\1", value)
+
+
+def launch_env(environ: dict) -> dict:
+    """Environment overrides for a DeepSpeed training process started from `environ`."""
+    arch = environ.get("TORCH_CUDA_ARCH_LIST")
+    return {"TORCH_CUDA_ARCH_LIST": deepspeed_arch_list(arch)} if arch else {}
