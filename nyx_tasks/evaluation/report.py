@@ -4,8 +4,8 @@ RAG accuracy at every Matryoshka dimension, Nyx stage 1 vs stage 2, text-only QA
 The table is long: one dict row per (model, dataset, split, dim, metric) with the columns of
 `RESULT_COLUMNS`; the stage writes it to Parquet. `render_report` turns it into `report.md` (one
 section per dataset/split: a metric x model by dim table, a stage 2 - stage 1 delta table, plot
-links) plus PNG plots of the headline metric and of recall@k against the dimension, and returns
-compact summary lines for the task log.
+links) plus one PNG plot per metric against the dimension (a line per model, its interval as a
+band), and returns compact summary lines for the task log.
 
 Ordering, so that the caller decides it and reruns are byte-identical: datasets, splits and models
 in order of first appearance in `rows`; dims largest first in tables; metrics as rag_accuracy,
@@ -24,6 +24,7 @@ from pathlib import Path
 RESULT_COLUMNS = ("model", "dataset", "split", "dim", "metric", "value", "n", "ci_low", "ci_high")
 HEADLINE_METRICS = ("rag_accuracy", "f1", "em")  # the first one present is a section's headline
 BASELINE_MODEL, CANDIDATE_MODEL = "stage1", "stage2"  # the delta table is candidate - baseline
+PLOT_SIZE, PLOT_DPI = (6.4, 4.0), 120  # inches, dots per inch: 768 x 480 px, one figure per metric
 _TEXT_COLUMNS = ("model", "dataset", "split", "metric")
 _KEY_COLUMNS = ("model", "dataset", "split", "dim", "metric")  # one row per key
 _RECALL = re.compile(r"recall@(\d+)")
@@ -210,15 +211,15 @@ def _section(
 # ----------------------------------------------------------------------------- plots
 
 
-def _new_figure(ncols: int, width: float, height: float):
-    """A figure drawn by Agg, without pyplot: no global backend switch and no figure registry,
-    so rendering is safe inside a worker that also does other plotting."""
+def _new_figure():
+    """One axes on a figure drawn by Agg, without pyplot: no global backend switch and no figure
+    registry, so rendering is safe inside a worker that also does other plotting."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, sharey=True, squeeze=False)[0]
+    return fig, fig.subplots()
 
 
 def _draw(ax, by_model: Mapping, colours: Mapping[str, str], dims: list[int], ylabel: str) -> None:
@@ -248,27 +249,34 @@ def _draw(ax, by_model: Mapping, colours: Mapping[str, str], dims: list[int], yl
     ax.grid(alpha=0.3)
 
 
-def _plot_headline(path: Path, title: str, metric: str, by_model, colours, dims) -> None:
-    fig, (ax,) = _new_figure(1, 6.0, 4.0)
+def _plot_metric(path: Path, title: str, metric: str, by_model, colours, dims) -> None:
+    """One metric's figure: a line per model against the dim, its interval as a band."""
+    fig, ax = _new_figure()
     _draw(ax, by_model, colours, dims, metric)
     ax.set_title(title)
     ax.legend(title="model")
     fig.savefig(path, format="png")
 
 
-def _plot_recall(path: Path, title: str, recall: Mapping[str, Mapping], colours, dims) -> None:
-    fig, axes = _new_figure(len(recall), 3.6 * len(recall), 3.8)
-    for ax, (metric, by_model) in zip(axes, recall.items(), strict=True):
-        _draw(ax, by_model, colours, dims, "recall")
-        ax.set_title(metric)
-        ax.label_outer()  # shared y: only the leftmost panel keeps its label
-    # One legend for all panels; a model may be missing from some recall@k, so merge them.
-    handles = {
-        lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)
-    }
-    fig.legend(list(handles.values()), list(handles), title="model", loc="outside right upper")
-    fig.suptitle(title)
-    fig.savefig(path, format="png")
+def _plot_names(stem: str, by_metric: Mapping) -> dict[str, str]:
+    """metric -> its plot's file name, in metric order. The headline metric keeps the name it has
+    always had (`<stem>-accuracy_vs_dim.png`, linked from earlier reports); every other metric is
+    `<stem>-<metric>_vs_dim.png` with recall@k spelled recall_at_k, a short hash where two names
+    would clash."""
+    headline = _headline(by_metric)
+    names: dict[str, str] = {}
+    for metric in by_metric:
+        if metric == headline:
+            what = "accuracy"
+        elif match := _RECALL.fullmatch(metric):
+            what = f"recall_at_{match.group(1)}"
+        else:
+            what = _slug(metric)
+        name = f"{stem}-{what}_vs_dim.png"
+        if name in names.values():
+            name = f"{stem}-{what}_{hashlib.sha1(metric.encode()).hexdigest()[:6]}_vs_dim.png"
+        names[metric] = name
+    return names
 
 
 # ----------------------------------------------------------------------------- summary
@@ -314,9 +322,10 @@ def render_report(
     rows: result rows with `RESULT_COLUMNS` (checked by `validate_rows`; at least one).
     Writes `report.md` (title, notes as bullets, then per dataset/split: the metric x model table
     by dim with "value [ci] (n=...)" cells, the stage 2 - stage 1 delta table when both models
-    are present, image links) and, per dataset/split, `<dataset>-<split>-accuracy_vs_dim.png`
-    (the headline metric: rag_accuracy, else f1, else em) and `<dataset>-<split>-recall_vs_dim.png`
-    (one panel per recall@k) when those metrics exist. Returns {"markdown": path, "plots": [paths],
+    are present, image links) and, per dataset/split, one plot per metric (`PLOT_SIZE` inches at
+    `PLOT_DPI`): `<dataset>-<split>-accuracy_vs_dim.png` for the headline metric (rag_accuracy,
+    else f1, else em) and `<dataset>-<split>-<metric>_vs_dim.png` for every other one (recall@k as
+    `recall_at_k`), in the tables' metric order. Returns {"markdown": path, "plots": [paths],
     "summary_lines": [str]}; the summary lines are for the task log.
     """
     validate_rows(rows)
@@ -339,22 +348,16 @@ def render_report(
         dims = _dims(by_metric)
         stem = f"{_slug(dataset)}-{_slug(split)}"
         names: list[tuple[str, str]] = []  # (file name, what it shows)
-        if (metric := _headline(by_metric)) is not None:
-            names.append((f"{stem}-accuracy_vs_dim.png", f"{metric} vs dim"))
-            _plot_headline(
-                out / names[-1][0],
+        for metric, name in _plot_names(stem, by_metric).items():
+            _plot_metric(
+                out / name,
                 f"{dataset} / {split}: {metric} vs dim",
                 metric,
                 by_metric[metric],
                 colours,
                 dims,
             )
-        recall = {m: v for m, v in by_metric.items() if _RECALL.fullmatch(m)}
-        if recall:
-            names.append((f"{stem}-recall_vs_dim.png", "recall@k vs dim"))
-            _plot_recall(
-                out / names[-1][0], f"{dataset} / {split}: recall@k vs dim", recall, colours, dims
-            )
+            names.append((name, f"{metric} vs dim"))
         plots += [out / name for name, _ in names]
         lines += _section(dataset, split, by_metric, dims, names)
         summary += _summary(dataset, split, by_metric, dims)

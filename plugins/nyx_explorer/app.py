@@ -1,11 +1,13 @@
 """The explorer's FastAPI app: server-rendered pages over one artifact root.
 
     /                                  partitions
-    /p/<partition>                     every stage's manifest: rows in/out, drops by reason, extra counters
+    /p/<partition>                     every stage's manifest: rows in/out (and what they count), drops by
+                                       reason, extra counters
     /p/<partition>/qa                  NyxQA items (filter output): question, images, options, positive
     /p/<partition>/negatives           mined triplets: positive and hard negatives with scores and ranks
-    /p/<partition>/feedback            stage-2 feedback windows: the VLM's answer and score per window
-    /p/<partition>/evaluation          the evaluation results table, plots and report.md
+    /p/<partition>/feedback            stage-2 feedback windows: the documents shown (text and images),
+                                       the VLM's answer and its score per window
+    /p/<partition>/evaluation          report.md rendered (tables, plots in a grid), the results table
     /p/<partition>/report/<plot>.png   a plot of the report
     /images/<aa>/<sha>.<ext>           an image of the root's content-addressed store
 
@@ -16,6 +18,7 @@ Every route requires an Airflow user (`auth.require_explorer_access`). Mounted b
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
@@ -23,6 +26,7 @@ from fastapi.templating import Jinja2Templates
 
 from . import data
 from .auth import login_redirect, require_explorer_access
+from .report_md import render_report
 
 TEMPLATES = Path(__file__).with_name("templates")
 PER_PAGE = {"qa": 20, "negatives": 10, "feedback": 10}
@@ -104,11 +108,17 @@ def create_app(root: str | None = None) -> FastAPI:
             ws.sort(key=lambda w: w["window"])
         triplets = {(r["source"], r["qa_id"]): r for r in data.stage_rows(st, partition, "mine") or []}
         chosen = {(r["source"], r["qa_id"]): r for r in data.stage_rows(st, partition, "feedback") or []}
+        shown = data.paginate(list(queries.items()), page, PER_PAGE["feedback"])
+        wanted: dict[str, set[str]] = {}
+        for (src, _), ws in shown.items:  # only this page's documents are looked up
+            wanted.setdefault(src, set()).update(d for w in ws for d in w["doc_ids"])
         return render(request, "feedback.html", partition=partition, missing=windows is None,
-                      page=data.paginate(list(queries.items()), page, PER_PAGE["feedback"]),
-                      filters={"source": source},
+                      page=shown, filters={"source": source},
                       choices={"source": sorted({w["source"] for w in windows or []})},
-                      triplets=triplets, chosen=chosen,
+                      triplets=triplets, chosen=chosen, documents=data.documents(st, partition, wanted),
+                      images=data.images(st, partition), segments=data.segments,
+                      query_token=data.placeholder(st, partition, "filter"),
+                      text_token=data.placeholder(st, partition, "chunk"),
                       manifest=data.manifest(st, partition, "feedback") or {})
 
     @app.get("/p/{partition}/evaluation", response_class=HTMLResponse, name="evaluation")
@@ -116,12 +126,17 @@ def create_app(root: str | None = None) -> FastAPI:
         st = store()
         partition_or_404(st, partition)
         rows = data.stage_rows(st, partition, "evaluate")
-        tables, plots = data.results_tables(rows or []), data.report_plots(st, partition)
-        for t in tables:  # the report names its plots <dataset>-<split>-<what>.png
-            t["plots"] = [p for p in plots if p.startswith(f"{t['dataset']}-{t['split']}-")]
-        placed = {p for t in tables for p in t["plots"]}
-        return render(request, "evaluation.html", partition=partition, missing=rows is None, tables=tables,
-                      other_plots=[p for p in plots if p not in placed], report=data.report_text(st, partition),
+        plots = data.report_plots(st, partition)
+        plot_base = f"{request.scope.get('root_path', '').rstrip('/')}/p/{quote(partition, safe='')}/report/"
+
+        def plot_url(name: str) -> str | None:
+            return plot_base + quote(name) if name in plots else None
+
+        text = data.report_text(st, partition)
+        report, linked = render_report(text, plot_url) if text is not None else ("", [])
+        return render(request, "evaluation.html", partition=partition, missing=rows is None,
+                      tables=data.results_tables(rows or []), report=report,
+                      other_plots=[(p, plot_url(p)) for p in plots if p not in linked],
                       report_url=(data.manifest(st, partition, "evaluate") or {}).get("report", ""))
 
     @app.get("/p/{partition}/report/{name}", name="report_plot")

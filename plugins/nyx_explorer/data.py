@@ -22,6 +22,33 @@ IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "g
                "webp": "image/webp", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
 PLOT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\.png$")
 
+# What a stage's manifest counts: rows_in, rows_out, and what its named drops are counted in. The
+# two counts are often of different things (a document in, chunks out), so the page says which.
+STAGE_FLOW: dict[str, dict[str, str]] = {
+    "ingest": {"in": "OBELICS documents read (every Nth row)", "out": "documents kept (their images fetched and stored)",
+               "drops": "documents (malformed, duplicate, or an image that could not be had)"},
+    "chunk": {"in": "ingested documents", "out": "200-token mixed-modal chunks",
+              "drops": "chunks (short tails, too many images); not documents"},
+    "sample": {"in": "chunks", "out": "sampled chunks (the paper's text / single-image / multi-image mix)",
+               "drops": "none by name: the chunks not drawn are counted as not_selected"},
+    "synthesize": {"in": "sampled chunks", "out": "QA candidates written by the VLM",
+                   "drops": "QA pairs (or requests, for unparseable_* / request_refused_*)"},
+    "filter": {"in": "QA candidates", "out": "NyxQA items kept (options, split)",
+               "drops": "QA candidates, by the first rule that fired"},
+    "mine": {"in": "queries (NyxQA items + text-set questions read)", "out": "triplets (query, positive, hard negatives)",
+             "drops": "queries; <set>_corpus_* drops count corpus documents"},
+    "train_stage1": {"in": "training examples (triplets)", "out": "training-log rows (one per logging step); "
+                     "the checkpoint is published beside them", "drops": "none"},
+    "feedback": {"in": "training queries shown to the VLM, window by window",
+                 "out": "triplets with the positive the VLM's feedback chose",
+                 "drops": "queries (no_helpful_window: no window's answer scored above the threshold)"},
+    "train_stage2": {"in": "training examples (feedback triplets)", "out": "training-log rows (one per logging "
+                     "step); the checkpoint is published beside them", "drops": "none"},
+    "evaluate": {"in": "evaluation queries (NyxQA dev/test items + text-set questions)",
+                 "out": "result rows (one per model, dataset, split, dim and metric)",
+                 "drops": "text-set questions or corpus documents that could not be read"},
+}
+
 
 def artifact_root() -> str:
     """$NYX_ARTIFACTS_ROOT, else the demo profile's root (read per request, so a changed
@@ -73,13 +100,14 @@ def stage_summaries(store, partition: str) -> list[dict]:
     rows = []
     for stage in STAGE_NAMES:
         m = manifest(store, partition, stage)
+        flow = STAGE_FLOW.get(stage, {"in": "rows read", "out": "rows written", "drops": "rows"})
         if m is None:
-            rows.append({"stage": stage, "present": False})
+            rows.append({"stage": stage, "present": False, "flow": flow})
             continue
         drops = sorted((m.get("drops") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
         timings = m.get("timings") or {}
         rows.append({
-            "stage": stage, "present": True, "status": m.get("status", ""),
+            "stage": stage, "present": True, "status": m.get("status", ""), "flow": flow,
             "rows_in": m.get("rows_in"), "rows_out": m.get("rows_out"),
             "dropped": sum(v for _, v in drops), "drops": drops,
             "extra": sorted((m.get("extra") or {}).items()),
@@ -123,6 +151,38 @@ def _images_cached(root: str, partition: str, output_hash: str) -> dict[str, str
     from nyx_tasks.artifacts import image_paths
 
     return {iid: rel.removeprefix("images/") for iid, rel in image_paths(store_for(root), partition).items()}
+
+
+def documents(store, partition: str, wanted: dict[str, set[str]]) -> dict[tuple[str, str], dict]:
+    """(source, doc id) -> {"text", "image_ids"} for the documents a feedback page shows. NyxQA's
+    are chunks: read from the chunk stage (only the wanted rows are kept); a text set's corpus
+    lives outside the root, so its documents are found where mine or feedback stored their text
+    (positives and negatives of their triplets). Documents found nowhere are left out."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from nyx_tasks.artifacts import iter_stage_batches
+
+    found: dict[tuple[str, str], dict] = {}
+    chunk_ids = wanted.get("nyxqa") or set()
+    if chunk_ids and manifest(store, partition, "chunk") is not None:
+        ids = pa.array(sorted(chunk_ids), pa.string())
+        for batch in iter_stage_batches(store, partition, "chunk", columns=["chunk_id", "text", "image_ids"]):
+            table = pa.Table.from_batches([batch])
+            for r in table.filter(pc.is_in(table.column("chunk_id"), value_set=ids)).to_pylist():
+                found[("nyxqa", r["chunk_id"])] = {"text": r["text"], "image_ids": r["image_ids"]}
+    if any(ids - {d for s, d in found if s == source} for source, ids in wanted.items()):
+        for stage in ("mine", "feedback"):
+            for t in stage_rows(store, partition, stage) or []:
+                ids = wanted.get(t["source"])
+                if not ids:
+                    continue
+                docs = [(t["pos_chunk_id"], t["pos_text"], t["pos_image_ids"]),
+                        *zip(t["neg_chunk_ids"], t["neg_texts"], t["neg_image_ids"], strict=True)]
+                for doc_id, text, image_ids in docs:
+                    if doc_id in ids:
+                        found.setdefault((t["source"], doc_id), {"text": text, "image_ids": image_ids})
+    return found
 
 
 def placeholder(store, partition: str, stage: str) -> str:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nyx_tasks.evaluation.report import RESULT_COLUMNS, render_report, validate_rows
+from nyx_tasks.evaluation.report import (
+    PLOT_DPI,
+    PLOT_SIZE,
+    RESULT_COLUMNS,
+    render_report,
+    validate_rows,
+)
 
 DIMS = [128, 64, 32, 16]
 MODELS = ["stage1", "stage2"]
@@ -80,16 +86,15 @@ def rendered(tmp_path_factory):
 def test_layout(rendered):
     _, out_dir, result, markdown = rendered
     assert Path(result["markdown"]) == out_dir / "report.md"
-    names = sorted(Path(p).name for p in result["plots"])
-    assert names == sorted(
-        [
-            "nyxqa-dev-accuracy_vs_dim.png",
-            "nyxqa-dev-recall_vs_dim.png",
-            "nyxqa-test-accuracy_vs_dim.png",
-            "nyxqa-test-recall_vs_dim.png",
-            "hotpotqa-dev-accuracy_vs_dim.png",  # a text set: F1 plot, no recall plot
-        ]
-    )
+    names = [Path(p).name for p in result["plots"]]
+    # one figure per metric, in the tables' metric order; the headline keeps accuracy_vs_dim
+    per_metric = ["recall_at_1", "recall_at_5", "recall_at_10", "mrr"]
+    assert names == [
+        *(f"nyxqa-{split}-{what}_vs_dim.png" for split in ("dev", "test")
+          for what in ("accuracy", *per_metric)),
+        "hotpotqa-dev-accuracy_vs_dim.png",  # a text set: F1 is its headline, EM beside it
+        "hotpotqa-dev-em_vs_dim.png",
+    ]
     assert sorted(p.name for p in out_dir.iterdir()) == sorted([*names, "report.md"])
     assert markdown.startswith("# Nyx demo evaluation\n")
     headings = re.findall(r"^## (.*)$", markdown, flags=re.M)
@@ -153,14 +158,44 @@ def test_every_plot_is_linked_and_a_valid_png(rendered):
     _, out_dir, result, markdown = rendered
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
     assert sorted(links) == sorted(Path(p).name for p in result["plots"])
+    width, height = (round(inches * PLOT_DPI) for inches in PLOT_SIZE)
+    assert width >= 640 and height >= 400  # readable without zooming
     for path in result["plots"]:
         assert Path(path).parent == out_dir and Path(path).stat().st_size > 0
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
-            assert img.format == "PNG" and img.width > 300 and img.height > 200
+            assert img.format == "PNG" and img.size == (width, height)
     assert "![nyxqa / test: rag_accuracy vs dim](nyxqa-test-accuracy_vs_dim.png)" in markdown
     assert "![hotpotqa / dev: f1 vs dim](hotpotqa-dev-accuracy_vs_dim.png)" in markdown
+
+
+def test_one_plot_per_metric_linked_from_its_section(rendered):
+    rows, _, result, markdown = rendered
+    plots = {Path(p).name: Path(p) for p in result["plots"]}
+    for dataset, split, metrics in [
+        ("nyxqa", "dev", NYX_METRICS),
+        ("nyxqa", "test", NYX_METRICS),
+        ("hotpotqa", "dev", TEXT_METRICS),
+    ]:
+        body = section(markdown, dataset, split)
+        links = re.findall(rf"!\[{dataset} / {split}: (\S+) vs dim\]\(([^)]+)\)", body)
+        assert [m for m, _ in links] == metrics  # every metric of the section, once, in table order
+        assert all(name.startswith(f"{dataset}-{split}-") and name in plots for _, name in links)
+    # each figure draws its own metric: no two plots of the report are the same image
+    contents = [p.read_bytes() for p in plots.values()]
+    assert len(set(contents)) == len(contents)
+
+
+def test_clashing_metric_names_get_distinct_plots(tmp_path):
+    rows = [good_row(metric="rag_accuracy"), good_row(metric="accuracy"), good_row(metric="recall@5")]
+    result = render_report(rows, str(tmp_path), "clash")
+    names = [Path(p).name for p in result["plots"]]
+    assert len(names) == len(set(names)) == 3 and names[0] == "nyxqa-dev-accuracy_vs_dim.png"
+    assert names[1] == "nyxqa-dev-recall_at_5_vs_dim.png"
+    assert re.fullmatch(r"nyxqa-dev-accuracy_[0-9a-f]{6}_vs_dim\.png", names[2])
+    markdown = Path(result["markdown"]).read_text()
+    assert all(f"]({n})" in markdown for n in names)
 
 
 def test_plots_follow_the_data_and_rerender_identically(rendered, tmp_path):
@@ -209,7 +244,7 @@ def test_single_model_and_unsafe_names(tmp_path):
         assert Path(path).parent == tmp_path and re.fullmatch(
             r"[A-Za-z0-9_.-]+\.png", Path(path).name
         )
-    assert len(result["plots"]) == 2
+    assert len(result["plots"]) == len(NYX_METRICS)  # one per metric
 
 
 def test_render_rejects_an_empty_table(tmp_path):

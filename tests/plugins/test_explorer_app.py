@@ -52,7 +52,10 @@ def _add_feedback_and_evaluate(root: Path) -> None:
 
         def process(self, ctx, shard, out):
             mined = read_stage_table(ctx.store, ctx.partition, "mine").to_pylist()
-            picked = [t for t in mined if t["source"] == "nyxqa"][:3] + [t for t in mined if t["source"] != "nyxqa"][:2]
+            nyx = [t for t in mined if t["source"] == "nyxqa"]
+            # NyxQA queries whose shown documents carry images first, so the page has some to show
+            nyx.sort(key=lambda t: not (t["pos_image_ids"] or any(t["neg_image_ids"][:3])))
+            picked = nyx[:3] + [t for t in mined if t["source"] != "nyxqa"][:2]
             out.rows_in = len(picked)
             for q, t in enumerate(picked):
                 docs = [*t["neg_chunk_ids"][:3], t["pos_chunk_id"]]
@@ -78,6 +81,10 @@ def _add_feedback_and_evaluate(root: Path) -> None:
                      "ci_low": 0.0, "ci_high": 1.0}
                     for model in ("stage1", "stage2") for dim in ctx.cfg.evaluate.dims
                     for k, metric in enumerate(("rag_accuracy", "recall@1", "recall@5", "mrr"), start=1)]
+            # a dataset name from data that is markup: the report and the page must show it as text
+            rows += [{"model": model, "dataset": HOSTILE, "split": "dev", "dim": dim, "metric": "f1",
+                      "value": 0.5, "n": 3, "ci_low": None, "ci_high": None}
+                     for model in ("stage1", "stage2") for dim in ctx.cfg.evaluate.dims]
             out.rows_in = 7
             out.write(rows)
             self._report(ctx, rows)
@@ -144,6 +151,7 @@ def text_of(fragment: str) -> str:
 
 
 PARTITION = demo_cfg("/unused").partition
+HOSTILE = '<script>alert("nyx")</script> & <b>co</b>'
 
 
 # ---------------------------------------------------------------------------------- pages
@@ -177,6 +185,36 @@ def test_partition_page_shows_every_stage_with_the_manifest_counts(client, explo
                                                         card.split("<details>")[0]))
         assert shown == m["drops"], stage  # every drop reason, by name, with its count
     assert manifest(explorer_root, "feedback")["drops"] == {"no_helpful_window": 2}
+
+
+def test_partition_page_says_what_rows_in_and_out_count_per_stage(client, explorer_root):
+    from nyx_explorer.data import STAGE_FLOW
+
+    from nyx_tasks.stages import STAGE_NAMES
+
+    # every pipeline stage has its own explanation (a new stage without one fails here)
+    assert set(STAGE_FLOW) == set(STAGE_NAMES)
+    assert len({(f["in"], f["out"]) for f in STAGE_FLOW.values()}) >= len(STAGE_NAMES) - 1  # train_* alike
+    r = client.get(f"/p/{PARTITION}")
+    for stage in STAGE_NAMES:
+        row = re.search(rf'<tr data-stage="{stage}">(.*?)</tr>', r.text, re.S).group(1)
+        flow_in = text_of(re.search(r'<span class="flow-in">(.*?)</span>', row).group(1))
+        flow_out = text_of(re.search(r'<span class="flow-out">(.*?)</span>', row).group(1))
+        assert (flow_in, flow_out) == (STAGE_FLOW[stage]["in"], STAGE_FLOW[stage]["out"]), stage
+        if not (explorer_root / "partitions" / PARTITION / stage / "_MANIFEST.json").exists():
+            assert f'id="stage-{stage}"' not in r.text
+            continue
+        m = manifest(explorer_root, stage)
+        card = re.search(rf'<div class="card" id="stage-{stage}">(.*?)</div>\s*(?=<div class="card"|</main>)',
+                         r.text, re.S).group(1)
+        line = text_of(re.search(r'<p class="flow small">(.*?)</p>', card, re.S).group(1))
+        # the manifest's numbers, each next to what it counts
+        assert f"in {m['rows_in']}: {STAGE_FLOW[stage]['in']}" in line, stage
+        assert f"out {m['rows_out']}: {STAGE_FLOW[stage]['out']}" in line, stage
+        assert f"Drops count {STAGE_FLOW[stage]['drops']}" in line, stage
+        if m["drops"]:
+            total = re.search(r'<tr class="total"><th>all drops</th><th class="num">(\d+)</th>', card).group(1)
+            assert int(total) == sum(m["drops"].values()), stage
 
 
 def test_unknown_partition_is_404(client):
@@ -239,7 +277,7 @@ def test_feedback_windows_show_the_vlm_answers_and_scores(client, explorer_root)
     windows = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "feedback", kind="windows").to_pylist()
     r = client.get(f"/p/{PARTITION}/feedback")
     assert r.status_code == 200
-    queries = r.text.split('<div class="card feedback-query">')[1:]
+    queries = re.split(r'<div class="card feedback-query"[^>]*>', r.text)[1:]
     assert len(queries) == len({(w["source"], w["qa_id"]) for w in windows}) == 5
     assert sum("no helpful window</span>" in q for q in queries) == manifest(explorer_root, "feedback")["drops"]["no_helpful_window"]
     scores = re.findall(r'<span class="tag (?:ok)?">(\d\.\d\d)</span>', r.text)
@@ -247,17 +285,125 @@ def test_feedback_windows_show_the_vlm_answers_and_scores(client, explorer_root)
     assert "(no valid answer)" in r.text and "multiple_choice" in r.text and "free_form" in r.text
 
 
-def test_evaluation_shows_the_results_table_and_the_report_plots(client, explorer_root):
-    m = manifest(explorer_root, "evaluate")
+def window_rows(page: str) -> dict[tuple[str, str, int], str]:
+    """(source, qa_id, window) -> the HTML of that window's table row, from the feedback page."""
+    out = {}
+    for source, qa_id, body in re.findall(
+            r'<div class="card feedback-query" data-source="([^"]+)" data-qa-id="([^"]+)">(.*?)\n</div>', page, re.S):
+        for w, row in re.findall(r'<tr class="window" data-window="(\d+)">(.*?)</tr>', body, re.S):
+            out[(html.unescape(source), html.unescape(qa_id), int(w))] = row
+    return out
+
+
+def test_feedback_windows_show_each_documents_text_and_images(client, explorer_root):
+    from nyx_tasks.artifacts import ArtifactStore, image_paths, read_stage_table
+
+    store = ArtifactStore(str(explorer_root))
+    windows = read_stage_table(store, PARTITION, "feedback", kind="windows").to_pylist()
+    chunks = {c["chunk_id"]: c for c in read_stage_table(store, PARTITION, "chunk").to_pylist()}
+    text_docs = {}  # a text set's documents: the texts mine stored with its triplets
+    for t in read_stage_table(store, PARTITION, "mine").to_pylist():
+        text_docs[(t["source"], t["pos_chunk_id"])] = t["pos_text"]
+        text_docs.update({(t["source"], d): x for d, x in zip(t["neg_chunk_ids"], t["neg_texts"], strict=True)})
+    token = manifest(explorer_root, "chunk")["config"].get("image_placeholder") or "<image>"
+    stored = image_paths(store, PARTITION)
+
+    r = client.get(f"/p/{PARTITION}/feedback")
+    rows = window_rows(r.text)
+    assert len(rows) == len(windows)
+    with_images = 0
+    for w in windows:
+        row = rows[(w["source"], w["qa_id"], w["window"])]
+        docs = dict(re.findall(r'<div class="doc" data-doc-id="([^"]+)">(.*?)</div>\s*</div>', row, re.S))
+        assert list(docs) == w["doc_ids"]
+        for doc_id, body in docs.items():
+            passage = re.search(r'<div class="passage">(.*)', body, re.S).group(1)
+            if w["source"] == "nyxqa":
+                chunk = chunks[doc_id]
+                text, image_ids = chunk["text"], chunk["image_ids"]
+            else:
+                text, image_ids = text_docs[(w["source"], doc_id)], []
+            assert text_of(passage).strip() == text.replace(token, "").strip(), doc_id
+            # the placeholders became the document's images, in order, through the image route
+            srcs = re.findall(r'<img class="thumb" src="(/images/[0-9a-f]{2}/([0-9a-f]{64})\.\w+)"', passage)
+            assert [sha for _, sha in srcs] == image_ids and token not in html.unescape(passage)
+            if image_ids:
+                with_images += 1
+                url = srcs[0][0]
+                assert url == "/" + stored[image_ids[0]]
+                img = client.get(url)
+                assert img.status_code == 200 and img.headers["content-type"].startswith("image/")
+        answer = text_of(re.search(r'<td class="answer">(.*?)</td>', row, re.S).group(1))
+        assert answer == ("(no valid answer)" if w["answer"] is None else w["answer"])
+        score = text_of(re.search(r'<td class="num score">(.*?)</td>', row, re.S).group(1))
+        assert score == f"{w['score']:.2f}"
+    assert with_images > 0  # the fixture shows image-bearing chunks
+
+
+def report_section(page: str) -> str:
+    return re.search(r'<section class="card report" id="report">(.*?)</section>', page, re.S).group(1)
+
+
+def test_evaluation_shows_the_results_table(client, explorer_root):
     r = client.get(f"/p/{PARTITION}/evaluation")
     assert r.status_code == 200
     dims = demo_cfg(explorer_root).evaluate.dims
     table = re.search(r'<table class="results" data-dataset="nyxqa" data-split="train">(.*?)</table>', r.text, re.S).group(1)
     assert table.count("<code>rag_accuracy</code>") == len(dims) and "+0.200" in table
-    plots = re.findall(r'<img class="plot" src="(/p/[^"]+\.png)"', r.text)
-    assert plots and "report.md" in r.text and m["report"] in r.text
-    png = client.get(plots[0])
-    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+
+
+def test_evaluation_renders_the_report_as_html(client, explorer_root):
+    m = manifest(explorer_root, "evaluate")
+    markdown = Path(m["report"]).read_text()
+    r = client.get(f"/p/{PARTITION}/evaluation")
+    assert r.status_code == 200 and m["report"] in r.text
+    report = report_section(r.text)
+    # the report's headings, tables, list and emphasis as HTML, no Markdown syntax left
+    headings = [text_of(h) for h in re.findall(r"<h2>(.*?)</h2>", report, re.S)]
+    assert headings == [h.replace("\\|", "|") for h in re.findall(r"^## (.*)$", markdown, flags=re.M)]
+    assert "nyxqa / train" in headings and HOSTILE + " / dev" in headings
+    assert report.count("<table>") == len(re.findall(r"^\|(?:---\|)+$", markdown, flags=re.M)) >= 2
+    assert report.count("<li>") == len(re.findall(r"^- ", markdown, flags=re.M)) > 0
+    assert report.count("<strong>") == markdown.count("**Stage 2 vs stage 1**") > 0
+    for syntax in ("| ---", "|---", "**", "## ", "]("):
+        assert syntax not in report, syntax
+    # the first table cell by cell, as report.md has it
+    first = re.search(r"^(\|.*\|)\n\|(?:---\|)+\n((?:\|.*\|\n)+)", markdown, flags=re.M)
+    expected = [[c.strip() for c in line.strip("|").split("|")] for line in [first.group(1), *first.group(2).splitlines()]]
+    table = re.search(r"<table>(.*?)</table>", report, re.S).group(1)
+    shown = [[text_of(c).strip() for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", tr, re.S)]
+             for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
+    assert shown == expected and len(shown) > 2
+
+
+def test_report_text_from_data_is_escaped(client):
+    r = client.get(f"/p/{PARTITION}/evaluation")
+    # the dataset name is in the report (heading, plot titles) and in the results table: text everywhere
+    assert "<script>" not in r.text and "<b>co</b>" not in r.text
+    assert HOSTILE in text_of(report_section(r.text))  # shown as the very text, once unescaped
+    assert r.text.count("&lt;script&gt;") >= 3
+
+
+def test_report_plots_one_per_metric_resolve_to_pngs(client, explorer_root):
+    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+
+    rows = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "evaluate").to_pylist()
+    report_dir = Path(manifest(explorer_root, "evaluate")["report"]).parent
+    r = client.get(f"/p/{PARTITION}/evaluation")
+    report = report_section(r.text)
+    grids = re.findall(r'<p class="plots">(.*?)</p>', report, re.S)
+    imgs = [(html.unescape(src), html.unescape(alt)) for g in grids
+            for src, alt in re.findall(r'<img class="plot" src="([^"]+)" alt="([^"]*)"', g)]
+    # one figure per (dataset, split, metric) of the results, each in a grid, none twice
+    assert sorted(alt for _, alt in imgs) == sorted({f"{x['dataset']} / {x['split']}: {x['metric']} vs dim" for x in rows})
+    pngs = sorted(p.name for p in report_dir.glob("*.png"))
+    assert sorted(src.rsplit("/", 1)[1] for src, _ in imgs) == pngs
+    assert "Plots the report does not link" not in r.text  # every plot is in the report
+    for src, _ in imgs:
+        assert src.startswith(f"/p/{PARTITION}/report/")
+        png = client.get(src)
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+        assert png.content == (report_dir / src.rsplit("/", 1)[1]).read_bytes()
     for bad in ("report.md", "..%2F..%2Ffilter%2F_MANIFEST.json", "missing.png"):
         assert client.get(f"/p/{PARTITION}/report/{bad}").status_code == 404
 
