@@ -12,8 +12,9 @@ names the partition (as in `nyxqa_to_model` with an empty partition param), so
     airflow backfill create --dag-id nyx_stage_chunk --from-date 2026-01-01 --to-date 2026-01-03
 
 re-runs exactly `chunk` for the partitions 2026-01-01..2026-01-03 (a no-op
-where the stage is complete and unchanged; `--dag-run-conf '{"force": true}'`
-recomputes).
+where the stage is complete and unchanged; `--dag-run-conf '{"redo": ["chunk"]}'`
+recomputes). From the UI: the DAG's Trigger button, Backfill tab, a date range,
+the partition left empty.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import datetime as dt
 
 from airflow.sdk import DAG, get_current_context, task
 from nyx_airflow.params import trigger_params
-from nyx_airflow.stage_group import stage_group
+from nyx_airflow.stage_group import check_task, stage_group
 
 from nyx_tasks.log import get_logger
 from nyx_tasks.stages import STAGE_NAMES
@@ -32,7 +33,10 @@ DOC = """
 
 Runs only the `{stage}` stage of the Nyx pipeline for one partition: the run's
 logical date (YYYY-MM-DD) unless the `partition` param names one. Made for
-backfills over past partitions after changing the stage:
+backfills over past partitions after changing the stage. From the UI: *Trigger*
+→ *Backfill*, pick the date range, leave *Partition* empty (each date writes
+its own partition) and tick `{stage}` under *Redo stages* to recompute
+partitions that are already complete. From the CLI:
 
 ```
 airflow dags unpause nyx_stage_{stage}
@@ -58,7 +62,7 @@ def stage_dag(stage: str) -> DAG:
         default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30),
                       "retry_exponential_backoff": 2.0, "owner": "nyx"},
     ) as dag:
-        gate() >> stage_group(stage)
+        gate() >> check_task() >> stage_group(stage)
     return dag
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 
 from airflow.sdk import dag
 from nyx_airflow.params import trigger_params
-from nyx_airflow.stage_group import stage_group
+from nyx_airflow.stage_group import check_task, stage_group
 
 from nyx_tasks.stages import STAGE_NAMES
 
@@ -33,9 +33,11 @@ Universal RAG* (arXiv 2510.17354).
 | train_stage2 | the stage-1 recipe on the feedback triplets plus the mix, from the base or the stage-1 model; publishes `nyx_checkpoint` |
 | evaluate | recall@1/5/10, MRR and top-1 RAG accuracy on NyxQA dev/test at every Matryoshka dim, stage 1 vs stage 2; text sets by F1/EM; `reports/<run>/report.md` with plots |
 
-Each stage is a task group `plan -> shard (mapped, one per input shard) -> commit`.
+A first `check` task refuses bad trigger values (unknown keys, ranges, names) in
+one line. Each stage is a task group `plan -> shard (mapped, one per input shard) -> commit`.
 A stage that is complete with the same config and inputs is a no-op (its log says
-so); `force` recomputes. Outputs: `<root>/partitions/<partition>/<stage>/`, with a
+so, and it emits no asset event); `redo` recomputes the stages it names
+(`mine+`: mine and every later stage), `force` every stage. Outputs: `<root>/partitions/<partition>/<stage>/`, with a
 `_MANIFEST.json` (rows, drop reasons, hashes, timings) written last.
 """
 
@@ -53,11 +55,10 @@ so); `force` recomputes. Outputs: `<root>/partitions/<partition>/<stage>/`, with
                   "retry_exponential_backoff": 2.0, "owner": "nyx"},
 )
 def nyxqa_to_model():
-    previous = None
+    previous = check_task()  # refuses bad trigger values before any stage runs
     for name in STAGE_NAMES:
         group = stage_group(name)
-        if previous is not None:
-            previous >> group
+        previous >> group
         previous = group
 
 

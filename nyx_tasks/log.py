@@ -7,8 +7,10 @@ Everything goes through stdlib logging, so the same lines land in a terminal
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+import warnings
 from collections import Counter
 
 
@@ -26,6 +28,29 @@ def setup_cli_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # httpx logs every request at INFO; a fetch of thousands of images would drown the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "datasets", "sentence_transformers", "peft", "accelerate",
+                   "torch", "faiss", "httpx", "PIL", "matplotlib", "urllib3", "filelock", "fsspec")
+
+
+def quiet_libraries() -> None:
+    """For task processes: libraries' progress bars off (tqdm writes to stderr, which Airflow
+    logs at ERROR level, red in the UI) and their advice (deprecations, "weights not
+    initialised" for random-weight test models) kept out of a successful run's log; the
+    project's own progress lines (`Progress`) report counts and rates at INFO instead.
+    A library error still logs at ERROR."""
+    for var, value in (("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false"),
+                       ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(var, value)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    if "transformers" in sys.modules:  # already imported: its verbosity was read then
+        sys.modules["transformers"].logging.set_verbosity_error()
+        sys.modules["transformers"].logging.disable_progress_bar()
 
 
 class Progress:

@@ -167,21 +167,33 @@ class StageResult:
         }
 
 
-def config_summary(payload: Any, limit: int = 900) -> str:
-    """The resolved stage config as one `key=value` line (nested keys dotted), for the log."""
-    flat: list[str] = []
+def resolved_config_rel(cfg: NyxConfig) -> str:
+    """Where the run's full resolved config lives: content-addressed, so every task of a run
+    (and every run with the same config) names the same file."""
+    data = cfg.model_dump(mode="json")
+    return f"partitions/{cfg.partition}/_configs/{stable_hash(data)}.yaml"
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            text = str(node)
-            flat.append(f"{prefix[:-1]}={text if len(text) <= 80 else text[:77] + '...'}")
 
-    walk(payload, "")
-    line = " ".join(flat)
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+def write_resolved_config(cfg: NyxConfig, store: ArtifactStore) -> str:
+    """Write the resolved config once (YAML); returns its URL for the log line."""
+    import yaml
+
+    rel = resolved_config_rel(cfg)
+    if not store.exists(rel):
+        store.write_bytes_atomic(rel, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+    return store.url(rel)
+
+
+def stage_config_hash(stage: Stage, cfg: NyxConfig) -> str:
+    """The hash the manifest records as `config_hash`: the stage's own config payload."""
+    return stable_hash({"stage": stage.name, "version": stage.version, "config": stage.config_payload(cfg)})
+
+
+def log_context(stage: Stage, cfg: NyxConfig, store: ArtifactStore, step: str) -> None:
+    """The first line of every task log: stage, step, partition, config hash, resolved config."""
+    get_logger(stage.name).info("%s %s: partition=%s config_hash=%s force=%s config=%s", stage.name, step,
+                                cfg.partition, stage_config_hash(stage, cfg), cfg.force,
+                                write_resolved_config(cfg, store))
 
 
 @contextlib.contextmanager
@@ -211,14 +223,12 @@ def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None)
     first, so no reader mixes old and new shards."""
     with failure_line(stage.name, "plan", cfg.partition):
         ctx = _context(stage, cfg, store)
-        config_hash = stable_hash({"stage": stage.name, "version": stage.version,
-                                   "config": stage.config_payload(cfg)})
+        log_context(stage, cfg, ctx.store, "plan")
+        config_hash = stage_config_hash(stage, cfg)
         inputs = stage.input_fingerprint(ctx)
         key = stable_hash({"config": config_hash, "inputs": inputs})
         log = ctx.log
-        log.info("%s: partition=%s root=%s config_hash=%s inputs=%s",
-                 stage.name, ctx.partition, ctx.store.root, config_hash, inputs or "-")
-        log.info("%s: config %s", stage.name, config_summary(stage.config_payload(cfg)))
+        log.info("%s: root=%s inputs=%s", stage.name, ctx.store.root, inputs or "-")
         manifest = ctx.store.read_json(ctx.rel(MANIFEST))
         if manifest and manifest.get("key") == key and not cfg.force:
             log.info("%s: already complete for partition %s with the same config and inputs "
@@ -267,6 +277,7 @@ def run_shard(stage: Stage, cfg: NyxConfig, shard: dict, store: ArtifactStore | 
     """Process one shard unless its marker says it is done. Returns the marker."""
     with failure_line(stage.name, f"shard {shard.get('name', shard.get('shard'))}", cfg.partition):
         ctx = _context(stage, cfg, store)
+        log_context(stage, cfg, ctx.store, f"shard {shard.get('name', shard.get('shard'))}")
         plan = _read_plan(ctx)
         ctx.key, ctx.inputs = plan["key"], plan["inputs"]
         name = shard.get("name", shard["shard"])
@@ -303,9 +314,11 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
     """Check every planned shard finished, then write the manifest last."""
     with failure_line(stage.name, "commit", cfg.partition):
         ctx = _context(stage, cfg, store)
+        log_context(stage, cfg, ctx.store, "commit")
         existing = ctx.store.read_json(ctx.rel(MANIFEST))
         plan = ctx.store.read_json(ctx.rel(PLAN))
         if existing and (plan is None or existing.get("key") == plan["key"]):
+            ctx.log.info("%s: partition %s was already complete; nothing committed", stage.name, ctx.partition)
             return StageResult(stage.name, ctx.partition, "skipped", existing)
         plan = _read_plan(ctx)
         markers, missing = [], []

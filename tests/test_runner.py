@@ -177,5 +177,14 @@ def test_a_failure_logs_one_clear_line_first(make_cfg, caplog, monkeypatch):
         run_stage(stage, cfg)
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "chunk FAILED (shard" in line and "OSError: disk full" in line and "Finished shards are kept" in line
-    config_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("chunk: config ")]
-    assert config_lines and "chunk_tokens=200" in config_lines[0]  # the resolved config, one line
+    # plan, shard and commit logs each start with stage, partition, config hash and the resolved config's path
+    context = [r.getMessage() for r in caplog.records if " partition=demo config_hash=" in r.getMessage()]
+    assert [m.split(":")[0] for m in context] == ["chunk plan", "chunk shard part-00000.parquet"]
+    import yaml
+
+    from nyx_tasks.runner import stage_config_hash
+
+    path = context[0].rsplit("config=", 1)[1]
+    assert context[1].endswith(f"config={path}") and f"config_hash={stage_config_hash(stage, cfg)}" in context[0]
+    resolved = yaml.safe_load(Path(path.removeprefix("file://")).read_text())
+    assert resolved["chunk"]["chunk_tokens"] == 200 and resolved["partition"] == "demo"

@@ -6,9 +6,9 @@ function; XCom carries shard specs and counts, never data.
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, TaskGroup, get_current_context, task
+from airflow.sdk import Asset, AssetAlias, TaskGroup, get_current_context, task
 
-from .params import overrides_from_params
+from .params import ConfError, check_conf, overrides_from_params
 
 # Emitted by the training stages when a retriever checkpoint is written (issue 5);
 # the re-mining DAG is scheduled on it.
@@ -17,6 +17,13 @@ CHECKPOINT_ASSET = Asset(name="nyx_checkpoint", uri="x-nyx://models/checkpoint",
 
 def stage_asset(stage: str) -> Asset:
     return Asset(name=f"nyx_{stage}", uri=f"x-nyx://partitions/{stage}", group="nyx")
+
+
+def commit_alias(stage: str) -> AssetAlias:
+    """The commit task's outlet: events are added through the alias only when the commit wrote a
+    new snapshot, so a no-op run (already complete) emits nothing, and `nyx_checkpoint` (which
+    schedules re-mining) fires only when a checkpoint was written."""
+    return AssetAlias(name=f"nyx_{stage}_commits", group="nyx")
 
 
 # The corpus everything starts from; ingest reads it (the asset graph's root).
@@ -62,24 +69,30 @@ def gpu_variant(n: int) -> int:
     return fits[0]
 
 
-def config_from_context():
+def config_from_context(stage: str | None = None):
+    """The run's config from its params (for `stage`: force when the run redoes it), with
+    library progress bars off (tqdm writes to stderr, which Airflow logs as ERROR)."""
     from nyx_tasks.config import load_config
+    from nyx_tasks.log import quiet_libraries
 
+    quiet_libraries()
     ctx = get_current_context()
     params = ctx["params"]
     ds = ctx.get("ds") or (ctx["logical_date"].strftime("%Y-%m-%d") if ctx.get("logical_date") else None)
-    cfg = load_config(params.get("profile", "demo"), overrides_from_params(params, ds))
+    cfg = load_config(params.get("profile", "demo"), overrides_from_params(params, ds, stage))
     return apply_vllm_connection(cfg)
 
 
+GENERATION_STAGES = ("synthesize", "feedback", "evaluate")  # every config with a `generation` block
+
+
 def apply_vllm_connection(cfg):
-    """With the openai backend, the `nyx_vllm` connection (when defined) gives the
-    server URL and key; the key goes to the environment variable the backend
-    reads, never into the config, XCom or the log."""
+    """With the openai backend, the `nyx_vllm` connection (when defined) gives the server URL
+    and key to every generation config (synthesize, feedback, evaluate); the key goes to the
+    environment variable the backend reads, never into the config, XCom or the log."""
     import os
 
-    gen = cfg.synthesize.generation
-    if gen.backend != "openai":
+    if not any(getattr(cfg, s).generation.backend == "openai" for s in GENERATION_STAGES):
         return cfg
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
@@ -89,10 +102,47 @@ def apply_vllm_connection(cfg):
     except AirflowNotFoundException:
         return cfg
     url = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8000}/v1"
-    if conn.password:
-        os.environ[gen.api_key_env] = conn.password
-    return cfg.model_copy(update={"synthesize": cfg.synthesize.model_copy(
-        update={"generation": gen.model_copy(update={"base_url": url})})})
+    update = {}
+    for name in GENERATION_STAGES:
+        section = getattr(cfg, name)
+        gen = section.generation
+        if gen.backend != "openai":
+            continue
+        if conn.password:
+            os.environ[gen.api_key_env] = conn.password
+        update[name] = section.model_copy(update={"generation": gen.model_copy(update={"base_url": url})})
+    return cfg.model_copy(update=update)
+
+
+def check_task():
+    """The run's first task: refuse bad trigger values in one line before any stage runs,
+    then write the full resolved config (the path every task log names)."""
+
+    @task(task_id="check", retries=0, doc_md="Check the trigger values (unknown keys, ranges, names, redo "
+          "stages) and the resolved config; refuse a bad one in one line before any stage runs.")
+    def check() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from nyx_tasks.artifacts import ArtifactStore
+        from nyx_tasks.log import get_logger
+        from nyx_tasks.runner import write_resolved_config
+
+        ctx = get_current_context()
+        run = ctx["dag_run"]
+        try:
+            check_conf(ctx["params"], run.conf, run.run_type, known=set(ctx["params"]))
+            cfg = config_from_context()
+        except ConfError as e:
+            raise AirflowFailException(f"refused: {e}") from None
+        except Exception as e:  # a config the profile and these values cannot make
+            first = str(e).strip().splitlines()
+            raise AirflowFailException(f"refused: {type(e).__name__}: {' '.join(first[:3])[:400]}") from None
+        url = write_resolved_config(cfg, ArtifactStore(cfg.artifact_root()))
+        get_logger("run").info("run %s: profile=%s partition=%s force=%s redo=%s config=%s", run.run_id,
+                               cfg.profile, cfg.partition, cfg.force, ctx["params"].get("redo") or "-", url)
+        return {"partition": cfg.partition, "config": url}
+
+    return check()
 
 
 def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
@@ -102,14 +152,10 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
         @task(task_id="plan", inlets=stage_inlets(stage_name),
               doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
         def plan() -> list[dict]:
-            from nyx_tasks.log import get_logger
             from nyx_tasks.runner import plan_stage
             from nyx_tasks.stages import get_stage
 
-            cfg = config_from_context()
-            get_logger(stage_name).info("%s: profile=%s partition=%s root=%s force=%s",
-                                        stage_name, cfg.profile, cfg.partition, cfg.artifact_root(), cfg.force)
-            return plan_stage(get_stage(stage_name), cfg)
+            return plan_stage(get_stage(stage_name), config_from_context(stage_name))
 
         @task(task_id="shard", map_index_template="{{ shard_name }}",
               doc_md=f"Process one `{stage_name}` shard (skipped when its marker says done).")
@@ -118,23 +164,28 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
             from nyx_tasks.stages import get_stage
 
             get_current_context()["shard_name"] = str(spec.get("name", spec["shard"]))
-            m = run_shard(get_stage(stage_name), config_from_context(), spec)
+            m = run_shard(get_stage(stage_name), config_from_context(stage_name), spec)
             return {k: m[k] for k in ("shard", "rows_in", "rows_out", "drops")}
 
-        outlets = [stage_asset(stage_name)] + ([CHECKPOINT_ASSET] if stage_name in CHECKPOINT_STAGES else [])
+        alias = commit_alias(stage_name)
 
-        @task(task_id="commit", trigger_rule="none_failed", outlets=outlets,
-              doc_md=f"Check all `{stage_name}` shards finished and write the manifest last.")
+        @task(task_id="commit", trigger_rule="none_failed", outlets=[alias],
+              doc_md=f"Check all `{stage_name}` shards finished and write the manifest last; emits "
+                     f"`nyx_{stage_name}` only when a new snapshot was written.")
         def commit() -> dict:
+            from nyx_tasks.log import get_logger
             from nyx_tasks.runner import commit_stage
             from nyx_tasks.stages import get_stage
 
-            result = commit_stage(get_stage(stage_name), config_from_context())
+            result = commit_stage(get_stage(stage_name), config_from_context(stage_name))
             summary = result.summary()
-            events = get_current_context()["outlet_events"]
-            events[stage_asset(stage_name)].extra = summary
+            if result.status != "computed":
+                get_logger(stage_name).info("%s: no asset event (nothing new was committed)", stage_name)
+                return summary
+            events = get_current_context()["outlet_events"][alias]
+            events.add(stage_asset(stage_name), extra=summary)
             if stage_name in CHECKPOINT_STAGES:  # the re-mining DAG listens to this one
-                events[CHECKPOINT_ASSET].extra = {**summary, "checkpoint": result.manifest.get("checkpoint")}
+                events.add(CHECKPOINT_ASSET, extra={**summary, "checkpoint": result.manifest.get("checkpoint")})
             return summary
 
         shards = plan()

@@ -1,6 +1,8 @@
 """DAG integrity: the DAG folder imports cleanly and nyxqa_to_model has the
 structure the registry implies; the trigger form refuses bad values."""
 
+import copy
+
 import pytest
 
 from nyx_tasks.stages import STAGE_NAMES
@@ -26,19 +28,19 @@ def test_no_import_errors(dagbag):
 
 
 def test_structure_follows_the_stage_registry(dagbag):
-    from nyx_airflow.stage_group import CHECKPOINT_STAGES, GPU_COUNTS, GPU_ROUTED
+    from nyx_airflow.stage_group import GPU_COUNTS, GPU_ROUTED
 
     dag = dagbag.dags["nyxqa_to_model"]
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     assert {"nyx", "nyxqa"} <= set(dag.tags) and dag.doc_md
-    expected = {f"{s}.{t}" for s in STAGE_NAMES for t in ("plan", "shard", "commit")}
+    expected = {"check"} | {f"{s}.{t}" for s in STAGE_NAMES for t in ("plan", "shard", "commit")}
     expected |= {f"{s}.{t}" for s in GPU_ROUTED for t in ("route", *(f"shard_gpu{n}" for n in GPU_COUNTS))}
     assert set(dag.task_ids) == expected
     for s in STAGE_NAMES:
         plan, shard, commit = (dag.get_task(f"{s}.{t}") for t in ("plan", "shard", "commit"))
         assert commit.trigger_rule == "none_failed"
         assert shard.map_index_template == "{{ shard_name }}"
-        assert [o.name for o in commit.outlets] == [f"nyx_{s}"] + (["nyx_checkpoint"] if s in CHECKPOINT_STAGES else [])
+        assert [(type(o).__name__, o.name) for o in commit.outlets] == [("AssetAlias", f"nyx_{s}_commits")]
         assert plan.retries == 2 and plan.retry_exponential_backoff == 2.0  # True would mean x1.0 in Airflow 3.3
         if s in GPU_ROUTED:
             gpus = [dag.get_task(f"{s}.shard_gpu{n}") for n in GPU_COUNTS]
@@ -49,6 +51,7 @@ def test_structure_follows_the_stage_registry(dagbag):
         else:
             assert shard.upstream_task_ids == {plan.task_id}
             assert commit.upstream_task_ids == {shard.task_id}
+    assert dag.get_task(f"{STAGE_NAMES[0]}.plan").upstream_task_ids == {"check"} and dag.get_task("check").retries == 0
     for a, b in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
         assert f"{a}.commit" in dag.get_task(f"{b}.plan").upstream_task_ids
     assert STAGE_NAMES[STAGE_NAMES.index("filter") + 1:][:2] == ("mine", "train_stage1")
@@ -67,18 +70,96 @@ def test_gpu_routing_picks_the_pool_slots_the_run_needs():
     assert GPU_ROUTED["synthesize"](paper) == 4 and GPU_ROUTED["synthesize"](demo) == 0
 
 
-@pytest.mark.parametrize("bad", [{"every_nth": 0}, {"profile": "huge"}, {"partition": "../x"},
-                                 {"sample_size": -5}, {"force": "yes"}, {"source_paths": [""]},
-                                 {"synth_backend": "tgi"}, {"num_gpus": 9}, {"num_gpus": -1},
-                                 {"base_model": "two words"}, {"train_steps": 0}, {"feedback_top_k": "30"}])
-def test_trigger_form_refuses_bad_values(dagbag, bad):
+@pytest.mark.parametrize("bad", [{"profile": "huge"}, {"force": "yes"}, {"synth_backend": "tgi"},
+                                 {"feedback_top_k": "30"}, {"source_paths": "x.parquet"}, {"redo": "mine"}])
+def test_trigger_form_refuses_wrong_types(dagbag, bad):
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
 
-    params = ParamsDict(dagbag.dags["nyxqa_to_model"].params)
+    params = ParamsDict(copy.deepcopy(dagbag.dags["nyxqa_to_model"].params))  # update() sets the shared Params
     with pytest.raises(ParamValidationError):  # refused on assignment or on validation
         params.update(bad)
         params.validate()
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"every_nth": 0}, "every_nth = 0 is out of range: it must be 1 or more"),
+    ({"sample_size": -5}, "sample_size = -5 is out of range: it must be 1 to 10,000,000"),
+    ({"num_gpus": 9}, "num_gpus = 9"), ({"num_gpus": -1}, "num_gpus = -1"), ({"train_steps": 0}, "train_steps = 0"),
+    ({"partition": "../x"}, "partition '../x' is not a valid name"), ({"partition": "a b"}, "partition 'a b'"),
+    ({"source_paths": [""]}, "source_paths: an empty line"), ({"base_model": "two words"}, "base_model 'two words'"),
+    ({"redo": ["chunkk"]}, "redo: 'chunkk' is not a stage; did you mean 'chunk'?"),
+])
+def test_check_refuses_bad_values_in_one_readable_line(dagbag, bad, named):
+    """What the schema no longer bounds (the UI would silently clamp to minimum/maximum), the
+    run's first task refuses in one line naming the field, the value and the rule."""
+    from airflow.sdk.definitions.param import ParamsDict
+    from nyx_airflow.params import ConfError, check_conf
+
+    params = ParamsDict(copy.deepcopy(dagbag.dags["nyxqa_to_model"].params))  # update() sets the shared Params
+    params.update(bad)
+    values = params.validate()  # the schema lets it through: types are right
+    with pytest.raises(ConfError) as err:
+        check_conf(values, bad)
+    msg = str(err.value)
+    assert named in msg and "\n" not in msg and "Failed validating" not in msg and "^" not in msg
+
+
+@pytest.mark.parametrize("key, nearest", [("sample-size", "sample_size"), ("bogus_key", None), ("partiton", "partition"),
+                                          ("Force", "force")])
+def test_unknown_conf_keys_are_refused_naming_the_nearest(dagbag, key, nearest):
+    from nyx_airflow.params import ConfError, check_conf
+
+    with pytest.raises(ConfError) as err:
+        check_conf({}, {key: 1}, known=set(dagbag.dags["nyxqa_to_model"].params))
+    msg = str(err.value)
+    assert f"unknown conf key {key!r}" in msg and "\n" not in msg
+    assert (f"did you mean {nearest!r}?" in msg) if nearest else "did you mean" not in msg
+
+
+@pytest.mark.parametrize("dag_id", ["nyxqa_to_model", *(f"nyx_stage_{s}" for s in STAGE_NAMES)])
+def test_trigger_form_submits_as_it_opens(dagbag, dag_id):
+    """The UI marks a field required when its schema type does not include "null" (its
+    isParamRequired rule) and refuses to trigger while a required field is empty; a
+    dropdown labels a None option "null" unless values_display names it."""
+    from airflow.sdk.definitions.param import ParamsDict
+    from nyx_airflow.params import check_conf
+
+    params = dagbag.dags[dag_id].params
+    for name in params:
+        param = params.get_param(name)
+        types = param.schema.get("type")
+        nullable = isinstance(types, list) and "null" in types
+        assert nullable or param.value not in (None, "", []), f"{name} would be a required field left empty"
+        if None in (param.schema.get("enum") or []):
+            assert param.schema.get("values_display", {}).get("null"), f"{name} shows a 'null' option"
+        if "integer" in (types or []):
+            assert "minimum" not in param.schema and "maximum" not in param.schema, f"{name}: the UI would clamp"
+    defaults = ParamsDict(copy.deepcopy(params)).validate()
+    check_conf(defaults, {}, run_type="backfill", known=set(params))  # defaults pass, in a backfill too
+
+
+def test_redo_names_stages_and_later_stages():
+    from nyx_airflow.params import overrides_from_params, redo_stages
+
+    assert redo_stages(["chunk"]) == {"chunk"}
+    assert redo_stages(["mine+"]) == set(STAGE_NAMES[STAGE_NAMES.index("mine"):])
+    assert redo_stages(None) == redo_stages([]) == set()
+    params = {"redo": ["sample", "evaluate+"]}
+    forced = {s for s in STAGE_NAMES if overrides_from_params(params, "2026-01-02", s).get("force")}
+    assert forced == {"sample", "evaluate"}
+    assert all(overrides_from_params({"force": True}, "d", s)["force"] for s in STAGE_NAMES)
+
+
+def test_backfill_runs_write_their_logical_dates_and_refuse_a_fixed_partition():
+    from nyx_airflow.params import ConfError, check_conf, overrides_from_params
+
+    assert [overrides_from_params({"partition": None}, d)["partition"] for d in ("2026-01-01", "2026-01-02")] == \
+        ["2026-01-01", "2026-01-02"]
+    assert overrides_from_params({"partition": "p1"}, "2026-01-01")["partition"] == "p1"
+    check_conf({"partition": "p1"}, {"partition": "p1"}, run_type="manual")
+    with pytest.raises(ConfError, match="every date would write the same partition"):
+        check_conf({"partition": "p1"}, {"partition": "p1"}, run_type="backfill")
 
 
 def test_params_become_config_overrides(dagbag):
@@ -86,7 +167,7 @@ def test_params_become_config_overrides(dagbag):
 
     from nyx_tasks.config import load_config
 
-    over = overrides_from_params({"profile": "demo", "partition": "", "every_nth": 3, "sample_size": 9,
+    over = overrides_from_params({"profile": "demo", "partition": None, "every_nth": 3, "sample_size": 9,
                                   "source_paths": ["/data/x.parquet"], "force": True}, "2026-01-02")
     cfg = load_config("demo", over)
     assert cfg.partition == "2026-01-02" and cfg.ingest.every_nth == 3 and cfg.sample.size == 9
@@ -115,12 +196,13 @@ def test_one_backfillable_dag_per_stage(dagbag):
         assert isinstance(dag, DAG) and dag.is_paused_upon_creation and not dag.catchup
         # backfills need a time-based schedule
         assert type(dag.timetable).__name__ == "CronTriggerTimetable" and dag.timetable.expression == "0 0 * * *"
-        assert {t.split(".")[0] for t in dag.task_ids} == {stage, "gate"}  # exactly that stage, behind the gate
-        assert dag.get_task("gate").downstream_task_ids == {f"{stage}.plan"}
+        assert {t.split(".")[0] for t in dag.task_ids} == {stage, "gate", "check"}  # that stage, behind the gate
+        assert dag.get_task("gate").downstream_task_ids == {"check"}
+        assert dag.get_task("check").downstream_task_ids == {f"{stage}.plan"}
         assert set(dag.params) == set(trigger_params()) and stage in dag.tags
     full = dagbag.dags["nyxqa_to_model"]
     for stage in STAGE_NAMES:  # the same task group in both: one factory, no copies
-        assert {t for t in full.task_ids if t.startswith(f"{stage}.")} == set(dagbag.dags[f"nyx_stage_{stage}"].task_ids) - {"gate"}
+        assert {t for t in full.task_ids if t.startswith(f"{stage}.")} == set(dagbag.dags[f"nyx_stage_{stage}"].task_ids) - {"gate", "check"}
 
 
 def test_trigger_form_fields_have_titles_and_sections(dagbag):
@@ -147,6 +229,8 @@ def test_model_and_training_params_become_overrides():
 
 
 def test_asset_lineage_runs_from_obelics_to_the_evaluated_model(dagbag):
+    from nyx_airflow.stage_group import CHECKPOINT_STAGES
+
     from nyx_tasks.stages import get_stage
 
     dag = dagbag.dags["nyxqa_to_model"]
@@ -155,5 +239,7 @@ def test_asset_lineage_runs_from_obelics_to_the_evaluated_model(dagbag):
     for stage in STAGE_NAMES:  # every stage reads only assets produced before it
         inlets = {a.name for a in dag.get_task(f"{stage}.plan").inlets}
         assert inlets <= produced and (stage == "ingest" or inlets == {f"nyx_{s}" for s in get_stage(stage).inputs})
-        produced |= {a.name for a in dag.get_task(f"{stage}.commit").outlets}
+        (alias,) = dag.get_task(f"{stage}.commit").outlets  # events go through the alias when a commit writes
+        assert alias.name == f"nyx_{stage}_commits"
+        produced |= {f"nyx_{stage}"} | ({"nyx_checkpoint"} if stage in CHECKPOINT_STAGES else set())
     assert {"nyx_evaluate", "nyx_checkpoint"} <= produced

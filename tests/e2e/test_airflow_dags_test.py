@@ -81,5 +81,9 @@ def test_bad_trigger_param_is_refused_before_anything_runs(airflow_env):
     root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
     out = dags_test(airflow_env, {"partition": "refused", "every_nth": 0})
     assert out.returncode != 0
-    assert "Invalid input for param every_nth" in out.stdout + out.stderr
+    assert "refused: every_nth = 0 is out of range: it must be 1 or more" in out.stdout + out.stderr
+    assert not (root / "partitions/refused").exists()
+    typo = dags_test(airflow_env, {"partition": "refused", "sample-size": 3})
+    assert typo.returncode != 0
+    assert "refused: unknown conf key 'sample-size': did you mean 'sample_size'?" in typo.stdout + typo.stderr
     assert not (root / "partitions/refused").exists()

@@ -96,7 +96,7 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     assert {x["state"] for x in runs} == {"success"}, server.tail()
     for run in runs:
         tis = server.api("GET", f"/dags/nyx_stage_ingest/dagRuns/{run['dag_run_id']}/taskInstances").json()
-        assert {t["task_id"].split(".")[0] for t in tis["task_instances"]} == {"gate", "ingest"}
+        assert {t["task_id"].split(".")[0] for t in tis["task_instances"]} == {"gate", "check", "ingest"}
         assert all(t["state"] == "success" for t in tis["task_instances"] if t["task_id"] != "ingest.shard")
     for day in ("2026-01-01", "2026-01-02"):  # the logical date names the partition
         assert (root / f"partitions/{day}/ingest/_MANIFEST.json").exists()
