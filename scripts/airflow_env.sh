@@ -8,3 +8,12 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__UNIT_TEST_MODE=False
 export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
 export NYX_ARTIFACTS_ROOT="${NYX_ARTIFACTS_ROOT:-$NYX_PROJECT/artifacts}"
+# Everything this Airflow serves listens on loopback only: the api-server here; the scheduler's and
+# triggerer's log servers have no host setting in Airflow 3.3 (they bind every interface), so
+# scripts/ui.sh starts those two with --skip-serve-logs (tasks run on this machine with the
+# LocalExecutor and the api-server reads their logs from $AIRFLOW_HOME/logs). The scheduler's
+# optional health-check server (off by default) would bind here too.
+export AIRFLOW__API__HOST=127.0.0.1
+export AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST=127.0.0.1
+# The LocalExecutor runs `parallelism` tasks at once (Airflow's default: 32): one per core here.
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}"
