@@ -33,8 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CHECKS = ("search", "mme5", "train")
-LOREM = ("the harbour city kept its old market where traders sold salt maps lanterns and glass while the "
-         "northern ledger recorded every ship that came through the narrow channel in winter").split()
+LOREM = ["the", "harbour", "city", "kept", "its", "old", "market", "where", "traders", "sold", "salt", "maps", "lanterns", "and", "glass", "while", "the", "northern", "ledger", "recorded", "every", "ship", "that", "came", "through", "the", "narrow", "channel", "in", "winter"]
 
 
 def _line(name: str, text: str) -> None:
@@ -107,7 +106,12 @@ def check_mme5(smoke: bool) -> None:
 
     import torch
     from PIL import Image
-    from transformers import AutoProcessor, MllamaForConditionalGeneration, MllamaImageProcessor, MllamaProcessor
+    from transformers import (
+        AutoProcessor,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessor,
+        MllamaProcessor,
+    )
 
     from nyx_tasks.artifacts import ArtifactStore
     from nyx_tasks.config import EmbedderConfig

@@ -25,13 +25,13 @@ Force = Annotated[bool, typer.Option("--force", help="Recompute even if complete
 def _config(profile: str, partition: str | None, sets: list[str] | None, root: str | None, force: bool = False):
     from .config import load_config
 
-    overrides = list(sets or [])
+    overrides: list = list(sets or [])  # --set values are YAML; names and paths are taken verbatim
     if partition:
-        overrides.append(f"partition={partition}")
+        overrides.append({"partition": partition})
     if root:
-        overrides.append(f"artifacts.root={root}")
+        overrides.append({"artifacts": {"root": root}})
     if force:
-        overrides.append("force=true")
+        overrides.append({"force": True})
     try:
         return load_config(profile, overrides)
     except Exception as e:  # pydantic / YAML / missing profile: one clear line, no traceback

@@ -455,7 +455,7 @@ def parse_override(item: str) -> dict[str, Any]:
 
 def load_config(
     profile: str = "demo",
-    overrides: list[str] | dict[str, Any] | None = None,
+    overrides: list[str | dict[str, Any]] | dict[str, Any] | None = None,
 ) -> NyxConfig:
     """Load a profile (a name in ``configs/`` or a YAML path) and apply overrides."""
     import yaml
@@ -471,9 +471,9 @@ def load_config(
     data.setdefault("profile", path.stem)
     if isinstance(overrides, dict):
         data = _deep_merge(data, overrides)
-    else:
+    else:  # `key=value` strings (values parsed as YAML) or trees taken verbatim
         for item in overrides or []:
-            data = _deep_merge(data, parse_override(item))
+            data = _deep_merge(data, item if isinstance(item, dict) else parse_override(item))
     return NyxConfig.model_validate(data)
 
 

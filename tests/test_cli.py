@@ -42,3 +42,23 @@ def test_run_then_status(tmp_path):
     assert "image_decompression_bomb" in status.stdout
     single = nyx("sample", "--root", str(tmp_path), "--set", "sample.size=10")
     assert json.loads(single.stdout)["status"] == "skipped"
+
+
+def test_partition_and_root_are_taken_verbatim(tmp_path):
+    """Backfilled partitions are named by date: `--partition 2024-01-01` must address that partition,
+    not a YAML date; `yes`, `null` and numbers stay the strings typed; a root is a path, not YAML.
+    `--set` keeps YAML for values."""
+    from typer.testing import CliRunner
+
+    from nyx_tasks.cli import app
+
+    root = tmp_path / "a root: with yaml-ish chars"
+    for name in ("2024-01-01", "2024", "yes", "on", "null", "1e3"):
+        r = CliRunner().invoke(app, ["status", "--partition", name, "--root", str(root)])
+        assert r.exit_code == 0, r.output
+        assert f"partition: {name}\n" in r.output and f"artifacts: {root}" in r.output
+    for bad in ("p1 ", "&a x", "a/b"):  # not silently changed by YAML: refused by the name rule
+        r = CliRunner().invoke(app, ["status", "--partition", bad, "--root", str(root)])
+        assert r.exit_code == 2 and "partition" in r.output
+    r = CliRunner().invoke(app, ["config", "--set", "sample.size=12", "--partition", "2024-01-01"])
+    assert r.exit_code == 0 and "size: 12" in r.output

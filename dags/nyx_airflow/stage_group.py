@@ -70,12 +70,12 @@ def gpu_variant(n: int) -> int:
 
 
 def config_from_context(stage: str | None = None):
-    """The run's config from its params (for `stage`: force when the run redoes it), with
-    library progress bars off (tqdm writes to stderr, which Airflow logs as ERROR)."""
+    """The run's config from its params (for `stage`: force when the run redoes it), in a
+    task process prepared for the heavy libraries (`prepare_task_process`)."""
     from nyx_tasks.config import load_config
-    from nyx_tasks.log import quiet_libraries
+    from nyx_tasks.log import prepare_task_process
 
-    quiet_libraries()
+    prepare_task_process()
     ctx = get_current_context()
     params = ctx["params"]
     ds = ctx.get("ds") or (ctx["logical_date"].strftime("%Y-%m-%d") if ctx.get("logical_date") else None)

@@ -74,7 +74,7 @@ class SampleStage(Stage):
             out.extra[f"selected_{g}"] = got
             if got < targets[g]:
                 out.extra[f"shortfall_{g}"] = targets[g] - got
-                ctx.log.warning("sample: group %s is short: wanted %d, only %d available; taking all",
+                ctx.log.info("sample: group %s is short: wanted %d, only %d available; taking all",
                                 g, targets[g], got)
         ctx.log.info("sample: targets %s, selected %s",
                      targets, {g: len(heaps[g]) for g in GROUPS})
