@@ -390,6 +390,16 @@ class EvaluateConfig(_Model):
     prompt_version: str = Field("v1", pattern=r"^v\d+$")
 
 
+class AirflowSettings(_Model):
+    """How the DAGs map a stage's shards onto tasks. Execution only: no stage's config hash
+    (and so no output) depends on it."""
+
+    max_shard_tasks: int | None = Field(
+        None, ge=1, description="At most this many mapped shard tasks per stage: shards are grouped and run one "
+        "after another in one task process (null: one task per shard). Each task process imports torch and loads "
+        "its models, so on a small CPU machine fewer, larger tasks finish sooner.")
+
+
 class NyxConfig(_Model):
     profile: str = "demo"
     partition: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
@@ -405,6 +415,7 @@ class NyxConfig(_Model):
     feedback: FeedbackConfig = FeedbackConfig()
     train_stage2: TrainConfig = TrainConfig(sources=[TrainSource(name="feedback", kind="feedback")])
     evaluate: EvaluateConfig = EvaluateConfig()
+    airflow: AirflowSettings = AirflowSettings()
 
     def artifact_root(self) -> str:
         root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root

@@ -78,9 +78,15 @@ def config_from_context(stage: str | None = None):
     prepare_task_process()
     ctx = get_current_context()
     params = ctx["params"]
-    ds = ctx.get("ds") or (ctx["logical_date"].strftime("%Y-%m-%d") if ctx.get("logical_date") else None)
-    cfg = load_config(params.get("profile", "demo"), overrides_from_params(params, ds, stage))
+    cfg = load_config(params.get("profile", "demo"), overrides_from_params(params, run_date(ctx), stage))
     return apply_vllm_connection(cfg)
+
+
+def run_date(ctx) -> str | None:
+    """The date that names the partition when the form leaves it empty: the run's logical date,
+    or, for a run triggered without one (Airflow 3 allows it), the date it was asked to run."""
+    when = ctx.get("logical_date") or getattr(ctx.get("dag_run"), "run_after", None)
+    return ctx.get("ds") or (when.strftime("%Y-%m-%d") if when else None)
 
 
 GENERATION_STAGES = ("synthesize", "feedback", "evaluate")  # every config with a `generation` block
@@ -145,27 +151,45 @@ def check_task():
     return check()
 
 
+def group_shards(shards: list[dict], max_tasks: int | None) -> list[list[dict]]:
+    """The plan's shards as the mapped tasks' inputs: one shard per task, or, with `max_tasks`,
+    at most that many tasks, each holding a contiguous run of shards."""
+    if not max_tasks or len(shards) <= max_tasks:
+        return [[s] for s in shards]
+    size = -(-len(shards) // max_tasks)
+    return [shards[i:i + size] for i in range(0, len(shards), size)]
+
+
+def group_name(group: list[dict]) -> str:
+    """The mapped task's name in the UI: its shard's name, or the first and last of its shards."""
+    names = [str(s.get("name", s["shard"])) for s in group]
+    return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} shards)"
+
+
 def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
     """Build the task group for `stage_name`; returns it (chain groups with >>)."""
     with TaskGroup(group_id=stage_name, tooltip=doc) as group:
 
         @task(task_id="plan", inlets=stage_inlets(stage_name),
               doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
-        def plan() -> list[dict]:
+        def plan() -> list[list[dict]]:
             from nyx_tasks.runner import plan_stage
             from nyx_tasks.stages import get_stage
 
-            return plan_stage(get_stage(stage_name), config_from_context(stage_name))
+            cfg = config_from_context(stage_name)
+            return group_shards(plan_stage(get_stage(stage_name), cfg), cfg.airflow.max_shard_tasks)
 
         @task(task_id="shard", map_index_template="{{ shard_name }}",
-              doc_md=f"Process one `{stage_name}` shard (skipped when its marker says done).")
-        def shard(spec: dict) -> dict:
+              doc_md=f"Process one group of `{stage_name}` shards, one after another (each skipped when its "
+                     "marker says done).")
+        def shard(spec: list[dict]) -> list[dict]:
             from nyx_tasks.runner import run_shard
             from nyx_tasks.stages import get_stage
 
-            get_current_context()["shard_name"] = str(spec.get("name", spec["shard"]))
-            m = run_shard(get_stage(stage_name), config_from_context(stage_name), spec)
-            return {k: m[k] for k in ("shard", "rows_in", "rows_out", "drops")}
+            get_current_context()["shard_name"] = group_name(spec)
+            stage, cfg = get_stage(stage_name), config_from_context(stage_name)
+            return [{k: m[k] for k in ("shard", "rows_in", "rows_out", "drops")}
+                    for m in (run_shard(stage, cfg, one) for one in spec)]
 
         alias = commit_alias(stage_name)
 

@@ -243,3 +243,25 @@ def test_asset_lineage_runs_from_obelics_to_the_evaluated_model(dagbag):
         assert alias.name == f"nyx_{stage}_commits"
         produced |= {f"nyx_{stage}"} | ({"nyx_checkpoint"} if stage in CHECKPOINT_STAGES else set())
     assert {"nyx_evaluate", "nyx_checkpoint"} <= produced
+
+
+def test_shards_are_grouped_into_at_most_max_shard_tasks():
+    from nyx_airflow.stage_group import group_name, group_shards
+
+    shards = [{"shard": i, "name": f"s{i}"} for i in range(5)]
+    assert group_shards(shards, None) == [[s] for s in shards]
+    assert group_shards(shards, 8) == [[s] for s in shards]
+    groups = group_shards(shards, 2)
+    assert [[s["shard"] for s in g] for g in groups] == [[0, 1, 2], [3, 4]]
+    assert [s for g in group_shards(shards, 3) for s in g] == shards  # every shard once, in order
+    assert group_name(groups[0]) == "s0 .. s2 (3 shards)" and group_name([shards[4]]) == "s4"
+
+
+def test_max_shard_tasks_changes_no_stage_config_hash():
+    from nyx_tasks.config import load_config
+    from nyx_tasks.runner import stage_config_hash
+    from nyx_tasks.stages import get_stage
+
+    one, many = load_config("demo", {"airflow": {"max_shard_tasks": 1}}), load_config("demo", {"airflow": {"max_shard_tasks": None}})
+    for name in STAGE_NAMES:
+        assert stage_config_hash(get_stage(name), one) == stage_config_hash(get_stage(name), many), name

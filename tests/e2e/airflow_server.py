@@ -46,7 +46,8 @@ class AirflowServer:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
             "NYX_CONFIG_DIR": str(REPO / "configs"), "NYX_ARTIFACTS_ROOT": str(home / "artifacts"),
-            "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 1),  # as scripts/airflow_env.sh sets it
+            "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 1),  # as scripts/airflow_env.sh sets them
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
             "PYTHONHASHSEED": "0", "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **(extra_env or {}),
         }

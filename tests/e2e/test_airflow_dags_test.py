@@ -46,7 +46,7 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     manifests = {s: json.loads((root / "partitions/e2e" / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
     ingest, chunk, sample = (manifests[s] for s in ("ingest", "chunk", "sample"))
     assert ingest["rows_out"] >= 40 and ingest["drops"]["image_not_found"] == 1
-    assert len(ingest["shards"]) == 3  # the three sample files were mapped as three tasks
+    assert len(ingest["shards"]) == 3  # three sample files, three shards, run as two tasks (max_shard_tasks: 2)
     assert chunk["inputs"] == {"ingest": ingest["output_hash"]}
     assert sample["inputs"] == {"chunk": chunk["output_hash"]}
     from nyx_tasks.stages.sample import GROUPS, group_targets
@@ -54,7 +54,8 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     targets = group_targets(60, (0.6329, 0.2985, 1 - 0.6329 - 0.2985))  # the demo asks for 60
     x = sample["extra"]
     assert sample["rows_out"] == sum(min(targets[g], x[f"available_{g}"]) for g in GROUPS)
-    assert "rendered_map_index='obelics-00001.jsonl'" in log  # shards named in the UI
+    assert "rendered_map_index='obelics-00000.jsonl .. obelics-00001.jsonl (2 shards)'" in log  # named in the UI
+    assert "rendered_map_index='obelics-00002.parquet'" in log
     synth, filt = manifests["synthesize"], manifests["filter"]
     assert synth["inputs"]["sample"] == sample["output_hash"] and synth["rows_in"] == sample["rows_out"]
     assert synth["extra"]["requests_qa"] >= synth["rows_in"]  # the tiny VLM answered through the hf backend
