@@ -1,0 +1,153 @@
+"""The user's path through the Airflow UI, in a real browser (Debian's chromium driven by
+Playwright) against a real `airflow standalone` (scheduler + LocalExecutor):
+
+1. log in, open `nyxqa_to_model`'s trigger form and submit it as it opens (every field at its
+   default, "unpause on trigger" ticked): the run succeeds and writes the partition of its
+   logical date;
+2. open a shard's log in the UI: it starts with the stage, partition, config hash and the
+   resolved config's path, and holds no ERROR or WARNING line;
+3. open `nyx_stage_chunk`'s Backfill tab, pick two dates with the partition left empty and run
+   it: each date gets its own chunk partition.
+
+Screenshots: under the test's tmp dir and /tmp/nyx-ui-*.png (look at them). Needs
+`bash scripts/browser_env.sh` (chromium + playwright); skipped without them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.airflow_server import PASSWORD, USER, AirflowServer
+
+pytestmark = pytest.mark.airflow
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+BACKFILL_DATES = ("2026-01-01", "2026-01-02")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run `bash scripts/browser_env.sh` (Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: run `bash scripts/browser_env.sh`")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with AirflowServer(tmp_path_factory.mktemp("ui-standalone")) as s:
+        s.wait_for("the DAGs parsed", lambda: all(s.api("GET", f"/dags/{d}").status_code == 200
+                                                  for d in ("nyxqa_to_model", "nyx_stage_chunk")), 240)
+        yield s
+
+
+def shot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"nyx-ui-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    shutil.copyfile(path, Path("/tmp") / path.name)
+
+
+def login(page, base: str) -> None:
+    page.goto(f"{base}/")
+    page.wait_for_url("**/auth/login**")
+    page.fill("input[name=username]", USER)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(lambda url: "/auth/" not in url)
+
+
+def runs(server, dag_id: str) -> list[dict]:
+    return server.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100}).json()["dag_runs"]
+
+
+def finished(server, dag_id: str, n: int, run_type: str):
+    mine = [r for r in runs(server, dag_id) if r["run_type"] == run_type]
+    return mine if len(mine) >= n and all(r["state"] in ("success", "failed") for r in mine) else None
+
+
+def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, server, tmp_path):
+    root = server.home / "artifacts"
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(60_000)
+    login(page, server.base)
+
+    # 1. the trigger form, submitted as it opens
+    page.goto(f"{server.base}/dags/nyxqa_to_model")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Single Run", exact=True).wait_for()
+    unpause = dialog.get_by_role("checkbox", name="Unpause nyxqa_to_model on trigger")
+    if unpause.count() and not unpause.is_checked():
+        unpause.check(force=True)
+    for section in ("Data", "Models", "Training", "Run"):  # open each section (Run last): nothing red or required
+        dialog.get_by_role("button", name=section, exact=True).click()
+    dialog.locator("#element_partition").wait_for()
+    assert dialog.locator("#element_partition").input_value() == ""
+    submit = dialog.get_by_role("button", name="Trigger", exact=True)
+    assert submit.is_enabled(), "the form cannot be submitted with its defaults"
+    assert dialog.get_by_text("This field is required").count() == 0
+    assert dialog.get_by_text("null", exact=True).count() == 0  # the backend dropdown names its empty choice
+    shot(page, tmp_path, "trigger-form")
+    submit.click()
+    done = server.wait_for("the triggered run finished", lambda: finished(server, "nyxqa_to_model", 1, "manual"),
+                           1200, every=5)
+    (run,) = done
+    assert run["state"] == "success", server.tail()
+    partition = (run.get("logical_date") or run["run_after"])[:10]
+    assert (root / "partitions" / partition / "evaluate" / "_MANIFEST.json").exists()
+
+    # 2. a shard's log in the UI
+    run_id = run["dag_run_id"]
+    page.goto(f"{server.base}/dags/nyxqa_to_model/runs/{run_id}/tasks/mine.shard/mapped/0")
+    page.get_by_text("config_hash=").first.wait_for(timeout=120_000)
+    text = page.locator("body").inner_text()
+    assert f"mine shard nyxqa: partition={partition} config_hash=" in text
+    assert "_configs/" in text and ".yaml" in text
+    shot(page, tmp_path, "shard-log")
+    log = server.api("GET", f"/dags/nyxqa_to_model/dagRuns/{run_id}/taskInstances/mine.shard/logs/1",
+                     params={"map_index": 0}, headers={"Accept": "application/json"}).json()
+    levels = {e.get("level") for e in log["content"] if isinstance(e, dict)}
+    assert levels and not levels & {"error", "warning", "critical"}, levels
+
+    # 3. a backfill of one stage over two dates, partition left empty
+    for day in BACKFILL_DATES:  # chunk reads each date's ingest output
+        out = subprocess.run([sys.executable, "-m", "nyx_tasks", "ingest", "--partition", day, "--root", str(root)],
+                             capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    page.goto(f"{server.base}/dags/nyx_stage_chunk")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Backfill", exact=True).click()
+    for i, day in enumerate(BACKFILL_DATES):  # the From / To pickers: a date and a time field each
+        dialog.locator("[data-testid=datetime-input]").nth(i).click()
+        page.get_by_placeholder("YYYY/MM/DD").last.fill(day.replace("-", "/"))
+        page.get_by_placeholder("HH:mm").last.fill("00:00")
+        page.keyboard.press("Enter")
+    dialog.get_by_text("2 runs will be triggered").wait_for()
+    dialog.get_by_role("button", name="Run", exact=True).click()
+    assert dialog.locator("#element_partition").input_value() == ""  # each date names its own partition
+    run_backfill = dialog.get_by_role("button", name="Run Backfill")
+    assert run_backfill.is_enabled()
+    shot(page, tmp_path, "backfill-form")
+    run_backfill.click()
+    backfilled = server.wait_for("the backfill finished", lambda: finished(server, "nyx_stage_chunk", 2, "backfill"),
+                                 600, every=5)
+    assert {r["state"] for r in backfilled} == {"success"}, server.tail()
+    for day in BACKFILL_DATES:  # one partition per date
+        manifest = json.loads((root / "partitions" / day / "chunk" / "_MANIFEST.json").read_text())
+        assert manifest["partition"] == day and manifest["rows_out"] > 0
+    page.goto(f"{server.base}/dags/nyx_stage_chunk")
+    shot(page, tmp_path, "backfill-runs")
