@@ -70,12 +70,38 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     assert train["rows_out"] == train["extra"]["steps"] > 0 and train["checkpoint"]["merged"]
     assert "train_stage1: launching" in log and "nyx.train: step 1/" in log  # the trainer's lines, streamed
 
+    events = asset_events(airflow_env)
+    assert events["nyx_checkpoint"] == 2 and all(events[f"nyx_{s}"] == 1 for s in STAGE_NAMES), events
+
     second = dags_test(airflow_env, {"partition": "e2e"})
     log2 = second.stdout + second.stderr
     assert second.returncode == 0, log2[-5000:]
     assert log2.count("already complete") == len(STAGE_NAMES)
     again = {s: json.loads((root / "partitions/e2e" / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
     assert again == manifests
+    assert asset_events(airflow_env) == events  # a no-op run emits nothing: no re-mining is scheduled
+
+    # redo: exactly the named stage recomputes; the rest stay no-ops; only its asset fires
+    third = dags_test(airflow_env, {"partition": "e2e", "redo": ["evaluate"]})
+    log3 = third.stdout + third.stderr
+    assert third.returncode == 0, log3[-5000:]
+    assert log3.count("already complete") == len(STAGE_NAMES) - 1
+    assert "evaluate: recomputing partition e2e (force)" in log3
+    after = asset_events(airflow_env)
+    assert after == {**events, "nyx_evaluate": 2}, after
+
+
+def asset_events(env) -> dict[str, int]:
+    """Asset events recorded per asset name in the Airflow home's metadata DB."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{Path(env['AIRFLOW_HOME']) / 'airflow.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT a.name, COUNT(e.id) FROM asset a LEFT JOIN asset_event e ON e.asset_id = a.id "
+                          "GROUP BY a.name").fetchall()
+    finally:
+        db.close()
+    return {name: n for name, n in rows if name.startswith("nyx_")}
 
 
 def test_bad_trigger_param_is_refused_before_anything_runs(airflow_env):

@@ -25,12 +25,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.e2e.conftest import login
 
 pytestmark = pytest.mark.airflow
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 USER, PASSWORD = "nyx", "nyx-explorer-test"
 SCREENSHOT_COPY = Path("/tmp/nyx-explorer-screenshot.png")
 
@@ -97,31 +95,13 @@ def api_server(built, tmp_path):
         stop_group(proc)
 
 
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: run `bash scripts/browser_env.sh` (Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: run `bash scripts/browser_env.sh`")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def test_explorer_in_the_airflow_ui_shows_qa_items_with_images(browser, api_server, built, tmp_path):
     partition = next(p.name for p in (built / "partitions").iterdir())
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
 
     # Airflow's own login page, then the nav entry the plugin adds
-    page.goto(f"{api_server}/")
-    page.wait_for_url("**/auth/login**")
-    page.fill("input[name=username]", USER)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button:has-text('Sign in')")
-    page.wait_for_url(lambda url: "/auth/" not in url)
+    login(page, api_server, USER, PASSWORD)
     page.get_by_role("link", name="NyxQA explorer").click()
     page.wait_for_url("**/plugin/nyx-explorer**")
     frame = page.frame_locator("iframe[title='NyxQA explorer']")
