@@ -318,7 +318,7 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
         existing = ctx.store.read_json(ctx.rel(MANIFEST))
         plan = ctx.store.read_json(ctx.rel(PLAN))
         if existing and (plan is None or existing.get("key") == plan["key"]):
-            ctx.log.info("%s: partition %s was already complete; nothing committed", stage.name, ctx.partition)
+            ctx.log.info("%s: partition %s unchanged since its last commit; nothing committed", stage.name, ctx.partition)
             return StageResult(stage.name, ctx.partition, "skipped", existing)
         plan = _read_plan(ctx)
         markers, missing = [], []

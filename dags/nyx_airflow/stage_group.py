@@ -136,7 +136,7 @@ def check_task():
         ctx = get_current_context()
         run = ctx["dag_run"]
         try:
-            check_conf(ctx["params"], run.conf, run.run_type, known=set(ctx["params"]))
+            check_conf(ctx["params"], run.conf, run.run_type, known=set(ctx["dag"].params))  # declared, not merged
             cfg = config_from_context()
         except ConfError as e:
             raise AirflowFailException(f"refused: {e}") from None
