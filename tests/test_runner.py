@@ -178,7 +178,8 @@ def test_a_failure_logs_one_clear_line_first(make_cfg, caplog, monkeypatch):
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "chunk FAILED (shard" in line and "OSError: disk full" in line and "Finished shards are kept" in line
     # plan, shard and commit logs each start with stage, partition, config hash and the resolved config's path
-    context = [r.getMessage() for r in caplog.records if " partition=demo config_hash=" in r.getMessage()]
+    context = [r.getMessage() for r in caplog.records
+               if r.getMessage().startswith("chunk ") and " partition=demo config_hash=" in r.getMessage()]
     assert [m.split(":")[0] for m in context] == ["chunk plan", "chunk shard part-00000.parquet"]
     import yaml
 
