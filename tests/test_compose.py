@@ -1,6 +1,9 @@
-"""docker-compose.yaml validated against the official Compose schema (no engine
-runs here), after Compose-style variable interpolation; plus the services,
-queues, GPU reservations, health checks and shared secret that matter."""
+"""docker-compose.yaml as Compose reads it (no engine runs here): the YAML parsed first,
+then Compose-style variable interpolation of its values (Compose parses before it
+interpolates, so a value that only reads as YAML after interpolation is refused by the
+real client), validated against the official Compose schema vendored in
+tests/data/schemas (see its README for the version); plus the services, queues, GPU
+reservations, health checks and shared secret that matter."""
 
 import json
 import re
@@ -12,12 +15,12 @@ import yaml
 
 from tests.conftest import REPO
 
-SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = REPO / "tests" / "data" / "schemas" / "compose-spec.json"
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} (and $$ escapes)."""
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} (and $$ escapes) in one string value."""
     def sub(m):
         name, op, arg = m.group(1), m.group(2), m.group(3)
         if name in env:
@@ -28,20 +31,45 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return VAR.sub(sub, text.replace("$$", "\0")).replace("\0", "$")
 
 
+def interpolate_tree(node, env: dict[str, str]):
+    """Interpolate every string value of a parsed Compose file, as Compose does after parsing."""
+    if isinstance(node, dict):
+        return {k: interpolate_tree(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate_tree(v, env) for v in node]
+    return interpolate(node, env) if isinstance(node, str) else node
+
+
 @pytest.fixture(scope="module")
-def compose():
-    raw = (REPO / "docker-compose.yaml").read_text()
+def parsed():
+    return yaml.safe_load((REPO / "docker-compose.yaml").read_text())  # the YAML must parse as written
+
+
+@pytest.fixture(scope="module")
+def compose(parsed):
     with pytest.raises(KeyError, match="NYX_JWT_SECRET"):
-        interpolate(raw, {"NYX_VLLM_API_KEY": "k"})  # the shared secret must be given, never defaulted
+        interpolate_tree(parsed, {"NYX_VLLM_API_KEY": "k"})  # the shared secret must be given, never defaulted
     with pytest.raises(KeyError, match="NYX_VLLM_API_KEY"):
-        interpolate(raw, {"NYX_JWT_SECRET": "s"})  # so must the vLLM key
-    return yaml.safe_load(interpolate(raw, {"NYX_JWT_SECRET": "test-secret", "NYX_VLLM_API_KEY": "test-key"}))
+        interpolate_tree(parsed, {"NYX_JWT_SECRET": "s"})  # so must the vLLM key
+    return interpolate_tree(parsed, {"NYX_JWT_SECRET": "test-secret", "NYX_VLLM_API_KEY": "test-key"})
 
 
-@pytest.mark.skipif(not SCHEMA.exists(), reason="shared/schemas not present")
-def test_valid_against_the_official_compose_schema(compose):
+def test_valid_against_the_official_compose_schema(parsed, compose):
     schema = json.loads(SCHEMA.read_text())
-    jsonschema.Draft7Validator(schema).validate(compose)
+    assert schema["$id"] == "compose_spec.json" and schema["title"] == "Compose Specification"
+    validator = jsonschema.Draft7Validator(schema)
+    validator.validate(parsed)  # as written (interpolation placeholders are strings the schema allows)
+    validator.validate(compose)
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["vllm"]["healthcheck"]["interval"] = {"not": "a duration"}
+    assert not validator.is_valid(broken)  # the schema checks what the services say
+
+
+def test_an_unquoted_colon_in_a_value_is_what_compose_refuses():
+    """The bug this file had: `KEY: ${VAR:?text: more}` is a YAML error before any interpolation."""
+    with pytest.raises(yaml.YAMLError, match="mapping values are not allowed"):
+        yaml.safe_load("x:\n  KEY: ${VAR:?set VAR: the reason}\n")
+    assert yaml.safe_load('x:\n  KEY: "${VAR:?set VAR: the reason}"\n')["x"]["KEY"].startswith("${VAR")
 
 
 def test_services_queues_and_health(compose):
