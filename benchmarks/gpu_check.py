@@ -32,8 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_mfu import LOREM, noise_image  # noqa: E402  (the training benchmark's text and image)
+
 CHECKS = ("search", "mme5", "train")
-LOREM = ["the", "harbour", "city", "kept", "its", "old", "market", "where", "traders", "sold", "salt", "maps", "lanterns", "and", "glass", "while", "the", "northern", "ledger", "recorded", "every", "ship", "that", "came", "through", "the", "narrow", "channel", "in", "winter"]
 
 
 def _line(name: str, text: str) -> None:
@@ -99,13 +101,10 @@ def mllama_11b_config(tok):
 
 
 def check_mme5(smoke: bool) -> None:
-    import hashlib
-    import io
     import random
     import tempfile
 
     import torch
-    from PIL import Image
     from transformers import (
         AutoProcessor,
         MllamaForConditionalGeneration,
@@ -136,11 +135,7 @@ def check_mme5(smoke: bool) -> None:
         torch.set_default_dtype(torch.float32)
     params = sum(p.numel() for p in model.parameters())
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-gpucheck-"))
-    buf = io.BytesIO()
-    Image.effect_noise((side, side), 60).convert("RGB").save(buf, format="PNG")
-    data = buf.getvalue()
-    sha = hashlib.sha256(data).hexdigest()
-    img = (sha, store.put_image(sha, "png", data))
+    img = noise_image(store, side)
     rng = random.Random(0)
     items = [MixedItem(("<image> " if i % 3 == 0 else "") + " ".join(rng.choice(LOREM) for _ in range(170)),
                        (img,) if i % 3 == 0 else ()) for i in range(n)]

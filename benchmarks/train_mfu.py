@@ -65,21 +65,26 @@ def qwen25_vl_3b_config(tok):
                             vision_end_token_id=ids("<|vision_end|>"))
 
 
-def make_examples(store, n: int, seed: int = 0, images: bool = True):
-    import random
+def noise_image(store, side: int) -> tuple[str, str]:
+    """A side x side noise PNG in the store's image folder: (sha256, path relative to the root)."""
+    import hashlib
 
     from PIL import Image
+
+    buf = io.BytesIO()
+    Image.effect_noise((side, side), 60).convert("RGB").save(buf, format="PNG")
+    data = buf.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    return sha, store.put_image(sha, "png", data)
+
+
+def make_examples(store, n: int, seed: int = 0, images: bool = True):
+    import random
 
     from nyx_tasks.training.data import Doc, Example
 
     rng = random.Random(seed)
-    buf = io.BytesIO()
-    Image.effect_noise((560, 560), 60).convert("RGB").save(buf, format="PNG")  # 400 merged tokens at the cap
-    data = buf.getvalue()
-    import hashlib
-
-    sha = hashlib.sha256(data).hexdigest()
-    path = store.put_image(sha, "png", data)
+    _, path = noise_image(store, 560)  # 400 merged tokens at the cap
 
     def doc(words: int, image: bool) -> Doc:
         text = " ".join(rng.choice(LOREM) for _ in range(words))

@@ -167,20 +167,15 @@ class StageResult:
         }
 
 
-def resolved_config_rel(cfg: NyxConfig) -> str:
-    """Where the run's full resolved config lives: content-addressed, so every task of a run
-    (and every run with the same config) names the same file."""
-    data = cfg.model_dump(mode="json")
-    return f"partitions/{cfg.partition}/_configs/{stable_hash(data)}.yaml"
-
-
 def write_resolved_config(cfg: NyxConfig, store: ArtifactStore) -> str:
-    """Write the resolved config once (YAML); returns its URL for the log line."""
+    """Write the run's full resolved config once (YAML), content-addressed, so every task of a run
+    (and every run with the same config) names the same file; returns its URL for the log line."""
     import yaml
 
-    rel = resolved_config_rel(cfg)
+    data = cfg.model_dump(mode="json")
+    rel = f"partitions/{cfg.partition}/_configs/{stable_hash(data)}.yaml"
     if not store.exists(rel):
-        store.write_bytes_atomic(rel, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+        store.write_bytes_atomic(rel, yaml.safe_dump(data, sort_keys=False).encode())
     return store.url(rel)
 
 
@@ -189,11 +184,13 @@ def stage_config_hash(stage: Stage, cfg: NyxConfig) -> str:
     return stable_hash({"stage": stage.name, "version": stage.version, "config": stage.config_payload(cfg)})
 
 
-def log_context(stage: Stage, cfg: NyxConfig, store: ArtifactStore, step: str) -> None:
-    """The first line of every task log: stage, step, partition, config hash, resolved config."""
+def log_context(stage: Stage, cfg: NyxConfig, store: ArtifactStore, step: str) -> str:
+    """The first line of every task log: stage, step, partition, config hash, resolved config.
+    Returns the stage's config hash."""
+    config_hash = stage_config_hash(stage, cfg)
     get_logger(stage.name).info("%s %s: partition=%s config_hash=%s force=%s config=%s", stage.name, step,
-                                cfg.partition, stage_config_hash(stage, cfg), cfg.force,
-                                write_resolved_config(cfg, store))
+                                cfg.partition, config_hash, cfg.force, write_resolved_config(cfg, store))
+    return config_hash
 
 
 @contextlib.contextmanager
@@ -223,8 +220,7 @@ def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None)
     first, so no reader mixes old and new shards."""
     with failure_line(stage.name, "plan", cfg.partition):
         ctx = _context(stage, cfg, store)
-        log_context(stage, cfg, ctx.store, "plan")
-        config_hash = stage_config_hash(stage, cfg)
+        config_hash = log_context(stage, cfg, ctx.store, "plan")
         inputs = stage.input_fingerprint(ctx)
         key = stable_hash({"config": config_hash, "inputs": inputs})
         log = ctx.log
