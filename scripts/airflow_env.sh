@@ -2,6 +2,9 @@
 # artifacts). Everything is under the project directory; nothing global changes.
 NYX_PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$NYX_PROJECT/.airflow}"
+# SQLite waits up to 30 s for a lock (Python's default is 5 s): on a busy small machine the scheduler can
+# hold the write lock longer, and the UI's Backfill then fails with "Database is locked".
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db?timeout=30}"
 export AIRFLOW__CORE__DAGS_FOLDER="$NYX_PROJECT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$NYX_PROJECT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False

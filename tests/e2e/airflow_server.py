@@ -48,6 +48,7 @@ class AirflowServer:
             "NYX_CONFIG_DIR": str(REPO / "configs"), "NYX_ARTIFACTS_ROOT": str(home / "artifacts"),
             "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 1),  # as scripts/airflow_env.sh sets them
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=30",
             "PYTHONHASHSEED": "0", "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **(extra_env or {}),
         }

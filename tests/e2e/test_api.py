@@ -81,9 +81,14 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     # a backfill of one stage DAG: exactly that stage runs, for each date's partition. Backfill runs
     # need the DAG unpaused; the daily run that unpausing fires is skipped by the gate.
     assert server.api("PATCH", "/dags/nyx_stage_ingest", json={"is_paused": False}).status_code == 200
-    r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": "2026-01-01T00:00:00Z",
-                                               "to_date": "2026-01-02T00:00:00Z", "max_active_runs": 2,
-                                               "dag_run_conf": {}, "reprocess_behavior": "none"})
+
+    def create_backfill():  # SQLite answers 503 "Database is locked" while the scheduler writes: ask again
+        r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": "2026-01-01T00:00:00Z",
+                                                   "to_date": "2026-01-02T00:00:00Z", "max_active_runs": 2,
+                                                   "dag_run_conf": {}, "reprocess_behavior": "none"})
+        return None if r.status_code == 503 and "locked" in r.text else r
+
+    r = server.wait_for("the backfill was created", create_backfill, 120, every=5)
     assert r.status_code in (200, 201), r.text
     backfill_id = r.json()["id"]
 
