@@ -1,0 +1,69 @@
+"""The documentation a clone carries: README.md and docs/*.md link only to files that
+exist in the repository, and no tracked file points outside it at `../shared` (a
+workspace folder users who clone the repo do not have)."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+# [text](target) and ![alt](target); the target ends at whitespace or ')'
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, ...
+OUTSIDE = "../shared"
+
+
+def doc_files() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def relative_links(md: Path) -> list[str]:
+    text = FENCE.sub("", md.read_text(encoding="utf-8"))  # code blocks hold shell, not links
+    out = []
+    for target in LINK.findall(text):
+        if EXTERNAL.match(target) or target.startswith("#"):
+            continue
+        out.append(target)
+    return out
+
+
+def test_docs_exist_and_readme_links_design():
+    assert (REPO / "docs" / "DESIGN.md").is_file()
+    assert "docs/DESIGN.md" in relative_links(REPO / "README.md")
+
+
+@pytest.mark.parametrize("md", doc_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(md: Path):
+    broken = []
+    for target in relative_links(md):
+        path = target.split("#", 1)[0]
+        if not path:
+            continue
+        resolved = (md.parent / path).resolve()
+        if not resolved.exists() or not resolved.is_relative_to(REPO):
+            broken.append(target)
+    assert not broken, f"{md.relative_to(REPO)}: links to files not in the repository: {broken}"
+
+
+def tracked_files() -> list[str]:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True)
+    return [p for p in out.stdout.decode().split("\0") if p]
+
+
+def test_no_tracked_file_refers_to_shared():
+    me = Path(__file__).resolve()
+    offenders = []
+    for rel in tracked_files():
+        path = REPO / rel
+        if path.resolve() == me or not path.is_file():  # itself; or deleted in the working tree
+            continue
+        if OUTSIDE.encode() in path.read_bytes():
+            offenders.append(rel)
+    assert not offenders, f"tracked files refer to {OUTSIDE!r}, which a clone does not have: {offenders}"
