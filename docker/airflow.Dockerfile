@@ -3,6 +3,7 @@
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
@@ -14,8 +15,10 @@ COPY --chown=airflow:root nyx_tasks ./nyx_tasks
 COPY --chown=airflow:root configs ./configs
 COPY --chown=airflow:root dags ./dags
 COPY --chown=airflow:root plugins ./plugins
-# CPU wheels of torch keep this image small; the GPU worker image has CUDA ones.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
+COPY --chown=airflow:root scripts/cpu-constraints.txt ./
+# CPU wheels of torch keep this image small; the GPU worker image has CUDA ones. The torch pin
+# is the CPU set-up's (scripts/cpu-constraints.txt); pyproject.toml only has a range.
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -c cpu-constraints.txt \
       "apache-airflow==${AIRFLOW_VERSION}" "apache-airflow-providers-celery" "celery[redis]>=5.5,<5.7" \
       psycopg2-binary asyncpg -e .
 # celery 5.7 breaks the Celery provider 3.26; Airflow 3.3 builds an async engine from the

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up used by both README commands: a project venv with this
 # project installed (editable) plus its dev extras. Re-installs only when
-# pyproject.toml changed. Torch comes from pip (torch==2.14.1 / torchvision==0.29.1).
+# pyproject.toml or the torch pins changed. Torch comes from pip, pinned by scripts/cpu-constraints.txt
+# (torch==2.14.1 / torchvision==0.29.1; pyproject.toml only has a range, which the GPU image shares).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # pip warns about every missing local index folder of this machine's pip.conf; keep real errors only.
@@ -9,7 +10,8 @@ quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
 VENV="${NYX_VENV:-.venv}"
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 STAMP="$VENV/.nyx-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+PINS=scripts/cpu-constraints.txt
+want="$(cat pyproject.toml "$PINS" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $PY" >&2
   "$PY" -m venv "$VENV"
@@ -17,9 +19,9 @@ fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing the project and its dependencies into $VENV (first run: a few minutes)" >&2
   quiet "$VENV/bin/python" -m pip install -q --upgrade pip
-  quiet "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  quiet "$VENV/bin/python" -m pip install -q -c "$PINS" -e ".[dev]"
   # DeepSpeed ships only an sdist whose build imports torch: build it against the torch just
   # installed (an isolated build would pull a CUDA torch from the index). Ops compile on first use.
-  DS_BUILD_OPS=0 quiet "$VENV/bin/python" -m pip install -q --no-build-isolation "deepspeed==0.19.8"
+  DS_BUILD_OPS=0 quiet "$VENV/bin/python" -m pip install -q -c "$PINS" --no-build-isolation "deepspeed==0.19.8"
   echo "$want" > "$STAMP"
 fi
