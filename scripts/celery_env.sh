@@ -4,6 +4,7 @@
 # Celery provider (Celery + the redis client) and the two Postgres drivers
 # Airflow 3.3 uses: psycopg2 for `postgresql+psycopg2://` and asyncpg for the
 # async engine it derives from that URL (`postgresql+asyncpg://`).
+# Also Debian's docker-compose, for tests/test_compose.py.
 # Installs only what is missing and starts nothing (the test starts its own
 # throwaway servers on loopback). Idempotent.
 set -euo pipefail
@@ -15,6 +16,9 @@ pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 apt_pkgs=()
 [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || apt_pkgs+=(postgresql)
 command -v redis-server > /dev/null || apt_pkgs+=(redis-server)
+# Debian's docker-compose (1.29, the Python client; no engine needed): tests/test_compose.py runs
+# its `config` on docker-compose.yaml, the deployment these servers stand in for.
+command -v docker-compose > /dev/null || apt_pkgs+=(docker-compose)
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     echo "[celery-env] apt-get install ${apt_pkgs[*]}" >&2
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -3,10 +3,14 @@ then Compose-style variable interpolation of its values (Compose parses before i
 interpolates, so a value that only reads as YAML after interpolation is refused by the
 real client), validated against the official Compose schema vendored in
 tests/data/schemas (see its README for the version); plus the services, queues, GPU
-reservations, health checks and shared secret that matter."""
+reservations, health checks and shared secret that matter; and Debian's own client,
+`docker-compose config` (1.29, installed by scripts/celery_env.sh), on the same file."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +20,8 @@ import yaml
 from tests.conftest import REPO
 
 SCHEMA = REPO / "tests" / "data" / "schemas" / "compose-spec.json"
+DOCKER_COMPOSE = shutil.which("docker-compose")
+REQUIRED = {"NYX_JWT_SECRET": "test-secret", "NYX_VLLM_API_KEY": "test-key"}  # the file's ${VAR:?...}
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
 
 
@@ -110,3 +116,72 @@ def test_dockerfiles_install_this_project():
     # torch before DeepSpeed, whose sdist build imports it; then vLLM, faiss-gpu through the gpu extra
     assert gpu.index('"torch==') < gpu.index("--no-build-isolation \"deepspeed") < gpu.index('".[gpu]"')
     assert "nvidia/cuda:" in gpu and "--queues\", \"gpu\"" in gpu
+
+
+def test_the_vllm_server_runs_the_vllm_the_gpu_worker_pins(compose):
+    pin = re.search(r"^ARG VLLM_VERSION=(\S+)$", (REPO / "docker" / "gpu-worker.Dockerfile").read_text(), re.M)
+    assert compose["services"]["vllm"]["image"] == f"vllm/vllm-openai:v{pin.group(1)}"
+
+
+needs_client = pytest.mark.skipif(
+    DOCKER_COMPOSE is None, reason="no docker-compose on PATH (scripts/celery_env.sh installs Debian's)")
+
+
+def docker_compose_config(compose_file: Path, env: dict[str, str], tmp_path: Path, *args: str):
+    """`docker-compose config`: parse, interpolate, validate and print the resolved file; no engine.
+    Only PATH and HOME come from the caller's environment and the .env file is an empty one,
+    so the defaults in the file are what resolves."""
+    env_file = tmp_path / "empty.env"
+    env_file.touch()
+    return subprocess.run(
+        [DOCKER_COMPOSE, "--env-file", str(env_file), "--project-directory", str(REPO),
+         "-f", str(compose_file), *args, "config"],
+        cwd=REPO, env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **env},
+        capture_output=True, text=True, timeout=60)
+
+
+@needs_client
+def test_debian_docker_compose_refuses_only_the_top_level_name(tmp_path):
+    """Debian bookworm's docker-compose 1.29.2 validates against a Compose schema older than the
+    top-level `name:` (the project name; valid Compose spec, see the schema test, which stays
+    the gate). Asserting that exact refusal notices a client that accepts the file as it is:
+    then drop the copy without `name:` below and check the file itself."""
+    r = docker_compose_config(REPO / "docker-compose.yaml", REQUIRED, tmp_path)
+    assert r.returncode != 0
+    assert "'name' does not match any of the regexes: '^x-'" in r.stderr, r.stderr
+
+
+@needs_client
+def test_debian_docker_compose_resolves_the_file(parsed, compose, tmp_path):
+    """Everything but the top-level `name:`, through the real client: the file, minus that one
+    line, with the name given as `-p` instead (what `name:` sets), resolves; its services are
+    the file's, and the client's interpolation agrees with this module's."""
+    text = (REPO / "docker-compose.yaml").read_text()
+    name = re.findall(r"^name: (\S+)\n", text, re.M)
+    assert name == [parsed["name"]]
+    copy = tmp_path / "docker-compose.yaml"
+    copy.write_text(re.sub(r"^name: \S+\n", "", text, flags=re.M))
+    r = docker_compose_config(copy, REQUIRED, tmp_path, "-p", name[0])
+    assert r.returncode == 0, r.stderr
+    resolved = yaml.safe_load(r.stdout)
+    assert set(resolved["services"]) == set(parsed["services"])
+    assert set(resolved["volumes"]) == set(parsed["volumes"])
+    for service, mine in compose["services"].items():
+        theirs = resolved["services"][service]
+        assert theirs.get("environment") == mine.get("environment"), service
+        assert theirs.get("command") == mine.get("command"), service
+        assert theirs["image"] == mine["image"], service
+        assert ("build" in theirs) == ("build" in mine), service
+        if "build" in mine:  # relative to the project directory: the repo, where docker/*.Dockerfile are
+            assert theirs["build"] == {"context": str(REPO), "dockerfile": mine["build"]["dockerfile"]}, service
+    assert resolved["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] in (4, "4")
+
+
+@needs_client
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_debian_docker_compose_refuses_a_missing_required_variable(missing, tmp_path):
+    # interpolation comes before validation, so the file as it is reaches this error
+    env = {k: v for k, v in REQUIRED.items() if k != missing}
+    r = docker_compose_config(REPO / "docker-compose.yaml", env, tmp_path)
+    assert r.returncode != 0
+    assert "Missing mandatory value" in r.stderr and missing in r.stderr, r.stderr
