@@ -113,7 +113,11 @@ def status(profile: Profile = "demo", partition: Partition = None, sets: Sets = 
 
 
 @app.command("config")
-def show_config(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None) -> None:
+def show_config(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None,
+                check: Annotated[bool, typer.Option("--check", help="Print the cross-field checks (shared settings, "
+                                                    "numbers that must fit, Matryoshka dims against the model's "
+                                                    "width) instead of the config; exit 2 on a contradiction.")]
+                = False) -> None:
     """Print the resolved configuration and each stage's config hash."""
     import yaml
 
@@ -121,11 +125,41 @@ def show_config(profile: Profile = "demo", partition: Partition = None, sets: Se
     from .stages import get_stage
 
     cfg = _config(profile, partition, sets, root)
+    if check:
+        _check(cfg)
+        return
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     for name in STAGE_NAMES:
         st = get_stage(name)
         h = stable_hash({"stage": name, "version": st.version, "config": st.config_payload(cfg)})
         typer.echo(f"# {name} config_hash: {h}")
+
+
+def _hidden_size(model: str) -> int | None:
+    """The text width of a model's config (tiny models are built on the spot); None when unreadable here."""
+    from transformers import AutoConfig
+
+    from .embedding import resolve_model_path
+
+    try:
+        conf = AutoConfig.from_pretrained(resolve_model_path(model), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    return getattr(getattr(conf, "text_config", None) or conf, "hidden_size", None)
+
+
+def _check(cfg) -> None:
+    from .config_rules import ConfigContradiction, check_rules, hidden_size_rules, shared_lines
+
+    try:
+        lines = shared_lines(cfg) + check_rules(cfg) + hidden_size_rules(cfg, _hidden_size)
+    except ConfigContradiction as e:
+        typer.echo(f"error: invalid configuration: profile {cfg.profile!r}: {e}", err=True)
+        raise typer.Exit(2) from e
+    skipped = [line for line in lines if line.startswith("not checked")]
+    for line in lines:
+        typer.echo(f"{'--' if line in skipped else 'ok'}  {line}")
+    typer.echo(f"profile {cfg.profile!r}: {len(lines) - len(skipped)} checks hold, {len(skipped)} not checked")
 
 
 @app.command("remine")
@@ -194,7 +228,7 @@ ImportName = Annotated[str, typer.Option("--name", help="Dataset name; a train s
 ImageRoots = Annotated[list[str] | None, typer.Option(
     "--image-root", help="Folder the image paths are relative to (repeatable: the first that has the file wins).")]
 Placeholder = Annotated[str | None, typer.Option(
-    "--placeholder", help="Image placeholder written into the texts (default: train_stage1.image_placeholder).")]
+    "--placeholder", help="Image placeholder written into the texts (default: chunk.image_placeholder).")]
 
 
 def _import(layout: str, sources: list[str], name: str, image_roots: list[str] | None, profile: str,
@@ -207,7 +241,7 @@ def _import(layout: str, sources: list[str], name: str, image_roots: list[str] |
     setup_cli_logging()
     try:
         manifest = import_dataset(layout, sources, name, ArtifactStore(cfg.artifact_root()), image_roots or [],
-                                  placeholder or cfg.train_stage1.image_placeholder, cfg.ingest.fetch)
+                                  placeholder or cfg.chunk.image_placeholder, cfg.ingest.fetch)
     except (ImportFailed, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

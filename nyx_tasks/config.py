@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config_rules import check_rules, share_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_CORPUS_DIR = PACKAGE_DIR / "data" / "sample_obelics"
@@ -417,6 +419,13 @@ class NyxConfig(_Model):
     evaluate: EvaluateConfig = EvaluateConfig()
     airflow: AirflowSettings = AirflowSettings()
 
+    @model_validator(mode="after")
+    def _agree(self) -> NyxConfig:
+        """One home per shared setting, and the fields that must fit together (config_rules)."""
+        share_settings(self)
+        check_rules(self)
+        return self
+
     def artifact_root(self) -> str:
         root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root
         if "://" not in root:
@@ -485,7 +494,25 @@ def load_config(
     else:  # `key=value` strings (values parsed as YAML) or trees taken verbatim
         for item in overrides or []:
             data = _deep_merge(data, item if isinstance(item, dict) else parse_override(item))
-    return NyxConfig.model_validate(data)
+    try:
+        return NyxConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"profile {data.get('profile')!r}: {describe(e)}") from e
+
+
+class ConfigError(ValueError):
+    """A config the profile and overrides cannot make; the message is one line per problem."""
+
+
+def describe(e: ValidationError) -> str:
+    """pydantic's errors as `field.path: message (got value)`, joined with '; '."""
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got = "" if err["type"] in ("value_error", "missing") else f" (got {err.get('input')!r:.60})"
+        parts.append(f"{where}: {msg}{got}" if where else msg)
+    return "; ".join(parts)
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

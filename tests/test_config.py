@@ -1,7 +1,6 @@
 import pytest
-from pydantic import ValidationError
 
-from nyx_tasks.config import list_profiles, load_config, parse_override, stable_hash
+from nyx_tasks.config import ConfigError, list_profiles, load_config, parse_override, stable_hash
 from nyx_tasks.stages import STAGE_NAMES, get_stage
 
 
@@ -27,8 +26,9 @@ def test_overrides_are_typed_and_deep_merged():
 @pytest.mark.parametrize("bad", ["ingest.every_nth=0", "ingest.evry_nth=3", "partition=../etc",
                                  "sample.text_only_frac=0.9", "ingest.fetch.allowed_networks=[nonsense]"])
 def test_bad_values_are_refused(bad):
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError) as err:
         load_config("demo", [bad])
+    assert bad.split("=")[0].split(".")[-1] in str(err.value) or "frac" in str(err.value)
 
 
 def test_missing_profile_names_the_available_ones():
@@ -53,3 +53,45 @@ def test_execution_only_settings_do_not_change_the_hash():
     tuned = load_config("demo", ["ingest.batch_docs=3", "ingest.fetch.concurrency=2", "chunk.batch_docs=5"])
     assert h(base, "ingest") == h(tuned, "ingest") and h(base, "chunk") == h(tuned, "chunk")
     assert h(base, "ingest") != h(load_config("demo", ["ingest.fetch.max_bytes=10"]), "ingest")
+
+
+READERS = ("mine.embedder", "mine.text_embedder", "train_stage1", "train_stage2", "feedback.embedder",
+           "evaluate.embedder")
+
+
+def _at(cfg, path):
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize("profile", ["demo", "paper"])
+def test_every_reader_takes_the_chunk_stages_image_placeholder(profile):
+    cfg = load_config(profile)
+    assert {_at(cfg, r).image_placeholder for r in READERS} == {cfg.chunk.image_placeholder}
+    moved = load_config(profile, ["chunk.image_placeholder=<img>"])  # one field moves every reader
+    assert {_at(moved, r).image_placeholder for r in READERS} == {"<img>"}
+    same = load_config(profile, [f"feedback.embedder.image_placeholder={cfg.chunk.image_placeholder}"])
+    assert same.feedback.embedder.image_placeholder == cfg.chunk.image_placeholder  # agreeing is not an error
+    instr = load_config(profile, ["train_stage1.query_instruction=Find it."])
+    assert {instr.train_stage2.query_instruction, instr.feedback.embedder.query_instruction,
+            instr.evaluate.embedder.query_instruction} == {"Find it."}
+
+
+@pytest.mark.parametrize(("overrides", "fields"), [
+    (["feedback.embedder.image_placeholder=<image>"], ("feedback.embedder.image_placeholder",
+                                                        "chunk.image_placeholder")),
+    (["evaluate.embedder.query_instruction=Other."], ("evaluate.embedder.query_instruction",
+                                                      "train_stage1.query_instruction")),
+    (["mine.range_min=18"], ("mine.num_negatives", "mine.range_max", "mine.range_min")),
+    (["feedback.window_size=40"], ("feedback.window_size", "feedback.top_k")),
+    (["train_stage1.negatives_per_query=6"], ("train_stage1.negatives_per_query", "mine.num_negatives")),
+    (["train_stage2.negatives_per_query=4"], ("train_stage2.negatives_per_query", "feedback.num_negatives")),
+    (["evaluate.dims=[4096, 2048]"], ("evaluate.dims", "train_stage1.loss.dims")),
+    (["feedback.embedder.dim=300"], ("feedback.embedder.dim", "train_stage1.loss.dims")),
+])
+def test_a_contradiction_is_refused_in_one_line_naming_the_fields(overrides, fields):
+    with pytest.raises(ValueError) as err:
+        load_config("paper", overrides)
+    message = str(err.value)
+    assert "\n" not in message and all(f in message for f in fields), message
