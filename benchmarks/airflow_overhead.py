@@ -56,13 +56,49 @@ def scheduler_run(server, conf: dict) -> float:
     seconds = time.perf_counter() - t0
     if state != "success":
         sys.exit(f"run {run_id} {state}:\n{server.tail()}")
+    breakdown(server, run_id)
     return seconds
+
+
+def breakdown(server, run_id: str) -> None:
+    """Where the scheduler path's time went, per stage: each step's duration and the wait before it
+    (from the previous step's end to this one's start: scheduling, process start, DAG parse)."""
+    from datetime import datetime
+
+    tis = server.api("GET", f"/dags/nyxqa_to_model/dagRuns/{run_id}/taskInstances",
+                     params={"limit": 500}).json()["task_instances"]
+    ran = [t for t in tis if t["start_date"] and t["end_date"] and t["state"] == "success"]
+
+    def ts(x: str) -> float:
+        return datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
+
+    steps: dict[str, list[dict]] = {}
+    for t in ran:
+        steps.setdefault(t["task_id"], []).append(t)
+    first = {k: min(v, key=lambda t: ts(t["start_date"])) for k, v in steps.items()}
+    order = sorted(steps, key=lambda k: ts(first[k]["start_date"]))
+    prev_end = ts(first[order[0]]["start_date"])
+    waits = busy = 0.0
+    print(f"    {'task':28s} {'wait':>6s} {'sched':>6s} {'queue':>6s} {'slot':>6s} {'run':>6s}")
+    for k in order:
+        t = first[k]
+        start, end = ts(t["start_date"]), max(ts(x["end_date"]) for x in steps[k])
+        sched, queued = (ts(t[f]) if t.get(f) else start for f in ("scheduled_when", "queued_when"))
+        wait = max(0.0, start - prev_end)
+        waits, busy = waits + wait, busy + (end - start)
+        print(f"    {k:28s} {wait:6.1f} {max(0.0, sched - prev_end):6.1f} {queued - sched:6.1f} {start - queued:6.1f} "
+              f"{end - start:6.1f}" + (f"  ({len(steps[k])} tasks)" if len(steps[k]) > 1 else ""))
+        prev_end = max(prev_end, end)
+    print(f"    waits between steps {waits:.1f} s (sched: the previous step's end to scheduled; queue: to queued; "
+          f"slot: to started), steps running {busy:.1f} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--skip-dags-test", action="store_true", help="time only the scheduler path and nyx run")
+    ap.add_argument("--scheduler-only", action="store_true", help="only the scheduler path, with its breakdown "
+                    "(no ratio): for looking into where its time goes")
     args = ap.parse_args()
     from tests.e2e.airflow_server import AirflowServer
 
@@ -71,14 +107,16 @@ def main() -> None:
     env = {**os.environ, "PYTHONHASHSEED": "0", "AIRFLOW_HOME": str(work / "airflow"),
            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "NYX_CONFIG_DIR": str(REPO / "configs")}
-    env.pop("NYX_ARTIFACTS_ROOT", None)
-    sides = ["nyx run", "scheduler"] + ([] if args.skip_dags_test else ["dags test"])
+    env.pop("NYX_ARTIFACTS_ROOT", None)  # each run's artifacts_root (conf / --root) must hold: the env would win
+    sides = ["scheduler"] if args.scheduler_only else (
+        ["nyx run", "scheduler"] + ([] if args.skip_dags_test else ["dags test"]))
     try:
         subprocess.run([str(BIN / "nyx"), "models", "build-tiny", str(work / "unused")], env=env, check=True,
                        capture_output=True)  # warms the shared tiny-model cache
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
         print(f"starting airflow standalone (LocalExecutor, parallelism {cores}) ...", flush=True)
-        with AirflowServer(work / "standalone", extra_env={"AIRFLOW__CORE__PARALLELISM": str(cores)}) as server:
+        with AirflowServer(work / "standalone", extra_env={"AIRFLOW__CORE__PARALLELISM": str(cores),
+                                                           "NYX_ARTIFACTS_ROOT": ""}) as server:
             server.wait_for("nyxqa_to_model parsed",
                             lambda: server.api("GET", "/dags/nyxqa_to_model").status_code == 200, 300)
             assert server.api("PATCH", "/dags/nyxqa_to_model", json={"is_paused": False}).status_code == 200
@@ -97,6 +135,8 @@ def main() -> None:
                         seconds = scheduler_run(server, conf)
                     best[side] = min(best[side], seconds)
                     print(f"  run {r + 1} {side:9s} {seconds:7.1f} s", flush=True)
+        if args.scheduler_only:
+            return
         base = best["nyx run"]
         print(f"demo pipeline, 10 stages, best of {args.repeats}, {cores} cores: nyx run {base:.1f} s")
         print(f"  scheduler path (standalone + LocalExecutor, REST trigger): {best['scheduler']:.1f} s: "

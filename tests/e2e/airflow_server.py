@@ -49,6 +49,8 @@ class AirflowServer:
             "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 1),  # as scripts/airflow_env.sh sets them
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=30",
+            "AIRFLOW__CORE__EXECUTOR": "nyx_executor.WarmLocalExecutor",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "PYTHONHASHSEED": "0", "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **(extra_env or {}),
         }

@@ -4,6 +4,7 @@ scheduler, a task's log read back with the stage's counts in it, and a
 backfill of one stage DAG that runs that stage only."""
 
 import json
+import re
 
 import pytest
 
@@ -48,6 +49,8 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     state = server.wait_for("the run finished", lambda: run_state(server, "nyxqa_to_model", run_id)
                             in ("success", "failed") and run_state(server, "nyxqa_to_model", run_id), 1800, every=5)
     assert state == "success", server.tail()
+    started = server.log.read_text()  # the WarmLocalExecutor imported the task modules before forking
+    assert re.search(r"preloaded (\d+) of \1 modules for the task processes", started), started[-3000:]
     for stage in STAGE_NAMES:
         assert (root / "partitions/api" / stage / "_MANIFEST.json").exists(), stage
 
