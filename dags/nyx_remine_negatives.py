@@ -22,6 +22,8 @@ from airflow.sdk import (
 )
 from nyx_airflow.stage_group import CHECKPOINT_ASSET, config_from_context
 
+from nyx_tasks.config import list_profiles
+
 NEGATIVES_ASSET = Asset(name="nyx_negatives", uri="x-nyx://negatives", group="nyx")
 
 
@@ -34,7 +36,7 @@ NEGATIVES_ASSET = Asset(name="nyx_negatives", uri="x-nyx://negatives", group="ny
     doc_md=__doc__,
     tags=["nyx", "mining"],
     params={
-        "profile": Param("demo", type="string", enum=["demo", "paper"], title="Profile"),
+        "profile": Param("demo", type="string", enum=list_profiles(), title="Profile"),
         "partition": Param("demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$",
                            title="Partition", description="The NyxQA partition whose negatives are re-mined."),
         "artifacts_root": Param("", type="string", title="Artifact root"),

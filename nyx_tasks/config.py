@@ -22,6 +22,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_CORPUS_DIR = PACKAGE_DIR / "data" / "sample_obelics"
 
 
+def resolve_pkgdata(path: str) -> str:
+    """`pkgdata:<rel>` -> a file shipped in nyx_tasks/data (the demo's and paper-shape's inputs)."""
+    return str(PACKAGE_DIR / "data" / path[len("pkgdata:"):]) if path.startswith("pkgdata:") else path
+
+
 class _Model(BaseModel):
     # A typo in a YAML key must be an error, not a silently ignored setting.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -473,6 +478,19 @@ def parse_override(item: str) -> dict[str, Any]:
     return node
 
 
+def _profile_tree(name: str, folder: Path) -> dict[str, Any]:
+    """The raw tree of the profile `name` (in `folder`), its own `extends` resolved."""
+    import yaml
+
+    path = folder / f"{name}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"profile extends {name!r}, which is not in {folder}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if base := data.pop("extends", None):
+        data = _deep_merge(_profile_tree(base, folder), data)
+    return data
+
+
 def load_config(
     profile: str = "demo",
     overrides: list[str | dict[str, Any]] | dict[str, Any] | None = None,
@@ -488,7 +506,9 @@ def load_config(
             f"profile {profile!r} not found (looked for {path}); available: {list_profiles()}"
         )
     data = yaml.safe_load(path.read_text()) or {}
-    data.setdefault("profile", path.stem)
+    if base := data.pop("extends", None):  # a profile written as another profile plus its overrides
+        data = _deep_merge(_profile_tree(base, path.parent), data)
+    data["profile"] = path.stem if base else data.get("profile", path.stem)
     if isinstance(overrides, dict):
         data = _deep_merge(data, overrides)
     else:  # `key=value` strings (values parsed as YAML) or trees taken verbatim

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
-from .config import SAMPLE_CORPUS_DIR, SourceConfig
+from .config import SAMPLE_CORPUS_DIR, SourceConfig, resolve_pkgdata
 
 EOD_MARKER = "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"
 HF_NUM_SHARDS = 1432
@@ -62,7 +62,7 @@ def list_source_shards(src: SourceConfig) -> list[dict]:
         return [{"shard": i, "name": f or f"{src.hf_dataset}:{src.hf_config}:{src.hf_split}",
                  "kind": "hf", "data_files": f} for i, f in enumerate(entries)]
     patterns = ([str(SAMPLE_CORPUS_DIR / "obelics-*.jsonl"), str(SAMPLE_CORPUS_DIR / "obelics-*.parquet")]
-                if src.kind == "sample" else src.paths)
+                if src.kind == "sample" else [resolve_pkgdata(p) for p in src.paths])
     if not patterns:
         raise ValueError("ingest.source.paths is empty (kind=files needs at least one path)")
     urls = expand_urls(patterns, what="ingest source", must_match=src.kind == "files")

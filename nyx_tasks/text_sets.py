@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import PACKAGE_DIR, TextSetConfig
+from .config import TextSetConfig, resolve_pkgdata
 from .obelics import Malformed, expand_urls, fingerprint_urls, iter_file_rows
 
 Drop = Callable[[str, str], None]
@@ -31,14 +31,9 @@ class CorpusDoc:
     text: str
 
 
-def _resolve(path: str) -> str:
-    """`pkgdata:<rel>` -> a file shipped in nyx_tasks/data (the demo's fixtures)."""
-    return str(PACKAGE_DIR / "data" / path[len("pkgdata:"):]) if path.startswith("pkgdata:") else path
-
-
 def set_files(ts: TextSetConfig) -> tuple[list[str], list[str]]:
-    return (expand_urls([_resolve(p) for p in ts.questions], f"text set {ts.name!r} questions"),
-            expand_urls([_resolve(p) for p in ts.corpus], f"text set {ts.name!r} corpus"))
+    return (expand_urls([resolve_pkgdata(p) for p in ts.questions], f"text set {ts.name!r} questions"),
+            expand_urls([resolve_pkgdata(p) for p in ts.corpus], f"text set {ts.name!r} corpus"))
 
 
 def fingerprint(ts: TextSetConfig) -> str:

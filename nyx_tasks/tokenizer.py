@@ -25,10 +25,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int, placeholder: str):
 
 
 def load_pretrained(name_or_path: str, placeholder: str):
-    """The fast (Rust) tokenizer behind an HF tokenizer: hub id or local path."""
+    """The fast (Rust) tokenizer behind an HF tokenizer: hub id, local path, or a tiny model's
+    (`tiny:<name>`, as the model fields take them)."""
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(name_or_path)
+    from .embedding import resolve_model_path
+
+    hf = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
     tok = hf.backend_tokenizer
     if tok.token_to_id(placeholder) is None:
         raise ValueError(

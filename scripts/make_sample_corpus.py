@@ -10,6 +10,9 @@ a duplicate document, the OBELICS end-of-document marker, `general_metadata`
 given as `[]`, and per-image metadata with varying keys.
 
     python scripts/make_sample_corpus.py
+
+It also writes the paper-shape profile's corpus of longer, clean documents
+(nyx_tasks/data/sample_obelics_long).
 """
 
 from __future__ import annotations
@@ -222,5 +225,26 @@ def main() -> None:
     print(f"wrote {n} rows ({len(docs) + len(extra)} good, {len(bad)} bad) to {OUT}: {size / 1e6:.2f} MB")
 
 
+LONG = OUT.parent / "sample_obelics_long"
+
+
+def main_long() -> None:
+    """The paper-shape profile's corpus (configs/paper-shape.yaml): 40 clean, longer documents
+    (~4 full 200-token chunks each instead of ~1), so a 100-chunk sample and the random-weight
+    models' few surviving questions still reach every stage; image counts in the paper's mix."""
+    global IMG
+    rng = random.Random(2510_17354 + 1)
+    IMG = LONG / "images"
+    IMG.mkdir(parents=True, exist_ok=True)
+    for p in IMG.iterdir():
+        p.unlink()
+    counts = [0] * 16 + [1] * 14 + [2, 2, 3, 3, 4] + [1, 2, 1, 0, 1]
+    docs = [make_doc(rng, 300 + i, n, min_paras=14) for i, n in enumerate(counts)]
+    (LONG / "obelics-long-00000.jsonl").write_bytes(b"".join(json.dumps(d).encode() + b"\n" for d in docs))
+    size = sum(p.stat().st_size for p in LONG.rglob("*") if p.is_file())
+    print(f"wrote {len(docs)} rows to {LONG}: {size / 1e6:.2f} MB")
+
+
 if __name__ == "__main__":
     main()
+    main_long()

@@ -95,3 +95,47 @@ def test_a_contradiction_is_refused_in_one_line_naming_the_fields(overrides, fie
         load_config("paper", overrides)
     message = str(err.value)
     assert "\n" not in message and all(f in message for f in fields), message
+
+
+# paper-shape = paper + exactly these overrides (configs/paper-shape.yaml says why, line by line):
+# weights -> tiny models of the same families, GPU engines -> hf on the CPU, sizes, and inputs.
+PAPER_SHAPE_OVERRIDES = {
+    "ingest.source.kind", "ingest.source.paths", "ingest.every_nth", "chunk.tokenizer.name_or_path", "sample.size",
+    "synthesize.generation.backend", "synthesize.generation.model", "synthesize.generation.temperature",
+    "synthesize.generation.compact_json", "filter.max_answer_words", "filter.eval_per_group",
+    "mine.embedder.model", "mine.text_embedder.model", "mine.text_sets",
+    "train_stage1.base_model", "train_stage1.max_steps", "train_stage1.logging_steps", "train_stage1.num_gpus",
+    "feedback.generation.backend", "feedback.generation.model", "feedback.generation.temperature",
+    "feedback.generation.compact_json", "feedback.top_k", "feedback.max_queries_per_source",
+    "train_stage2.base_model", "train_stage2.max_steps", "train_stage2.logging_steps", "train_stage2.num_gpus",
+    "evaluate.generation.backend", "evaluate.generation.model", "evaluate.generation.compact_json",
+    "evaluate.text_sets",
+}
+
+
+def _leaves(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_paper_shape_is_the_paper_profile_plus_exactly_the_documented_overrides():
+    import yaml
+
+    from tests.conftest import REPO
+
+    text = (REPO / "configs/paper-shape.yaml").read_text()
+    raw = yaml.safe_load(text)
+    assert raw.pop("extends") == "paper"
+    assert {path for path, _ in _leaves(raw)} == PAPER_SHAPE_OVERRIDES
+    for line in text.splitlines():  # every override line gives its reason
+        if line.strip() and not line.lstrip().startswith(("#", "-")) and not line.rstrip().endswith(":") \
+                and not line.startswith("extends"):
+            assert "#" in line, f"no reason given: {line!r}"
+    shape, paper = load_config("paper-shape"), load_config("paper")
+    flat_shape = dict(_leaves(shape.model_dump(mode="json")))
+    flat_paper = dict(_leaves(paper.model_dump(mode="json")))
+    differ = {k for k in flat_paper if flat_shape.get(k) != flat_paper[k]} - {"profile"}
+    assert differ == PAPER_SHAPE_OVERRIDES  # nothing else moved (placeholders, prompts, rules, loss, LoRA, ...)

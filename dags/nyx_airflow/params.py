@@ -16,6 +16,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from nyx_tasks.config import list_profiles
 from nyx_tasks.stages import STAGE_NAMES
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
@@ -52,8 +53,9 @@ def _optional_str(title: str, section: str, description: str) -> Param:
 def run_params() -> dict[str, Param]:
     """What every Nyx DAG's form offers: profile, partition, root, force and redo."""
     return {
-        "profile": Param("demo", type="string", enum=["demo", "paper"], title="Profile", section="Run",
-                         description="Config profile: demo (tiny, CPU, local) or paper (the paper's models and sizes)."),
+        "profile": Param("demo", type="string", enum=list_profiles(), title="Profile", section="Run",
+                         description="Config profile: demo (tiny, CPU, local), paper (the paper's models and sizes) "
+                                     "or paper-shape (the paper's settings with tiny models and sizes, on a CPU)."),
         "partition": _optional_str("Partition", "Run", "Name of the corpus slice; empty = the run's logical date "
                                    f"(YYYY-MM-DD), so each backfill date writes its own partition. Allowed: {NAME_RULE}."),
         "artifacts_root": _optional_str("Artifact root", "Run",

@@ -63,6 +63,7 @@ class VLMEmbedder:
         return self
 
     def _attach(self, model, processor, fingerprint: str) -> None:
+        self.images_embedded = 0  # images passed to the model so far (mine reports it)
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.processor.tokenizer.padding_side = "right"  # last_token_pool relies on it
@@ -119,6 +120,7 @@ class VLMEmbedder:
         for idx in self._batches(items):
             texts = [self._text(items[i], role) for i in idx]
             images = [[load_image(self.store, {"path": p}) for _, p in items[i].images] for i in idx]
+            self.images_embedded += sum(len(ims) for ims in images)
             inputs = self._inputs(texts, images).to(self.device)
             with torch.inference_mode():
                 hidden = self._forward(inputs)

@@ -92,7 +92,7 @@ def build_qwen2(out: Path, tok, seed: int = 0) -> Path:
     return out
 
 
-def build_qwen2_5_vl(out: Path, tok, seed: int = 0) -> Path:
+def build_qwen2_5_vl(out: Path, tok, seed: int = 0, hidden_size: int = 128) -> Path:
     import torch
     from transformers import (
         GenerationConfig,
@@ -105,6 +105,9 @@ def build_qwen2_5_vl(out: Path, tok, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     text = _text_config(len(tok), tok)
+    if hidden_size != text["hidden_size"]:  # the real width (Qwen2.5-VL-3B: 2048) on one layer, head_dim 128
+        text.update(hidden_size=hidden_size, intermediate_size=512, num_hidden_layers=1,
+                    num_attention_heads=hidden_size // 128, num_key_value_heads=2)
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     mrope = [head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16]  # Qwen's 16/24/24 split of head_dim/2
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
@@ -236,7 +239,7 @@ def build_mllama(out: Path, seed: int = 0) -> Path:
     return out
 
 
-TINY_VERSION = 3  # bump when the set or shape of tiny models changes: old builds are not reused
+TINY_VERSION = 4  # bump when the set or shape of tiny models changes: old builds are not reused
 
 
 def tiny_dir() -> Path:
@@ -257,10 +260,11 @@ def build_tiny(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
     tok = build_tokenizer(tmp / "tokenizer")
     build_qwen2(tmp / "qwen2", tok, seed)
     build_qwen2_5_vl(tmp / "qwen2_5_vl", tok, seed)
+    build_qwen2_5_vl(tmp / "qwen2_5_vl_2048", tok, seed, hidden_size=2048)  # the paper's Matryoshka dims need it
     build_internvl(tmp / "internvl", seed)
     build_mllama(tmp / "mllama", seed)
-    names = {"tokenizer": "tokenizer", "qwen2": "qwen2", "qwen2_5_vl": "qwen2_5_vl", "internvl": "internvl",
-             "mllama": "mllama"}
+    names = {"tokenizer": "tokenizer", "qwen2": "qwen2", "qwen2_5_vl": "qwen2_5_vl",
+             "qwen2_5_vl_2048": "qwen2_5_vl_2048", "internvl": "internvl", "mllama": "mllama"}
     (tmp / "tiny_models.json").write_text(json.dumps({k: str(out / v) for k, v in names.items()}, indent=2))
     try:
         tmp.rename(out)

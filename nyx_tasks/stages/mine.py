@@ -138,6 +138,8 @@ class MineStage(Stage):
                                                   for q in queries], "query", ctx.store)
         out.extra["embedded_documents"] += n_new_docs
         out.extra["embedded_queries"] += n_new_q
+        out.extra["documents_with_images"] += sum(1 for d in docs if d["image_ids"])
+        out.extra["images_embedded"] += getattr(embedder, "images_embedded", 0)  # VLM embedders count them
         kept = [qi for qi, q in enumerate(queries) if q["pos_chunk_id"] in pos_of]
         for q in queries:
             if q["pos_chunk_id"] not in pos_of:

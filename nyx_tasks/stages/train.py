@@ -115,6 +115,10 @@ class TrainStage(Stage):
         hist = [h for h in metrics["log_history"] if "loss" in h and "step" in h]
         out.rows_in = metrics["examples"]
         out.extra["steps"] = metrics["total_steps"]
+        for counts in metrics["mix"].values():  # what the training mix kept and dropped, in the manifest
+            out.extra["rows_with_images"] += counts.get("rows_with_images", 0)
+            for reason, n in counts["dropped"].items():
+                out.drops.drop(reason, n=n)
         out.write([{"step": h["step"], "epoch": float(h.get("epoch", 0.0)), "loss": float(h["loss"]),
                     "loss_per_dim": [(int(k.split("@")[1]), float(v)) for k, v in h.items() if k.startswith("loss@")],
                     "learning_rate": float(h.get("learning_rate", 0.0)),

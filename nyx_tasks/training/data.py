@@ -186,7 +186,8 @@ class TrainingMix:
     negatives (a seeded sample that keeps rank order).
 
     `counts[source]`: rows (kept), rows_per_epoch, dropped (by reason), rows_short_of_negatives
-    (every example of such a row has fewer than `negatives_per_query` negatives)."""
+    (every example of such a row has fewer than `negatives_per_query` negatives), rows_with_images
+    (a query, positive or negative of the row carries an image)."""
 
     def __init__(self, rows_by_source: dict[str, list[dict]], cfg: TrainConfig, images: dict[str, str]):
         self.cfg = cfg
@@ -208,6 +209,7 @@ class TrainingMix:
                 "rows": len(kept), "rows_per_epoch": int(w) * len(kept) + _fraction(w - int(w), len(kept)),
                 "dropped": dict(sorted(dropped.items())),
                 "rows_short_of_negatives": sum(1 for x in kept if len(x.negatives) < k),
+                "rows_with_images": sum(1 for x in kept if any(d.images for d in (x.query, x.positive, *x.negatives))),
             }
 
     def __len__(self) -> int:
