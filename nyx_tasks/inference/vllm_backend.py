@@ -11,21 +11,25 @@ from .openai_backend import OpenAIBackend
 
 
 class VLLMBackend:
-    def __init__(self, cfg: GenerationConfig, store):
+    def __init__(self, cfg: GenerationConfig, store, **engine_kwargs):
+        """`engine_kwargs` go to `vllm.LLM` as they are (the GPU check passes `load_format="dummy"`:
+        random weights from the model's config, no weight files)."""
         try:
             from vllm import LLM
         except ImportError as e:
             raise GenerationError("vllm backend: vLLM is not installed (pip install '.[gpu]' on a GPU worker)") from e
         self.cfg, self.store = cfg, store
         kw = dict(model=cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, trust_remote_code=True,
-                  gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed,
+                  gpu_memory_utilization=cfg.gpu_memory_utilization,
                   limit_mm_per_prompt={"image": cfg.limit_mm_per_prompt},
                   mm_processor_kwargs=cfg.mm_processor_kwargs or None)
+        if cfg.seed is not None:  # the engine's seed must be an int: null keeps vLLM's default
+            kw["seed"] = cfg.seed
         if cfg.max_model_len:
             kw["max_model_len"] = cfg.max_model_len
         if cfg.dtype != "auto":
             kw["dtype"] = cfg.dtype
-        self.llm = LLM(**kw)
+        self.llm = LLM(**{**kw, **engine_kwargs})
         self.model_id = f"vllm:{cfg.model}:{sorted((cfg.mm_processor_kwargs or {}).items())}"
         self._messages = OpenAIBackend(cfg, store, base_url="offline", api_key=None)  # data-URL messages
 
