@@ -25,7 +25,7 @@ def _world() -> tuple[int, int]:
 def run(spec: dict, callbacks: tuple = ()) -> dict:
     """Train as `spec` says; returns the metrics. `callbacks`: extra TrainerCallbacks (tests)."""
     import torch
-    from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
+    from transformers import PrinterCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..artifacts import ArtifactStore
@@ -33,20 +33,46 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     from ..inference import resolve_model
     from ..log import get_logger
     from .collator import TripletCollator
-    from .data import ExampleDataset, TrainingMix, image_index, load_sources
-    from .deepspeed_config import zero2_config
-    from .model import export_merged, load_trainable
-    from .trainer import LogLines, NyxTrainer
+    from .data import ExampleDataset
+    from .model import load_trainable
+    from .trainer import LogLines, NyxTrainer, SaveSpec
 
     cfg = TrainConfig.model_validate(spec["train"])
-    rank, world = _world()
+    _, world = _world()
     log = get_logger("train")
     out = Path(spec["out_dir"])
     set_seed(cfg.seed)
-
-    # data: the mix, in the order every rank and every resumed attempt sees
     store = ArtifactStore(spec["root"])
-    mix = TrainingMix(load_sources(store, spec["partition"], cfg, log), cfg, image_index(store, spec["partition"], cfg))
+    plan = plan_data(store, spec["partition"], cfg, world, log)
+
+    on_gpu = torch.cuda.is_available() and cfg.num_gpus > 0
+    bf16 = on_gpu if cfg.bf16 == "auto" else bool(cfg.bf16)
+    model, processor = load_trainable(resolve_model(cfg.base_model), cfg, bf16, spec.get("init_adapter"))
+
+    ckpt_dir = out / "checkpoints"  # every save_steps: model (adapter), optimizer, scheduler, rng and step
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")  # where transformers 5 looks for it
+    trainer = NyxTrainer(model=model, args=training_args(cfg, ckpt_dir, plan["total_steps"], world, on_gpu, bf16),
+                         train_dataset=ExampleDataset(plan["examples"]),
+                         data_collator=TripletCollator(processor, cfg, store), loss_cfg=cfg.loss,
+                         callbacks=[LogLines(plan["global_batch"]), SaveSpec(ckpt_dir, spec), *callbacks])
+    trainer.remove_callback(PrinterCallback)  # LogLines says it once, readably
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s (a retried attempt continues where the last one saved)", last)
+    result = trainer.train(resume_from_checkpoint=last)
+
+    metrics = {"train": result.metrics, "total_steps": plan["total_steps"], "examples": len(plan["examples"]),
+               "mix": plan["mix"].counts, "log_history": trainer.state.log_history, "world_size": world, "bf16": bf16}
+    if trainer.is_world_process_zero():
+        publish(model, processor, out, metrics, log)
+    return metrics
+
+
+def plan_data(store, partition: str, cfg, world: int, log) -> dict:
+    """The mix, in the order every rank and every resumed attempt sees, and the steps it makes."""
+    from .data import TrainingMix, image_index, load_sources
+
+    mix = TrainingMix(load_sources(store, partition, cfg, log), cfg, image_index(store, partition, cfg))
     per_epoch = len(mix.epoch(0))
     if per_epoch == 0:
         raise SystemExit("train: the training mix is empty; check train sources (select, split, max_rows)")
@@ -56,16 +82,16 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(n_examples / global_batch))
     log.info("data: %s; %d examples per epoch, %d to train on, global batch %d -> %d steps",
              json.dumps(mix.counts, sort_keys=True), per_epoch, n_examples, global_batch, total_steps)
+    return {"mix": mix, "examples": examples, "global_batch": global_batch, "total_steps": total_steps}
 
-    # model
-    on_gpu = torch.cuda.is_available() and cfg.num_gpus > 0
-    bf16 = on_gpu if cfg.bf16 == "auto" else bool(cfg.bf16)
-    model, processor = load_trainable(resolve_model(cfg.base_model), cfg, bf16, spec.get("init_adapter"))
 
-    # trainer: checkpoints every save_steps carry model (adapter), optimizer, scheduler, rng and step
-    ckpt_dir = out / "checkpoints"
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")  # where transformers 5 looks for it
-    args = TrainingArguments(
+def training_args(cfg, ckpt_dir: Path, total_steps: int, world: int, on_gpu: bool, bf16: bool):
+    """The Trainer's arguments: checkpoints every save_steps, ZeRO-2 through DeepSpeed on GPUs."""
+    from transformers import TrainingArguments
+
+    from .deepspeed_config import zero2_config
+
+    return TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=total_steps, per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         warmup_steps=math.ceil(cfg.warmup_ratio * total_steps), lr_scheduler_type=cfg.lr_scheduler,
@@ -78,29 +104,16 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
         deepspeed=zero2_config(cfg, total_steps, world) if on_gpu and cfg.deepspeed else None,
     )
 
-    class SaveSpec(TrainerCallback):  # each checkpoint also carries the run's config
-        def on_save(self, a, state, control, **kw):
-            if state.is_world_process_zero:
-                (ckpt_dir / f"checkpoint-{state.global_step}" / "nyx_run.json").write_text(json.dumps(spec, indent=1))
 
-    trainer = NyxTrainer(model=model, args=args, train_dataset=ExampleDataset(examples),
-                         data_collator=TripletCollator(processor, cfg, store), loss_cfg=cfg.loss,
-                         callbacks=[LogLines(global_batch), SaveSpec(), *callbacks])
-    trainer.remove_callback(PrinterCallback)  # LogLines says it once, readably
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    if last:
-        log.info("resuming from %s (a retried attempt continues where the last one saved)", last)
-    result = trainer.train(resume_from_checkpoint=last)
+def publish(model, processor, out: Path, metrics: dict, log) -> None:
+    """Rank 0: the adapter, the merged export and the metrics under `out`."""
+    from .model import export_merged
 
-    metrics = {"train": result.metrics, "total_steps": total_steps, "examples": n_examples, "mix": mix.counts,
-               "log_history": trainer.state.log_history, "world_size": world, "bf16": bf16}
-    if trainer.is_world_process_zero():
-        model.save_pretrained(str(out / "adapter"))
-        processor.save_pretrained(str(out / "adapter"))
-        export_merged(model, processor, str(out / "merged"))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-        log.info("wrote adapter, merged export and metrics under %s", out)
-    return metrics
+    model.save_pretrained(str(out / "adapter"))
+    processor.save_pretrained(str(out / "adapter"))
+    export_merged(model, processor, str(out / "merged"))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+    log.info("wrote adapter, merged export and metrics under %s", out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,10 @@ rate and samples/s.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
 
@@ -78,3 +80,14 @@ class LogLines(TrainerCallback):
         if state.is_world_process_zero:
             self.log.info("checkpoint saved at step %d (model, optimizer, scheduler, rng, step) under %s",
                           state.global_step, args.output_dir)
+
+
+class SaveSpec(TrainerCallback):
+    """Each checkpoint also carries the run's spec (`nyx_run.json`): what it was trained with."""
+
+    def __init__(self, ckpt_dir: Path, spec: dict):
+        self.ckpt_dir, self.spec = ckpt_dir, spec
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            (self.ckpt_dir / f"checkpoint-{state.global_step}" / "nyx_run.json").write_text(json.dumps(self.spec, indent=1))
