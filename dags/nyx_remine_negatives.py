@@ -5,6 +5,14 @@ Runs weekly and whenever a new retriever checkpoint asset appears
 (`partitions/<p>/negatives/<miner hash>/`), never touching earlier ones, and
 emits the `nyx_negatives` asset with counts, version and miner, so training
 can pick the newest.
+
+Its form is the Run section of the pipeline's (`run_params`: profile,
+partition, artifact root, force; no redo, as its one task is no registry
+stage), with the partition `demo` by default, since the weekly and the
+checkpoint-triggered runs re-mine a fixed partition rather than one named by
+their date. `force` re-mines even when this miner's version exists. A bad value
+(a partition name, an unknown conf key) is refused in one line before anything
+is embedded.
 """
 
 from __future__ import annotations
@@ -15,14 +23,13 @@ from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
-    Param,
     dag,
     get_current_context,
     task,
 )
+from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
+from nyx_airflow.params import run_params
 from nyx_airflow.stage_group import CHECKPOINT_ASSET, config_from_context
-
-from nyx_tasks.config import list_profiles
 
 NEGATIVES_ASSET = Asset(name="nyx_negatives", uri="x-nyx://negatives", group="nyx")
 
@@ -30,26 +37,31 @@ NEGATIVES_ASSET = Asset(name="nyx_negatives", uri="x-nyx://negatives", group="ny
 @dag(
     dag_id="nyx_remine_negatives",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"), assets=[CHECKPOINT_ASSET]),
-    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    start_date=START_DATE,
     catchup=False,
+    is_paused_upon_creation=True,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["nyx", "mining"],
-    params={
-        "profile": Param("demo", type="string", enum=list_profiles(), title="Profile"),
-        "partition": Param("demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$",
-                           title="Partition", description="The NyxQA partition whose negatives are re-mined."),
-        "artifacts_root": Param("", type="string", title="Artifact root"),
-        "force": Param(False, type="boolean", title="Force"),
-    },
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1), "owner": "nyx"},
+    params=run_params(partition="demo", redo=False),
+    # Override: one task that loads a miner onto a GPU; a flat minute between tries (no backoff)
+    # gives a GPU worker or the gpu pool time to free up, as before the defaults were shared.
+    default_args={**DEFAULT_ARGS, "retry_delay": dt.timedelta(minutes=1), "retry_exponential_backoff": 0},
 )
 def nyx_remine_negatives():
     @task(outlets=[NEGATIVES_ASSET], queue="gpu", pool="gpu",
           doc_md="Embed with the newest checkpoint (or the configured miner), search, select, write a new version.")
     def remine() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+        from nyx_airflow.params import ConfError, check_conf
+
         from nyx_tasks.stages.mine import remine as run_remine
 
+        ctx = get_current_context()
+        try:  # the schema checks only types; names and unknown conf keys are refused here, not retried
+            check_conf(ctx["params"], ctx["dag_run"].conf, known=set(ctx["dag"].params))
+        except ConfError as e:
+            raise AirflowFailException(f"refused: {e}") from None
         result, version, ckpt = run_remine(config_from_context())
         summary = {**result.summary(), "version": version,
                    "checkpoint": (ckpt or {}).get("run"), "miner_hash": version}

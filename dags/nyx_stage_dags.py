@@ -19,9 +19,8 @@ the partition left empty.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import DAG, get_current_context, task
+from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
 from nyx_airflow.params import trigger_params
 from nyx_airflow.stage_group import check_task, stage_group
 
@@ -52,15 +51,14 @@ def stage_dag(stage: str) -> DAG:
     with DAG(
         dag_id=f"nyx_stage_{stage}",
         schedule="@daily",
-        start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+        start_date=START_DATE,
         catchup=False,
         is_paused_upon_creation=True,
         max_active_runs=4,
         doc_md=DOC.format(stage=stage),
         tags=["nyx", "stage", stage],
         params=trigger_params(),
-        default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30),
-                      "retry_exponential_backoff": 2.0, "owner": "nyx"},
+        default_args=DEFAULT_ARGS,
     ) as dag:
         gate() >> check_task() >> stage_group(stage)
     return dag

@@ -6,9 +6,8 @@ decided here. Stages come from the registry, in order.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import dag
+from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
 from nyx_airflow.params import trigger_params
 from nyx_airflow.stage_group import check_task, stage_group
 
@@ -45,14 +44,14 @@ so, and it emits no asset event); `redo` recomputes the stages it names
 @dag(
     dag_id="nyxqa_to_model",
     schedule=None,
-    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    start_date=START_DATE,
     catchup=False,
+    is_paused_upon_creation=True,  # Airflow's default too; the UI's trigger form offers "Unpause on trigger"
     max_active_runs=1,
     doc_md=DOC,
     tags=["nyx", "nyxqa", "pipeline"],
     params=trigger_params(),
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30),
-                  "retry_exponential_backoff": 2.0, "owner": "nyx"},
+    default_args=DEFAULT_ARGS,
 )
 def nyxqa_to_model():
     previous = check_task()  # refuses bad trigger values before any stage runs

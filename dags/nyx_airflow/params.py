@@ -46,18 +46,24 @@ def _optional_int(name: str, title: str, section: str, description: str) -> Para
                  description=f"{description} ({_bounds_text(name)}; empty = the profile's).")
 
 
-def _optional_str(title: str, section: str, description: str) -> Param:
-    return Param(None, type=["null", "string"], maxLength=500, title=title, section=section, description=description)
+def _optional_str(title: str, section: str, description: str, default: str | None = None) -> Param:
+    return Param(default, type=["null", "string"], maxLength=500, title=title, section=section,
+                 description=description)
 
 
-def run_params() -> dict[str, Param]:
-    """What every Nyx DAG's form offers: profile, partition, root, force and redo."""
-    return {
+def run_params(*, partition: str | None = None, redo: bool = True) -> dict[str, Param]:
+    """What every Nyx DAG's form offers, in its Run section: profile, partition, artifact root and
+    force, plus redo for the DAGs made of registry stages (`redo=False`: a DAG whose one task is no
+    registry stage, where redo would mean nothing). `partition` is the field's default (None: empty,
+    the run's logical date); the names, types, titles and checks are the same in every DAG, and
+    `check_conf` checks them wherever they appear."""
+    params = {
         "profile": Param("demo", type="string", enum=list_profiles(), title="Profile", section="Run",
                          description="Config profile: demo (tiny, CPU, local), paper (the paper's models and sizes) "
                                      "or paper-shape (the paper's settings with tiny models and sizes, on a CPU)."),
         "partition": _optional_str("Partition", "Run", "Name of the corpus slice; empty = the run's logical date "
-                                   f"(YYYY-MM-DD), so each backfill date writes its own partition. Allowed: {NAME_RULE}."),
+                                   f"(YYYY-MM-DD), so each backfill date writes its own partition. Allowed: {NAME_RULE}.",
+                                   default=partition),
         "artifacts_root": _optional_str("Artifact root", "Run",
                                         "Local path or fsspec URL; empty = $NYX_ARTIFACTS_ROOT or the profile's."),
         "force": Param(False, type="boolean", title="Force every stage", section="Run",
@@ -67,6 +73,9 @@ def run_params() -> dict[str, Param]:
                       description="Recompute exactly these stages (complete ones included); 'X and every later stage' "
                                   "redoes X and everything after it. Other stages are reused when complete."),
     }
+    if not redo:
+        del params["redo"]
+    return params
 
 
 def trigger_params() -> dict[str, Param]:

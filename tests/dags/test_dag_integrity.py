@@ -1,30 +1,107 @@
-"""DAG integrity: the DAG folder imports cleanly and nyxqa_to_model has the
-structure the registry implies; the trigger form refuses bad values."""
+"""DAG integrity: the DAG folder imports cleanly; every DAG has tags, an owner, retries,
+documentation, the shared defaults and is paused on creation (the Astronomer template's checks,
+one test per DAG); nyxqa_to_model has the structure the registry implies; the trigger forms
+refuse bad values."""
 
 import copy
+import re
 
 import pytest
 
 from nyx_tasks.stages import STAGE_NAMES
 from tests.conftest import REPO
 
+# Every DAG the folder defines; test_the_dag_folder_defines_exactly_these fails when one is added
+# or dropped, so a new DAG cannot miss the checks below (the ids are known at collection time, the
+# DagBag is parsed once, when the first test needs it).
+DAG_IDS = ["nyxqa_to_model", "nyx_remine_negatives", *(f"nyx_stage_{s}" for s in STAGE_NAMES)]
+EVERY_DAG = pytest.mark.parametrize("dag_id", DAG_IDS)
+
+# Tasks that deliberately have no retries, each with its reason.
+NO_RETRY_TASKS = {
+    "check": "it refuses bad trigger values before any stage runs; the same values would be refused "
+             "again (and it fails with AirflowFailException, which Airflow never retries)",
+}
+# default_args a DAG sets differently from nyx_airflow.defaults.DEFAULT_ARGS, each with its reason
+# (the DAG file says it too).
+DEFAULT_ARG_OVERRIDES = {
+    "nyx_remine_negatives": {"retry_delay", "retry_exponential_backoff"},  # one GPU task: a flat minute
+}
+
 
 @pytest.fixture(scope="module")
 def dagbag():
     import sys
 
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag  # what airflow.models.DagBag names in 3.3
 
     # Airflow puts the DAG folder on sys.path in its own processes; do the same here.
     if str(REPO / "dags") not in sys.path:
         sys.path.insert(0, str(REPO / "dags"))
 
+    # Airflow 3 no longer mixes the example DAGs into a DagBag (include_examples is gone; they
+    # are a bundle of their own, and conftest sets load_examples False besides): only dags/.
     return DagBag(dag_folder=str(REPO / "dags"))
 
 
 def test_no_import_errors(dagbag):
-    assert dagbag.import_errors == {}
+    errors = "\n".join(f"{path}:\n{err}" for path, err in dagbag.import_errors.items())
+    assert dagbag.import_errors == {}, errors
     assert "nyxqa_to_model" in dagbag.dag_ids
+
+
+def test_the_dag_folder_defines_exactly_these(dagbag):
+    assert sorted(dagbag.dag_ids) == sorted(DAG_IDS)
+
+
+@EVERY_DAG
+def test_dag_has_tags(dagbag, dag_id):
+    tags = dagbag.dags[dag_id].tags
+    assert tags and all(t.strip() for t in tags), f"{dag_id} has no tags"
+    assert "nyx" in tags, f"{dag_id}: every Nyx DAG carries the 'nyx' tag (the UI's filter)"
+
+
+@EVERY_DAG
+def test_dag_has_an_owner(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    for task in dag.tasks:
+        assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id}: owner {task.owner!r}"
+    assert dag.owner == "nyx"
+
+
+@EVERY_DAG
+def test_tasks_retry_except_the_documented_ones(dagbag, dag_id):
+    for task in dagbag.dags[dag_id].tasks:
+        if task.task_id in NO_RETRY_TASKS:
+            assert task.retries == 0, f"{dag_id}.{task.task_id}: no retries by design ({NO_RETRY_TASKS[task.task_id]})"
+        else:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has retries={task.retries}"
+
+
+@EVERY_DAG
+def test_dag_is_paused_upon_creation(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert dag.is_paused_upon_creation is True and not dag.catchup
+
+
+@EVERY_DAG
+def test_dag_has_doc_md(dagbag, dag_id):
+    doc = dagbag.dags[dag_id].doc_md
+    assert doc and doc.strip(), f"{dag_id} has no doc_md"
+
+
+@EVERY_DAG
+def test_dag_uses_the_shared_default_args(dagbag, dag_id):
+    from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
+
+    dag = dagbag.dags[dag_id]
+    overridden = DEFAULT_ARG_OVERRIDES.get(dag_id, set())
+    assert overridden <= set(DEFAULT_ARGS) and not overridden & {"owner", "retries"}
+    for key, value in DEFAULT_ARGS.items():
+        assert key in dag.default_args, f"{dag_id} lacks default_args[{key!r}]"
+        if key not in overridden:
+            assert dag.default_args[key] == value, f"{dag_id}: default_args[{key!r}] differs from DEFAULT_ARGS"
+    assert dag.start_date == START_DATE
 
 
 def test_structure_follows_the_stage_registry(dagbag):
@@ -117,7 +194,7 @@ def test_unknown_conf_keys_are_refused_naming_the_nearest(dagbag, key, nearest):
     assert (f"did you mean {nearest!r}?" in msg) if nearest else "did you mean" not in msg
 
 
-@pytest.mark.parametrize("dag_id", ["nyxqa_to_model", *(f"nyx_stage_{s}" for s in STAGE_NAMES)])
+@EVERY_DAG
 def test_trigger_form_submits_as_it_opens(dagbag, dag_id):
     """The UI marks a field required when its schema type does not include "null" (its
     isParamRequired rule) and refuses to trigger while a required field is empty; a
@@ -136,7 +213,9 @@ def test_trigger_form_submits_as_it_opens(dagbag, dag_id):
         if "integer" in (types or []):
             assert "minimum" not in param.schema and "maximum" not in param.schema, f"{name}: the UI would clamp"
     defaults = ParamsDict(copy.deepcopy(params)).validate()
-    check_conf(defaults, {}, run_type="backfill", known=set(params))  # defaults pass, in a backfill too
+    # defaults pass, in a backfill too where the partition is left to the logical date (the re-mining
+    # DAG's is fixed: it is no backfill DAG)
+    check_conf(defaults, {}, run_type="backfill" if defaults["partition"] is None else "manual", known=set(params))
 
 
 def test_redo_names_stages_and_later_stages():
@@ -187,6 +266,42 @@ def test_remine_dag_runs_on_a_cron_or_a_new_checkpoint(dagbag):
     assert (remine.queue, remine.pool) == ("gpu", "gpu")
 
 
+def test_remine_offers_the_pipelines_run_fields(dagbag):
+    """The re-mining form is the pipeline form's Run section (no redo: its task is no registry
+    stage) with the partition fixed to demo, and it makes the config it made before the params
+    were shared: partition demo, the profile's root, no force."""
+    from airflow.sdk.definitions.param import ParamsDict
+    from nyx_airflow.params import overrides_from_params, run_params
+
+    remine, full = dagbag.dags["nyx_remine_negatives"].params, dagbag.dags["nyxqa_to_model"].params
+    assert list(remine) == list(run_params(redo=False)) == ["profile", "partition", "artifacts_root", "force"]
+    for name in remine:
+        mine, theirs = remine.get_param(name), full.get_param(name)
+        assert mine.schema == theirs.schema and mine.description == theirs.description, name
+        assert mine.value == ("demo" if name == "partition" else theirs.value), name
+    defaults = ParamsDict(copy.deepcopy(remine)).validate()
+    assert defaults == {"profile": "demo", "partition": "demo", "artifacts_root": None, "force": False}
+    assert overrides_from_params(defaults, "2026-01-04") == {"partition": "demo"}  # as with the old form
+    forced = overrides_from_params({**defaults, "partition": "p1", "artifacts_root": "/x", "force": True}, "d")
+    assert forced == {"partition": "p1", "artifacts": {"root": "/x"}, "force": True}
+
+
+@pytest.mark.parametrize("conf, named", [({"partition": "../x"}, "partition '../x' is not a valid name"),
+                                         ({"redo": ["mine"]}, "unknown conf key 'redo'"),
+                                         ({"partiton": "p"}, "did you mean 'partition'?")])
+def test_remine_refuses_bad_values_in_one_line(dagbag, conf, named):
+    """The old form's partition pattern is now check_conf's rule, as in the other DAGs: the remine
+    task refuses before embedding anything."""
+    from airflow.sdk.definitions.param import ParamsDict
+    from nyx_airflow.params import ConfError, check_conf
+
+    params = dagbag.dags["nyx_remine_negatives"].params
+    values = ParamsDict(copy.deepcopy(params)).validate()
+    values.update({k: v for k, v in conf.items() if k in params})
+    with pytest.raises(ConfError, match=re.escape(named)):
+        check_conf(values, conf, known=set(params))
+
+
 def test_one_backfillable_dag_per_stage(dagbag):
     from airflow.sdk import DAG
     from nyx_airflow.params import trigger_params
@@ -205,8 +320,9 @@ def test_one_backfillable_dag_per_stage(dagbag):
         assert {t for t in full.task_ids if t.startswith(f"{stage}.")} == set(dagbag.dags[f"nyx_stage_{stage}"].task_ids) - {"gate", "check"}
 
 
-def test_trigger_form_fields_have_titles_and_sections(dagbag):
-    params = dagbag.dags["nyxqa_to_model"].params
+@EVERY_DAG
+def test_trigger_form_fields_have_titles_and_sections(dagbag, dag_id):
+    params = dagbag.dags[dag_id].params
     for name in params:
         param = params.get_param(name)
         assert param.schema.get("title") and param.schema.get("section") and param.description, name
