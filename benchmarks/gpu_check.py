@@ -244,8 +244,9 @@ def check_vllm(smoke: bool) -> None:
     from nyx_tasks.config import GenerationConfig
     from nyx_tasks.inference import resolve_model
     from nyx_tasks.inference.base import ChatRequest
+    from nyx_tasks.inference.structured import parse
     from nyx_tasks.inference.vllm_backend import VLLMBackend
-    from nyx_tasks.stages.synthesize import parse, qa_schema
+    from nyx_tasks.stages.synthesize import qa_schema
 
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-gpucheck-"))
     schema = qa_schema(5)

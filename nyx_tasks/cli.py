@@ -40,8 +40,9 @@ def _config(profile: str, partition: str | None, sets: list[str] | None, root: s
 
 
 def _run_stages(names: list[str], cfg) -> list:
+    from .base import StageError
     from .log import setup_cli_logging
-    from .runner import StageError, run_stage
+    from .runner import run_stage
     from .stages import get_stage
 
     setup_cli_logging()

@@ -226,8 +226,8 @@ def import_dataset(layout: str, sources: list[str], name: str, store: ArtifactSt
                    placeholder: str = "<image>", fetch: FetchConfig | None = None) -> dict:
     """Convert `sources` (Parquet / JSONL files, globs, fsspec URLs) of `layout` into
     `<root>/datasets/<name>/`; returns the manifest. Raises ImportFailed when no row is usable."""
+    from .base import code_version
     from .obelics import Malformed, expand_urls, iter_file_rows
-    from .runner import code_version
     from .schema import IMAGES, TRIPLETS
 
     if layout not in LAYOUTS:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from . import __version__
 from .artifacts import TMP_PREFIX, ArtifactStore
+from .base import StageError, code_version
 from .config import NyxConfig, stable_hash
 from .log import DropCounter, drop_lines, get_logger
 
@@ -27,27 +25,8 @@ PLAN = "_PLAN.json"
 SHARDS_DIR = "_shards"
 
 
-@functools.cache
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    from .config import PACKAGE_DIR
-
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-        return f"{__version__}+g{sha}"
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-class StageError(RuntimeError):
-    """A stage cannot go on; the message says what went wrong and what to do."""
 
 
 @dataclass

@@ -52,7 +52,7 @@ def test_changed_config_recomputes_and_changed_input_cascades(make_cfg):
 
 
 def test_downstream_refuses_to_run_without_its_input(make_cfg):
-    from nyx_tasks.runner import StageError
+    from nyx_tasks.base import StageError
 
     with pytest.raises(StageError, match="Run `nyx ingest"):
         run_stage(get_stage("chunk"), make_cfg())
@@ -158,7 +158,8 @@ def test_any_fsspec_root_works(make_cfg):
 
 def test_a_failure_logs_one_clear_line_first(make_cfg, caplog, monkeypatch):
     """What went wrong and what to do, as one ERROR line before the exception (and traceback) leaves."""
-    from nyx_tasks.runner import StageError, run_stage
+    from nyx_tasks.base import StageError
+    from nyx_tasks.runner import run_stage
     from nyx_tasks.stages import get_stage
 
     cfg = make_cfg()

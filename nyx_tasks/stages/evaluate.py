@@ -14,7 +14,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..runner import ShardOutputs, Stage, StageContext, StageError
+from ..base import StageError
+from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 
 
@@ -27,7 +28,7 @@ class EvaluateStage(Stage):
     doc = "Recall@k, MRR and RAG accuracy at every Matryoshka dim, stage 1 vs stage 2; a report with plots."
 
     def config_payload(self, cfg):
-        from ..rag import ANSWER_PROMPTS
+        from ..answering import ANSWER_PROMPTS
 
         payload = with_prompts(super().config_payload(cfg), cfg, cfg.evaluate.prompt_version, ANSWER_PROMPTS)
         return payload
@@ -45,8 +46,9 @@ class EvaluateStage(Stage):
 
     def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
         from ..artifacts import iter_stage_batches
+        from ..checkpoints import stage_checkpoint
         from ..inference import GenerationError, make_backend
-        from ..rag import checkpoint_embedder, nyxqa_corpus, stage_checkpoint, text_corpus
+        from ..retrieval import checkpoint_embedder, nyxqa_corpus, text_corpus
         from ..text_sets import read_questions
 
         cfg = ctx.cfg.evaluate
@@ -83,10 +85,11 @@ class EvaluateStage(Stage):
 
     # -- NyxQA: retrieval + multiple-choice RAG accuracy, per split and dim
     def _nyxqa(self, ctx, model, embedder, corpus, qa, backend, out) -> list[dict]:
+        from ..answering import answer_request
         from ..embedding import MixedItem
         from ..evaluation.metrics import retrieval_scores
         from ..judges import option_match
-        from ..rag import answer_request, embed, search
+        from ..retrieval import embed, search
 
         cfg = ctx.cfg.evaluate
         queries = [MixedItem(q["query"], tuple((i, corpus.paths[i]) for i in q["query_image_ids"])) for q in qa]
@@ -117,9 +120,10 @@ class EvaluateStage(Stage):
 
     # -- text-only sets: top-1 retrieval, free-form answer, F1 / EM
     def _text_set(self, ctx, model, embedder, ts, corpus, questions, backend, out) -> list[dict]:
+        from ..answering import answer_request
         from ..embedding import MixedItem
         from ..judges import exact_match, token_f1
-        from ..rag import answer_request, embed, search
+        from ..retrieval import embed, search
 
         cfg = ctx.cfg.evaluate
         d_vecs, q_vecs, _ = embed(embedder, corpus, [MixedItem(q.question) for q in questions], ctx.store)
@@ -141,8 +145,8 @@ class EvaluateStage(Stage):
 
     def _answers(self, ctx, backend, reqs, options, out) -> list[str | None]:
         """Answers in request order; identical requests (the same top-1 at several dims) are sent once."""
+        from ..answering import parsed_answer
         from ..inference import GenerationError
-        from ..rag import parsed_answer
 
         keys = [r.key(backend.model_id) for r in reqs]
         first: dict[str, int] = {}

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
-from ..runner import ShardOutputs, Stage, StageContext, StageError
+from ..base import StageError
+from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 
 Id = TypeVar("Id", bound=Hashable)
@@ -139,7 +140,7 @@ class FeedbackStage(Stage):
     doc = "Retrieve top-K with the stage-1 model, judge the VLM's answers over sliding windows, pick positives."
 
     def config_payload(self, cfg):
-        from ..rag import ANSWER_PROMPTS
+        from ..answering import ANSWER_PROMPTS
 
         payload = with_prompts(super().config_payload(cfg), cfg, cfg.feedback.prompt_version, ANSWER_PROMPTS)
         payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]
@@ -164,21 +165,14 @@ class FeedbackStage(Stage):
         return shards or [{"shard": 0, "name": "empty", "source": None, "start": 0, "stop": 0}]
 
     def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+        from ..answering import answer_request, parsed_answer
         from ..artifacts import iter_stage_batches
+        from ..checkpoints import stage_checkpoint
         from ..config import stable_hash
         from ..embedding import MixedItem
         from ..inference import GenerationError, make_backend
         from ..judges import option_match, token_f1
-        from ..rag import (
-            answer_request,
-            checkpoint_embedder,
-            embed,
-            nyxqa_corpus,
-            parsed_answer,
-            search,
-            stage_checkpoint,
-            text_corpus,
-        )
+        from ..retrieval import checkpoint_embedder, embed, nyxqa_corpus, search, text_corpus
 
         cfg = ctx.cfg.feedback
         if shard["source"] is None:

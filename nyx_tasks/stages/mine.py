@@ -168,7 +168,7 @@ class MineStage(Stage):
         corpus = read_corpus(ts, out.drops.drop)
         out.rows_in = len(questions) + sum(v for k, v in out.drops.counts.items() if "_corpus_" not in k)
         if not questions or not corpus:
-            from ..runner import StageError
+            from ..base import StageError
 
             raise StageError(f"mine: text set {ts.name!r} has {len(questions)} usable questions and "
                              f"{len(corpus)} corpus documents; check mine.text_sets[{ts.name}] paths and columns.")

@@ -18,12 +18,13 @@ for `unparseable_*` / `request_refused_*`).
 from __future__ import annotations
 
 import hashlib
-import json
 
 from ..artifacts import image_paths
+from ..base import StageError
 from ..inference import ChatRequest, GenerationError, make_backend
+from ..inference.structured import parse
 from ..prompts import CHUNK_MARKER, render
-from ..runner import ShardOutputs, Stage, StageContext, StageError
+from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, with_prompts
 
 
@@ -46,33 +47,6 @@ def distractor_schema(n: int) -> dict:
     return {"type": "object", "additionalProperties": False, "required": ["distractors"],
             "properties": {"distractors": {"type": "array", "minItems": n, "maxItems": n,
                                            "items": {"type": "string", "minLength": 1, "maxLength": 80}}}}
-
-
-def parse(text: str, schema: dict) -> dict | None:
-    """JSON that satisfies `schema`, or None (a counted drop, never an exception)."""
-    import jsonschema
-
-    try:
-        # strict=False: grammar engines (xgrammar's length-bounded strings) can let raw
-        # control characters into a string; accept them here and strip them below.
-        obj = _strip_controls(json.loads(text, strict=False))
-        jsonschema.validate(obj, schema)
-    except (json.JSONDecodeError, jsonschema.ValidationError):
-        return None
-    return obj
-
-
-_CONTROLS = dict.fromkeys(range(32))
-
-
-def _strip_controls(obj):
-    if isinstance(obj, str):
-        return obj.translate(_CONTROLS)
-    if isinstance(obj, list):
-        return [_strip_controls(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _strip_controls(v) for k, v in obj.items()}
-    return obj
 
 
 def chunk_parts(text: str, image_ids: list[str], paths: dict[str, str], placeholder: str) -> list[dict]:

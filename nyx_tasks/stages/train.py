@@ -15,7 +15,6 @@ is the training log (one row per logging step).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -24,7 +23,9 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-from ..runner import ShardOutputs, Stage, StageContext, StageError
+from ..base import StageError
+from ..checkpoints import read_checkpoint_marker, write_checkpoint_marker
+from ..runner import ShardOutputs, Stage, StageContext
 from ..training.deepspeed_config import launch_env
 
 
@@ -127,11 +128,9 @@ class TrainStage(Stage):
         final = {"train_loss": metrics["train"].get("train_loss"), "first_loss": hist[0]["loss"] if hist else None,
                  "last_loss": hist[-1]["loss"] if hist else None, "steps": metrics["total_steps"],
                  "samples_per_second": metrics["train"].get("train_samples_per_second")}
-        ctx.store.write_json_atomic(f"{rel}/_CHECKPOINT.json", {
-            "base_model": cfg.base_model, "adapter": ctx.store.url(f"{rel}/adapter"),
-            "merged": ctx.store.url(f"{rel}/merged"), "stage": self.name, "run": run, "partition": ctx.partition,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "metrics": final})
+        write_checkpoint_marker(ctx.store, rel, base_model=cfg.base_model, stage=self.name, run=run,
+                                partition=ctx.partition, metrics=final)
 
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
         rel = f"models/{run_name(ctx.partition, manifest['key'])}/{self.name}"
-        manifest["checkpoint"] = ctx.store.read_json(f"{rel}/_CHECKPOINT.json")
+        manifest["checkpoint"] = read_checkpoint_marker(ctx.store, rel)

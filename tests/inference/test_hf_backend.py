@@ -8,7 +8,8 @@ import pytest
 from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.config import GenerationConfig
 from nyx_tasks.inference import ChatRequest, make_backend
-from nyx_tasks.stages.synthesize import SHORTEN_SCHEMA, distractor_schema, parse
+from nyx_tasks.inference.structured import parse
+from nyx_tasks.stages.synthesize import SHORTEN_SCHEMA, distractor_schema
 from tests.conftest import png_bytes
 
 

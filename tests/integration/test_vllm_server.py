@@ -11,9 +11,10 @@ import time
 import pytest
 
 from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+from nyx_tasks.base import StageError
 from nyx_tasks.inference import resolve_model
 from nyx_tasks.inference.local_server import LocalVLLMServer
-from nyx_tasks.runner import StageError, run_stage
+from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from tests.conftest import REPO
 

@@ -6,6 +6,7 @@ import pytest
 
 from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.config import FilterConfig
+from nyx_tasks.inference.structured import parse
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages import synthesize as synth
@@ -48,9 +49,9 @@ def test_synthesize_rounds_drops_and_cache(make_cfg, scripted):
 
 
 def test_unparseable_output_is_counted_not_fatal():
-    assert synth.parse("{oops", synth.SHORTEN_SCHEMA) is None
-    assert synth.parse('{"short_answer": 3, "can_shorten": true, "depends_on_context": false}', synth.SHORTEN_SCHEMA) is None
-    ok = synth.parse('{"short_answer": "a\x0fb", "can_shorten": true, "depends_on_context": false}', synth.SHORTEN_SCHEMA)
+    assert parse("{oops", synth.SHORTEN_SCHEMA) is None
+    assert parse('{"short_answer": 3, "can_shorten": true, "depends_on_context": false}', synth.SHORTEN_SCHEMA) is None
+    ok = parse('{"short_answer": "a\x0fb", "can_shorten": true, "depends_on_context": false}', synth.SHORTEN_SCHEMA)
     assert ok["short_answer"] == "ab"  # raw control characters a grammar let through are stripped
 
 

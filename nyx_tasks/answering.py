@@ -1,7 +1,6 @@
-"""Retrieve-then-answer, shared by `feedback` (paper: stage 2, VLM feedback)
-and `evaluate` (RAG accuracy): a corpus, a retriever checkpoint that embeds it
-(through the embedding cache), exact search, and schema-constrained requests
-asking the answering VLM a question over retrieved documents.
+"""Answering over retrieved documents, shared by `feedback` and `evaluate`:
+schema-constrained requests asking the answering VLM a question over documents
+that `nyx_tasks.retrieval` ranked, and the answer read back from the response.
 
 A multiple-choice answer is constrained by the JSON schema to the option
 texts, so format noise never counts as wrong; a free-form answer is a short
@@ -10,81 +9,13 @@ string judged by token F1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .artifacts import ArtifactStore, image_paths, iter_stage_batches
 from .inference import ChatRequest
+from .inference.structured import parse
 from .prompts import render
+from .retrieval import Corpus
 
 ANSWER_PROMPTS = ("answer_mc", "answer_free")
 DOCS_MARKER, QUESTION_MARKER = "[[DOCS]]", "[[QUESTION]]"
-
-
-@dataclass
-class Corpus:
-    """Documents one search runs over: NyxQA chunks (with images) or a text set's passages."""
-
-    name: str
-    ids: list[str]
-    texts: list[str]
-    image_ids: list[list[str]]
-    paths: dict[str, str]  # image_id -> path relative to the artifact root
-
-    def items(self):
-        from .embedding import MixedItem
-
-        return [MixedItem(t, tuple((i, self.paths[i]) for i in ims))
-                for t, ims in zip(self.texts, self.image_ids, strict=True)]
-
-
-def nyxqa_corpus(store: ArtifactStore, partition: str) -> Corpus:
-    rows = [r for b in iter_stage_batches(store, partition, "chunk", columns=["chunk_id", "text", "image_ids"])
-            for r in b.to_pylist()]
-    return Corpus("nyxqa", [r["chunk_id"] for r in rows], [r["text"] for r in rows],
-                  [r["image_ids"] for r in rows], image_paths(store, partition))
-
-
-def text_corpus(ts, drop=lambda *a: None) -> Corpus:
-    from .text_sets import read_corpus
-
-    docs = read_corpus(ts, drop)
-    return Corpus(ts.name, [d.doc_id for d in docs], [d.text for d in docs], [[] for _ in docs], {})
-
-
-def stage_checkpoint(store: ArtifactStore, partition: str, stage: str) -> dict:
-    """The checkpoint a training stage of this partition published (its manifest's record)."""
-    m = store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
-    if not m or not m.get("checkpoint"):
-        from .runner import StageError
-
-        raise StageError(f"no `{stage}` checkpoint for partition {partition!r} under {store.root}; "
-                         f"run `nyx {stage} --partition {partition}` first.")
-    return m["checkpoint"]
-
-
-def checkpoint_embedder(emb_cfg, checkpoint: dict, store: ArtifactStore):
-    """The `nyx` embedder loading a published checkpoint's merged export."""
-    from .embedding import make_embedder
-
-    return make_embedder(emb_cfg.model_copy(update={"kind": "nyx", "model": checkpoint["merged"], "adapter": None,
-                                                    "dim": None}), store)
-
-
-def embed(embedder, corpus: Corpus, queries, store: ArtifactStore):
-    """(document vectors, query vectors, newly embedded count), full width, L2-normalised."""
-    from .embedding.cache import embed_cached
-
-    d_vecs, n_docs = embed_cached(embedder, corpus.items(), "document", store)
-    q_vecs, n_q = embed_cached(embedder, queries, "query", store)
-    return d_vecs, q_vecs, n_docs + n_q
-
-
-def search(q_vecs, d_vecs, k: int, search_cfg, dim: int | None = None):
-    """Top-k (scores, doc indices) at a Matryoshka dim (truncate, renormalise), best first."""
-    from .embedding.base import matryoshka
-    from .search import exact_topk
-
-    return exact_topk(matryoshka(q_vecs, dim), matryoshka(d_vecs, dim), k, search_cfg)
 
 
 def _interleave(text: str, image_ids: list[str], paths: dict[str, str], placeholder: str, budget: list[int]):
@@ -134,7 +65,5 @@ def answer_request(gen, prompt_version: str, question: str, question_images: lis
 
 def parsed_answer(response, options: list[str] | None) -> str | None:
     """The answer string, or None when the response does not fit the schema (a counted drop)."""
-    from .stages.synthesize import parse
-
     obj = None if response.error else parse(response.text, answer_schema(options))
     return None if obj is None else str(obj["answer"]).strip()
