@@ -214,19 +214,24 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
 
         shards = plan()
         done = commit()
-        if stage_name not in GPU_ROUTED:
+        if stage_name in GPU_ROUTED:
+            routed_shards(stage_name, shard, shards, done)
+        else:
             shard.expand(spec=shards) >> done
-            return group
-
-        @task.branch(task_id="route", doc_md="Send the shards to the `gpu` queue, holding as many `gpu` pool "
-                     "slots as the run needs GPUs, when the stage runs on GPUs; else to the default queue.")
-        def route() -> str:
-            n = GPU_ROUTED[stage_name](config_from_context())
-            return f"{stage_name}.shard_gpu{gpu_variant(n)}" if n else f"{stage_name}.shard"
-
-        variants = [shard.override(task_id=f"shard_gpu{n}", queue="gpu", pool="gpu", pool_slots=n)
-                    .expand(spec=shards) for n in GPU_COUNTS]
-        chosen = route()
-        shards >> chosen
-        chosen >> [shard.expand(spec=shards), *variants] >> done
     return group
+
+
+def routed_shards(stage_name: str, shard, shards, done) -> None:
+    """plan -> route -> (shard on the default queue | shard_gpu<N> on the `gpu` queue) -> commit."""
+
+    @task.branch(task_id="route", doc_md="Send the shards to the `gpu` queue, holding as many `gpu` pool "
+                 "slots as the run needs GPUs, when the stage runs on GPUs; else to the default queue.")
+    def route() -> str:
+        n = GPU_ROUTED[stage_name](config_from_context())
+        return f"{stage_name}.shard_gpu{gpu_variant(n)}" if n else f"{stage_name}.shard"
+
+    variants = [shard.override(task_id=f"shard_gpu{n}", queue="gpu", pool="gpu", pool_slots=n)
+                .expand(spec=shards) for n in GPU_COUNTS]
+    chosen = route()
+    shards >> chosen
+    chosen >> [shard.expand(spec=shards), *variants] >> done
