@@ -72,36 +72,30 @@ def partition(request: Request, partition: str):
     return render(request, "partition.html", partition=partition, root=st.root,
                   stages=data.stage_summaries(st, partition))
 
-@router.get("/p/{partition}/qa", response_class=HTMLResponse, name="qa")
-def qa(request: Request, partition: str, page: int = 1, split: str = "", modality: str = ""):
+def listing(request: Request, partition: str, stage: str, page: int, filters: dict[str, str]):
+    """A page of `stage`'s rows whose columns equal every non-empty filter, with each filter's choices."""
     st = store(request)
     partition_or_404(st, partition)
-    rows = data.stage_rows(st, partition, "filter")
-    items = [r for r in rows or [] if (not split or r["split"] == split)
-             and (not modality or r["modality"] == modality)]
-    return render(request, "qa.html", partition=partition, missing=rows is None,
-                  page=data.paginate(items, page, PER_PAGE["qa"]),
-                  filters={"split": split, "modality": modality},
-                  choices={"split": sorted({r["split"] for r in rows or []}),
-                           "modality": sorted({r["modality"] for r in rows or []})},
+    context = {"query_token": data.placeholder(st, partition, "filter")} if stage == "filter" else {}
+    rows = data.stage_rows(st, partition, stage)
+    items = [r for r in rows or [] if all(not v or r[k] == v for k, v in filters.items())]
+    template = {"filter": "qa", "mine": "negatives"}[stage]
+    return render(request, f"{template}.html", partition=partition, missing=rows is None,
+                  page=data.paginate(items, page, PER_PAGE[template]), filters=filters,
+                  choices={k: sorted({r[k] for r in rows or []}) for k in filters},
                   images=data.images(st, partition), segments=data.segments,
-                  query_token=data.placeholder(st, partition, "filter"),
-                  text_token=data.placeholder(st, partition, "chunk"))
+                  text_token=data.placeholder(st, partition, "chunk"), **context)
+
+
+@router.get("/p/{partition}/qa", response_class=HTMLResponse, name="qa")
+def qa(request: Request, partition: str, page: int = 1, split: str = "", modality: str = ""):
+    return listing(request, partition, "filter", page, {"split": split, "modality": modality})
+
 
 @router.get("/p/{partition}/negatives", response_class=HTMLResponse, name="negatives")
 def negatives(request: Request, partition: str, page: int = 1, source: str = "", split: str = ""):
-    st = store(request)
-    partition_or_404(st, partition)
-    rows = data.stage_rows(st, partition, "mine")
-    items = [r for r in rows or [] if (not source or r["source"] == source)
-             and (not split or r["split"] == split)]
-    return render(request, "negatives.html", partition=partition, missing=rows is None,
-                  page=data.paginate(items, page, PER_PAGE["negatives"]),
-                  filters={"source": source, "split": split},
-                  choices={"source": sorted({r["source"] for r in rows or []}),
-                           "split": sorted({r["split"] for r in rows or []})},
-                  images=data.images(st, partition), segments=data.segments,
-                  text_token=data.placeholder(st, partition, "chunk"))
+    return listing(request, partition, "mine", page, {"source": source, "split": split})
+
 
 @router.get("/p/{partition}/feedback", response_class=HTMLResponse, name="feedback")
 def feedback(request: Request, partition: str, page: int = 1, source: str = ""):
