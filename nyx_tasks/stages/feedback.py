@@ -12,12 +12,18 @@ helps the VLM is never trained on as a negative.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from ..base import StageError
 from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
+
+if TYPE_CHECKING:
+    from ..config import FeedbackConfig
+    from ..retrieval import Corpus
 
 Id = TypeVar("Id", bound=Hashable)
 
@@ -59,6 +65,21 @@ def windows(ranked_ids: Sequence[Id], window_size: int, stride: int) -> list[lis
     return [list(ranked_ids[w * stride : w * stride + window_size]) for w in range(n)]
 
 
+def _check_select_args(n_ranked: int, n_scores: int, window_size: int, stride: int, num_negatives: int,
+                       mode: str) -> None:
+    _check_window_args(window_size, stride)
+    if num_negatives < 0:
+        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    expected = num_windows(n_ranked, window_size, stride)
+    if n_scores != expected:
+        raise ValueError(
+            f"{n_ranked} ranked documents in windows of {window_size} with stride {stride} "
+            f"make {expected} windows, but {n_scores} window scores were given"
+        )
+
+
 def select_feedback(
     ranked_ids: Sequence[Id],
     window_scores: Sequence[float],
@@ -94,17 +115,7 @@ def select_feedback(
     Raises ValueError on window_size < 1, stride < 1, num_negatives < 0, an
     unknown mode, or len(window_scores) != num_windows(len(ranked_ids), ...).
     """
-    _check_window_args(window_size, stride)
-    if num_negatives < 0:
-        raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    expected = num_windows(len(ranked_ids), window_size, stride)
-    if len(window_scores) != expected:
-        raise ValueError(
-            f"{len(ranked_ids)} ranked documents in windows of {window_size} with stride {stride} "
-            f"make {expected} windows, but {len(window_scores)} window scores were given"
-        )
+    _check_select_args(len(ranked_ids), len(window_scores), window_size, stride, num_negatives, mode)
     if len(ranked_ids) == 0:
         return None, []
 
@@ -122,6 +133,201 @@ def select_feedback(
                 excluded.update(ranked_ids[w * stride : w * stride + window_size])
     negatives = [d for d in ranked_ids[pos_rank + 1 :] if d not in excluded]
     return positive, negatives[:num_negatives]
+
+
+# ---------------------------------------------------------------- the stage's steps
+# `FeedbackStage.process` runs, per shard: `rank` -> `window_requests` -> `ask_vlm` -> `judge` -> `select`
+# -> `triplets`. The steps share a `FeedbackShard` (the queries and their corpus) and a `Ranking`.
+TRIPLET_KEYS = ("source", "qa_id", "query", "query_image_ids", "answer", "answers", "split", "modality")
+
+
+@dataclass
+class FeedbackShard:
+    """One shard's training queries and what they are asked over."""
+
+    name: str  # the shard's name, for the log
+    rows: list[dict]  # mine's train rows of one source, in order
+    corpus: Corpus  # the documents they are ranked over
+    mc: dict[str, dict]  # qa_id -> {"options", "correct_index"}: NyxQA's multiple choice; {} for text sets
+
+    def options(self, qi: int) -> dict | None:
+        return self.mc.get(self.rows[qi]["qa_id"])
+
+
+@dataclass
+class Ranking:
+    """The stage-1 retriever's top-K of each query (`search`'s output) and the embedder that ranked."""
+
+    scores: Sequence  # [query][rank] similarity, best first
+    ranked: Sequence  # [query][rank] corpus index, -1 where the corpus ran out
+    hits: list[list[int]]  # [query] the corpus indices of `ranked` without the -1s, best first
+    embedder_id: str
+
+
+@dataclass(frozen=True)
+class WindowRequest:
+    """One VLM question: query `query` (index into the shard's rows) over window `window` of its hits."""
+
+    query: int
+    window: int
+    docs: list[int]  # corpus indices, in rank order
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A query's positive and negatives as `select_feedback` picked them, located in its ranking."""
+
+    query: int  # index into the shard's rows
+    pos_id: str
+    pos: tuple[int, int]  # (corpus index, rank)
+    neg_ids: list[str]
+    negs: list[tuple[int, int]]  # (corpus index, rank) of each negative
+
+
+def shard_rows(ctx: StageContext, shard: dict) -> list[dict]:
+    """The shard's slice of mine's train rows of its source."""
+    from ..artifacts import iter_stage_batches
+
+    return [r for b in iter_stage_batches(ctx.store, ctx.partition, "mine") for r in b.to_pylist()
+            if r["source"] == shard["source"] and r["split"] == "train"][shard["start"]:shard["stop"]]
+
+
+def source_corpus(ctx: StageContext, source: str) -> tuple[Corpus, dict[str, dict]]:
+    """The corpus `source`'s queries are ranked over, and NyxQA's options by qa_id ({} for a text set)."""
+    from ..artifacts import iter_stage_batches
+    from ..retrieval import nyxqa_corpus, text_corpus
+
+    if source == "nyxqa":
+        mc = {r["qa_id"]: r for b in iter_stage_batches(ctx.store, ctx.partition, "filter",
+                                                         columns=["qa_id", "options", "correct_index"])
+              for r in b.to_pylist()}
+        return nyxqa_corpus(ctx.store, ctx.partition), mc
+    ts = next((t for t in ctx.cfg.mine.text_sets if t.name == source), None)
+    if ts is None:
+        raise StageError(f"feedback: source {source!r} is not among mine.text_sets")
+    return text_corpus(ts), {}
+
+
+def rank(ctx: StageContext, data: FeedbackShard, out: ShardOutputs) -> Ranking:
+    """Step 1: the top-K documents of every query with the stage-1 checkpoint (counts `embedded`)."""
+    from ..checkpoints import stage_checkpoint
+    from ..embedding import MixedItem
+    from ..retrieval import checkpoint_embedder, embed, search
+
+    cfg, corpus = ctx.cfg.feedback, data.corpus
+    ckpt = stage_checkpoint(ctx.store, ctx.partition, "train_stage1")
+    embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
+    queries = [MixedItem(r["query"], tuple((i, corpus.paths[i]) for i in r["query_image_ids"])) for r in data.rows]
+    d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
+    out.extra["embedded"] += n_new
+    scores, ranked = search(q_vecs, d_vecs, cfg.top_k, cfg.search)
+    hits = [[int(d) for d in ranked[qi] if d >= 0] for qi in range(len(data.rows))]
+    return Ranking(scores, ranked, hits, embedder.model_id)
+
+
+def window_requests(ranking: Ranking, window_size: int, stride: int) -> list[WindowRequest]:
+    """Step 2: one request per window of every query's hits, query by query, windows in rank order."""
+    return [WindowRequest(qi, w, docs) for qi, hits in enumerate(ranking.hits)
+            for w, docs in enumerate(windows(hits, window_size, stride))]
+
+
+def ask_vlm(ctx: StageContext, data: FeedbackShard, wins: list[WindowRequest], out: ShardOutputs) -> list:
+    """Step 3: the VLM's response to every window, all sent at once (the backend batches and caches);
+    counts `requests` and `cache_hits`."""
+    from ..answering import answer_request
+    from ..inference import GenerationError, make_backend
+
+    cfg, ph = ctx.cfg.feedback, ctx.cfg.chunk.image_placeholder
+    reqs = []
+    for wr in wins:
+        r, opts = data.rows[wr.query], data.options(wr.query)
+        reqs.append(answer_request(cfg.generation, cfg.prompt_version, r["query"], r["query_image_ids"], wr.docs,
+                                   data.corpus, ph, cfg.max_images, options=opts["options"] if opts else None))
+    try:
+        backend = make_backend(cfg.generation, ctx.store)
+        ctx.log.info("feedback %s: %d queries x windows = %d requests to %s", data.name, len(data.rows), len(reqs),
+                     backend.model_id[:80])
+        resps = backend.generate(reqs)
+    except GenerationError as e:
+        raise StageError(f"feedback: {e}") from e
+    out.extra["requests"] += len(reqs)
+    out.extra["cache_hits"] += backend.hits
+    backend.close()
+    return resps
+
+
+def score_answer(answer: str | None, row: dict, opts: dict | None) -> float:
+    """The judged score of one parsed answer: 0 when unparseable, option match for multiple choice,
+    token F1 against the row's answers otherwise."""
+    from ..judges import option_match, token_f1
+
+    if answer is None:
+        return 0.0
+    if opts:
+        return option_match(answer, opts["options"], opts["correct_index"])
+    return token_f1(answer, row["answers"] or [row["answer"]])
+
+
+def judge(data: FeedbackShard, ranking: Ranking, wins: list[WindowRequest], resps: Sequence,
+          extra: Counter[str]) -> tuple[list[list[float]], list[dict]]:
+    """Step 4: each window's judged score, per query in window order, and the stored window rows;
+    counts `unparseable_answers` and `window_score_0.0` ... `window_score_1.0`."""
+    from ..answering import parsed_answer
+
+    window_scores: list[list[float]] = [[] for _ in data.rows]
+    window_rows = []
+    for wr, resp in zip(wins, resps, strict=True):
+        qi, docs = wr.query, wr.docs
+        r, opts = data.rows[qi], data.options(qi)
+        answer = parsed_answer(resp, opts["options"] if opts else None)
+        if answer is None:
+            extra["unparseable_answers"] += 1
+        score = score_answer(answer, r, opts)
+        window_scores[qi].append(score)
+        extra[f"window_score_{int(score * 10) / 10:.1f}"] += 1  # 0.0, 0.1, ..., 1.0
+        window_rows.append({"qa_id": r["qa_id"], "source": r["source"], "window": wr.window,
+                            "doc_ids": [data.corpus.ids[d] for d in docs],
+                            "ranks": [list(ranking.ranked[qi]).index(d) for d in docs], "answer": answer,
+                            "score": float(score), "judge": "multiple_choice" if opts else "free_form"})
+    return window_scores, window_rows
+
+
+def select(data: FeedbackShard, ranking: Ranking, window_scores: list[list[float]], cfg: FeedbackConfig,
+           out: ShardOutputs) -> list[Selection]:
+    """Step 5: `select_feedback` on every query; drops the ones with no helpful window
+    (`no_helpful_window`), counts `positive_rank_NN` and `queries_short_of_negatives`."""
+    picked = []
+    for qi, r in enumerate(data.rows):
+        hits = ranking.hits[qi]
+        by_id = {data.corpus.ids[d]: (d, rank) for rank, d in enumerate(hits)}
+        pos, negs = select_feedback([data.corpus.ids[d] for d in hits], window_scores[qi], cfg.window_size,
+                                    cfg.stride, cfg.num_negatives, cfg.threshold, cfg.mode)
+        if pos is None:
+            out.drops.drop("no_helpful_window", r["qa_id"])
+            continue
+        out.extra[f"positive_rank_{by_id[pos][1]:02d}"] += 1
+        if len(negs) < cfg.num_negatives:
+            out.extra["queries_short_of_negatives"] += 1
+        picked.append(Selection(qi, pos, by_id[pos], negs, [by_id[n] for n in negs]))
+    return picked
+
+
+def triplets(data: FeedbackShard, ranking: Ranking, picked: list[Selection]) -> list[dict]:
+    """Step 6: the triplet rows of the selected queries, with texts, images, scores and ranks."""
+    from ..config import stable_hash
+
+    corpus, miner = data.corpus, f"feedback:{ranking.embedder_id}"
+    rows = []
+    for s in picked:
+        r, scores, (d_pos, pos_rank) = data.rows[s.query], ranking.scores[s.query], s.pos
+        rows.append({**{k: r[k] for k in TRIPLET_KEYS},
+                     "pos_chunk_id": s.pos_id, "pos_text": corpus.texts[d_pos], "pos_image_ids": corpus.image_ids[d_pos],
+                     "pos_score": float(scores[pos_rank]), "pos_rank": pos_rank,
+                     "neg_chunk_ids": s.neg_ids, "neg_texts": [corpus.texts[d] for d, _ in s.negs],
+                     "neg_image_ids": [corpus.image_ids[d] for d, _ in s.negs],
+                     "neg_scores": [float(scores[k]) for _, k in s.negs], "neg_ranks": [k for _, k in s.negs],
+                     "miner_id": miner, "miner_hash": stable_hash(miner)})
+    return rows
 
 
 # ---------------------------------------------------------------- the stage
@@ -165,103 +371,18 @@ class FeedbackStage(Stage):
         return shards or [{"shard": 0, "name": "empty", "source": None, "start": 0, "stop": 0}]
 
     def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
-        from ..answering import answer_request, parsed_answer
-        from ..artifacts import iter_stage_batches
-        from ..checkpoints import stage_checkpoint
-        from ..config import stable_hash
-        from ..embedding import MixedItem
-        from ..inference import GenerationError, make_backend
-        from ..judges import option_match, token_f1
-        from ..retrieval import checkpoint_embedder, embed, nyxqa_corpus, search, text_corpus
-
-        cfg = ctx.cfg.feedback
         if shard["source"] is None:
             return
-        rows = [r for b in iter_stage_batches(ctx.store, ctx.partition, "mine") for r in b.to_pylist()
-                if r["source"] == shard["source"] and r["split"] == "train"][shard["start"]:shard["stop"]]
+        cfg = ctx.cfg.feedback
+        rows = shard_rows(ctx, shard)
         out.rows_in = len(rows)
-        if shard["source"] == "nyxqa":
-            corpus = nyxqa_corpus(ctx.store, ctx.partition)
-            mc = {r["qa_id"]: r for b in iter_stage_batches(ctx.store, ctx.partition, "filter",
-                                                             columns=["qa_id", "options", "correct_index"])
-                  for r in b.to_pylist()}
-        else:
-            ts = next((t for t in ctx.cfg.mine.text_sets if t.name == shard["source"]), None)
-            if ts is None:
-                raise StageError(f"feedback: source {shard['source']!r} is not among mine.text_sets")
-            corpus, mc = text_corpus(ts), {}
-        ckpt = stage_checkpoint(ctx.store, ctx.partition, "train_stage1")
-        embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
-        queries = [MixedItem(r["query"], tuple((i, corpus.paths[i]) for i in r["query_image_ids"])) for r in rows]
-        d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
-        out.extra["embedded"] += n_new
-        scores, ranked = search(q_vecs, d_vecs, cfg.top_k, cfg.search)
-        ph = ctx.cfg.chunk.image_placeholder
-
-        # one request per window per query, all sent at once (the backend batches and caches)
-        reqs, meta = [], []
-        for qi, r in enumerate(rows):
-            hits = [int(d) for d in ranked[qi] if d >= 0]
-            opts = mc.get(r["qa_id"])
-            for w, docs in enumerate(windows(hits, cfg.window_size, cfg.stride)):
-                reqs.append(answer_request(cfg.generation, cfg.prompt_version, r["query"], r["query_image_ids"], docs,
-                                           corpus, ph, cfg.max_images, options=opts["options"] if opts else None))
-                meta.append((qi, w, docs))
-        try:
-            backend = make_backend(cfg.generation, ctx.store)
-            ctx.log.info("feedback %s: %d queries x windows = %d requests to %s", shard["name"], len(rows), len(reqs),
-                         backend.model_id[:80])
-            resps = backend.generate(reqs)
-        except GenerationError as e:
-            raise StageError(f"feedback: {e}") from e
-        out.extra["requests"] += len(reqs)
-        out.extra["cache_hits"] += backend.hits
-        backend.close()
-
-        window_scores: list[list[float]] = [[] for _ in rows]
-        window_rows = []
-        for (qi, w, docs), resp in zip(meta, resps, strict=True):
-            r, opts = rows[qi], mc.get(rows[qi]["qa_id"])
-            answer = parsed_answer(resp, opts["options"] if opts else None)
-            if answer is None:
-                out.extra["unparseable_answers"] += 1
-                score = 0.0
-            elif opts:
-                score = option_match(answer, opts["options"], opts["correct_index"])
-            else:
-                score = token_f1(answer, r["answers"] or [r["answer"]])
-            window_scores[qi].append(score)
-            out.extra[f"window_score_{int(score * 10) / 10:.1f}"] += 1  # 0.0, 0.1, ..., 1.0
-            window_rows.append({"qa_id": r["qa_id"], "source": r["source"], "window": w,
-                                "doc_ids": [corpus.ids[d] for d in docs],
-                                "ranks": [list(ranked[qi]).index(d) for d in docs], "answer": answer,
-                                "score": float(score), "judge": "multiple_choice" if opts else "free_form"})
+        data = FeedbackShard(shard["name"], rows, *source_corpus(ctx, shard["source"]))
+        ranking = rank(ctx, data, out)
+        wins = window_requests(ranking, cfg.window_size, cfg.stride)
+        resps = ask_vlm(ctx, data, wins, out)
+        window_scores, window_rows = judge(data, ranking, wins, resps, out.extra)
         out.write(window_rows, kind="windows")
-
-        triplets = []
-        miner = f"feedback:{embedder.model_id}"
-        for qi, r in enumerate(rows):
-            hits = [int(d) for d in ranked[qi] if d >= 0]
-            by_id = {corpus.ids[d]: (d, rank) for rank, d in enumerate(hits)}
-            pos, negs = select_feedback([corpus.ids[d] for d in hits], window_scores[qi], cfg.window_size,
-                                        cfg.stride, cfg.num_negatives, cfg.threshold, cfg.mode)
-            if pos is None:
-                out.drops.drop("no_helpful_window", r["qa_id"])
-                continue
-            d_pos, pos_rank = by_id[pos]
-            out.extra[f"positive_rank_{pos_rank:02d}"] += 1
-            if len(negs) < cfg.num_negatives:
-                out.extra["queries_short_of_negatives"] += 1
-            neg = [by_id[n] for n in negs]
-            triplets.append({**{k: r[k] for k in ("source", "qa_id", "query", "query_image_ids", "answer", "answers",
-                                                  "split", "modality")},
-                             "pos_chunk_id": pos, "pos_text": corpus.texts[d_pos], "pos_image_ids": corpus.image_ids[d_pos],
-                             "pos_score": float(scores[qi][pos_rank]), "pos_rank": pos_rank,
-                             "neg_chunk_ids": negs, "neg_texts": [corpus.texts[d] for d, _ in neg],
-                             "neg_image_ids": [corpus.image_ids[d] for d, _ in neg],
-                             "neg_scores": [float(scores[qi][k]) for _, k in neg], "neg_ranks": [k for _, k in neg],
-                             "miner_id": miner, "miner_hash": stable_hash(miner)})
-        out.write(triplets)
+        out.write(triplets(data, ranking, select(data, ranking, window_scores, cfg, out)))
 
 
 STAGE = FeedbackStage()
