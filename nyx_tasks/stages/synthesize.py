@@ -11,6 +11,10 @@ Every request is schema-constrained JSON; what still fails to parse is a named
 drop. Every finished request is cached by content hash, so a re-run or resumed
 shard never pays twice.
 
+Each round is a step a test can call: `generate_qa`, `shorten_answers`,
+`add_distractors`, each taking the backend, its items, the shared `Settings` and
+a `Report` (log, drops, counters); `process` chains them.
+
 rows_in = chunks; rows_out = QA candidates; drops count QA pairs (or requests
 for `unparseable_*` / `request_refused_*`).
 """
@@ -18,11 +22,18 @@ for `unparseable_*` / `request_refused_*`).
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..artifacts import image_paths
 from ..base import StageError
-from ..inference import ChatRequest, GenerationError, make_backend
+from ..config import SynthesizeConfig
+from ..inference import ChatRequest, ChatResponse, GenerationError, make_backend
 from ..inference.structured import parse
+from ..log import DropCounter
 from ..prompts import CHUNK_MARKER, render
 from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, with_prompts
@@ -73,6 +84,150 @@ def user_message(prompt_text: str, chunk: list[dict] | None = None) -> list[dict
 PROMPTS = ("qa_text", "qa_image", "qa_multi_image", "shorten", "distractors")
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What the three rounds share: the prompt version, the limits and the sampling."""
+
+    prompt_version: str
+    max_qa_per_chunk: int
+    max_images_per_prompt: int
+    max_answer_words: int
+    num_distractors: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+    @classmethod
+    def of(cls, cfg: SynthesizeConfig) -> Settings:
+        """From the `synthesize` config section (its `generation` gives the sampling)."""
+        gen = cfg.generation
+        return cls(prompt_version=cfg.prompt_version, max_qa_per_chunk=cfg.max_qa_per_chunk,
+                   max_images_per_prompt=cfg.max_images_per_prompt, max_answer_words=cfg.max_answer_words,
+                   num_distractors=cfg.num_distractors, max_tokens=gen.max_tokens, temperature=gen.temperature,
+                   top_p=gen.top_p, seed=gen.seed)
+
+    def request(self, prompt_text: str, chunk: list[dict] | None = None, schema: dict | None = None,
+                max_tokens: int | None = None) -> ChatRequest:
+        return ChatRequest(messages=user_message(prompt_text, chunk), json_schema=schema,
+                           max_tokens=self.max_tokens if max_tokens is None else max_tokens,
+                           temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+
+@dataclass
+class Report:
+    """Where a round reports: the stage log (lines name the shard), named drops and counters."""
+
+    log: logging.Logger
+    shard: str
+    drops: DropCounter
+    extra: Counter[str] = field(default_factory=Counter)
+
+
+def ask(backend, report: Report, round_name: str, reqs: list[ChatRequest]) -> list[ChatResponse]:
+    """Send one round's requests; count them and the cache hits among them."""
+    before = backend.hits
+    report.log.info("synthesize %s: %s: %d requests", report.shard, round_name, len(reqs))
+    try:
+        resps = backend.generate(reqs)
+    except GenerationError as e:
+        raise StageError(f"synthesize: {e}") from e
+    report.extra[f"requests_{round_name}"] += len(reqs)
+    report.extra["cache_hits"] += backend.hits - before
+    in_flight = getattr(backend.inner, "max_in_flight", None)
+    report.log.info("synthesize %s: %s: %d answered, %d from cache%s", report.shard, round_name, len(resps),
+                    backend.hits - before, f", up to {in_flight} in flight" if in_flight else "")
+    return resps
+
+
+def answered(backend, report: Report, round_name: str, items: list, reqs: list[ChatRequest], schema: dict,
+             why: Callable[[Any], tuple[str, str, str]] | None = None) -> Iterator[tuple[Any, dict]]:
+    """(item, parsed answer) for every answer that parses; the rest are named drops.
+    `why(item)` gives (drop name for a request the server refused, drop name for an
+    answer that does not parse, prefix of the drop example); by default both are
+    `unparseable_<round>`, without prefix."""
+    why = why or (lambda _: (f"unparseable_{round_name}", f"unparseable_{round_name}", ""))
+    for item, r in zip(items, ask(backend, report, round_name, reqs), strict=True):
+        obj = None if r.error else parse(r.text, schema)
+        if obj is None:
+            refused, unparseable, where = why(item)
+            report.drops.drop(refused if r.error else unparseable,
+                              f"{where}{r.error or f'{r.text[-200:]!r} ({r.finish_reason})'}")
+            continue
+        yield item, obj
+
+
+def qa_requests(chunks: list[dict], s: Settings, paths: dict[str, str],
+                placeholder: str) -> tuple[list[ChatRequest], list[tuple[dict, str]]]:
+    """Round 1's requests, with the (chunk, prompt name) each one asks about."""
+    reqs, meta = [], []
+    schema = qa_schema(s.max_qa_per_chunk)
+    for c in chunks:
+        n = len(c["image_ids"])
+        prompts = ["qa_text"] if n == 0 else ["qa_image"] + (["qa_multi_image"] if n > 1 else [])
+        parts = chunk_parts(c["text"], c["image_ids"][: s.max_images_per_prompt], paths, placeholder)
+        for p in prompts:
+            text = render(s.prompt_version, p, max_qa=s.max_qa_per_chunk, n_images=n)
+            reqs.append(s.request(text, parts, schema))
+            meta.append((c, p))
+    return reqs, meta
+
+
+def generate_qa(backend, chunks: list[dict], s: Settings, paths: dict[str, str], placeholder: str,
+                report: Report) -> list[dict]:
+    """Round 1: QA pairs per chunk and prompt, as candidates (chunk, prompt, k, question,
+    original_answer); a refused request is `request_refused_<prompt>`, an unparseable
+    answer `unparseable_<prompt>`."""
+    reqs, meta = qa_requests(chunks, s, paths, placeholder)
+    cands = []
+    for (c, p), obj in answered(backend, report, "qa", meta, reqs, qa_schema(s.max_qa_per_chunk),
+                                why=lambda m: (f"request_refused_{m[1]}", f"unparseable_{m[1]}",
+                                               f"{m[0]['chunk_id']}: ")):
+        for k, pair in enumerate(obj["qa_pairs"]):
+            cands.append({"chunk": c, "prompt": p, "k": k, "question": pair["question"].strip(),
+                          "original_answer": pair["answer"].strip()})
+    return cands
+
+
+def shorten_answers(backend, cands: list[dict], s: Settings, report: Report) -> list[dict]:
+    """Round 2: each candidate with `answer` shortened to at most `max_answer_words`
+    words; drops `depends_on_context`, `not_shortenable`, `unparseable_shorten`."""
+    reqs = [s.request(render(s.prompt_version, "shorten", question=q["question"], answer=q["original_answer"],
+                             max_words=s.max_answer_words), schema=SHORTEN_SCHEMA, max_tokens=min(s.max_tokens, 128))
+            for q in cands]
+    kept = []
+    for q, obj in answered(backend, report, "shorten", cands, reqs, SHORTEN_SCHEMA):
+        if obj["depends_on_context"]:
+            report.drops.drop("depends_on_context", q["question"])
+        elif not obj["can_shorten"] or not obj["short_answer"].strip():
+            report.drops.drop("not_shortenable", f"{q['question']} -> {q['original_answer']}")
+        else:
+            kept.append({**q, "answer": obj["short_answer"].strip()})
+    return kept
+
+
+def qa_row(q: dict, distractors: list[str], model_id: str, prompt_version: str) -> dict:
+    """A `qa_candidates` row for a shortened candidate and its wrong options."""
+    c = q["chunk"]
+    qa_id = hashlib.sha256(f"{c['chunk_id']}|{q['prompt']}|{q['k']}|{q['question']}".encode()).hexdigest()[:24]
+    return {"qa_id": qa_id, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"], "modality": c["modality"],
+            "prompt": q["prompt"], "question": q["question"], "answer": q["answer"],
+            "original_answer": q["original_answer"], "distractors": [d.strip() for d in distractors],
+            "chunk_text": c["text"], "chunk_image_ids": c["image_ids"], "model_id": model_id,
+            "prompt_version": prompt_version}
+
+
+def add_distractors(backend, kept: list[dict], s: Settings, report: Report) -> list[dict]:
+    """Round 3: `num_distractors` wrong options per shortened candidate; the output rows.
+    An answer that does not parse is `unparseable_distractors`."""
+    dschema = distractor_schema(s.num_distractors)
+    reqs = [s.request(render(s.prompt_version, "distractors", question=q["question"], answer=q["answer"],
+                             n=s.num_distractors), schema=dschema, max_tokens=min(s.max_tokens, 160))
+            for q in kept]
+    return [qa_row(q, obj["distractors"], backend.model_id, s.prompt_version)
+            for q, obj in answered(backend, report, "distractors", kept, reqs, dschema)]
+
+
 class SynthesizeStage(Stage):
     name = "synthesize"
     version = 1
@@ -104,96 +259,20 @@ class SynthesizeStage(Stage):
         return rows
 
     def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
-        cfg = ctx.cfg.synthesize
-        gen = cfg.generation
         chunks = self._chunks(ctx, shard)
         out.rows_in = len(chunks)
         if not chunks:
             return
         paths = image_paths(ctx.store, ctx.partition, {i for c in chunks for i in c["image_ids"]})
         try:
-            backend = make_backend(gen, ctx.store)
+            backend = make_backend(ctx.cfg.synthesize.generation, ctx.store)
         except GenerationError as e:
             raise StageError(f"synthesize: {e}") from e
-        model_id = backend.model_id
-        ph = ctx.cfg.chunk.image_placeholder
-
-        def request(prompt_text, chunk=None, schema=None, max_tokens=gen.max_tokens):
-            return ChatRequest(messages=user_message(prompt_text, chunk), json_schema=schema, max_tokens=max_tokens,
-                               temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
-
-        def run(round_name: str, reqs: list[ChatRequest]):
-            before = backend.hits
-            ctx.log.info("synthesize %s: %s: %d requests", shard["name"], round_name, len(reqs))
-            try:
-                resps = backend.generate(reqs)
-            except GenerationError as e:
-                raise StageError(f"synthesize: {e}") from e
-            out.extra[f"requests_{round_name}"] += len(reqs)
-            out.extra["cache_hits"] += backend.hits - before
-            in_flight = getattr(backend.inner, "max_in_flight", None)
-            ctx.log.info("synthesize %s: %s: %d answered, %d from cache%s", shard["name"], round_name, len(resps),
-                         backend.hits - before, f", up to {in_flight} in flight" if in_flight else "")
-            return resps
-
-        def answered(round_name: str, items: list, reqs: list[ChatRequest], schema: dict, refused, unparseable,
-                     where=lambda _: ""):
-            """(item, parsed answer) for every answer that parses; the rest are named drops
-            (`refused(item)` for a request the server refused, `unparseable(item)` otherwise)."""
-            for item, r in zip(items, run(round_name, reqs), strict=True):
-                obj = None if r.error else parse(r.text, schema)
-                if obj is None:
-                    reason = refused(item) if r.error else unparseable(item)
-                    out.drops.drop(reason, f"{where(item)}{r.error or f'{r.text[-200:]!r} ({r.finish_reason})'}")
-                    continue
-                yield item, obj
-
-        # Round 1: QA pairs per chunk and prompt.
-        reqs, meta = [], []
-        schema = qa_schema(cfg.max_qa_per_chunk)
-        for c in chunks:
-            n = len(c["image_ids"])
-            prompts = ["qa_text"] if n == 0 else ["qa_image"] + (["qa_multi_image"] if n > 1 else [])
-            parts = chunk_parts(c["text"], c["image_ids"][: cfg.max_images_per_prompt], paths, ph)
-            for p in prompts:
-                text = render(cfg.prompt_version, p, max_qa=cfg.max_qa_per_chunk, n_images=n)
-                reqs.append(request(text, parts, schema))
-                meta.append((c, p))
-        cands = []
-        for (c, p), obj in answered("qa", meta, reqs, schema, refused=lambda m: f"request_refused_{m[1]}",
-                                    unparseable=lambda m: f"unparseable_{m[1]}", where=lambda m: f"{m[0]['chunk_id']}: "):
-            for k, pair in enumerate(obj["qa_pairs"]):
-                cands.append({"chunk": c, "prompt": p, "k": k, "question": pair["question"].strip(),
-                              "original_answer": pair["answer"].strip()})
-        # Round 2: shorten answers.
-        reqs = [request(render(cfg.prompt_version, "shorten", question=q["question"], answer=q["original_answer"],
-                               max_words=cfg.max_answer_words), schema=SHORTEN_SCHEMA, max_tokens=min(gen.max_tokens, 128))
-                for q in cands]
-        kept = []
-        for q, obj in answered("shorten", cands, reqs, SHORTEN_SCHEMA, refused=lambda _: "unparseable_shorten",
-                               unparseable=lambda _: "unparseable_shorten"):
-            if obj["depends_on_context"]:
-                out.drops.drop("depends_on_context", q["question"])
-            elif not obj["can_shorten"] or not obj["short_answer"].strip():
-                out.drops.drop("not_shortenable", f"{q['question']} -> {q['original_answer']}")
-            else:
-                kept.append({**q, "answer": obj["short_answer"].strip()})
-        # Round 3: distractors.
-        dschema = distractor_schema(cfg.num_distractors)
-        reqs = [request(render(cfg.prompt_version, "distractors", question=q["question"], answer=q["answer"],
-                               n=cfg.num_distractors), schema=dschema, max_tokens=min(gen.max_tokens, 160))
-                for q in kept]
-        rows = []
-        for q, obj in answered("distractors", kept, reqs, dschema, refused=lambda _: "unparseable_distractors",
-                               unparseable=lambda _: "unparseable_distractors"):
-            c = q["chunk"]
-            qa_id = hashlib.sha256(f"{c['chunk_id']}|{q['prompt']}|{q['k']}|{q['question']}".encode()).hexdigest()[:24]
-            rows.append({"qa_id": qa_id, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"], "modality": c["modality"],
-                         "prompt": q["prompt"], "question": q["question"], "answer": q["answer"],
-                         "original_answer": q["original_answer"], "distractors": [d.strip() for d in obj["distractors"]],
-                         "chunk_text": c["text"], "chunk_image_ids": c["image_ids"], "model_id": model_id,
-                         "prompt_version": cfg.prompt_version})
-        out.write(rows)
+        s = Settings.of(ctx.cfg.synthesize)
+        report = Report(ctx.log, shard["name"], out.drops, out.extra)
+        cands = generate_qa(backend, chunks, s, paths, ctx.cfg.chunk.image_placeholder, report)
+        kept = shorten_answers(backend, cands, s, report)
+        out.write(add_distractors(backend, kept, s, report))
         backend.close()
 
 
