@@ -23,9 +23,6 @@ EXCEPTIONS = {
     "nyx_tasks/stages/evaluate.py:EvaluateStage._text_set": "not yet given a context object",
     "nyx_tasks/answering.py:answer_request": "not yet given a context object",
     "nyx_tasks/stages/mine.py:_triplet": "not yet given a context object",
-    "nyx_tasks/stages/feedback.py:FeedbackStage.process": "not yet split into named steps",
-    "nyx_tasks/stages/feedback.py:select_feedback": "not yet split into named steps",
-    "nyx_tasks/stages/synthesize.py:SynthesizeStage.process": "not yet split into named steps",
 }
 
 
