@@ -9,6 +9,9 @@ string judged by token F1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from .config import GenerationConfig
 from .inference import ChatRequest
 from .inference.structured import parse
 from .prompts import render
@@ -40,27 +43,39 @@ def answer_schema(options: list[str] | None) -> dict:
     return {"type": "object", "additionalProperties": False, "required": ["answer"], "properties": {"answer": answer}}
 
 
-def answer_request(gen, prompt_version: str, question: str, question_images: list[str], docs: list[int],
-                   corpus: Corpus, placeholder: str, max_images: int, options: list[str] | None = None,
-                   max_words: int = 5) -> ChatRequest:
-    """Ask the VLM `question` (multiple choice when `options`) over `corpus` documents `docs`
-    (indices, in rank order); query images take the image budget first."""
-    budget = [max_images]
-    q_parts = _interleave(question, question_images, corpus.paths, placeholder, budget)
-    d_parts: list[dict] = []
-    for n, d in enumerate(docs, start=1):
-        d_parts.append({"type": "text", "text": f"Document {n}:\n"})
-        d_parts += _interleave(corpus.texts[d], corpus.image_ids[d], corpus.paths, placeholder, budget)
-        d_parts.append({"type": "text", "text": "\n\n"})
-    text = render(prompt_version, "answer_mc" if options else "answer_free", options=options or [],
-                  max_words=max_words)
-    before, _, rest = text.partition(DOCS_MARKER)
-    middle, _, after = rest.partition(QUESTION_MARKER)
-    content = [{"type": "text", "text": before}, *d_parts, {"type": "text", "text": middle}, *q_parts,
-               {"type": "text", "text": after}]
-    content = [p for p in content if p["type"] == "image" or p["text"]]
-    return ChatRequest(messages=[{"role": "user", "content": content}], json_schema=answer_schema(options),
-                       max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
+@dataclass(frozen=True)
+class Answering:
+    """How the answering VLM is asked, the same for every question of a stage: its generation
+    settings, the prompt version, the corpus the documents come from, the image placeholder in
+    their texts, and the images one request may carry."""
+
+    gen: GenerationConfig
+    prompt_version: str
+    corpus: Corpus
+    placeholder: str
+    max_images: int
+
+    def request(self, question: str, question_images: list[str], docs: list[int],
+                options: list[str] | None = None, max_words: int = 5) -> ChatRequest:
+        """Ask `question` (multiple choice when `options`) over the corpus documents `docs` (indices,
+        in rank order); query images take the image budget first."""
+        corpus, budget = self.corpus, [self.max_images]
+        q_parts = _interleave(question, question_images, corpus.paths, self.placeholder, budget)
+        d_parts: list[dict] = []
+        for n, d in enumerate(docs, start=1):
+            d_parts.append({"type": "text", "text": f"Document {n}:\n"})
+            d_parts += _interleave(corpus.texts[d], corpus.image_ids[d], corpus.paths, self.placeholder, budget)
+            d_parts.append({"type": "text", "text": "\n\n"})
+        text = render(self.prompt_version, "answer_mc" if options else "answer_free", options=options or [],
+                      max_words=max_words)
+        before, _, rest = text.partition(DOCS_MARKER)
+        middle, _, after = rest.partition(QUESTION_MARKER)
+        content = [{"type": "text", "text": before}, *d_parts, {"type": "text", "text": middle}, *q_parts,
+                   {"type": "text", "text": after}]
+        content = [p for p in content if p["type"] == "image" or p["text"]]
+        gen = self.gen
+        return ChatRequest(messages=[{"role": "user", "content": content}], json_schema=answer_schema(options),
+                           max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
 
 
 def parsed_answer(response, options: list[str] | None) -> str | None:

@@ -85,13 +85,14 @@ class EvaluateStage(Stage):
 
     # -- NyxQA: retrieval + multiple-choice RAG accuracy, per split and dim
     def _nyxqa(self, ctx, model, embedder, corpus, qa, backend, out) -> list[dict]:
-        from ..answering import answer_request
+        from ..answering import Answering
         from ..embedding import MixedItem
         from ..evaluation.metrics import retrieval_scores
         from ..judges import option_match
         from ..retrieval import embed, search
 
         cfg = ctx.cfg.evaluate
+        asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, cfg.max_images)
         queries = [MixedItem(q["query"], tuple((i, corpus.paths[i]) for i in q["query_image_ids"])) for q in qa]
         d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
         out.extra[f"{model}_embedded"] += n_new
@@ -106,9 +107,8 @@ class EvaluateStage(Stage):
                 for metric, values in retrieval_scores(ranked_ids, [qa[i]["pos_chunk_id"] for i in idx], cfg.ks).items():
                     rows.append(self._row(cfg, model, "nyxqa", split, dim, metric, values))
                 for i in idx:  # RAG: the VLM answers over the top-1 document
-                    reqs.append(answer_request(cfg.generation, cfg.prompt_version, qa[i]["query"],
-                                               qa[i]["query_image_ids"], [int(ranked[i][0])], corpus,
-                                               ctx.cfg.chunk.image_placeholder, cfg.max_images, options=qa[i]["options"]))
+                    reqs.append(asking.request(qa[i]["query"], qa[i]["query_image_ids"], [int(ranked[i][0])],
+                                               options=qa[i]["options"]))
                     where.append((dim, split, i))
         scores = self._answers(ctx, backend, reqs, [qa[i]["options"] for _, _, i in where], out)
         judged: dict[tuple, list[float]] = {}
@@ -120,19 +120,19 @@ class EvaluateStage(Stage):
 
     # -- text-only sets: top-1 retrieval, free-form answer, F1 / EM
     def _text_set(self, ctx, model, embedder, ts, corpus, questions, backend, out) -> list[dict]:
-        from ..answering import answer_request
+        from ..answering import Answering
         from ..embedding import MixedItem
         from ..judges import exact_match, token_f1
         from ..retrieval import embed, search
 
         cfg = ctx.cfg.evaluate
+        asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, 0)
         d_vecs, q_vecs, _ = embed(embedder, corpus, [MixedItem(q.question) for q in questions], ctx.store)
         reqs, where = [], []
         for dim in cfg.dims:
             _, ranked = search(q_vecs, d_vecs, 1, cfg.search, dim)
             for i, q in enumerate(questions):
-                reqs.append(answer_request(cfg.generation, cfg.prompt_version, q.question, [], [int(ranked[i][0])],
-                                           corpus, ctx.cfg.chunk.image_placeholder, 0))
+                reqs.append(asking.request(q.question, [], [int(ranked[i][0])]))
                 where.append((dim, i))
         answers = self._answers(ctx, backend, reqs, [None] * len(reqs), out)
         f1: dict[int, list[float]] = {}

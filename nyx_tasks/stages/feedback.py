@@ -234,15 +234,16 @@ def window_requests(ranking: Ranking, window_size: int, stride: int) -> list[Win
 def ask_vlm(ctx: StageContext, data: FeedbackShard, wins: list[WindowRequest], out: ShardOutputs) -> list:
     """Step 3: the VLM's response to every window, all sent at once (the backend batches and caches);
     counts `requests` and `cache_hits`."""
-    from ..answering import answer_request
+    from ..answering import Answering
     from ..inference import GenerationError, make_backend
 
-    cfg, ph = ctx.cfg.feedback, ctx.cfg.chunk.image_placeholder
+    cfg = ctx.cfg.feedback
+    asking = Answering(cfg.generation, cfg.prompt_version, data.corpus, ctx.cfg.chunk.image_placeholder,
+                       cfg.max_images)
     reqs = []
     for wr in wins:
         r, opts = data.rows[wr.query], data.options(wr.query)
-        reqs.append(answer_request(cfg.generation, cfg.prompt_version, r["query"], r["query_image_ids"], wr.docs,
-                                   data.corpus, ph, cfg.max_images, options=opts["options"] if opts else None))
+        reqs.append(asking.request(r["query"], r["query_image_ids"], wr.docs, options=opts["options"] if opts else None))
     try:
         backend = make_backend(cfg.generation, ctx.store)
         ctx.log.info("feedback %s: %d queries x windows = %d requests to %s", data.name, len(data.rows), len(reqs),
