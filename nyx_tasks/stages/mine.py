@@ -147,11 +147,12 @@ class MineStage(Stage):
         texts = [d["text"] for d in docs]
         picks, positives, pos_scores, ranked = mine_negatives(
             q_vecs[kept], d_vecs, [pos_of[queries[qi]["pos_chunk_id"]] for qi in kept], doc_ids, texts, cfg)
+        mined = Mined(doc_ids, texts, [d["image_ids"] for d in docs], embedder.model_id)
         rows = []
         for qi, pos, p, pos_score, hits in zip(kept, positives, picks, pos_scores, ranked, strict=True):
             q = queries[qi]
             rows.append(_triplet(
-                out, cfg, p, hits, pos, pos_score, doc_ids, texts, [d["image_ids"] for d in docs], embedder,
+                out, cfg, mined, p, (pos, pos_score, hits),
                 source="nyxqa", qa_id=q["qa_id"], query=q["query"], query_image_ids=q["query_image_ids"],
                 answer=q["answer"], answers=[q["answer"]], split=q["split"], modality=q["modality"]))
         out.write(rows)
@@ -179,27 +180,40 @@ class MineStage(Stage):
         out.extra[f"{ts.name}_embedded_queries"] += n_new_q
         doc_ids, texts = [d.doc_id for d in corpus], [d.text for d in corpus]
         picks, positives, pos_scores, ranked = mine_negatives(q_vecs, d_vecs, None, doc_ids, texts, cfg)
-        out.write([_triplet(out, cfg, p, hits, pos, pos_score, doc_ids, texts, None, embedder,
+        mined = Mined(doc_ids, texts, [[] for _ in doc_ids], embedder.model_id)
+        out.write([_triplet(out, cfg, mined, p, (pos, pos_score, hits),
                             source=ts.name, qa_id=q.qid, query=q.question, query_image_ids=[],
                             answer=q.answers[0], answers=q.answers, split="train", modality="text_only")
                    for q, p, pos, pos_score, hits in zip(questions, picks, positives, pos_scores, ranked, strict=True)])
 
 
-def _triplet(out: ShardOutputs, cfg: MineConfig, p: Picked, hits: list[int], pos: int, pos_score: float,
-             doc_ids: list[str], texts: list[str], image_ids: list[list[str]] | None, embedder, **query) -> dict:
-    """One output row; counts exclusions and queries short of negatives."""
+@dataclass(frozen=True)
+class Mined:
+    """The corpus the negatives were mined from, and by which embedder."""
+
+    ids: list[str]
+    texts: list[str]
+    image_ids: list[list[str]]
+    miner_id: str
+
+
+def _triplet(out: ShardOutputs, cfg: MineConfig, mined: Mined, p: Picked, positive: tuple[int, float, list[int]],
+             **query) -> dict:
+    """One output row (`positive`: its corpus index, score, and the ranked hits it is looked up in);
+    counts exclusions and queries short of negatives."""
+    pos, pos_score, hits = positive
     for k, v in p.excluded.items():
         out.extra[f"excluded_{k}"] += v
     if len(p.indices) < cfg.num_negatives:
         out.extra["queries_short_of_negatives"] += 1
         out.extra["negatives_missing"] += cfg.num_negatives - len(p.indices)
-    images = image_ids or [[] for _ in doc_ids]
+    ids, texts, images = mined.ids, mined.texts, mined.image_ids
     return {
-        **query, "pos_chunk_id": doc_ids[pos], "pos_text": texts[pos], "pos_image_ids": images[pos],
+        **query, "pos_chunk_id": ids[pos], "pos_text": texts[pos], "pos_image_ids": images[pos],
         "pos_score": pos_score, "pos_rank": hits.index(pos) if pos in hits else -1,
-        "neg_chunk_ids": [doc_ids[d] for d in p.indices], "neg_texts": [texts[d] for d in p.indices],
+        "neg_chunk_ids": [ids[d] for d in p.indices], "neg_texts": [texts[d] for d in p.indices],
         "neg_image_ids": [images[d] for d in p.indices], "neg_scores": p.scores, "neg_ranks": p.ranks,
-        "miner_id": embedder.model_id, "miner_hash": stable_hash(embedder.model_id),
+        "miner_id": mined.miner_id, "miner_hash": stable_hash(mined.miner_id),
     }
 
 
