@@ -20,7 +20,6 @@ EXCEPTIONS = {
     "nyx_tasks/importers.py:import_dataset": "one streaming loop from the source rows to the manifest",
     "nyx_tasks/importers.py:convert_row": "the layout's pieces, one per parameter",
     "nyx_tasks/cli.py:_import": "the `nyx import` options, one per parameter (typer)",
-    "nyx_tasks/stages/evaluate.py:EvaluateStage._text_set": "not yet given a context object",
 }
 
 

@@ -12,11 +12,22 @@ dimension, stage 1 vs stage 2), whose summary lines also go to the task log.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..base import StageError
 from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """The model under evaluation (`stage1` / `stage2`), its embedder, and the answering backend."""
+
+    model: str
+    embedder: Any
+    backend: Any
 
 
 class EvaluateStage(Stage):
@@ -73,25 +84,25 @@ class EvaluateStage(Stage):
                 raise StageError(f"evaluate: dims {too_big} exceed the {model} model's {embedder.dim} dims; "
                                  "set evaluate.dims to dims the model has.")
             ctx.log.info("evaluate %s: checkpoint %s (run %s), dims %s", model, ckpt["merged"], ckpt["run"], cfg.dims)
+            run = ModelRun(model, embedder, backend)
             if qa:
-                rows += self._nyxqa(ctx, model, embedder, corpus, qa, backend, out)
+                rows += self._nyxqa(ctx, run, corpus, qa, out)
             for ts, questions in text_sets:
                 if questions:
-                    rows += self._text_set(ctx, model, embedder, ts, text_corpus(ts, out.drops.drop), questions,
-                                           backend, out)
+                    rows += self._text_set(ctx, run, ts, text_corpus(ts, out.drops.drop), questions, out)
         backend.close()
         out.write(rows)
         self._report(ctx, rows)
 
     # -- NyxQA: retrieval + multiple-choice RAG accuracy, per split and dim
-    def _nyxqa(self, ctx, model, embedder, corpus, qa, backend, out) -> list[dict]:
+    def _nyxqa(self, ctx, run: ModelRun, corpus, qa, out) -> list[dict]:
         from ..answering import Answering
         from ..embedding import MixedItem
         from ..evaluation.metrics import retrieval_scores
         from ..judges import option_match
         from ..retrieval import embed, search
 
-        cfg = ctx.cfg.evaluate
+        cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, cfg.max_images)
         queries = [MixedItem(q["query"], tuple((i, corpus.paths[i]) for i in q["query_image_ids"])) for q in qa]
         d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
@@ -119,13 +130,13 @@ class EvaluateStage(Stage):
         return rows
 
     # -- text-only sets: top-1 retrieval, free-form answer, F1 / EM
-    def _text_set(self, ctx, model, embedder, ts, corpus, questions, backend, out) -> list[dict]:
+    def _text_set(self, ctx, run: ModelRun, ts, corpus, questions, out) -> list[dict]:
         from ..answering import Answering
         from ..embedding import MixedItem
         from ..judges import exact_match, token_f1
         from ..retrieval import embed, search
 
-        cfg = ctx.cfg.evaluate
+        cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, 0)
         d_vecs, q_vecs, _ = embed(embedder, corpus, [MixedItem(q.question) for q in questions], ctx.store)
         reqs, where = [], []
