@@ -62,10 +62,6 @@ class TrainStage(Stage):
     execution_only = ("dataloader_workers", "save_steps", "save_total_limit", "logging_steps")
     doc = "Contrastive Matryoshka InfoNCE training of the Nyx embedder (LoRA; DeepSpeed ZeRO-2 on GPUs)."
 
-    def __init__(self, name: str, inputs: tuple[str, ...] = ("mine",)):
-        self.name = self.config_key = name
-        self.inputs = inputs
-
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
         found = super().input_fingerprint(ctx)
         for src in ctx.cfg.stage_config(self.name).sources:  # imported datasets and re-mined negatives

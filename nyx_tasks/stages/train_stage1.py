@@ -5,4 +5,10 @@ from __future__ import annotations
 
 from .train import TrainStage
 
-STAGE = TrainStage("train_stage1", inputs=("mine",))
+
+class Stage1(TrainStage):
+    name = "train_stage1"  # its config section and its output prefix
+    inputs = ("mine",)
+
+
+STAGE = Stage1()

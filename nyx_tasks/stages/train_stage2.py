@@ -12,6 +12,9 @@ from .train import TrainStage
 
 
 class Stage2(TrainStage):
+    name = "train_stage2"  # its config section and its output prefix
+    inputs = ("feedback", "train_stage1")
+
     def init_adapter(self, ctx: StageContext) -> str | None:
         if ctx.cfg.train_stage2.init_from != "stage1":
             return None
@@ -24,4 +27,4 @@ class Stage2(TrainStage):
         return ckpt["adapter"]
 
 
-STAGE = Stage2("train_stage2", inputs=("feedback", "train_stage1"))
+STAGE = Stage2()
