@@ -34,6 +34,13 @@ LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "datasets", "sentence_tran
                    "torch", "faiss", "httpx", "PIL", "matplotlib", "urllib3", "filelock", "fsspec")
 
 
+# What the heavy libraries read when they load, for task processes (and for an executor that
+# imports those libraries before it forks them: nyx_tasks/warm.py).
+TASK_ENV = (("OMP_WAIT_POLICY", "PASSIVE"), ("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+            ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false"),
+            ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"))
+
+
 def prepare_task_process() -> None:
     """For Airflow task processes, before the heavy libraries load:
 
@@ -46,9 +53,7 @@ def prepare_task_process() -> None:
       weight test models) kept out of a successful run's log; the project's own progress
       lines (`Progress`) report counts and rates at INFO instead. A library error still logs
       at ERROR."""
-    for var, value in (("OMP_WAIT_POLICY", "PASSIVE"), ("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                       ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false"),
-                       ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+    for var, value in TASK_ENV:
         os.environ.setdefault(var, value)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

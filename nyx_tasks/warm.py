@@ -17,11 +17,7 @@ import logging
 import os
 import time
 
-# The environment the heavy libraries read when they load (libgomp reads OMP_* then, so
-# it must be set before torch is imported here, not later in the task); the same values
-# as `log.prepare_task_process`.
-TASK_ENV = (("OMP_WAIT_POLICY", "PASSIVE"), ("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_VERBOSITY", "error"),
-            ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"), ("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
+from .log import TASK_ENV
 
 # The libraries, then the model families the profiles use (transformers loads a family's
 # modules on first use: Qwen2.5-VL for the Nyx embedder and the answering VLM, InternVL for
@@ -41,8 +37,9 @@ MODULES = (
 
 
 def preload(modules: tuple[str, ...] = MODULES, log: logging.Logger | None = None) -> dict[str, str]:
-    """Import `modules` (after setting TASK_ENV where unset); returns what failed to import and
-    why (an optional library that is not installed is skipped, never an error)."""
+    """Import `modules` (after setting `log.TASK_ENV` where unset: libgomp reads OMP_* when torch
+    loads, so here, not later in the task); returns what failed to import and why (an optional
+    library that is not installed is skipped, never an error)."""
     for var, value in TASK_ENV:
         os.environ.setdefault(var, value)
     t0, failed = time.monotonic(), {}
