@@ -144,7 +144,8 @@ def long_text(seed: int, n_words: int = 120) -> str:
 # A scripted generator for pinning synthesize/filter logic (the real backends
 # are tested in tests/inference and against a real vLLM server).
 class Scripted:
-    """Answers by prompt kind; records every request it is sent."""
+    """Answers by prompt kind; records every request it is sent. Subclasses answer otherwise by
+    overriding `reply(prompt)`."""
 
     model_id = "scripted:v1"
 
@@ -152,35 +153,37 @@ class Scripted:
         self.seen = []
 
     def generate(self, requests, on_done=None):
+        from nyx_tasks.inference.base import text_of
+
         out = []
         for i, r in enumerate(requests):
             self.seen.append(r)
-            from nyx_tasks.inference.base import text_of
-
-            prompt = text_of(r.messages[0]["content"])
-            if "Shorten the answer" in prompt:
-                q = prompt.split("Question: ")[1].split("\n")[0]
-                text = json.dumps({"short_answer": "granite", "can_shorten": "long" not in q,
-                                   "depends_on_context": "passage" in q})
-            elif "wrong but plausible" in prompt:
-                text = "not json" if "broken" in prompt else json.dumps({"distractors": ["basalt", "marble", "slate"]})
-            elif "at least two images" in prompt:
-                text = json.dumps({"qa_pairs": [{"question": "Compare <image1> and <image2>?", "answer": "red"}]})
-            elif "<image1>" in prompt:
-                text = json.dumps({"qa_pairs": [{"question": "What colour is <image1>?", "answer": "red"}]})
-            else:
-                text = json.dumps({"qa_pairs": [
-                    {"question": "What is the tower built of?", "answer": "granite blocks"},
-                    {"question": "What does the passage say?", "answer": "things"},
-                    {"question": "Why is it long to say?", "answer": "because"},
-                    {"question": "A broken one?", "answer": "x"}]})
-            from nyx_tasks.inference.base import ChatResponse
-
-            resp = ChatResponse(text=text)
+            resp = self.reply(text_of(r.messages[0]["content"]))
             out.append(resp)
             if on_done:
                 on_done(i, resp)
         return out
+
+    def reply(self, prompt: str):
+        from nyx_tasks.inference.base import ChatResponse
+
+        if "Shorten the answer" in prompt:
+            q = prompt.split("Question: ")[1].split("\n")[0]
+            text = json.dumps({"short_answer": "granite", "can_shorten": "long" not in q,
+                               "depends_on_context": "passage" in q})
+        elif "wrong but plausible" in prompt:
+            text = "not json" if "broken" in prompt else json.dumps({"distractors": ["basalt", "marble", "slate"]})
+        elif "at least two images" in prompt:
+            text = json.dumps({"qa_pairs": [{"question": "Compare <image1> and <image2>?", "answer": "red"}]})
+        elif "<image1>" in prompt:
+            text = json.dumps({"qa_pairs": [{"question": "What colour is <image1>?", "answer": "red"}]})
+        else:
+            text = json.dumps({"qa_pairs": [
+                {"question": "What is the tower built of?", "answer": "granite blocks"},
+                {"question": "What does the passage say?", "answer": "things"},
+                {"question": "Why is it long to say?", "answer": "because"},
+                {"question": "A broken one?", "answer": "x"}]})
+        return ChatResponse(text=text)
 
     def close(self):
         pass

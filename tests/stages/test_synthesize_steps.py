@@ -14,29 +14,22 @@ from nyx_tasks.inference import CachedBackend, RequestCache
 from nyx_tasks.inference.base import ChatResponse, text_of
 from nyx_tasks.log import DropCounter
 from nyx_tasks.stages import synthesize as synth
+from tests import conftest
 
 LOG = logging.getLogger("nyx.test_synthesize_steps")
 
 
-class Scripted:
+class Scripted(conftest.Scripted):
     """Answers each request with the reply of the first rule whose marker is in its prompt."""
 
     model_id = "scripted:steps"
 
     def __init__(self, rules):
+        super().__init__()
         self.rules = rules  # [(marker, ChatResponse)]
-        self.seen = []
 
-    def generate(self, requests, on_done=None):
-        out = []
-        for i, r in enumerate(requests):
-            self.seen.append(r)
-            prompt = text_of(r.messages[0]["content"])
-            resp = next(reply for marker, reply in self.rules if marker in prompt)
-            out.append(resp)
-            if on_done:
-                on_done(i, resp)
-        return out
+    def reply(self, prompt: str):
+        return next(reply for marker, reply in self.rules if marker in prompt)
 
     def close(self):
         pass
