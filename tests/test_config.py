@@ -104,10 +104,10 @@ PAPER_SHAPE_OVERRIDES = {
     "synthesize.generation.backend", "synthesize.generation.model", "synthesize.generation.temperature",
     "synthesize.generation.compact_json", "filter.max_answer_words", "filter.eval_per_group",
     "mine.embedder.model", "mine.text_embedder.model", "mine.text_sets",
-    "train_stage1.base_model", "train_stage1.max_steps", "train_stage1.logging_steps", "train_stage1.num_gpus",
+    "train_stage1.base_model", "train_stage1.sources", "train_stage1.max_steps", "train_stage1.logging_steps", "train_stage1.num_gpus",
     "feedback.generation.backend", "feedback.generation.model", "feedback.generation.temperature",
     "feedback.generation.compact_json", "feedback.top_k", "feedback.max_queries_per_source",
-    "train_stage2.base_model", "train_stage2.max_steps", "train_stage2.logging_steps", "train_stage2.num_gpus",
+    "train_stage2.base_model", "train_stage2.sources", "train_stage2.max_steps", "train_stage2.logging_steps", "train_stage2.num_gpus",
     "evaluate.generation.backend", "evaluate.generation.model", "evaluate.generation.compact_json",
     "evaluate.text_sets",
 }
