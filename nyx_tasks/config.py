@@ -478,16 +478,17 @@ def parse_override(item: str) -> dict[str, Any]:
     return node
 
 
-def _profile_tree(name: str, folder: Path) -> dict[str, Any]:
-    """The raw tree of the profile `name` (in `folder`), its own `extends` resolved."""
+def _profile_tree(path: Path) -> dict[str, Any]:
+    """The raw tree of the profile file `path`; `extends: <name>` deep-merges it over that profile
+    (in the same folder), and the profile is then named after its own file."""
     import yaml
 
-    path = folder / f"{name}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"profile extends {name!r}, which is not in {folder}")
     data = yaml.safe_load(path.read_text()) or {}
     if base := data.pop("extends", None):
-        data = _deep_merge(_profile_tree(base, folder), data)
+        base_path = path.parent / f"{base}.yaml"
+        if not base_path.exists():
+            raise FileNotFoundError(f"profile {path.stem!r} extends {base!r}, which is not in {path.parent}")
+        data = {**_deep_merge(_profile_tree(base_path), data), "profile": path.stem}
     return data
 
 
@@ -496,7 +497,6 @@ def load_config(
     overrides: list[str | dict[str, Any]] | dict[str, Any] | None = None,
 ) -> NyxConfig:
     """Load a profile (a name in ``configs/`` or a YAML path) and apply overrides."""
-    import yaml
 
     path = Path(profile)
     if not path.suffix:
@@ -505,10 +505,8 @@ def load_config(
         raise FileNotFoundError(
             f"profile {profile!r} not found (looked for {path}); available: {list_profiles()}"
         )
-    data = yaml.safe_load(path.read_text()) or {}
-    if base := data.pop("extends", None):  # a profile written as another profile plus its overrides
-        data = _deep_merge(_profile_tree(base, path.parent), data)
-    data["profile"] = path.stem if base else data.get("profile", path.stem)
+    data = _profile_tree(path)
+    data.setdefault("profile", path.stem)
     if isinstance(overrides, dict):
         data = _deep_merge(data, overrides)
     else:  # `key=value` strings (values parsed as YAML) or trees taken verbatim
