@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
+from .base import ShardSpec
 from .config import SAMPLE_CORPUS_DIR, SourceConfig, resolve_pkgdata
 
 EOD_MARKER = "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"
@@ -55,7 +56,7 @@ def _file_format(path: str) -> str:
     raise ValueError(f"cannot tell the format of {path!r}: expected .parquet or .jsonl")
 
 
-def list_source_shards(src: SourceConfig) -> list[dict]:
+def list_source_shards(src: SourceConfig) -> list[ShardSpec]:
     """One shard per input file (or HF data-files entry), in a stable order."""
     if src.kind == "hf":
         entries = src.hf_data_files or [None]
@@ -95,7 +96,7 @@ def fingerprint_urls(urls: list[str]) -> str:
     return fingerprint_shards([{"kind": "file", "url": u} for u in urls], None)
 
 
-def fingerprint_shards(shards: list[dict], src: SourceConfig | None) -> str:
+def fingerprint_shards(shards: list[ShardSpec], src: SourceConfig | None) -> str:
     """A hash that changes when any input file changes (size, mtime, etag)."""
     import fsspec
 
@@ -113,7 +114,7 @@ def fingerprint_shards(shards: list[dict], src: SourceConfig | None) -> str:
     return stable_hash(facts, 32)
 
 
-def iter_source_rows(shard: dict, src: SourceConfig) -> Iterator[tuple[int, dict | Malformed]]:
+def iter_source_rows(shard: ShardSpec, src: SourceConfig) -> Iterator[tuple[int, dict | Malformed]]:
     """(row index, raw row or Malformed) for one shard, streamed."""
     limit = src.max_rows_per_shard
     rows = (_iter_hf(shard, src) if shard["kind"] == "hf"
@@ -155,7 +156,7 @@ def _iter_parquet(url: str, batch_size: int = 256) -> Iterator[dict | Malformed]
             yield from batch.to_pylist()
 
 
-def _iter_hf(shard: dict, src: SourceConfig) -> Iterator[dict | Malformed]:
+def _iter_hf(shard: ShardSpec, src: SourceConfig) -> Iterator[dict | Malformed]:
     """Stream the hub dataset (needs network access to the hub; real code path)."""
     from datasets import load_dataset
 

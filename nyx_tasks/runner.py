@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .artifacts import TMP_PREFIX, ArtifactStore
-from .base import StageError, code_version
+from .base import ShardSpec, StageError, check_shard_specs, code_version
 from .config import NyxConfig, stable_hash
 from .log import DropCounter, drop_lines, get_logger
 
@@ -43,7 +43,7 @@ class StageContext:
         return get_logger(self.stage.name)
 
     def rel(self, name: str = "") -> str:
-        base = ArtifactStore.stage_rel(self.partition, self.stage.name)
+        base = ArtifactStore.stage_rel(self.partition, self.stage.output)
         return f"{base}/{name}" if name else base
 
     def input_manifest(self, stage: str) -> dict:
@@ -60,7 +60,7 @@ class StageContext:
 class ShardOutputs:
     """What one shard writes: one Parquet file per output kind, drops, counters."""
 
-    def __init__(self, ctx: StageContext, shard: dict):
+    def __init__(self, ctx: StageContext, shard: ShardSpec):
         self.ctx, self.shard = ctx, shard
         self.drops = DropCounter(ctx.log)
         self.rows_in = 0
@@ -91,7 +91,12 @@ class ShardOutputs:
 
 class Stage:
     """A pipeline stage. Subclasses set the class attributes and implement
-    `plan_shards` and `process`; everything else is the runner's."""
+    `plan_shards` and `process`; everything else is the runner's.
+
+    `name` is the stage's identity: its log lines, its `nyx <name>` command, its config
+    section (unless `config_key` names another). Its output lands under
+    `partitions/<p>/<output>/`, which is the name unless a stage declares another
+    (re-mining writes `negatives/<version>`)."""
 
     name: ClassVar[str]
     version: ClassVar[int] = 1  # bump when the output for the same config changes
@@ -105,6 +110,11 @@ class Stage:
     execution_only: ClassVar[tuple[str, ...]] = ()
 
     config_key: ClassVar[str | None] = None  # the config section; None: the stage's name
+
+    @property
+    def output(self) -> str:
+        """The stage's directory under `partitions/<p>/`; downstream stages read it by this name."""
+        return self.name
 
     def config_payload(self, cfg: NyxConfig) -> Any:
         payload = getattr(cfg, self.config_key or self.name).model_dump(mode="json")
@@ -120,10 +130,10 @@ class Stage:
         """Hashes of what this stage reads; a change re-computes. Default: upstream outputs."""
         return {s: ctx.input_manifest(s)["output_hash"] for s in self.inputs}
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         raise NotImplementedError
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         raise NotImplementedError
 
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
@@ -159,8 +169,9 @@ def write_resolved_config(cfg: NyxConfig, store: ArtifactStore) -> str:
 
 
 def stage_config_hash(stage: Stage, cfg: NyxConfig) -> str:
-    """The hash the manifest records as `config_hash`: the stage's own config payload."""
-    return stable_hash({"stage": stage.name, "version": stage.version, "config": stage.config_payload(cfg)})
+    """The hash the manifest records as `config_hash`: the stage's own config payload, keyed by
+    the output it writes (for every stage but re-mining that is its name)."""
+    return stable_hash({"stage": stage.output, "version": stage.version, "config": stage.config_payload(cfg)})
 
 
 def log_context(stage: Stage, cfg: NyxConfig, store: ArtifactStore, step: str) -> str:
@@ -184,7 +195,7 @@ def failure_line(stage: str, step: str, partition: str):
         get_logger(stage).error(
             "%s FAILED (%s, partition %s): %s: %s. Finished shards are kept; fix the cause and clear the task "
             "(or re-run `nyx %s --partition %s`) to resume. The traceback follows.",
-            stage, step, partition, type(e).__name__, str(e)[:500], stage.split("/")[0], partition)
+            stage, step, partition, type(e).__name__, str(e)[:500], stage, partition)
         raise
 
 
@@ -193,7 +204,7 @@ def _context(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None) -> Stage
     return StageContext(cfg=cfg, store=store, stage=stage, partition=cfg.partition)
 
 
-def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> list[dict]:
+def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> list[ShardSpec]:
     """Decide what to do. Returns the shard specs (empty when the stage is complete
     and unchanged). A changed config/input or `force` invalidates the old output
     first, so no reader mixes old and new shards."""
@@ -219,6 +230,7 @@ def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None)
             ctx.store.remove(ctx.rel(SHARDS_DIR))
         ctx.key, ctx.inputs = key, inputs
         shards = stage.plan_shards(ctx)
+        check_shard_specs(stage.name, shards)
         if not shards:
             raise StageError(f"{stage.name}: nothing to process for partition {ctx.partition} "
                              "(the input has no shards); check the source configuration.")
@@ -232,11 +244,11 @@ def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None)
         return shards
 
 
-def _marker_rel(ctx: StageContext, shard: dict) -> str:
+def _marker_rel(ctx: StageContext, shard: ShardSpec) -> str:
     return ctx.rel(f"{SHARDS_DIR}/{int(shard['shard']):05d}.json")
 
 
-def _shard_done(ctx: StageContext, shard: dict, key: str) -> dict | None:
+def _shard_done(ctx: StageContext, shard: ShardSpec, key: str) -> dict | None:
     marker = ctx.store.read_json(_marker_rel(ctx, shard))
     return marker if marker and marker.get("key") == key else None
 
@@ -248,14 +260,14 @@ def _read_plan(ctx: StageContext) -> dict:
     return plan
 
 
-def run_shard(stage: Stage, cfg: NyxConfig, shard: dict, store: ArtifactStore | None = None) -> dict:
+def run_shard(stage: Stage, cfg: NyxConfig, shard: ShardSpec, store: ArtifactStore | None = None) -> dict:
     """Process one shard unless its marker says it is done. Returns the marker."""
-    with failure_line(stage.name, f"shard {shard.get('name', shard.get('shard'))}", cfg.partition):
+    name = shard["name"]
+    with failure_line(stage.name, f"shard {name}", cfg.partition):
         ctx = _context(stage, cfg, store)
-        log_context(stage, cfg, ctx.store, f"shard {shard.get('name', shard.get('shard'))}")
+        log_context(stage, cfg, ctx.store, f"shard {name}")
         plan = _read_plan(ctx)
         ctx.key, ctx.inputs = plan["key"], plan["inputs"]
-        name = shard.get("name", shard["shard"])
         marker = _shard_done(ctx, shard, ctx.key)
         if marker:
             ctx.log.info("%s: shard %s already finished (%s rows); skipping",
@@ -299,7 +311,7 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
         markers, missing = [], []
         for s in plan["shards"]:
             m = _shard_done(ctx, s, plan["key"])
-            (markers.append(m) if m else missing.append(s.get("name", s["shard"])))
+            (markers.append(m) if m else missing.append(s["name"]))
         if missing:
             raise StageError(f"{stage.name}: shard(s) {missing} of partition {ctx.partition} did not "
                              "finish; re-run the stage (finished shards are kept).")

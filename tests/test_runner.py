@@ -190,3 +190,23 @@ def test_a_failure_logs_one_clear_line_first(make_cfg, caplog, monkeypatch):
     assert context[1].endswith(f"config={path}") and f"config_hash={stage_config_hash(stage, cfg)}" in context[0]
     resolved = yaml.safe_load(Path(path.removeprefix("file://")).read_text())
     assert resolved["chunk"]["chunk_tokens"] == 200 and resolved["partition"] == "demo"
+
+
+@pytest.mark.parametrize("bad, says", [
+    ([{"shard": 0}], "needs an integer 'shard' and a non-empty 'name'"),
+    ([{"shard": "0", "name": "a"}], "needs an integer 'shard'"),
+    ([{"shard": 0, "name": "a"}, {"shard": 0, "name": "b"}], "share the index 0"),
+])
+def test_a_plan_with_a_malformed_shard_spec_is_refused_before_any_work(make_cfg, monkeypatch, bad, says):
+    """The runner checks the ShardSpec contract (index and name) when a stage plans, so a stage
+    bug fails at plan time with the stage named, not as a KeyError inside a mapped task."""
+    from nyx_tasks.base import StageError
+
+    cfg = make_cfg()
+    store = ArtifactStore(cfg.artifact_root())
+    stage = get_stage("ingest")
+    monkeypatch.setattr(type(stage), "plan_shards", lambda self, ctx: bad)
+    with pytest.raises(StageError, match=says) as e:
+        run_stage(stage, cfg, store)
+    assert str(e.value).startswith("ingest: ")
+    assert not store.exists("partitions/demo/ingest/_PLAN.json")

@@ -9,6 +9,7 @@ rows_in = documents, rows_out = chunks; drops count chunks by reason.
 
 from __future__ import annotations
 
+from ..base import ShardSpec
 from ..chunking import chunk_batch
 from ..log import Progress
 from ..runner import ShardOutputs, Stage, StageContext
@@ -24,7 +25,7 @@ class ChunkStage(Stage):
     execution_only = ("batch_docs",)
     doc = "Cut documents into 200-token mixed-modal chunks; drop short tails and chunks with >5 images."
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         ingest = ctx.input_manifest("ingest")
         self._prepare_tokenizer(ctx, [o["path"] for o in ingest["outputs"]["part"]])
         return [{"shard": i, "name": o["path"].rsplit("/", 1)[-1], "input": o["path"]}
@@ -72,7 +73,7 @@ class ChunkStage(Stage):
         with ctx.store.fs.open(ctx.store.path(ctx.rel(TOKENIZER_FILE)), "rb") as f:
             return Tokenizer.from_str(f.read().decode())
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         from ..tokenizer import placeholder_id
 
         cfg = ctx.cfg.chunk

@@ -17,7 +17,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from ..base import StageError
+from ..base import ShardSpec, StageError
 from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 
@@ -184,7 +184,7 @@ class Selection:
     negs: list[tuple[int, int]]  # (corpus index, rank) of each negative
 
 
-def shard_rows(ctx: StageContext, shard: dict) -> list[dict]:
+def shard_rows(ctx: StageContext, shard: ShardSpec) -> list[dict]:
     """The shard's slice of mine's train rows of its source."""
     from ..artifacts import iter_stage_batches
 
@@ -353,7 +353,7 @@ class FeedbackStage(Stage):
         payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]
         return payload
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         from ..artifacts import iter_stage_batches
 
         cfg = ctx.cfg.feedback
@@ -371,7 +371,7 @@ class FeedbackStage(Stage):
                                "start": start, "stop": stop})
         return shards or [{"shard": 0, "name": "empty", "source": None, "start": 0, "stop": 0}]
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         if shard["source"] is None:
             return
         cfg = ctx.cfg.feedback

@@ -26,6 +26,7 @@ import re
 import string
 
 from ..artifacts import iter_stage_batches
+from ..base import ShardSpec
 from ..runner import ShardOutputs, Stage, StageContext
 from .sample import GROUPS
 
@@ -100,10 +101,10 @@ class FilterStage(Stage):
     def config_payload(self, cfg):
         return {**super().config_payload(cfg), "image_placeholder": cfg.chunk.image_placeholder}
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         return [{"shard": 0, "name": "all"}]  # duplicates and splits need the whole partition
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         cfg = ctx.cfg.filter
         placeholder = ctx.cfg.chunk.image_placeholder
         seen: set[str] = set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..base import ShardSpec
 from ..log import Progress
 from ..obelics import (
     Document,
@@ -32,14 +33,14 @@ class IngestStage(Stage):
     execution_only = ("batch_docs", "fetch.concurrency")
     doc = "Read OBELICS rows, keep every Nth, fetch + verify + store images, drop documents with failed images."
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         return list_source_shards(ctx.cfg.ingest.source)
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
         src = ctx.cfg.ingest.source
         return {"source": fingerprint_shards(list_source_shards(src), src)}
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         from ..fetch import ImageFetcher
 
         cfg = ctx.cfg.ingest

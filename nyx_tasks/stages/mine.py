@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..artifacts import image_paths, iter_stage_batches
+from ..base import ShardSpec, StageError
 from ..config import MineConfig, stable_hash
 from ..runner import ShardOutputs, Stage, StageContext
 
@@ -105,13 +106,13 @@ class MineStage(Stage):
         sets = {f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.mine.text_sets}  # a missing file fails first
         return {**super().input_fingerprint(ctx), **sets}
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         # one shard per corpus: each search needs its whole corpus
         return [{"shard": 0, "name": "nyxqa"}] + [
             {"shard": i, "name": f"text:{t.name}", "text_set": t.name}
             for i, t in enumerate(ctx.cfg.mine.text_sets, start=1)]
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         if "text_set" in shard:
             self._mine_text_set(ctx, next(t for t in ctx.cfg.mine.text_sets if t.name == shard["text_set"]), out)
         else:
@@ -169,8 +170,6 @@ class MineStage(Stage):
         corpus = read_corpus(ts, out.drops.drop)
         out.rows_in = len(questions) + sum(v for k, v in out.drops.counts.items() if "_corpus_" not in k)
         if not questions or not corpus:
-            from ..base import StageError
-
             raise StageError(f"mine: text set {ts.name!r} has {len(questions)} usable questions and "
                              f"{len(corpus)} corpus documents; check mine.text_sets[{ts.name}] paths and columns.")
         embedder = make_embedder(cfg.text_embedder, ctx.store)
@@ -220,6 +219,22 @@ def _triplet(out: ShardOutputs, cfg: MineConfig, mined: Mined, p: Picked, positi
 STAGE = MineStage()
 
 
+class RemineStage(MineStage):
+    """Mining again with a newer miner: the same work as `mine`, run by `nyx remine` and the
+    re-mining DAG, declaring its output as one version of the partition's negatives."""
+
+    name = "remine"
+    config_key = "mine"
+    doc = "Re-mine the NyxQA negatives with the newest checkpoint into negatives/<version>/."
+
+    def __init__(self, negatives_version: str):
+        self.negatives_version = negatives_version
+
+    @property
+    def output(self) -> str:
+        return f"negatives/{self.negatives_version}"
+
+
 def remine(cfg, store=None):
     """Re-mine the partition's NyxQA negatives with the newest retriever checkpoint
     (or the configured miner when there is none) into a new versioned artifact,
@@ -240,8 +255,4 @@ def remine(cfg, store=None):
     # NyxQA only: a text set's positive is the text embedder's top-1, which re-mining must not move
     cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"embedder": emb, "text_sets": []})})
     version = stable_hash({"embedder": emb.model_dump(mode="json"), "checkpoint": ckpt}, 12)
-
-    class VersionedMine(MineStage):
-        name = f"negatives/{version}"
-
-    return run_stage(VersionedMine(), cfg, store), version, ckpt
+    return run_stage(RemineStage(version), cfg, store), version, ckpt

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..artifacts import iter_stage_batches
+from ..base import ShardSpec
 from ..runner import ShardOutputs, Stage, StageContext
 from ..schema import SAMPLED_CHUNKS
 
@@ -45,10 +46,10 @@ class SampleStage(Stage):
     outputs = {"part": "sampled_chunks"}
     doc = "Draw the fixed-size chunk subset with the paper's text-only / single-image / multi-image mix."
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         return [{"shard": 0, "name": "all"}]
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         cfg = ctx.cfg.sample
         targets = group_targets(cfg.size, (cfg.text_only_frac, cfg.single_image_frac, cfg.multi_image_frac))
         # Phase 1: stream two small columns, keep the k smallest keys per group (max-heaps of size k).

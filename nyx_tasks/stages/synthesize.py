@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..artifacts import image_paths
-from ..base import StageError
+from ..base import ShardSpec, StageError
 from ..config import SynthesizeConfig
 from ..inference import ChatRequest, ChatResponse, GenerationError, make_backend
 from ..inference.structured import parse
@@ -239,13 +239,13 @@ class SynthesizeStage(Stage):
     def config_payload(self, cfg):
         return with_prompts(super().config_payload(cfg), cfg, cfg.synthesize.prompt_version, PROMPTS)
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         n = ctx.input_manifest("sample")["rows_out"]
         step = ctx.cfg.synthesize.shard_chunks
         return [{"shard": i, "name": f"chunks-{s:06d}-{min(s + step, n):06d}", "start": s, "stop": min(s + step, n)}
                 for i, s in enumerate(range(0, max(n, 1), step))]
 
-    def _chunks(self, ctx, shard) -> list[dict]:
+    def _chunks(self, ctx: StageContext, shard: ShardSpec) -> list[dict]:
         from ..artifacts import iter_stage_batches
 
         rows, seen = [], 0
@@ -258,7 +258,7 @@ class SynthesizeStage(Stage):
                 break
         return rows
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         chunks = self._chunks(ctx, shard)
         out.rows_in = len(chunks)
         if not chunks:

@@ -23,7 +23,7 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-from ..base import StageError
+from ..base import ShardSpec, StageError
 from ..checkpoints import read_checkpoint_marker, write_checkpoint_marker
 from ..runner import ShardOutputs, Stage, StageContext
 from ..training.deepspeed_config import launch_env
@@ -77,14 +77,14 @@ class TrainStage(Stage):
                 found[f"negatives:{src.name}"] = newest_negatives(ctx.store, ctx.partition) or "-"
         return found
 
-    def plan_shards(self, ctx: StageContext) -> list[dict]:
+    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         return [{"shard": 0, "name": "train"}]
 
     def init_adapter(self, ctx: StageContext) -> str | None:
         """An adapter to fold in before training (stage 2 from the stage-1 model)."""
         return None
 
-    def process(self, ctx: StageContext, shard: dict, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         cfg = ctx.cfg.stage_config(self.name)
         run = run_name(ctx.partition, ctx.key)
         rel = f"models/{run}/{self.name}"

@@ -81,6 +81,10 @@ def test_remine_writes_a_new_version_and_keeps_the_old(make_cfg, scripted):
         run_stage(get_stage(s), cfg, store)
     first, v1, ckpt = remine(cfg, store)
     assert ckpt is None and first.status == "computed"  # no checkpoint yet: the configured miner
+    # re-mining is its own stage (`nyx remine`) that declares negatives/<version> as its output
+    assert first.stage == first.manifest["stage"] == "remine"
+    assert first.manifest["location"].endswith(f"partitions/demo/negatives/{v1}")
+    assert not store.exists("partitions/demo/remine") and store.exists("partitions/demo/mine") is False
     again, v1b, _ = remine(cfg, store)
     assert v1b == v1 and again.status == "skipped"  # same miner: nothing to do
     # a new checkpoint appears: the next re-mine writes a new version beside the old one
