@@ -31,6 +31,8 @@ from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
 from nyx_airflow.params import run_params
 from nyx_airflow.stage_group import CHECKPOINT_ASSET, config_from_context
 
+from nyx_tasks.stages.mine import remine as run_remine
+
 NEGATIVES_ASSET = Asset(name="nyx_negatives", uri="x-nyx://negatives", group="nyx")
 
 
@@ -54,8 +56,6 @@ def nyx_remine_negatives():
     def remine() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
         from nyx_airflow.params import ConfError, check_conf
-
-        from nyx_tasks.stages.mine import remine as run_remine
 
         ctx = get_current_context()
         try:  # the schema checks only types; names and unknown conf keys are refused here, not retried

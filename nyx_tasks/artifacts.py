@@ -151,13 +151,13 @@ class ParquetShardWriter:
         self.rows = 0
 
     def write_rows(self, rows: list[dict]) -> None:
-        from .schema import to_table
+        from .schema import to_table  # pyarrow, only once rows are written
 
         if rows:
             self._append(to_table(rows, self.schema, self.name))  # to_table has checked it
 
     def write_table(self, table) -> None:
-        from .schema import check
+        from .schema import check  # pyarrow, only once rows are written
 
         self._append(check(table, self.schema, self.name))
 
@@ -226,7 +226,7 @@ def read_stage_table(store: ArtifactStore, partition: str, stage: str, kind: str
 
     batches = list(iter_stage_batches(store, partition, stage, kind, columns))
     if not batches:
-        from .schema import SCHEMAS
+        from .schema import SCHEMAS  # pyarrow, only once rows are written
 
         manifest = store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
         schema = SCHEMAS[manifest["schemas"][kind]]

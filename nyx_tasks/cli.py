@@ -10,7 +10,11 @@ from typing import Annotated
 
 import typer
 
-from .stages import STAGE_NAMES
+from .airflow_setup import init
+from .base import StageError
+from .config_rules import ConfigContradiction, check_rules, hidden_size_rules, shared_lines
+from .log import drop_table, setup_cli_logging
+from .stages import STAGE_MODULES, STAGE_NAMES, get_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Nyx pipeline: NyxQA construction and Nyx retriever training (arXiv 2510.17354).")
@@ -23,7 +27,7 @@ Force = Annotated[bool, typer.Option("--force", help="Recompute even if complete
 
 
 def _config(profile: str, partition: str | None, sets: list[str] | None, root: str | None, force: bool = False):
-    from .config import load_config
+    from .config import load_config  # pydantic: kept out of `nyx --help`
 
     overrides: list = list(sets or [])  # --set values are YAML; names and paths are taken verbatim
     if partition:
@@ -40,10 +44,7 @@ def _config(profile: str, partition: str | None, sets: list[str] | None, root: s
 
 
 def _run_stages(names: list[str], cfg) -> list:
-    from .base import StageError
-    from .log import setup_cli_logging
-    from .runner import run_stage
-    from .stages import get_stage
+    from .runner import run_stage  # fsspec, pyarrow: kept out of `nyx --help`
 
     setup_cli_logging()
     results = []
@@ -63,7 +64,6 @@ def _stage_command(name: str):
         (result,) = _run_stages([name], cfg)
         typer.echo(json.dumps(result.summary(), indent=2))
 
-    from .stages import STAGE_MODULES
 
     command.__doc__ = f"Run the `{name}` stage for one partition ({STAGE_MODULES[name]})."
     return command
@@ -89,8 +89,7 @@ def run_pipeline(profile: Profile = "demo", partition: Partition = None, sets: S
 
 
 def status_text(cfg) -> str:
-    from .artifacts import ArtifactStore
-    from .log import drop_table
+    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
 
     store = ArtifactStore(cfg.artifact_root())
     lines = [f"artifacts: {store.root}", f"partition: {cfg.partition}"]
@@ -122,8 +121,7 @@ def show_config(profile: Profile = "demo", partition: Partition = None, sets: Se
     """Print the resolved configuration and each stage's config hash."""
     import yaml
 
-    from .config import stable_hash
-    from .stages import get_stage
+    from .config import stable_hash  # pydantic: kept out of `nyx --help`
 
     cfg = _config(profile, partition, sets, root)
     if check:
@@ -140,7 +138,7 @@ def _hidden_size(model: str) -> int | None:
     """The text width of a model's config (tiny models are built on the spot); None when unreadable here."""
     from transformers import AutoConfig
 
-    from .embedding import resolve_model_path
+    from .embedding import resolve_model_path  # numpy, fsspec: kept out of `nyx --help`
 
     try:
         conf = AutoConfig.from_pretrained(resolve_model_path(model), local_files_only=True)
@@ -150,8 +148,6 @@ def _hidden_size(model: str) -> int | None:
 
 
 def _check(cfg) -> None:
-    from .config_rules import ConfigContradiction, check_rules, hidden_size_rules, shared_lines
-
     try:
         lines = shared_lines(cfg) + check_rules(cfg) + hidden_size_rules(cfg, _hidden_size)
     except ConfigContradiction as e:
@@ -167,8 +163,7 @@ def _check(cfg) -> None:
 def remine_cmd(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None,
                force: Force = False) -> None:
     """Re-mine hard negatives with the newest checkpoint into a new versioned artifact."""
-    from .log import setup_cli_logging
-    from .stages.mine import remine
+    from .stages.mine import remine  # numpy, fsspec: kept out of `nyx --help`
 
     setup_cli_logging()
     result, version, ckpt = remine(_config(profile, partition, sets, root, force))
@@ -183,7 +178,7 @@ app.add_typer(models_app, name="models")
 def build_tiny_cmd(out_dir: Annotated[str, typer.Argument(help="Where to write the models.")],
                    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0) -> None:
     """Build tiny random-weight Qwen2.5-VL and Qwen2 models (and their tokenizer) offline."""
-    from .models.tiny import build_tiny
+    from .models.tiny import build_tiny  # pydantic, fsspec: kept out of `nyx --help`
 
     typer.echo(json.dumps(build_tiny(out_dir, seed), indent=2))
 
@@ -196,8 +191,6 @@ app.add_typer(airflow_app, name="airflow")
 def airflow_init_cmd() -> None:
     """Create/update the `gpu` pool (NYX_GPU_SLOTS, default 1) and, when NYX_VLLM_URL is set, the
     `nyx_vllm` connection (key from NYX_VLLM_API_KEY). Idempotent."""
-    from .airflow_setup import init
-
     try:
         typer.echo(json.dumps(init(), indent=2))
     except (RuntimeError, ValueError) as e:
@@ -214,7 +207,7 @@ def export_nyxqa_cmd(out_dir: Annotated[str, typer.Argument(help="Output folder 
                      profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
                      root: Root = None) -> None:
     """Write NyxQA in the HF-datasets Parquet layout (data/{train,validation,test}-00000-of-00001.parquet), images embedded."""
-    from .export import export_nyxqa
+    from .export import export_nyxqa  # fsspec, pyarrow: kept out of `nyx --help`
 
     cfg = _config(profile, partition, sets, root)
     typer.echo(json.dumps(export_nyxqa(cfg, out_dir), indent=2))
@@ -234,9 +227,8 @@ Placeholder = Annotated[str | None, typer.Option(
 
 def _import(layout: str, sources: list[str], name: str, image_roots: list[str] | None, profile: str,
             sets: list[str] | None, root: str | None, placeholder: str | None) -> None:
-    from .artifacts import ArtifactStore
-    from .importers import ImportFailed, import_dataset
-    from .log import setup_cli_logging
+    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from .importers import ImportFailed, import_dataset  # fsspec, pyarrow: kept out of `nyx --help`
 
     cfg = _config(profile, None, sets, root)
     setup_cli_logging()

@@ -29,8 +29,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .artifacts import ArtifactStore
+from .base import code_version
 from .config import FetchConfig, stable_hash
+from .fetch import decode_image
 from .log import DropCounter, get_logger
+from .obelics import Malformed, expand_urls, iter_file_rows
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Phi-3.5-V's numbered token (MMEB, mmE5) and mllama's plain one.
@@ -121,8 +124,6 @@ class _Images:
         return self._seen[path]
 
     def _load(self, path: str) -> tuple[str, str]:
-        from .fetch import decode_image
-
         found = self._locate(path)
         if found is None:
             return "", "missing_image_file"
@@ -226,9 +227,7 @@ def import_dataset(layout: str, sources: list[str], name: str, store: ArtifactSt
                    placeholder: str = "<image>", fetch: FetchConfig | None = None) -> dict:
     """Convert `sources` (Parquet / JSONL files, globs, fsspec URLs) of `layout` into
     `<root>/datasets/<name>/`; returns the manifest. Raises ImportFailed when no row is usable."""
-    from .base import code_version
-    from .obelics import Malformed, expand_urls, iter_file_rows
-    from .schema import IMAGES, TRIPLETS
+    from .schema import IMAGES, TRIPLETS  # pyarrow, only once rows are written
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")

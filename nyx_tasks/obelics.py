@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
+from .artifacts import iter_parquet_file
 from .base import ShardSpec
-from .config import SAMPLE_CORPUS_DIR, SourceConfig, resolve_pkgdata
+from .config import SAMPLE_CORPUS_DIR, SourceConfig, resolve_pkgdata, stable_hash
 
 EOD_MARKER = "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"
 HF_NUM_SHARDS = 1432
@@ -100,8 +101,6 @@ def fingerprint_shards(shards: list[ShardSpec], src: SourceConfig | None) -> str
     """A hash that changes when any input file changes (size, mtime, etag)."""
     import fsspec
 
-    from .config import stable_hash
-
     facts = []
     for s in shards:
         if s["kind"] == "hf":
@@ -148,8 +147,6 @@ def _iter_jsonl(url: str) -> Iterator[dict | Malformed]:
 
 def _iter_parquet(url: str, batch_size: int = 256) -> Iterator[dict | Malformed]:
     import fsspec
-
-    from .artifacts import iter_parquet_file
 
     with fsspec.open(url, "rb") as f:
         for batch in iter_parquet_file(f, batch_size=batch_size):

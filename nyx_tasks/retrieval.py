@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .artifacts import ArtifactStore, image_paths, iter_stage_batches
+from .embedding import MixedItem, make_embedder
+from .embedding.base import matryoshka
+from .embedding.cache import embed_cached
+from .search import exact_topk
+from .text_sets import read_corpus
 
 
 @dataclass
@@ -22,8 +27,6 @@ class Corpus:
     paths: dict[str, str]  # image_id -> path relative to the artifact root
 
     def items(self):
-        from .embedding import MixedItem
-
         return [MixedItem(t, tuple((i, self.paths[i]) for i in ims))
                 for t, ims in zip(self.texts, self.image_ids, strict=True)]
 
@@ -36,24 +39,18 @@ def nyxqa_corpus(store: ArtifactStore, partition: str) -> Corpus:
 
 
 def text_corpus(ts, drop=lambda *a: None) -> Corpus:
-    from .text_sets import read_corpus
-
     docs = read_corpus(ts, drop)
     return Corpus(ts.name, [d.doc_id for d in docs], [d.text for d in docs], [[] for _ in docs], {})
 
 
 def checkpoint_embedder(emb_cfg, checkpoint: dict, store: ArtifactStore):
     """The `nyx` embedder loading a published checkpoint's merged export."""
-    from .embedding import make_embedder
-
     return make_embedder(emb_cfg.model_copy(update={"kind": "nyx", "model": checkpoint["merged"], "adapter": None,
                                                     "dim": None}), store)
 
 
 def embed(embedder, corpus: Corpus, queries, store: ArtifactStore):
     """(document vectors, query vectors, newly embedded count), full width, L2-normalised."""
-    from .embedding.cache import embed_cached
-
     d_vecs, n_docs = embed_cached(embedder, corpus.items(), "document", store)
     q_vecs, n_q = embed_cached(embedder, queries, "query", store)
     return d_vecs, q_vecs, n_docs + n_q
@@ -61,7 +58,4 @@ def embed(embedder, corpus: Corpus, queries, store: ArtifactStore):
 
 def search(q_vecs, d_vecs, k: int, search_cfg, dim: int | None = None):
     """Top-k (scores, doc indices) at a Matryoshka dim (truncate, renormalise), best first."""
-    from .embedding.base import matryoshka
-    from .search import exact_topk
-
     return exact_topk(matryoshka(q_vecs, dim), matryoshka(d_vecs, dim), k, search_cfg)

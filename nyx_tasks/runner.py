@@ -66,7 +66,7 @@ class ShardOutputs:
         self.rows_in = 0
         self.extra: Counter[str] = Counter()
         idx = int(shard["shard"])
-        from .schema import SCHEMAS
+        from .schema import SCHEMAS  # pyarrow, only once rows are written
 
         self.writers = {
             kind: ctx.store.parquet_writer(

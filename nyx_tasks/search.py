@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import SearchConfig
+
 FAISS_MIN_QUERY_DIMS = 131072
 
 
@@ -40,8 +42,6 @@ def resolve_backend(backend: str) -> str:
 def exact_topk(queries: np.ndarray, docs: np.ndarray, k: int, cfg=None) -> tuple[np.ndarray, np.ndarray]:
     """(scores (Q, k) float32, doc indices (Q, k) int64), best first. `cfg` is a
     SearchConfig (None: the defaults)."""
-    from .config import SearchConfig
-
     cfg = cfg or SearchConfig()
     k_eff = min(k, docs.shape[0])
     if queries.shape[0] == 0 or k_eff == 0:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .embedding import resolve_model_path
+
 
 def train_bpe(texts: Iterable[str], vocab_size: int, placeholder: str):
     """Train a byte-level BPE tokenizer on `texts` (deterministic for the same input)."""
@@ -28,8 +30,6 @@ def load_pretrained(name_or_path: str, placeholder: str):
     """The fast (Rust) tokenizer behind an HF tokenizer: hub id, local path, or a tiny model's
     (`tiny:<name>`, as the model fields take them)."""
     from transformers import AutoTokenizer
-
-    from .embedding import resolve_model_path
 
     hf = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
     tok = hf.backend_tokenizer

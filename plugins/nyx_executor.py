@@ -20,6 +20,8 @@ import multiprocessing
 
 from airflow.executors.local_executor import LocalExecutor
 
+from nyx_tasks.warm import MODULES, preload
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,6 @@ class WarmLocalExecutor(LocalExecutor):
 
     def start(self) -> None:
         if multiprocessing.get_start_method() == "fork":
-            from nyx_tasks.warm import MODULES, preload
 
             # and what the first task of each worker would otherwise import (supervisor, task runner)
             preload(MODULES + ("airflow.sdk.execution_time.supervisor", "airflow.sdk.execution_time.task_runner"),

@@ -155,3 +155,49 @@ def test_a_new_module_without_a_layer_and_a_stale_import_are_reported():
     assert layer_problems(graph) == [
         "nyx_tasks.newthing: in no layer; add it to LAYERS in tests/test_layers.py",
         "nyx_tasks.search:1 imports nyx_tasks.rag, which is not a module of the package"]
+
+
+# --- where imports sit -------------------------------------------------------------------------
+# The project's own modules are imported at the top of the file, so its import lines show the
+# dependency graph. An import inside a function pays off only for a heavy library (torch,
+# transformers, vllm, faiss, airflow, pyarrow, ...: seconds or a process's worth of state), so an
+# own module is imported lazily only when it stands for one (or a cycle or a light entry point
+# needs it), and then the line says why in a comment.
+
+SOURCE_DIRS = (PACKAGE, "dags", "plugins")
+
+
+def _imports_own_module(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import):
+        return any(a.name.split(".")[0] == PACKAGE for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return bool(node.level) or (node.module or "").split(".")[0] == PACKAGE
+    return False
+
+
+def unexplained_lazy_imports(source: str) -> list[int]:
+    """Lines of imports of the project's own modules inside a function that carry no comment."""
+    lines = source.splitlines()
+    found = set()
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                if _imports_own_module(node) and "#" not in lines[node.lineno - 1]:
+                    found.add(node.lineno)
+    return sorted(found)
+
+
+def test_own_modules_are_imported_at_module_level_unless_the_line_says_why():
+    problems = [f"{path.relative_to(REPO)}:{line}: {path.read_text(encoding='utf-8').splitlines()[line - 1].strip()}"
+                for top in SOURCE_DIRS for path in sorted((REPO / top).rglob("*.py"))
+                for line in unexplained_lazy_imports(path.read_text(encoding="utf-8"))]
+    assert not problems, ("imports of the project's own modules inside functions; move them to the top of the "
+                          "file, or say on the line why they must wait (a heavy library behind them, a cycle):\n"
+                          + "\n".join(problems))
+
+
+def test_a_planted_lazy_own_import_is_reported_and_a_reasoned_one_is_not():
+    source = ("import json\n\nfrom .config import stable_hash\n\n\ndef f():\n    import torch\n"
+              "    from .runner import run_stage\n    from .training.trainer import NyxTrainer  # torch\n\n\n"
+              "class A:\n    async def g(self):\n        import nyx_tasks.search\n")
+    assert unexplained_lazy_imports(source) == [8, 14]

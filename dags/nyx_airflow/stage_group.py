@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetAlias, TaskGroup, get_current_context, task
 
+from nyx_tasks.artifacts import ArtifactStore
+from nyx_tasks.base import ShardSpec
+from nyx_tasks.config import load_config
+from nyx_tasks.log import get_logger, prepare_task_process
+from nyx_tasks.runner import commit_stage, plan_stage, run_shard, write_resolved_config
+from nyx_tasks.stages import get_stage
+
 from .params import ConfError, check_conf, overrides_from_params
 
 # Emitted by the training stages when a retriever checkpoint is written (issue 5);
@@ -32,8 +39,6 @@ OBELICS_ASSET = Asset(name="obelics", uri="hf://datasets/HuggingFaceM4/OBELICS",
 
 def stage_inlets(stage_name: str) -> list[Asset]:
     """What a stage reads, as assets: the lineage the UI's asset graph draws."""
-    from nyx_tasks.stages import get_stage
-
     inputs = get_stage(stage_name).inputs
     return [stage_asset(s) for s in inputs] if inputs else [OBELICS_ASSET]
 
@@ -72,9 +77,6 @@ def gpu_variant(n: int) -> int:
 def config_from_context(stage: str | None = None):
     """The run's config from its params (for `stage`: force when the run redoes it), in a
     task process prepared for the heavy libraries (`prepare_task_process`)."""
-    from nyx_tasks.config import load_config
-    from nyx_tasks.log import prepare_task_process
-
     prepare_task_process()
     ctx = get_current_context()
     params = ctx["params"]
@@ -123,15 +125,10 @@ def apply_vllm_connection(cfg):
 def check_task():
     """The run's first task: refuse bad trigger values in one line before any stage runs,
     then write the full resolved config (the path every task log names)."""
-
     @task(task_id="check", retries=0, doc_md="Check the trigger values (unknown keys, ranges, names, redo "
           "stages) and the resolved config; refuse a bad one in one line before any stage runs.")
     def check() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
-
-        from nyx_tasks.artifacts import ArtifactStore
-        from nyx_tasks.log import get_logger
-        from nyx_tasks.runner import write_resolved_config
 
         ctx = get_current_context()
         run = ctx["dag_run"]
@@ -151,7 +148,7 @@ def check_task():
     return check()
 
 
-def group_shards(shards: list[dict], max_tasks: int | None) -> list[list[dict]]:
+def group_shards(shards: list[ShardSpec], max_tasks: int | None) -> list[list[ShardSpec]]:
     """The plan's shards as the mapped tasks' inputs: one shard per task, or, with `max_tasks`,
     at most that many tasks, each holding a contiguous run of shards."""
     if not max_tasks or len(shards) <= max_tasks:
@@ -160,9 +157,9 @@ def group_shards(shards: list[dict], max_tasks: int | None) -> list[list[dict]]:
     return [shards[i:i + size] for i in range(0, len(shards), size)]
 
 
-def group_name(group: list[dict]) -> str:
+def group_name(group: list[ShardSpec]) -> str:
     """The mapped task's name in the UI: its shard's name, or the first and last of its shards."""
-    names = [str(s.get("name", s["shard"])) for s in group]
+    names = [s["name"] for s in group]
     return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} shards)"
 
 
@@ -172,20 +169,14 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
 
         @task(task_id="plan", inlets=stage_inlets(stage_name),
               doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
-        def plan() -> list[list[dict]]:
-            from nyx_tasks.runner import plan_stage
-            from nyx_tasks.stages import get_stage
-
+        def plan() -> list[list[ShardSpec]]:
             cfg = config_from_context(stage_name)
             return group_shards(plan_stage(get_stage(stage_name), cfg), cfg.airflow.max_shard_tasks)
 
         @task(task_id="shard", map_index_template="{{ shard_name }}",
               doc_md=f"Process one group of `{stage_name}` shards, one after another (each skipped when its "
                      "marker says done).")
-        def shard(spec: list[dict]) -> list[dict]:
-            from nyx_tasks.runner import run_shard
-            from nyx_tasks.stages import get_stage
-
+        def shard(spec: list[ShardSpec]) -> list[dict]:
             get_current_context()["shard_name"] = group_name(spec)
             stage, cfg = get_stage(stage_name), config_from_context(stage_name)
             return [{k: m[k] for k in ("shard", "rows_in", "rows_out", "drops")}
@@ -197,10 +188,6 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
               doc_md=f"Check all `{stage_name}` shards finished and write the manifest last; emits "
                      f"`nyx_{stage_name}` only when a new snapshot was written.")
         def commit() -> dict:
-            from nyx_tasks.log import get_logger
-            from nyx_tasks.runner import commit_stage
-            from nyx_tasks.stages import get_stage
-
             result = commit_stage(get_stage(stage_name), config_from_context(stage_name))
             summary = result.summary()
             if result.status != "computed":
@@ -223,7 +210,6 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
 
 def routed_shards(stage_name: str, shard, shards, done) -> None:
     """plan -> route -> (shard on the default queue | shard_gpu<N> on the `gpu` queue) -> commit."""
-
     @task.branch(task_id="route", doc_md="Send the shards to the `gpu` queue, holding as many `gpu` pool "
                  "slots as the run needs GPUs, when the stage runs on GPUs; else to the default queue.")
     def route() -> str:

@@ -3,7 +3,11 @@ content-hash embedding cache. `make_embedder(cfg, store)` picks the kind."""
 
 from __future__ import annotations
 
+from ..inference import resolve_model
 from .base import Embedder, MixedItem
+from .mme5 import MmE5Embedder
+from .nyx import NyxEmbedder
+from .st import SentenceTransformerEmbedder
 
 __all__ = ["Embedder", "MixedItem", "make_embedder", "resolve_model_path"]
 
@@ -15,7 +19,6 @@ def resolve_model_path(name: str) -> str:
 
         return str(importlib.import_module(name[4:]).get_model_path())
     if name.startswith("tiny:"):
-        from ..inference import resolve_model
 
         return resolve_model(name)
     return name
@@ -24,13 +27,10 @@ def resolve_model_path(name: str) -> str:
 def make_embedder(cfg, store) -> Embedder:
     """`cfg` is an EmbedderConfig."""
     if cfg.kind == "sentence-transformers":
-        from .st import SentenceTransformerEmbedder
 
         return SentenceTransformerEmbedder(cfg, resolve_model_path(cfg.model))
     if cfg.kind == "mme5":
-        from .mme5 import MmE5Embedder
 
         return MmE5Embedder(cfg, store, resolve_model_path(cfg.model))
-    from .nyx import NyxEmbedder
 
     return NyxEmbedder(cfg, store, resolve_model_path(cfg.model))

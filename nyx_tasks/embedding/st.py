@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..inference.hf_backend import model_fingerprint
 from .base import MixedItem, l2_normalise
 
 
 class SentenceTransformerEmbedder:
     def __init__(self, cfg, path: str):
         from sentence_transformers import SentenceTransformer
-
-        from ..inference.hf_backend import model_fingerprint
 
         self.cfg = cfg
         self.model = SentenceTransformer(path, device=None if cfg.device == "auto" else cfg.device)

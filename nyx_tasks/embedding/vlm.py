@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.base import load_image
+from ..inference.hf_backend import model_fingerprint
 from ..log import Progress, get_logger
 from .base import MixedItem, l2_normalise, matryoshka
 
@@ -40,8 +41,6 @@ class VLMEmbedder:
 
     def __init__(self, cfg, store, path: str):
         import transformers
-
-        from ..inference.hf_backend import model_fingerprint
 
         self.cfg, self.store = cfg, store
         self.device, dtype = device_and_dtype(cfg.device)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 
 from ..config import GenerationConfig
+from ..models.tiny import build_tiny, tiny_dir
 from .base import Backend, ChatRequest, ChatResponse, GenerationError
 from .cache import CachedBackend, RequestCache
+from .hf_backend import HFBackend
+from .openai_backend import OpenAIBackend
+from .vllm_backend import VLLMBackend
 
 __all__ = ["Backend", "ChatRequest", "ChatResponse", "GenerationError", "make_backend", "resolve_model"]
 
@@ -19,7 +23,6 @@ def resolve_model(name: str) -> str:
     """`tiny:<name>` -> a tiny offline model built on first use (demo and tests)."""
     if not name.startswith("tiny:"):
         return name
-    from ..models.tiny import build_tiny, tiny_dir
 
     paths = build_tiny(tiny_dir())
     key = name.split(":", 1)[1]
@@ -31,16 +34,13 @@ def resolve_model(name: str) -> str:
 def make_backend(cfg: GenerationConfig, store, cache: bool = True) -> Backend:
     cfg = cfg.model_copy(update={"model": resolve_model(cfg.model)})
     if cfg.backend == "hf":
-        from .hf_backend import HFBackend
 
         inner = HFBackend(cfg, store)
     elif cfg.backend == "openai":
-        from .openai_backend import OpenAIBackend
 
         base_url = os.environ.get("NYX_VLLM_URL") or cfg.base_url
         inner = OpenAIBackend(cfg, store, base_url=base_url or "", api_key=os.environ.get(cfg.api_key_env))
     else:
-        from .vllm_backend import VLLMBackend
 
         inner = VLLMBackend(cfg, store)
     return CachedBackend(inner, RequestCache(store, inner.model_id)) if cache else inner

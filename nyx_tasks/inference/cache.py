@@ -5,6 +5,7 @@ twice for a finished request (failed requests are not cached)."""
 from __future__ import annotations
 
 from ..artifacts import ArtifactStore
+from ..config import stable_hash
 from .base import Backend, ChatRequest, ChatResponse
 
 CACHE_PREFIX = "cache/requests"
@@ -12,8 +13,6 @@ CACHE_PREFIX = "cache/requests"
 
 class RequestCache:
     def __init__(self, store: ArtifactStore, model_id: str):
-        from ..config import stable_hash
-
         self.store = store
         self.model_id = model_id
         self.prefix = f"{CACHE_PREFIX}/{stable_hash(model_id)}"

@@ -25,6 +25,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..config import load_config
+from ..obelics import iter_source_rows, list_source_shards
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>"]
 CHAT_TEMPLATE = (Path(__file__).with_name("qwen_chat_template.jinja")).read_text()
@@ -33,9 +36,6 @@ CHAT_TEMPLATE = (Path(__file__).with_name("qwen_chat_template.jinja")).read_text
 def corpus_texts() -> Iterable[str]:
     """Texts of the bundled sample corpus (plus JSON punctuation, so that
     structured outputs tokenize into sensible pieces)."""
-    from ..config import load_config
-    from ..obelics import iter_source_rows, list_source_shards
-
     src = load_config("demo").ingest.source
     for shard in list_source_shards(src):
         for _, row in iter_source_rows(shard, src):

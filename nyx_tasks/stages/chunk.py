@@ -13,6 +13,7 @@ from ..base import ShardSpec
 from ..chunking import chunk_batch
 from ..log import Progress
 from ..runner import ShardOutputs, Stage, StageContext
+from ..tokenizer import load_pretrained, placeholder_id, train_bpe
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -34,8 +35,6 @@ class ChunkStage(Stage):
     def _prepare_tokenizer(self, ctx: StageContext, inputs: list[str]) -> None:
         """Train the demo BPE once per plan (on this partition's documents) and
         store it beside the chunks; a configured HF tokenizer needs nothing here."""
-        from ..tokenizer import train_bpe
-
         tcfg = ctx.cfg.chunk.tokenizer
         if tcfg.name_or_path:
             return
@@ -65,8 +64,6 @@ class ChunkStage(Stage):
     def load_tokenizer(self, ctx: StageContext):
         from tokenizers import Tokenizer
 
-        from ..tokenizer import load_pretrained
-
         tcfg = ctx.cfg.chunk.tokenizer
         if tcfg.name_or_path:
             return load_pretrained(tcfg.name_or_path, ctx.cfg.chunk.image_placeholder)
@@ -74,8 +71,6 @@ class ChunkStage(Stage):
             return Tokenizer.from_str(f.read().decode())
 
     def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
-        from ..tokenizer import placeholder_id
-
         cfg = ctx.cfg.chunk
         tok = self.load_tokenizer(ctx)
         pid = placeholder_id(tok, cfg.image_placeholder)

@@ -4,6 +4,8 @@ config hash that covers their prompt templates."""
 
 from __future__ import annotations
 
+from ..prompts import fingerprint
+
 # Left out of config hashes (Stage.execution_only): throughput and where it runs.
 GENERATION_TUNING = ("generation.concurrency", "generation.batch_size", "generation.timeout_s",
                      "generation.retries", "generation.base_url", "generation.api_key_env", "generation.device")
@@ -14,6 +16,4 @@ RETRIEVAL_TUNING = ("embedder.batch_size", "embedder.device", "search.query_batc
 def with_prompts(payload: dict, cfg, version: str, names: tuple[str, ...]) -> dict:
     """A stage's config payload plus the content hashes of the templates it uses and
     the image placeholder its inputs carry: editing either recomputes the stage."""
-    from ..prompts import fingerprint
-
     return {**payload, "prompts": fingerprint(version, names), "image_placeholder": cfg.chunk.image_placeholder}

@@ -16,9 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..answering import ANSWER_PROMPTS, Answering, parsed_answer
+from ..artifacts import iter_stage_batches
 from ..base import ShardSpec, StageError
+from ..checkpoints import stage_checkpoint
+from ..embedding import MixedItem
+from ..evaluation.metrics import aggregate, bootstrap_ci, retrieval_scores
+from ..evaluation.report import render_report
+from ..inference import GenerationError, make_backend
+from ..judges import exact_match, option_match, token_f1
+from ..retrieval import checkpoint_embedder, embed, nyxqa_corpus, search, text_corpus
 from ..runner import ShardOutputs, Stage, StageContext
+from ..text_sets import fingerprint, read_questions
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
+from .train import run_name
 
 
 @dataclass(frozen=True)
@@ -39,14 +50,10 @@ class EvaluateStage(Stage):
     doc = "Recall@k, MRR and RAG accuracy at every Matryoshka dim, stage 1 vs stage 2; a report with plots."
 
     def config_payload(self, cfg):
-        from ..answering import ANSWER_PROMPTS
-
         payload = with_prompts(super().config_payload(cfg), cfg, cfg.evaluate.prompt_version, ANSWER_PROMPTS)
         return payload
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
-        from ..text_sets import fingerprint
-
         stages = ("filter", "chunk", "ingest", *(f"train_{m}" for m in ctx.cfg.evaluate.models))
         found = {s: ctx.input_manifest(s)["output_hash"] for s in stages}
         found.update({f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.evaluate.text_sets})
@@ -56,12 +63,6 @@ class EvaluateStage(Stage):
         return [{"shard": 0, "name": "all"}]
 
     def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
-        from ..artifacts import iter_stage_batches
-        from ..checkpoints import stage_checkpoint
-        from ..inference import GenerationError, make_backend
-        from ..retrieval import checkpoint_embedder, nyxqa_corpus, text_corpus
-        from ..text_sets import read_questions
-
         cfg = ctx.cfg.evaluate
         qa = [r for b in iter_stage_batches(ctx.store, ctx.partition, "filter") for r in b.to_pylist()
               if r["split"] in cfg.splits]
@@ -96,12 +97,6 @@ class EvaluateStage(Stage):
 
     # -- NyxQA: retrieval + multiple-choice RAG accuracy, per split and dim
     def _nyxqa(self, ctx, run: ModelRun, corpus, qa, out) -> list[dict]:
-        from ..answering import Answering
-        from ..embedding import MixedItem
-        from ..evaluation.metrics import retrieval_scores
-        from ..judges import option_match
-        from ..retrieval import embed, search
-
         cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, cfg.max_images)
         queries = [MixedItem(q["query"], tuple((i, corpus.paths[i]) for i in q["query_image_ids"])) for q in qa]
@@ -131,11 +126,6 @@ class EvaluateStage(Stage):
 
     # -- text-only sets: top-1 retrieval, free-form answer, F1 / EM
     def _text_set(self, ctx, run: ModelRun, ts, corpus, questions, out) -> list[dict]:
-        from ..answering import Answering
-        from ..embedding import MixedItem
-        from ..judges import exact_match, token_f1
-        from ..retrieval import embed, search
-
         cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, 0)
         d_vecs, q_vecs, _ = embed(embedder, corpus, [MixedItem(q.question) for q in questions], ctx.store)
@@ -156,9 +146,6 @@ class EvaluateStage(Stage):
 
     def _answers(self, ctx, backend, reqs, options, out) -> list[str | None]:
         """Answers in request order; identical requests (the same top-1 at several dims) are sent once."""
-        from ..answering import parsed_answer
-        from ..inference import GenerationError
-
         keys = [r.key(backend.model_id) for r in reqs]
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -176,17 +163,12 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def _row(cfg, model, dataset, split, dim, metric, values) -> dict:
-        from ..evaluation.metrics import aggregate, bootstrap_ci
-
         agg = aggregate(values)
         lo, hi = bootstrap_ci(values, n_boot=cfg.bootstrap) if cfg.bootstrap else (None, None)
         return {"model": model, "dataset": dataset, "split": split, "dim": int(dim), "metric": metric,
                 "value": agg["mean"], "n": agg["n"], "ci_low": lo, "ci_high": hi}
 
     def _report(self, ctx, rows: list[dict]) -> None:
-        from ..evaluation.report import render_report
-        from .train import run_name
-
         rel = f"reports/{run_name(ctx.partition, ctx.key)}"
         local = ctx.store.is_local
         out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.mkdtemp(prefix="nyx-report-"))
@@ -203,8 +185,6 @@ class EvaluateStage(Stage):
         ctx.log.info("evaluate: report at %s", ctx.store.url(f"{rel}/{Path(rendered['markdown']).name}"))
 
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
-        from .train import run_name
-
         manifest["report"] = ctx.store.url(f"reports/{run_name(ctx.partition, manifest['key'])}/report.md")
 
 

@@ -17,7 +17,15 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from ..answering import ANSWER_PROMPTS, Answering, parsed_answer
+from ..artifacts import iter_stage_batches
 from ..base import ShardSpec, StageError
+from ..checkpoints import stage_checkpoint
+from ..config import stable_hash
+from ..embedding import MixedItem
+from ..inference import GenerationError, make_backend
+from ..judges import option_match, token_f1
+from ..retrieval import checkpoint_embedder, embed, nyxqa_corpus, search, text_corpus
 from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 
@@ -186,17 +194,12 @@ class Selection:
 
 def shard_rows(ctx: StageContext, shard: ShardSpec) -> list[dict]:
     """The shard's slice of mine's train rows of its source."""
-    from ..artifacts import iter_stage_batches
-
     return [r for b in iter_stage_batches(ctx.store, ctx.partition, "mine") for r in b.to_pylist()
             if r["source"] == shard["source"] and r["split"] == "train"][shard["start"]:shard["stop"]]
 
 
 def source_corpus(ctx: StageContext, source: str) -> tuple[Corpus, dict[str, dict]]:
     """The corpus `source`'s queries are ranked over, and NyxQA's options by qa_id ({} for a text set)."""
-    from ..artifacts import iter_stage_batches
-    from ..retrieval import nyxqa_corpus, text_corpus
-
     if source == "nyxqa":
         mc = {r["qa_id"]: r for b in iter_stage_batches(ctx.store, ctx.partition, "filter",
                                                          columns=["qa_id", "options", "correct_index"])
@@ -210,10 +213,6 @@ def source_corpus(ctx: StageContext, source: str) -> tuple[Corpus, dict[str, dic
 
 def rank(ctx: StageContext, data: FeedbackShard, out: ShardOutputs) -> Ranking:
     """Step 1: the top-K documents of every query with the stage-1 checkpoint (counts `embedded`)."""
-    from ..checkpoints import stage_checkpoint
-    from ..embedding import MixedItem
-    from ..retrieval import checkpoint_embedder, embed, search
-
     cfg, corpus = ctx.cfg.feedback, data.corpus
     ckpt = stage_checkpoint(ctx.store, ctx.partition, "train_stage1")
     embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
@@ -234,9 +233,6 @@ def window_requests(ranking: Ranking, window_size: int, stride: int) -> list[Win
 def ask_vlm(ctx: StageContext, data: FeedbackShard, wins: list[WindowRequest], out: ShardOutputs) -> list:
     """Step 3: the VLM's response to every window, all sent at once (the backend batches and caches);
     counts `requests` and `cache_hits`."""
-    from ..answering import Answering
-    from ..inference import GenerationError, make_backend
-
     cfg = ctx.cfg.feedback
     asking = Answering(cfg.generation, cfg.prompt_version, data.corpus, ctx.cfg.chunk.image_placeholder,
                        cfg.max_images)
@@ -260,8 +256,6 @@ def ask_vlm(ctx: StageContext, data: FeedbackShard, wins: list[WindowRequest], o
 def score_answer(answer: str | None, row: dict, opts: dict | None) -> float:
     """The judged score of one parsed answer: 0 when unparseable, option match for multiple choice,
     token F1 against the row's answers otherwise."""
-    from ..judges import option_match, token_f1
-
     if answer is None:
         return 0.0
     if opts:
@@ -273,8 +267,6 @@ def judge(data: FeedbackShard, ranking: Ranking, wins: list[WindowRequest], resp
           extra: Counter[str]) -> tuple[list[list[float]], list[dict]]:
     """Step 4: each window's judged score, per query in window order, and the stored window rows;
     counts `unparseable_answers` and `window_score_0.0` ... `window_score_1.0`."""
-    from ..answering import parsed_answer
-
     window_scores: list[list[float]] = [[] for _ in data.rows]
     window_rows = []
     for wr, resp in zip(wins, resps, strict=True):
@@ -315,8 +307,6 @@ def select(data: FeedbackShard, ranking: Ranking, window_scores: list[list[float
 
 def triplets(data: FeedbackShard, ranking: Ranking, picked: list[Selection]) -> list[dict]:
     """Step 6: the triplet rows of the selected queries, with texts, images, scores and ranks."""
-    from ..config import stable_hash
-
     corpus, miner = data.corpus, f"feedback:{ranking.embedder_id}"
     rows = []
     for s in picked:
@@ -347,15 +337,11 @@ class FeedbackStage(Stage):
     doc = "Retrieve top-K with the stage-1 model, judge the VLM's answers over sliding windows, pick positives."
 
     def config_payload(self, cfg):
-        from ..answering import ANSWER_PROMPTS
-
         payload = with_prompts(super().config_payload(cfg), cfg, cfg.feedback.prompt_version, ANSWER_PROMPTS)
         payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]
         return payload
 
     def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
-        from ..artifacts import iter_stage_batches
-
         cfg = ctx.cfg.feedback
         counts: dict[str, int] = {}
         for b in iter_stage_batches(ctx.store, ctx.partition, "mine", columns=["source", "split"]):

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..base import ShardSpec
+from ..fetch import ImageFetcher
 from ..log import Progress
 from ..obelics import (
     Document,
@@ -41,8 +42,6 @@ class IngestStage(Stage):
         return {"source": fingerprint_shards(list_source_shards(src), src)}
 
     def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
-        from ..fetch import ImageFetcher
-
         cfg = ctx.cfg.ingest
         fetcher = ImageFetcher(cfg.fetch)
         base_url = Path(shard["url"]).resolve().as_uri() if shard.get("kind") == "file" and "://" not in shard["url"] else None

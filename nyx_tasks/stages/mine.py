@@ -20,10 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..artifacts import image_paths, iter_stage_batches
+from ..artifacts import ArtifactStore, image_paths, iter_stage_batches
 from ..base import ShardSpec, StageError
+from ..checkpoints import latest_checkpoint
 from ..config import MineConfig, stable_hash
-from ..runner import ShardOutputs, Stage, StageContext
+from ..embedding import MixedItem, make_embedder
+from ..embedding.cache import embed_cached
+from ..runner import ShardOutputs, Stage, StageContext, run_stage
+from ..search import exact_topk
+from ..text_sets import fingerprint, read_corpus, read_questions
 
 
 @dataclass
@@ -78,8 +83,6 @@ def mine_negatives(q_vecs, d_vecs, positives: list[int] | None, doc_ids: list[st
     document as its positive (paper: the text-only sets)."""
     import numpy as np
 
-    from ..search import exact_topk
-
     scores, ranked = exact_topk(q_vecs, d_vecs, search_depth(cfg), cfg.search)
     ranked_l, scores_l = ranked.tolist(), scores.tolist()
     if positives is None:
@@ -101,8 +104,6 @@ class MineStage(Stage):
     doc = "Embed queries and chunks with the miner, exact top-k search, skip top ranks, drop the positive by id, keep 5."
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
-        from ..text_sets import fingerprint
-
         sets = {f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.mine.text_sets}  # a missing file fails first
         return {**super().input_fingerprint(ctx), **sets}
 
@@ -119,9 +120,6 @@ class MineStage(Stage):
             self._mine_nyxqa(ctx, out)
 
     def _mine_nyxqa(self, ctx: StageContext, out: ShardOutputs) -> None:
-        from ..embedding import MixedItem, make_embedder
-        from ..embedding.cache import embed_cached
-
         cfg = ctx.cfg.mine
         docs = [r for b in iter_stage_batches(ctx.store, ctx.partition, "chunk",
                                               columns=["chunk_id", "text", "image_ids"]) for r in b.to_pylist()]
@@ -161,10 +159,6 @@ class MineStage(Stage):
     def _mine_text_set(self, ctx: StageContext, ts, out: ShardOutputs) -> None:
         """Paper, text-only sets: retrieve with the text embedder (E5-v2), the
         top-1 document is the positive, negatives come after rank `range_min`."""
-        from ..embedding import MixedItem, make_embedder
-        from ..embedding.cache import embed_cached
-        from ..text_sets import read_corpus, read_questions
-
         cfg = ctx.cfg.mine
         questions = read_questions(ts, out.drops.drop)
         corpus = read_corpus(ts, out.drops.drop)
@@ -242,10 +236,6 @@ def remine(cfg, store=None):
     Text-only sets are not re-mined (their positives come from the text embedder).
     The version is the hash of the miner, so re-mining with the same miner is a
     no-op. Returns (StageResult, version, checkpoint or None)."""
-    from ..artifacts import ArtifactStore
-    from ..checkpoints import latest_checkpoint
-    from ..runner import run_stage
-
     store = store or ArtifactStore(cfg.artifact_root())
     ckpt = latest_checkpoint(store)
     emb = cfg.mine.embedder

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..artifacts import image_paths
+from ..artifacts import image_paths, iter_stage_batches
 from ..base import ShardSpec, StageError
 from ..config import SynthesizeConfig
 from ..inference import ChatRequest, ChatResponse, GenerationError, make_backend
@@ -246,8 +246,6 @@ class SynthesizeStage(Stage):
                 for i, s in enumerate(range(0, max(n, 1), step))]
 
     def _chunks(self, ctx: StageContext, shard: ShardSpec) -> list[dict]:
-        from ..artifacts import iter_stage_batches
-
         rows, seen = [], 0
         for batch in iter_stage_batches(ctx.store, ctx.partition, "sample"):
             lo, hi = max(shard["start"] - seen, 0), min(shard["stop"] - seen, batch.num_rows)

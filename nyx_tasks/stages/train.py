@@ -26,6 +26,7 @@ from pathlib import Path
 from ..base import ShardSpec, StageError
 from ..checkpoints import read_checkpoint_marker, write_checkpoint_marker
 from ..runner import ShardOutputs, Stage, StageContext
+from ..training.data import newest_negatives
 from ..training.deepspeed_config import launch_env
 
 
@@ -72,7 +73,6 @@ class TrainStage(Stage):
                                      f"under {ctx.store.url('datasets')}; run `nyx import ... --name {src.dataset}`.")
                 found[f"dataset:{src.dataset}"] = m["output_hash"]
             elif src.kind == "negatives":
-                from ..training.data import newest_negatives
 
                 found[f"negatives:{src.name}"] = newest_negatives(ctx.store, ctx.partition) or "-"
         return found

@@ -6,6 +6,7 @@ fresh adapter is trained on top; the merged export then carries both."""
 
 from __future__ import annotations
 
+from ..base import StageError
 from ..checkpoints import stage_checkpoint
 from ..runner import StageContext
 from .train import TrainStage
@@ -20,7 +21,6 @@ class Stage2(TrainStage):
             return None
         ckpt = stage_checkpoint(ctx.store, ctx.partition, "train_stage1")
         if ckpt["base_model"] != ctx.cfg.train_stage2.base_model:
-            from ..base import StageError
 
             raise StageError(f"train_stage2: init_from=stage1 but the stage-1 base is {ckpt['base_model']!r} and "
                              f"train_stage2.base_model is {ctx.cfg.train_stage2.base_model!r}; make them equal.")

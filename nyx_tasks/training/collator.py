@@ -12,6 +12,8 @@ count in the batch (rows with more are cut, in rank order).
 from __future__ import annotations
 
 from ..config import TrainConfig
+from ..embedding.nyx import nyx_prompt
+from ..inference.base import load_image
 
 
 class TripletCollator:
@@ -19,9 +21,6 @@ class TripletCollator:
         self.processor, self.cfg, self.store = processor, cfg, store
 
     def _encode(self, docs, role: str) -> dict:
-        from ..embedding.nyx import nyx_prompt
-        from ..inference.base import load_image
-
         texts = [nyx_prompt(self.processor, d.text, role, self.cfg.query_instruction, self.cfg.image_placeholder)
                  for d in docs]
         images = [load_image(self.store, {"path": p}) for d in docs for p in d.images]

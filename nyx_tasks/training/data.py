@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ..artifacts import ArtifactStore, image_paths, iter_stage_batches
 from ..config import TrainConfig, TrainSource
+from ..importers import dataset_rel
 from ..log import get_logger
 
 PARTITION_KINDS = ("mine", "negatives", "feedback")
@@ -59,8 +60,6 @@ def newest_negatives(store: ArtifactStore, partition: str) -> str | None:
 
 
 def _dataset_manifest(store: ArtifactStore, name: str) -> dict:
-    from ..importers import dataset_rel
-
     m = store.read_json(f"{dataset_rel(name)}/_MANIFEST.json")
     if m is None:
         raise FileNotFoundError(f"no imported dataset {name!r} under {store.url(dataset_rel(name))}: "

@@ -17,6 +17,15 @@ import os
 import sys
 from pathlib import Path
 
+from ..artifacts import ArtifactStore
+from ..config import TrainConfig
+from ..inference import resolve_model
+from ..log import get_logger
+from .collator import TripletCollator
+from .data import TrainingMix, image_index, load_sources
+from .deepspeed_config import zero2_config
+from .model import export_merged, load_trainable
+
 
 def _world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -28,14 +37,8 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     from transformers import PrinterCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..artifacts import ArtifactStore
-    from ..config import TrainConfig
-    from ..inference import resolve_model
-    from ..log import get_logger
-    from .collator import TripletCollator
-    from .data import ExampleDataset
-    from .model import load_trainable
-    from .trainer import LogLines, NyxTrainer, SaveSpec
+    from .data import ExampleDataset  # a torch Dataset subclass, built on first use
+    from .trainer import LogLines, NyxTrainer, SaveSpec  # torch, transformers, peft
 
     cfg = TrainConfig.model_validate(spec["train"])
     _, world = _world()
@@ -70,8 +73,6 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
 
 def plan_data(store, partition: str, cfg, world: int, log) -> dict:
     """The mix, in the order every rank and every resumed attempt sees, and the steps it makes."""
-    from .data import TrainingMix, image_index, load_sources
-
     mix = TrainingMix(load_sources(store, partition, cfg, log), cfg, image_index(store, partition, cfg))
     per_epoch = len(mix.epoch(0))
     if per_epoch == 0:
@@ -89,8 +90,6 @@ def training_args(cfg, ckpt_dir: Path, total_steps: int, world: int, on_gpu: boo
     """The Trainer's arguments: checkpoints every save_steps, ZeRO-2 through DeepSpeed on GPUs."""
     from transformers import TrainingArguments
 
-    from .deepspeed_config import zero2_config
-
     return TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=total_steps, per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
@@ -107,8 +106,6 @@ def training_args(cfg, ckpt_dir: Path, total_steps: int, world: int, on_gpu: boo
 
 def publish(model, processor, out: Path, metrics: dict, log) -> None:
     """Rank 0: the adapter, the merged export and the metrics under `out`."""
-    from .model import export_merged
-
     model.save_pretrained(str(out / "adapter"))
     processor.save_pretrained(str(out / "adapter"))
     export_merged(model, processor, str(out / "merged"))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 
 from ..config import LoraSettings, TrainConfig
+from ..embedding.nyx import cap_image_pixels
+from ..embedding.vlm import last_token_pool
 from ..log import get_logger
 
 # Decoder-layer projections of the language model only: Qwen2.5-VL's vision
@@ -68,8 +70,6 @@ def load_trainable(path: str, cfg: TrainConfig, use_bf16: bool, adapter: str | N
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..embedding.nyx import cap_image_pixels
-
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
     if adapter:  # stage 2 from the stage-1 model: fold its adapter in, then train a fresh one
         from peft import PeftModel
@@ -94,8 +94,6 @@ def backbone(model):
 
 def encode(model, inputs):
     """(B, D) un-normalised embeddings: the hidden state at each row's last real token."""
-    from ..embedding.vlm import last_token_pool
-
     hidden = backbone(model)(**inputs, use_cache=False).last_hidden_state  # (B, T, D)
     return last_token_pool(hidden, inputs["attention_mask"])
 

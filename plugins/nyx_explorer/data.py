@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from nyx_tasks.artifacts import ArtifactStore, image_paths, iter_stage_batches, read_stage_table
+from nyx_tasks.config import load_config
+from nyx_tasks.stages import STAGE_NAMES
+
 PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")  # the DAG's partition param pattern
 # images/<sha[:2]>/<sha>.<ext>: the store's content-addressed layout (`ArtifactStore.image_rel`)
 IMAGE_RE = re.compile(r"^([0-9A-Za-z]{2})/(\1[0-9A-Za-z_-]{0,126})\.(png|jpe?g|gif|webp|bmp|tiff?)$")
@@ -58,14 +62,10 @@ def artifact_root() -> str:
 
 @lru_cache(maxsize=1)
 def _demo_root() -> str:
-    from nyx_tasks.config import load_config
-
     return load_config("demo").artifact_root()
 
 
 def store_for(root: str):
-    from nyx_tasks.artifacts import ArtifactStore
-
     return ArtifactStore(root)
 
 
@@ -73,15 +73,11 @@ def store_for(root: str):
 
 
 def manifest(store, partition: str, stage: str) -> dict | None:
-    from nyx_tasks.artifacts import ArtifactStore
-
     return store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
 
 
 def partitions(store) -> list[dict]:
     """One row per partition: name, stages complete (of the pipeline's), last finish time."""
-    from nyx_tasks.stages import STAGE_NAMES
-
     out = []
     for name in store.listdir("partitions"):
         if not PARTITION_RE.match(name):
@@ -95,8 +91,6 @@ def partitions(store) -> list[dict]:
 
 def stage_summaries(store, partition: str) -> list[dict]:
     """Every pipeline stage in order, with its manifest's counts (None fields when not run)."""
-    from nyx_tasks.stages import STAGE_NAMES
-
     rows = []
     for stage in STAGE_NAMES:
         m = manifest(store, partition, stage)
@@ -133,8 +127,6 @@ def stage_rows(store, partition: str, stage: str, kind: str = "part") -> list[di
 
 @lru_cache(maxsize=16)
 def _rows_cached(root: str, partition: str, stage: str, kind: str, output_hash: str) -> list[dict]:
-    from nyx_tasks.artifacts import read_stage_table
-
     return read_stage_table(store_for(root), partition, stage, kind=kind).to_pylist()
 
 
@@ -148,8 +140,6 @@ def images(store, partition: str) -> dict[str, str]:
 
 @lru_cache(maxsize=8)
 def _images_cached(root: str, partition: str, output_hash: str) -> dict[str, str]:
-    from nyx_tasks.artifacts import image_paths
-
     return {iid: rel.removeprefix("images/") for iid, rel in image_paths(store_for(root), partition).items()}
 
 
@@ -160,8 +150,6 @@ def documents(store, partition: str, wanted: dict[str, set[str]]) -> dict[tuple[
     (positives and negatives of their triplets). Documents found nowhere are left out."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from nyx_tasks.artifacts import iter_stage_batches
 
     found: dict[tuple[str, str], dict] = {}
     chunk_ids = wanted.get("nyxqa") or set()
