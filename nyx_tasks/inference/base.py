@@ -5,7 +5,9 @@ A request's content parts are `{"type": "text", "text": ...}` or
 `{"type": "image", "image_id": <sha256>, "path": <relative to the artifact
 root>}`; backends load image bytes themselves. A request's key is the hash of
 everything that determines its answer (model, messages with images by content
-hash, sampling, schema), which is what the request cache keys on.
+hash, sampling, schema), which is what the request cache keys on. A seeded
+request samples with its own seed (`sampling_seed`, from its content), so its
+answer does not depend on what it is batched with.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+# How sampled requests are sampled (a part of their cache key, see ChatRequest.key): each
+# request with its own seed (`sampling_seed`), independent of batching. Change it when sampling
+# changes what a seeded request answers.
+SAMPLER = "per-request-seed-v1"
 
 
 @dataclass
@@ -26,16 +33,34 @@ class ChatRequest:
     top_p: float = 1.0
     seed: int | None = 0
 
-    def key(self, model_id: str) -> str:
+    def _content(self) -> dict[str, Any]:
+        """Everything in the request that determines its answer, images by content hash."""
         def strip(part: dict) -> dict:
             return {k: v for k, v in part.items() if k != "path"}  # images are keyed by content hash
 
         msgs = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
                  else [strip(p) for p in m["content"]]} for m in self.messages]
-        blob = json.dumps({"model": model_id, "messages": msgs, "schema": self.json_schema,
-                           "max_tokens": self.max_tokens, "temperature": self.temperature,
-                           "top_p": self.top_p, "seed": self.seed}, sort_keys=True, ensure_ascii=False)
+        return {"messages": msgs, "schema": self.json_schema, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+    def key(self, model_id: str) -> str:
+        """The cache key. A sampled request also names the sampler (`SAMPLER`), so an answer
+        sampled the old, batch-dependent way is never served as this one's; a greedy key
+        has no sampler and stays what it was."""
+        content = {"model": model_id, **self._content()}
+        if self.temperature > 0:
+            content["sampler"] = SAMPLER
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def sampling_seed(self) -> int | None:
+        """This request's own sampling seed: the configured seed mixed with a hash of the
+        request's content, so a request samples the same tokens whatever it is batched with
+        or sent beside; None (no seed configured) stays None."""
+        if self.seed is None:
+            return None
+        blob = json.dumps(self._content(), sort_keys=True, ensure_ascii=False)
+        return int(hashlib.sha256(blob.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
     def image_parts(self) -> list[dict]:
         return [p for m in self.messages if not isinstance(m["content"], str)

@@ -1,6 +1,9 @@
 """`hf`: transformers in-process (CPU or GPU) with grammar-constrained decoding:
 a JSON schema becomes an xgrammar grammar applied through its transformers
-logits processor, so outputs parse by construction (up to max_tokens)."""
+logits processor, so outputs parse by construction (up to max_tokens).
+
+Sampling is per row (`sampling.RowSampler`), each request with its own seed, so a
+request's answer does not depend on the batch size or on its neighbours."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 from ..config import GenerationConfig, stable_hash
 from .base import ChatRequest, ChatResponse, GenerationError, OnDone, load_image
+from .sampling import GrammarRows, RowSampler
 
 log = logging.getLogger("nyx.inference")
 
@@ -86,43 +90,49 @@ class HFBackend:
         return text, images
 
     def generate(self, requests: list[ChatRequest], on_done: OnDone | None = None) -> list[ChatResponse]:
-        import torch
-        import xgrammar as xgr
-
         out: list[ChatResponse | None] = [None] * len(requests)
-        # Batch requests that share sampling settings; any mix of schemas is fine (one grammar per row).
+        # Batch requests of similar length; any mix of schemas and sampling is fine (both are per row).
         order = sorted(range(len(requests)), key=lambda i: (requests[i].max_tokens, requests[i].temperature))
         t0 = time.monotonic()
         for b in range(0, len(order), self.cfg.batch_size):
             idx = order[b:b + self.cfg.batch_size]
-            batch = [requests[i] for i in idx]
-            prompts = [self._prompt(r) for r in batch]
-            images = [im for _, ims in prompts for im in ims]
-            kw = {"images": images} if images else {}
-            inputs = self.processor(text=[t for t, _ in prompts], padding=True, return_tensors="pt", **kw).to(self.device)
-            gen = {"max_new_tokens": max(r.max_tokens for r in batch), "do_sample": batch[0].temperature > 0,
-                   "pad_token_id": self.tokenizer.pad_token_id}
-            if gen["do_sample"]:
-                gen.update(temperature=batch[0].temperature, top_p=batch[0].top_p)
-                torch.manual_seed(batch[0].seed or 0)
-            if any(r.json_schema for r in batch):
-                any_json = self._grammar({})  # rows without a schema still need a grammar slot
-                gen["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(
-                    [self._grammar(r.json_schema) if r.json_schema else any_json for r in batch])]
-            with torch.inference_mode():
-                seqs = self.model.generate(**inputs, **gen)
-            new = seqs[:, inputs["input_ids"].shape[1]:]
-            for j, i in enumerate(idx):
-                ids = new[j].tolist()
-                n = len(ids) - ids.count(self.tokenizer.pad_token_id)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                out[i] = ChatResponse(text=text, finish_reason="length" if n >= gen["max_new_tokens"] else "stop",
-                                      prompt_tokens=int(inputs["attention_mask"][j].sum()), completion_tokens=n)
+            for i, resp in zip(idx, self._generate_batch([requests[i] for i in idx]), strict=True):
+                out[i] = resp
                 if on_done:
-                    on_done(i, out[i])
+                    on_done(i, resp)
             done = b + len(idx)
             log.info("hf: %d/%d requests (%.1f req/s)", done, len(requests), done / (time.monotonic() - t0))
         return out  # type: ignore[return-value]
+
+    def _generate_batch(self, batch: list[ChatRequest]) -> list[ChatResponse]:
+        """One `model.generate` call. Decoding is greedy over processed logits: the grammar
+        masks each row, then `RowSampler` draws each sampled row's token with that row's
+        own temperature, top_p and seed; each row is cut at its own max_tokens. A row's
+        answer is therefore the one it would get alone."""
+        import torch
+
+        prompts = [self._prompt(r) for r in batch]
+        images = [im for _, ims in prompts for im in ims]
+        kw = {"images": images} if images else {}
+        inputs = self.processor(text=[t for t, _ in prompts], padding=True, return_tensors="pt", **kw).to(self.device)
+        processors = []
+        if any(r.json_schema for r in batch):  # rows without a schema stay unconstrained
+            processors.append(GrammarRows([self._grammar(r.json_schema) if r.json_schema else None for r in batch]))
+        if any(r.temperature > 0 for r in batch):
+            processors.append(RowSampler(batch))  # after the grammar: it samples among allowed tokens
+        gen = {"max_new_tokens": max(r.max_tokens for r in batch), "do_sample": False,
+               "pad_token_id": self.tokenizer.pad_token_id, "logits_processor": processors}
+        with torch.inference_mode():
+            seqs = self.model.generate(**inputs, **gen)
+        new = seqs[:, inputs["input_ids"].shape[1]:]
+        res = []
+        for j, r in enumerate(batch):
+            ids = new[j].tolist()[: r.max_tokens]
+            n = len(ids) - ids.count(self.tokenizer.pad_token_id)
+            res.append(ChatResponse(text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                                    finish_reason="length" if n >= r.max_tokens else "stop",
+                                    prompt_tokens=int(inputs["attention_mask"][j].sum()), completion_tokens=n))
+        return res
 
     def close(self) -> None:
         self.model = None

@@ -50,8 +50,9 @@ class OpenAIBackend:
         kw = {"model": self.cfg.model, "max_tokens": r.max_tokens, "temperature": r.temperature,
               "top_p": r.top_p,
               "messages": [{"role": m["role"], "content": self._content(m["content"])} for m in r.messages]}
-        if r.seed is not None:
-            kw["seed"] = r.seed
+        seed = r.sampling_seed()  # the request's own seed: its answer does not depend on its neighbours
+        if seed is not None:
+            kw["seed"] = seed
         if r.json_schema is not None:
             kw["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "nyx", "schema": r.json_schema, "strict": True}}

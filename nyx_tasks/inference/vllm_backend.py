@@ -37,7 +37,8 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        params = [SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=r.seed,
+        params = [SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+                                 seed=r.sampling_seed(),
                                  structured_outputs=StructuredOutputsParams(json=r.json_schema) if r.json_schema else None)
                   for r in requests]
         convs = [[{"role": m["role"], "content": self._messages._content(m["content"])} for m in r.messages]

@@ -230,7 +230,9 @@ def add_distractors(backend, kept: list[dict], s: Settings, report: Report) -> l
 
 class SynthesizeStage(Stage):
     name = "synthesize"
-    version = 1
+    # 2: sampled requests are sampled per request with their own seed (inference/sampling.py),
+    # so generation.batch_size (execution_only) no longer changes the rows; version 1 rows did
+    version = 2
     inputs = ("sample", "ingest")
     outputs = {"part": "qa_candidates"}
     execution_only = ("shard_chunks", *GENERATION_TUNING)

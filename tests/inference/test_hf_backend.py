@@ -64,3 +64,35 @@ def test_tiny_internvl_answers_image_requests_in_schema(store):
     for r in out:
         if r.finish_reason == "stop":
             assert parse(r.text, SHORTEN_SCHEMA) is not None
+
+
+def sampled_requests(store, seed):
+    """Sampled requests of different lengths, with and without a schema and an image, plus a greedy one."""
+    img = {"type": "image", "image_id": "a" * 64, "path": store.image_rel("a" * 64, "png")}
+    reqs = [ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": f"Shorten {i}: "}, img]}],
+                        json_schema=SHORTEN_SCHEMA, max_tokens=16 + 8 * i, temperature=1.0,
+                        top_p=0.9 if i % 2 else 1.0, seed=seed) for i in range(3)]
+    reqs.append(ChatRequest(messages=[{"role": "user", "content": "free text"}], max_tokens=16, temperature=1.0,
+                            seed=seed))
+    reqs.append(ChatRequest(messages=[{"role": "user", "content": "greedy"}], json_schema=SHORTEN_SCHEMA,
+                            max_tokens=16, temperature=0.0, seed=seed))
+    return reqs
+
+
+def test_sampled_answers_do_not_depend_on_the_batch(store):
+    """Each request samples with its own seed and is cut at its own max_tokens: batched in
+    threes (beside longer requests, schema-less beside schema rows) it answers as it does alone."""
+    def answers(batch_size, seed):
+        cfg = GenerationConfig(backend="hf", model="tiny:qwen2_5_vl", device="cpu", batch_size=batch_size,
+                               compact_json=True)
+        out = make_backend(cfg, store, cache=False).generate(sampled_requests(store, seed))
+        return [(r.text, r.finish_reason, r.completion_tokens) for r in out]
+
+    alone, batched = answers(1, 0), answers(3, 0)
+    assert alone == batched
+    limits = [r.max_tokens for r in sampled_requests(store, 0)]
+    assert all(n <= limit for (_, _, n), limit in zip(alone, limits, strict=True))
+    assert any(n == limit and why == "length" for (_, why, n), limit in zip(batched, limits, strict=True))
+    other = answers(3, 1)
+    assert sum(a[0] != b[0] for a, b in zip(alone[:4], other[:4], strict=True)) >= 2  # another seed, other samples
+    assert other[4] == alone[4]  # greedy ignores the seed
