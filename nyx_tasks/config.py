@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -315,6 +316,18 @@ class TrainSource(_Model):
     max_rows: int | None = Field(None, ge=1, description="Cap: keep at most this many rows (a seeded sample).")
     split: str | None = Field("train", description="Keep rows of this split only (null: every split).")
     required: bool = Field(True, description="An empty source is an error; when false it is skipped with a log line.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_is_a_plain_name(cls, v: str | None) -> str | None:
+        """`datasets/<name>` must stay inside the root: the name `nyx import --name` accepts
+        (importers.NAME_RE), so no path separator, no `..`, nothing absolute."""
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError(f"dataset {v!r} is not a plain dataset name: give the name used with "
+                             "`nyx import --name` (letters, digits, `_`, `.`, `-`, starting with a letter or "
+                             "digit: no `/` or `\\`, no `..`, not an absolute path), read from "
+                             "<root>/datasets/<name>")
+        return v
 
     @model_validator(mode="after")
     def _dataset_named(self) -> TrainSource:

@@ -1,6 +1,9 @@
+import json
+
 import pytest
 
 from nyx_tasks.config import ConfigError, list_profiles, load_config, parse_override, stable_hash
+from nyx_tasks.importers import NAME_RE
 from nyx_tasks.stages import STAGE_NAMES, get_stage
 
 
@@ -139,3 +142,27 @@ def test_paper_shape_is_the_paper_profile_plus_exactly_the_documented_overrides(
     flat_paper = dict(_leaves(paper.model_dump(mode="json")))
     differ = {k for k in flat_paper if flat_shape.get(k) != flat_paper[k]} - {"profile"}
     assert differ == PAPER_SHAPE_OVERRIDES  # nothing else moved (placeholders, prompts, rules, loss, LoRA, ...)
+
+
+BAD_DATASETS = ["../../elsewhere", "..", "/etc/passwd", "a/b", "a\\b", "~/x", ".hidden", "s3://bucket/x", ""]
+GOOD_DATASETS = ["mmeb", "mme5-synthetic", "mmeb_v1.2", "A0"]
+
+
+def dataset_source(name: str) -> str:
+    return f"train_stage1.sources=[{{name: imported, kind: dataset, dataset: {json.dumps(name)}}}]"
+
+
+@pytest.mark.parametrize("bad", BAD_DATASETS)
+def test_a_train_sources_dataset_must_be_a_plain_name(bad):
+    """`dataset` names <root>/datasets/<name>: a path (`../../elsewhere`) would read a manifest
+    outside the root, so it is refused when the config loads, naming the field and the value."""
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", [dataset_source(bad)])
+    assert "train_stage1.sources.0.dataset" in str(err.value) and "not a plain dataset name" in str(err.value)
+    assert repr(bad) in str(err.value)
+
+
+def test_plain_dataset_names_load_and_match_what_nyx_import_accepts():
+    for name in GOOD_DATASETS:
+        assert load_config("demo", [dataset_source(name)]).train_stage1.sources[0].dataset == name
+    assert all(NAME_RE.match(n) for n in GOOD_DATASETS) and not any(NAME_RE.match(n) for n in BAD_DATASETS)

@@ -6,7 +6,8 @@ held-out text-only sets by answer F1 / EM after top-1 retrieval.
 
 Output: the results table (long format, with bootstrap intervals) and a report
 under `<root>/reports/<partition>-<key>/` (Markdown + plots: accuracy vs
-dimension, stage 1 vs stage 2), whose summary lines also go to the task log.
+dimension, stage 1 vs stage 2), whose summary lines also go to the task log;
+the manifest's `report` is its path relative to the root.
 """
 
 from __future__ import annotations
@@ -185,7 +186,9 @@ class EvaluateStage(Stage):
         ctx.log.info("evaluate: report at %s", ctx.store.url(f"{rel}/{Path(rendered['markdown']).name}"))
 
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
-        manifest["report"] = ctx.store.url(f"reports/{run_name(ctx.partition, manifest['key'])}/report.md")
+        """`report`: the report's path relative to the artifact root (`ctx.store.url(report)` is
+        where it is), so a copied or moved root keeps it and a reader never follows a path out."""
+        manifest["report"] = f"reports/{run_name(ctx.partition, manifest['key'])}/report.md"
 
 
 STAGE = EvaluateStage()

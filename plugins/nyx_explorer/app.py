@@ -136,20 +136,22 @@ def evaluation(request: Request, partition: str):
 
     text = data.report_text(st, partition)
     report, linked = render_report(text, plot_url) if text is not None else ("", [])
+    folder = data.report_dir(st, partition)  # relative to the root; shown where this root has it
     return render(request, "evaluation.html", partition=partition, missing=rows is None,
                   tables=data.results_tables(rows or []), report=report,
                   other_plots=[(p, plot_url(p)) for p in plots if p not in linked],
-                  report_url=(data.manifest(st, partition, "evaluate") or {}).get("report", ""))
+                  report_url=st.url(f"{folder}/report.md") if folder else "")
 
 @router.get("/p/{partition}/report/{name}", name="report_plot")
 def report_plot(request: Request, partition: str, name: str):
     st = store(request)
     partition_or_404(st, partition)
     rel = data.report_file(st, partition, name)
-    if rel is None:
+    body = data.read_regular(st, rel) if rel else None
+    if body is None:
         raise HTTPException(404, "no such plot")
-    with st.fs.open(st.path(rel), "rb") as f:
-        return Response(f.read(), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+    return Response(body, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
 
 @router.get("/images/{tail:path}", name="image")
 def image(request: Request, tail: str):

@@ -2,8 +2,10 @@
 stage tables (cached by their manifest's output hash), image locations, the evaluation report.
 
 Every read goes through `nyx_tasks.artifacts` (manifests list the files, so a half-written stage
-is never seen). Paths that come from a URL are checked here: `image_rel` and `report_file` return
-None for anything that is not an image under `images/` or a plot beside the report.
+is never seen). Paths that come from a URL or a manifest are checked here: `image_rel` and
+`report_file` return None for anything that is not an image under `images/` or a plot beside the
+report, `report_dir` only accepts a manifest's report path relative to the root, and every file is
+read through `read_regular`: a regular file inside the root, never through a symlink.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -25,6 +28,8 @@ IMAGE_RE = re.compile(r"^([0-9A-Za-z]{2})/(\1[0-9A-Za-z_-]{0,126})\.(png|jpe?g|g
 IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
                "webp": "image/webp", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
 PLOT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\.png$")
+# the evaluate manifest's `report`, relative to the root: reports/<run>/report.md (run: partition-key)
+REPORT_RE = re.compile(r"^reports/[A-Za-z0-9][A-Za-z0-9_.=-]{0,100}/report\.md$")
 
 # What a stage's manifest counts: rows_in, rows_out, and what its named drops are counted in. The
 # two counts are often of different things (a document in, chunks out), so the page says which.
@@ -231,17 +236,37 @@ def image_media_type(rel: str) -> str:
 
 
 def read_image(store, rel: str) -> bytes | None:
-    """The bytes of `rel` (from `image_rel`), or None when missing or when, on a local root, the
-    file resolves (through a symlink) outside the root's images folder."""
-    path = store.path(rel)
-    if "file" in store.fs.protocol or store.fs.protocol == "local":
-        real, base = os.path.realpath(path), os.path.realpath(store.path("images"))
-        if not real.startswith(base + os.sep) or not os.path.isfile(real):
-            return None
-        path = real
-    elif not store.fs.isfile(path):
+    """The bytes of `rel` (from `image_rel`), or None when it is not a regular file of the root."""
+    return read_regular(store, rel)
+
+
+def is_regular(store, rel: str) -> bool:
+    """`rel` (relative to the root, no `..`, not absolute) names a regular file inside the root.
+    On a local root the path is resolved: a symlink anywhere below the root, a link out of it
+    or anything but a plain file is refused."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+        return False
+    if store.is_local:
+        base = os.path.realpath(store.base)
+        path = os.path.join(base, *parts)
+        if os.path.realpath(path) != path:  # a symlink on the way (or the file itself is one)
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            return False
+    try:
+        return store.fs.info(store.path(rel)).get("type") == "file"
+    except (OSError, ValueError):
+        return False
+
+
+def read_regular(store, rel: str) -> bytes | None:
+    """The bytes of the root's regular file `rel` (see `is_regular`), else None."""
+    if not is_regular(store, rel):
         return None
-    with store.fs.open(path, "rb") as f:
+    with store.fs.open(store.path(rel), "rb") as f:
         return f.read()
 
 
@@ -249,28 +274,37 @@ def read_image(store, rel: str) -> bytes | None:
 
 
 def report_dir(store, partition: str) -> str | None:
-    """The report folder (relative to the root) named by the evaluate manifest."""
+    """The report folder (relative to the root) named by the evaluate manifest, whose `report` is
+    `reports/<run>/report.md` relative to the root. Anything else (an absolute path or URL, as
+    manifests before relative paths had, `..`, another folder) is refused: None."""
     m = manifest(store, partition, "evaluate")
     report = (m or {}).get("report")
-    if not report:
+    if not isinstance(report, str) or not REPORT_RE.match(report):
         return None
-    for prefix in (store.root + "/", store.base + "/"):
-        if report.startswith(prefix):
-            return report.removeprefix(prefix).rsplit("/", 1)[0]
-    return None
+    return report.rsplit("/", 1)[0]
 
 
 def report_text(store, partition: str) -> str | None:
     rel = report_dir(store, partition)
-    if rel is None or not store.exists(f"{rel}/report.md"):
-        return None
-    with store.fs.open(store.path(f"{rel}/report.md"), "rb") as f:
-        return f.read().decode("utf-8", "replace")
+    body = read_regular(store, f"{rel}/report.md") if rel else None
+    return None if body is None else body.decode("utf-8", "replace")
 
 
 def report_plots(store, partition: str) -> list[str]:
+    """The report's plots: PNG names in its folder that are regular files of the root."""
     rel = report_dir(store, partition)
-    return [n for n in store.listdir(rel) if PLOT_RE.match(n)] if rel else []
+    if rel is None or not is_regular_dir(store, rel):
+        return []
+    return [n for n in store.listdir(rel) if PLOT_RE.match(n) and is_regular(store, f"{rel}/{n}")]
+
+
+def is_regular_dir(store, rel: str) -> bool:
+    """`rel` is a folder of the root reached without a symlink (local roots); any folder elsewhere."""
+    if not store.is_local:
+        return True
+    base = os.path.realpath(store.base)
+    path = os.path.join(base, *rel.split("/"))
+    return os.path.realpath(path) == path and os.path.isdir(path)
 
 
 def report_file(store, partition: str, name: str) -> str | None:

@@ -354,9 +354,9 @@ def test_evaluation_shows_the_results_table(client, explorer_root):
 
 def test_evaluation_renders_the_report_as_html(client, explorer_root):
     m = manifest(explorer_root, "evaluate")
-    markdown = Path(m["report"]).read_text()
+    markdown = (explorer_root / m["report"]).read_text()  # the manifest's path is relative to the root
     r = client.get(f"/p/{PARTITION}/evaluation")
-    assert r.status_code == 200 and m["report"] in r.text
+    assert r.status_code == 200 and html.escape(str(explorer_root / m["report"])) in r.text
     report = report_section(r.text)
     # the report's headings, tables, list and emphasis as HTML, no Markdown syntax left
     headings = [text_of(h) for h in re.findall(r"<h2>(.*?)</h2>", report, re.S)]
@@ -388,7 +388,7 @@ def test_report_plots_one_per_metric_resolve_to_pngs(client, explorer_root):
     from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 
     rows = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "evaluate").to_pylist()
-    report_dir = Path(manifest(explorer_root, "evaluate")["report"]).parent
+    report_dir = (explorer_root / manifest(explorer_root, "evaluate")["report"]).parent
     r = client.get(f"/p/{PARTITION}/evaluation")
     report = report_section(r.text)
     grids = re.findall(r'<p class="plots">(.*?)</p>', report, re.S)
@@ -406,6 +406,94 @@ def test_report_plots_one_per_metric_resolve_to_pngs(client, explorer_root):
         assert png.content == (report_dir / src.rsplit("/", 1)[1]).read_bytes()
     for bad in ("report.md", "..%2F..%2Ffilter%2F_MANIFEST.json", "missing.png"):
         assert client.get(f"/p/{PARTITION}/report/{bad}").status_code == 404
+
+
+def app_over(root: Path, auth_manager):
+    from fastapi.testclient import TestClient
+    from nyx_explorer.app import create_app
+
+    c = TestClient(create_app(str(root)))
+    c.cookies.set("_token", token(auth_manager))
+    return c
+
+
+def plot_names(page: str) -> list[str]:
+    return [html.unescape(src).rsplit("/", 1)[1] for src in re.findall(r'<img class="plot" src="([^"]+)"', page)]
+
+
+SECRET = b"root:x:0:0:SECRET-OUTSIDE-THE-ROOT\n"
+
+
+def test_report_plot_symlinks_are_refused_and_never_read(client, explorer_root, tmp_path):
+    """A symlink in the report folder is never served, whether it points out of the root (a
+    file of ours, /etc/passwd) or at another file inside it; its target's bytes never show."""
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(SECRET)
+    report_dir = (explorer_root / manifest(explorer_root, "evaluate")["report"]).parent
+    inside = explorer_root / "partitions" / PARTITION / "filter" / "_MANIFEST.json"
+    links = {"zz-out.png": outside, "zz-passwd.png": Path("/etc/passwd"), "zz-in.png": inside}
+    for name, target in links.items():
+        (report_dir / name).symlink_to(target)
+    try:
+        for name in links:
+            r = client.get(f"/p/{PARTITION}/report/{name}")
+            assert r.status_code == 404, name
+            assert b"SECRET" not in r.content and b"root:" not in r.content and b"rows_out" not in r.content
+        page = client.get(f"/p/{PARTITION}/evaluation")
+        assert page.status_code == 200 and not any(n in page.text for n in links)  # not listed either
+        assert "SECRET" not in page.text
+        assert client.get(f"/p/{PARTITION}/report/{plot_names(page.text)[0]}").status_code == 200  # real plots still are
+    finally:
+        for name in links:
+            (report_dir / name).unlink()
+
+
+def test_a_copied_root_still_serves_its_report_and_plots(explorer_root, auth_manager, tmp_path):
+    """The manifest names the report relative to the root: a root copied elsewhere shows its own."""
+    copy = tmp_path / "elsewhere" / "artifacts"
+    shutil.copytree(explorer_root, copy, symlinks=True)
+    report_dir = (copy / manifest(copy, "evaluate")["report"]).parent
+    plot = sorted(report_dir.glob("*.png"))[0]
+    plot.write_bytes(b"\x89PNG the copy's own plot")  # served from the copy, not the original
+    c = app_over(copy, auth_manager)
+    page = c.get(f"/p/{PARTITION}/evaluation")
+    assert page.status_code == 200 and "cannot be read from this root" not in page.text
+    assert html.escape(str(copy / manifest(copy, "evaluate")["report"])) in page.text
+    names = plot_names(page.text)
+    assert sorted(names) == sorted(p.name for p in report_dir.glob("*.png"))
+    for name in names:
+        r = c.get(f"/p/{PARTITION}/report/{name}")
+        assert r.status_code == 200 and r.content == (report_dir / name).read_bytes()
+    assert c.get(f"/p/{PARTITION}/report/{plot.name}").content == b"\x89PNG the copy's own plot"
+
+
+def test_manifest_report_paths_that_are_absolute_or_leave_the_root_are_refused(explorer_root, auth_manager,
+                                                                                 tmp_path):
+    """An edited manifest cannot make the explorer read outside the root: an absolute path (even
+    one that is the root's own report), a URL, `..` or another folder is no report at all."""
+    copy = tmp_path / "root"
+    shutil.copytree(explorer_root, copy, symlinks=True)
+    path = copy / "partitions" / PARTITION / "evaluate" / "_MANIFEST.json"
+    m = json.loads(path.read_text())
+    own = m["report"]
+    plot = sorted((copy / own).parent.glob("*.png"))[0].name
+    outside = tmp_path / "outside" / "reports" / "evil"
+    outside.mkdir(parents=True)
+    (outside / "report.md").write_bytes(b"# SECRET-OUTSIDE-THE-ROOT\n\n![x](" + plot.encode() + b")\n")
+    (outside / plot).write_bytes(b"\x89PNG " + SECRET)
+    c = app_over(copy, auth_manager)
+    for bad in (str(copy / own), str(outside / "report.md"), f"file://{outside}/report.md",
+                f"{copy}/reports/../../outside/reports/evil/report.md",  # under the root's prefix, then out
+                "reports/../../outside/reports/evil/report.md", "../outside/reports/evil/report.md",
+                f"partitions/{PARTITION}/filter/report.md", "reports/evil/../../../outside/reports/evil/report.md"):
+        path.write_text(json.dumps({**m, "report": bad}))
+        page = c.get(f"/p/{PARTITION}/evaluation")
+        assert page.status_code == 200 and "cannot be read from this root" in page.text, bad
+        assert "SECRET" not in page.text and not plot_names(page.text), bad
+        r = c.get(f"/p/{PARTITION}/report/{plot}")
+        assert r.status_code == 404 and b"SECRET" not in r.content, bad
+    path.write_text(json.dumps(m))
+    assert c.get(f"/p/{PARTITION}/report/{plot}").status_code == 200  # the relative path is served
 
 
 def test_missing_stage_outputs_are_explained_not_errors(client, built, auth_manager):

@@ -87,6 +87,7 @@ def test_evaluate_reports_stage1_vs_stage2_at_every_dim(stage2, caplog):
             assert recall[(model, dim, "recall@1")] <= recall[(model, dim, "recall@5")] <= recall[(model, dim, "recall@10")]
     from pathlib import Path
 
-    text = Path(m["report"]).read_text()
+    assert m["report"].startswith("reports/") and not Path(m["report"]).is_absolute()  # relative to the root
+    text = Path(store.path(m["report"])).read_text()
     assert "Stage 2 vs stage 1" in text and "nyxqa-train-accuracy_vs_dim.png" in text
     assert "evaluate: nyxqa/train stage2" in caplog.text and "report at" in caplog.text
