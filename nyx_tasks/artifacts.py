@@ -1,11 +1,16 @@
 """The artifact layer: an fsspec root holding content-addressed images and
-per-(partition, stage) Parquet shards, each written under a temporary name and
-renamed into place, plus JSON markers written only after their data is closed.
+per-(partition, stage) snapshots of Parquet shards. Each attempt at a stage writes
+under its own folder, every file under a temporary name renamed into place and
+every JSON marker only after its data is closed; the manifest, written last,
+names the committed snapshot's files, and readers read exactly those, checked
+against it (`iter_stage_batches`, `snapshot_problems`).
 
     <root>/images/<sha256[:2]>/<sha256>.<ext>
-    <root>/partitions/<partition>/<stage>/<kind>-<shard:05d>.parquet
-    <root>/partitions/<partition>/<stage>/_shards/<shard>.json   per-shard marker
-    <root>/partitions/<partition>/<stage>/_MANIFEST.json         written last
+    <root>/partitions/<partition>/<stage>/_MANIFEST.json                 the snapshot, written last
+    <root>/partitions/<partition>/<stage>/_LEASE.json                    the one writer now (lease.py)
+    <root>/partitions/<partition>/<stage>/_PLAN.json                     the current attempt's plan
+    <root>/partitions/<partition>/<stage>/attempts/<attempt>/<kind>-<shard:05d>.parquet
+    <root>/partitions/<partition>/<stage>/attempts/<attempt>/_shards/<shard>.json   per-shard marker
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from typing import Any
 
 import fsspec
 
+from .base import StageError
+
 TMP_PREFIX = "_tmp."
+MANIFEST = "_MANIFEST.json"
+
+
+class SnapshotError(StageError):
+    """A committed snapshot does not match its manifest (missing, changed or unreadable files)."""
 
 
 class ArtifactStore:
@@ -94,6 +106,9 @@ class ArtifactStore:
         with self.fs.open(p, "rb") as f:
             return json.loads(f.read())
 
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self.path(rel)))
+
     def sha256(self, rel: str) -> str:
         h = hashlib.sha256()
         with self.fs.open(self.path(rel), "rb") as f:
@@ -167,11 +182,12 @@ class ParquetShardWriter:
             self.rows += table.num_rows
 
     def close(self) -> dict[str, Any]:
-        """Finish the file, move it into place; returns {path, rows, sha256}."""
+        """Finish the file, move it into place; returns {path, rows, bytes, sha256}."""
         self._writer.close()
         self._fh.close()
         self.store.commit_tmp(self.tmp_rel, self.rel)
-        return {"path": self.rel, "rows": self.rows, "sha256": self.store.sha256(self.rel)}
+        return {"path": self.rel, "rows": self.rows, "bytes": self.store.size(self.rel),
+                "sha256": self.store.sha256(self.rel)}
 
     def abort(self) -> None:
         try:
@@ -196,19 +212,87 @@ def iter_stage_batches(
     columns: list[str] | None = None,
     batch_size: int = 1024,
 ) -> Iterator:
-    """Stream a completed stage's output, reading only the files its manifest lists."""
-    for rel in stage_files(store, partition, stage, kind):
-        yield from store.read_parquet(rel, columns=columns, batch_size=batch_size)
+    """Stream a completed stage's output: exactly the files its manifest lists, each checked
+    against it (bytes, and rows from the Parquet footer) before any row is read."""
+    manifest = read_manifest(store, partition, stage)
+    for entry in manifest["outputs"].get(kind, []):
+        with store.fs.open(store.path(entry["path"]), "rb") as f:
+            pf = _open_checked(store, manifest, entry, f)
+            for rg in range(pf.metadata.num_row_groups):
+                yield from pf.iter_batches(batch_size=batch_size, row_groups=[rg], columns=columns)
 
 
-def stage_files(store: ArtifactStore, partition: str, stage: str, kind: str = "part") -> list[str]:
-    manifest = store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
+def manifest_rel(partition: str, stage: str) -> str:
+    return f"{ArtifactStore.stage_rel(partition, stage)}/{MANIFEST}"
+
+
+def repair_hint(manifest: dict) -> str:
+    """The command that rewrites a damaged snapshot."""
+    return f"re-run `nyx {manifest.get('stage', '?')} --partition {manifest.get('partition', '?')} --force`"
+
+
+def read_manifest(store: ArtifactStore, partition: str, stage: str) -> dict:
+    """A committed stage's manifest; a clear error when it is missing or unreadable."""
+    rel = manifest_rel(partition, stage)
+    try:
+        manifest = store.read_json(rel)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"{stage}: the manifest {store.url(rel)} is not valid JSON ({e}); "
+                            f"re-run `nyx {stage} --partition {partition} --force`") from e
     if manifest is None:
         raise FileNotFoundError(
             f"stage {stage!r} has no manifest for partition {partition!r} under {store.root}: "
             f"run `nyx {stage} --partition {partition}` first"
         )
-    return [o["path"] for o in manifest["outputs"].get(kind, [])]
+    return manifest
+
+
+def stage_files(store: ArtifactStore, partition: str, stage: str, kind: str = "part") -> list[str]:
+    return [o["path"] for o in read_manifest(store, partition, stage)["outputs"].get(kind, [])]
+
+
+def _parquet_against(store: ArtifactStore, entry: dict, f):
+    """(the open Parquet file, None) when a manifest entry's size and row count hold, else (None, what differs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    size = store.size(entry["path"])
+    if "bytes" in entry and size != entry["bytes"]:
+        return None, f"{size} bytes, the manifest says {entry['bytes']}"
+    try:
+        pf = pq.ParquetFile(f)
+    except (pa.ArrowInvalid, OSError) as e:
+        return None, f"not a readable Parquet file ({e})"
+    if pf.metadata.num_rows != entry["rows"]:
+        return None, f"{pf.metadata.num_rows} rows, the manifest says {entry['rows']}"
+    return pf, None
+
+
+def _open_checked(store: ArtifactStore, manifest: dict, entry: dict, f):
+    pf, problem = _parquet_against(store, entry, f)
+    if problem:
+        raise SnapshotError(f"{manifest.get('stage', '?')} output {store.url(entry['path'])}: {problem}; "
+                            f"{repair_hint(manifest)}")
+    return pf
+
+
+def check_entry(store: ArtifactStore, entry: dict, sha: bool = False) -> str | None:
+    """What is wrong with one listed file (missing, size, rows, unreadable; sha256 with `sha`), or None."""
+    if not store.exists(entry["path"]):
+        return f"missing: {entry['path']}"
+    with store.fs.open(store.path(entry["path"]), "rb") as f:
+        _, problem = _parquet_against(store, entry, f)
+    if problem:
+        return f"corrupt: {entry['path']}: {problem}"
+    if sha and entry.get("sha256") and store.sha256(entry["path"]) != entry["sha256"]:
+        return f"corrupt: {entry['path']}: sha256 differs from the manifest's"
+    return None
+
+
+def snapshot_problems(store: ArtifactStore, manifest: dict, sha: bool = False) -> list[str]:
+    """Every listed file checked against the manifest (bytes and rows; sha256 with `sha`)."""
+    return [p for entries in manifest.get("outputs", {}).values() for e in entries
+            if (p := check_entry(store, e, sha))]
 
 
 def image_paths(store: ArtifactStore, partition: str, needed: set[str] | None = None) -> dict[str, str]:
@@ -228,8 +312,7 @@ def read_stage_table(store: ArtifactStore, partition: str, stage: str, kind: str
     if not batches:
         from .schema import SCHEMAS  # pyarrow, only once rows are written
 
-        manifest = store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
-        schema = SCHEMAS[manifest["schemas"][kind]]
+        schema = SCHEMAS[read_manifest(store, partition, stage)["schemas"][kind]]
         if columns:
             schema = pa.schema([schema.field(c) for c in columns])
         return schema.empty_table()

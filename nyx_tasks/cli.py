@@ -24,6 +24,10 @@ Partition = Annotated[str | None, typer.Option("--partition", help="Partition na
 Sets = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e.g. ingest.every_nth=10 (repeatable).")]
 Root = Annotated[str | None, typer.Option("--root", help="Artifact root (path or fsspec URL).")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even if complete and unchanged.")]
+Wait = Annotated[bool, typer.Option("--wait", help="When another run is writing the stage, wait for it "
+                                    "instead of refusing.")]
+Verify = Annotated[bool, typer.Option("--verify", help="Check the inputs' sha256 against their manifests too "
+                                      "(file list, bytes and rows are always checked).")]
 
 
 def _config(profile: str, partition: str | None, sets: list[str] | None, root: str | None, force: bool = False):
@@ -43,14 +47,15 @@ def _config(profile: str, partition: str | None, sets: list[str] | None, root: s
         raise typer.Exit(2) from e
 
 
-def _run_stages(names: list[str], cfg) -> list:
-    from .runner import run_stage  # fsspec, pyarrow: kept out of `nyx --help`
+def _run_stages(names: list[str], cfg, wait: bool = False, verify: bool = False) -> list:
+    from .runner import RunOptions, run_stage  # fsspec, pyarrow: kept out of `nyx --help`
 
     setup_cli_logging()
     results = []
+    opts = RunOptions(wait=wait, verify=verify)
     for name in names:
         try:
-            results.append(run_stage(get_stage(name), cfg))
+            results.append(run_stage(get_stage(name), cfg, opts=opts))
         except StageError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from e
@@ -59,11 +64,10 @@ def _run_stages(names: list[str], cfg) -> list:
 
 def _stage_command(name: str):
     def command(profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
-                root: Root = None, force: Force = False) -> None:
+                root: Root = None, force: Force = False, wait: Wait = False, verify: Verify = False) -> None:
         cfg = _config(profile, partition, sets, root, force)
-        (result,) = _run_stages([name], cfg)
+        (result,) = _run_stages([name], cfg, wait, verify)
         typer.echo(json.dumps(result.summary(), indent=2))
-
 
     command.__doc__ = f"Run the `{name}` stage for one partition ({STAGE_MODULES[name]})."
     return command
@@ -75,7 +79,7 @@ for _name in STAGE_NAMES:
 
 @app.command("run")
 def run_pipeline(profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
-                 root: Root = None, force: Force = False,
+                 root: Root = None, force: Force = False, wait: Wait = False,
                  stages: Annotated[str | None, typer.Option(help="Comma-separated subset, in order.")] = None) -> None:
     """Run the stages in order, in this process, without Airflow."""
     cfg = _config(profile, partition, sets, root, force)
@@ -84,32 +88,46 @@ def run_pipeline(profile: Profile = "demo", partition: Partition = None, sets: S
     if unknown:
         typer.echo(f"error: unknown stage(s) {unknown}; stages: {', '.join(STAGE_NAMES)}", err=True)
         raise typer.Exit(2)
-    _run_stages(names, cfg)
-    typer.echo(status_text(cfg))
+    _run_stages(names, cfg, wait)
+    typer.echo(status_text(cfg)[0])
 
 
-def status_text(cfg) -> str:
+def status_text(cfg, verify: bool = False) -> tuple[str, int]:
+    """Each stage's manifest summary, and its snapshot checked against the manifest (missing,
+    corrupt, extra and stale files; sha256 with `verify`). Returns (text, number of problems)."""
     from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from .snapshot_status import stage_status  # fsspec, pyarrow: kept out of `nyx --help`
 
     store = ArtifactStore(cfg.artifact_root())
     lines = [f"artifacts: {store.root}", f"partition: {cfg.partition}"]
+    problems = 0
     for name in STAGE_NAMES:
-        m = store.read_json(f"{ArtifactStore.stage_rel(cfg.partition, name)}/_MANIFEST.json")
+        m, found = stage_status(store, cfg.partition, name, verify)
+        bad = [p for p in found if not p.startswith("stale:")]
+        problems += len(bad)
         if m is None:
-            lines.append(f"\n[{name}] not complete")
-            continue
-        lines.append(f"\n[{name}] {m['rows_in']} in -> {m['rows_out']} out   "
-                     f"config {m['config_hash']}   {m['timings']['finished_at']}   {m['location']}")
-        lines.append(drop_table(m["drops"], m["rows_out"]))
-        if m.get("extra"):
-            lines.append("  " + ", ".join(f"{k}={v}" for k, v in m["extra"].items()))
-    return "\n".join(lines)
+            lines.append(f"\n[{name}] " + ("not complete" if not found else "manifest unreadable"))
+        else:
+            lines.append(f"\n[{name}] {m['rows_in']} in -> {m['rows_out']} out   "
+                         f"config {m['config_hash']}   {m['timings']['finished_at']}   {m['location']}")
+            lines.append(drop_table(m["drops"], m["rows_out"]))
+            if m.get("extra"):
+                lines.append("  " + ", ".join(f"{k}={v}" for k, v in m["extra"].items()))
+        lines += [f"  PROBLEM {p}" for p in bad] + [f"  note {p}" for p in found if p not in bad]
+    if problems:
+        lines.append(f"\n{problems} problem(s): re-run the stage named with --force to rewrite its snapshot")
+    return "\n".join(lines), problems
 
 
 @app.command("status")
-def status(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None) -> None:
-    """Print each stage's manifest summary (rows, drop reasons, location) for a partition."""
-    typer.echo(status_text(_config(profile, partition, sets, root)))
+def status(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None,
+           verify: Annotated[bool, typer.Option("--verify", help="Also check every file's sha256.")] = False) -> None:
+    """Print each stage's manifest summary (rows, drop reasons, location) for a partition, and check
+    each snapshot against its manifest; exit 1 when a file is missing, corrupt, extra or stale."""
+    text, problems = status_text(_config(profile, partition, sets, root), verify)
+    typer.echo(text)
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command("config")
@@ -161,12 +179,17 @@ def _check(cfg) -> None:
 
 @app.command("remine")
 def remine_cmd(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None,
-               force: Force = False) -> None:
+               force: Force = False, wait: Wait = False) -> None:
     """Re-mine hard negatives with the newest checkpoint into a new versioned artifact."""
+    from .runner import RunOptions  # fsspec, pyarrow: kept out of `nyx --help`
     from .stages.mine import remine  # numpy, fsspec: kept out of `nyx --help`
 
     setup_cli_logging()
-    result, version, ckpt = remine(_config(profile, partition, sets, root, force))
+    try:
+        result, version, ckpt = remine(_config(profile, partition, sets, root, force), opts=RunOptions(wait=wait))
+    except StageError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
     typer.echo(json.dumps({**result.summary(), "version": version, "checkpoint": ckpt}, indent=2))
 
 

@@ -1,9 +1,11 @@
-"""The stage runner: owns idempotency, resumability and manifests.
+"""The stage runner: owns idempotency, resumability, snapshots and manifests.
 
 A stage only says how to plan its shards and how to process one; the runner
-decides whether work is needed, skips finished shards, and writes the
-`_MANIFEST.json` last. The same three calls (`plan_stage`, `run_shard`,
-`commit_stage`) are what the Airflow DAG maps over and what `nyx <stage>` runs.
+decides whether work is needed, holds the stage's lease (one writer at a time,
+`lease.py`), writes each attempt under its own folder, skips finished shards,
+and writes the `_MANIFEST.json` last, naming exactly the snapshot's files. The
+same three calls (`plan_stage`, `run_shard`, `commit_stage`) are what the
+Airflow DAG maps over and what `nyx <stage>` runs.
 """
 
 from __future__ import annotations
@@ -11,22 +13,36 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .artifacts import TMP_PREFIX, ArtifactStore
+from .artifacts import MANIFEST, ArtifactStore, SnapshotError, read_manifest, snapshot_problems
+from .attempts import attempt_rel, remove_dead_attempts, write_attempt_owner
 from .base import ShardSpec, StageError, check_shard_specs, code_version
 from .config import NyxConfig, stable_hash
+from .lease import DEFAULT_TTL, Lease, process_owner
 from .log import DropCounter, drop_lines, get_logger
 
-MANIFEST = "_MANIFEST.json"
 PLAN = "_PLAN.json"
 SHARDS_DIR = "_shards"
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunOptions:
+    """Who writes and how. `owner` names the run holding the stage's lease (every task of one
+    Airflow run shares it; the CLI uses one per process); `wait`: wait for another run's lease
+    instead of refusing; `verify`: check the inputs' sha256 too, not only file list, bytes, rows."""
+
+    owner: str = field(default_factory=process_owner)
+    wait: bool = False
+    verify: bool = False
+    lease_ttl: float = DEFAULT_TTL
 
 
 @dataclass
@@ -37,17 +53,25 @@ class StageContext:
     partition: str
     key: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
+    attempt: str = ""  # the attempt folder's name ("" on a root written before attempts existed)
 
     @property
     def log(self):
         return get_logger(self.stage.name)
 
-    def rel(self, name: str = "") -> str:
+    def stage_rel(self, name: str = "") -> str:
+        """The stage output's directory (manifest, lease, plan)."""
         base = ArtifactStore.stage_rel(self.partition, self.stage.output)
         return f"{base}/{name}" if name else base
 
+    def rel(self, name: str = "") -> str:
+        """Where this attempt writes its files: `<stage dir>/attempts/<attempt>/<name>`."""
+        base = attempt_rel(self.stage_rel(), self.attempt)
+        return f"{base}/{name}" if name else base
+
     def input_manifest(self, stage: str) -> dict:
-        m = self.store.read_json(f"{ArtifactStore.stage_rel(self.partition, stage)}/{MANIFEST}")
+        m = read_manifest(self.store, self.partition, stage) if self.store.exists(
+            f"{ArtifactStore.stage_rel(self.partition, stage)}/{MANIFEST}") else None
         if m is None:
             raise StageError(
                 f"{self.stage.name}: input stage {stage!r} is not complete for partition "
@@ -199,49 +223,98 @@ def failure_line(stage: str, step: str, partition: str):
         raise
 
 
+
 def _context(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None) -> StageContext:
     store = store or ArtifactStore(cfg.artifact_root())
     return StageContext(cfg=cfg, store=store, stage=stage, partition=cfg.partition)
 
 
-def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> list[ShardSpec]:
-    """Decide what to do. Returns the shard specs (empty when the stage is complete
-    and unchanged). A changed config/input or `force` invalidates the old output
-    first, so no reader mixes old and new shards."""
+def _lease(ctx: StageContext, opts: RunOptions) -> Lease:
+    return Lease(ctx.store, ctx.stage_rel(), opts.owner, opts.lease_ttl,
+                 what=f"{ctx.stage.name} (partition {ctx.partition})")
+
+
+def _committed(ctx: StageContext) -> dict | None:
+    """The committed manifest, None when there is none or it is unreadable (then the stage recomputes)."""
+    try:
+        return read_manifest(ctx.store, ctx.partition, ctx.stage.output) if ctx.store.exists(
+            ctx.stage_rel(MANIFEST)) else None
+    except SnapshotError as e:
+        ctx.log.warning("%s; recomputing", e)
+        return None
+
+
+def verify_inputs(ctx: StageContext, inputs: dict[str, str], sha: bool) -> None:
+    """Refuse an input snapshot (a stage of this partition the fingerprint names) that does not
+    match its manifest, in one line naming the file and the repairing command."""
+    for name in inputs:
+        if ":" in name or not ctx.store.exists(f"{ArtifactStore.stage_rel(ctx.partition, name)}/{MANIFEST}"):
+            continue  # a text set, a dataset, a checkpoint: not a stage snapshot
+        manifest = ctx.input_manifest(name)
+        problems = snapshot_problems(ctx.store, manifest, sha)
+        if problems:
+            raise SnapshotError(f"{ctx.stage.name}: input {name!r} of partition {ctx.partition} does not match "
+                                f"its manifest: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                                                 else "")
+                                + f"; re-run `nyx {manifest.get('stage', name)} --partition {ctx.partition} --force`")
+
+
+def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None,
+               opts: RunOptions | None = None) -> list[ShardSpec]:
+    """Decide what to do, holding the stage's lease. Returns the shard specs (empty when the stage
+    is complete and unchanged). A changed config/input or `force` starts a new attempt folder;
+    the committed snapshot stays readable until the new one is committed."""
+    opts = opts or RunOptions()
     with failure_line(stage.name, "plan", cfg.partition):
         ctx = _context(stage, cfg, store)
         config_hash = log_context(stage, cfg, ctx.store, "plan")
-        inputs = stage.input_fingerprint(ctx)
-        key = stable_hash({"config": config_hash, "inputs": inputs})
-        log = ctx.log
-        log.info("%s: root=%s inputs=%s", stage.name, ctx.store.root, inputs or "-")
-        manifest = ctx.store.read_json(ctx.rel(MANIFEST))
-        if manifest and manifest.get("key") == key and not cfg.force:
-            log.info("%s: already complete for partition %s with the same config and inputs "
+        lease = _lease(ctx, opts)
+        lease.acquire(wait=opts.wait)
+        with lease:
+            inputs = stage.input_fingerprint(ctx)
+            verify_inputs(ctx, inputs, opts.verify)
+            key = stable_hash({"config": config_hash, "inputs": inputs})
+            ctx.log.info("%s: root=%s inputs=%s", stage.name, ctx.store.root, inputs or "-")
+            if _complete(ctx, key):
+                return []
+            ctx.key, ctx.inputs = key, inputs
+            ctx.attempt = f"{key}-{uuid.uuid4().hex[:8]}" if cfg.force else key
+            shards = stage.plan_shards(ctx)
+            check_shard_specs(stage.name, shards)
+            if not shards:
+                raise StageError(f"{stage.name}: nothing to process for partition {ctx.partition} "
+                                 "(the input has no shards); check the source configuration.")
+            write_attempt_owner(ctx.store, ctx.rel(), opts.owner)
+            ctx.store.write_json_atomic(ctx.stage_rel(PLAN), {
+                "stage": stage.name, "partition": ctx.partition, "key": key, "attempt": ctx.attempt,
+                "owner": opts.owner, "config_hash": config_hash, "inputs": inputs,
+                "config": stage.config_payload(cfg), "shards": shards, "planned_at": _now(),
+            })
+            done = sum(1 for s in shards if _shard_done(ctx, s, key))
+            ctx.log.info("%s: %d shard(s) planned in attempt %s, %d already finished from an earlier attempt",
+                         stage.name, len(shards), ctx.attempt, done)
+            return shards
+
+
+def _complete(ctx: StageContext, key: str) -> bool:
+    """True (and logged) when the committed snapshot has this key and force is off; a plan left
+    by an abandoned attempt is dropped then, so the commit step finds nothing to do."""
+    manifest = _committed(ctx)
+    stage = ctx.stage.name
+    if manifest and manifest.get("key") == key and not ctx.cfg.force:
+        ctx.log.info("%s: already complete for partition %s with the same config and inputs "
                      "(key %s, %s rows); nothing to do. Use --force to recompute.",
-                     stage.name, ctx.partition, key, manifest["rows_out"])
-            return []
-        if manifest:
-            why = "force" if cfg.force else "config or inputs changed"
-            log.info("%s: recomputing partition %s (%s): previous key %s, new key %s",
-                     stage.name, ctx.partition, why, manifest.get("key"), key)
-            ctx.store.remove(ctx.rel(MANIFEST))
-        if cfg.force:
-            ctx.store.remove(ctx.rel(SHARDS_DIR))
-        ctx.key, ctx.inputs = key, inputs
-        shards = stage.plan_shards(ctx)
-        check_shard_specs(stage.name, shards)
-        if not shards:
-            raise StageError(f"{stage.name}: nothing to process for partition {ctx.partition} "
-                             "(the input has no shards); check the source configuration.")
-        ctx.store.write_json_atomic(ctx.rel(PLAN), {
-            "stage": stage.name, "partition": ctx.partition, "key": key, "config_hash": config_hash,
-            "inputs": inputs, "config": stage.config_payload(cfg), "shards": shards, "planned_at": _now(),
-        })
-        done = sum(1 for s in shards if _shard_done(ctx, s, key))
-        log.info("%s: %d shard(s) planned, %d already finished from an earlier attempt",
-                 stage.name, len(shards), done)
-        return shards
+                     stage, ctx.partition, key, manifest["rows_out"])
+        plan = ctx.store.read_json(ctx.stage_rel(PLAN))
+        if plan and plan.get("attempt", "") != manifest.get("attempt", ""):
+            ctx.store.remove(ctx.stage_rel(PLAN))
+        return True
+    if manifest:
+        why = "force" if ctx.cfg.force else "config or inputs changed"
+        ctx.log.info("%s: recomputing partition %s (%s): previous key %s, new key %s; the committed snapshot "
+                     "stays readable until the new one is committed", stage, ctx.partition, why,
+                     manifest.get("key"), key)
+    return False
 
 
 def _marker_rel(ctx: StageContext, shard: ShardSpec) -> str:
@@ -254,112 +327,132 @@ def _shard_done(ctx: StageContext, shard: ShardSpec, key: str) -> dict | None:
 
 
 def _read_plan(ctx: StageContext) -> dict:
-    plan = ctx.store.read_json(ctx.rel(PLAN))
+    """The current attempt's plan; sets the context's key, inputs and attempt from it."""
+    plan = ctx.store.read_json(ctx.stage_rel(PLAN))
     if plan is None:
         raise StageError(f"{ctx.stage.name}: no plan for partition {ctx.partition}; run the plan step first")
+    ctx.key, ctx.inputs, ctx.attempt = plan["key"], plan["inputs"], plan.get("attempt", "")
     return plan
 
 
-def run_shard(stage: Stage, cfg: NyxConfig, shard: ShardSpec, store: ArtifactStore | None = None) -> dict:
+def run_shard(stage: Stage, cfg: NyxConfig, shard: ShardSpec, store: ArtifactStore | None = None,
+              opts: RunOptions | None = None) -> dict:
     """Process one shard unless its marker says it is done. Returns the marker."""
+    opts = opts or RunOptions()
     name = shard["name"]
     with failure_line(stage.name, f"shard {name}", cfg.partition):
         ctx = _context(stage, cfg, store)
         log_context(stage, cfg, ctx.store, f"shard {name}")
-        plan = _read_plan(ctx)
-        ctx.key, ctx.inputs = plan["key"], plan["inputs"]
+        _read_plan(ctx)
         marker = _shard_done(ctx, shard, ctx.key)
         if marker:
             ctx.log.info("%s: shard %s already finished (%s rows); skipping",
                          stage.name, name, marker["rows_out"])
             return marker
-        t0 = time.monotonic()
-        ctx.log.info("%s: shard %s starting", stage.name, name)
-        out = ShardOutputs(ctx, shard)
-        try:
-            stage.process(ctx, shard, out)
-            files = out.close()
-        except BaseException:
-            out.abort()
-            raise
-        seconds = time.monotonic() - t0
-        marker = {
-            "shard": int(shard["shard"]), "name": name, "key": ctx.key, "outputs": files,
-            "rows_in": out.rows_in, "rows_out": files["part"]["rows"] if "part" in files else 0,
-            "drops": out.drops.as_dict(), "extra": dict(out.extra), "seconds": round(seconds, 3),
-            "finished_at": _now(),
-        }
-        # The marker is written only after every output file is closed and in place.
-        ctx.store.write_json_atomic(_marker_rel(ctx, shard), marker)
-        ctx.log.info("%s: shard %s done: %d in, %d out, %d dropped in %.1fs (%.1f rows/s)",
-                     stage.name, name, marker["rows_in"], marker["rows_out"], sum(marker["drops"].values()),
-                     seconds, marker["rows_in"] / max(seconds, 1e-9))
-        return marker
+        lease = _lease(ctx, opts)
+        lease.acquire(wait=opts.wait)  # this run's plan took it: a renewal; another run's: refused
+        with lease:
+            return _process_shard(ctx, shard, lease)
 
 
-def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> StageResult:
-    """Check every planned shard finished, then write the manifest last."""
+def _process_shard(ctx: StageContext, shard: ShardSpec, lease: Lease) -> dict:
+    stage, name = ctx.stage, shard["name"]
+    t0 = time.monotonic()
+    ctx.log.info("%s: shard %s starting", stage.name, name)
+    out = ShardOutputs(ctx, shard)
+    try:
+        stage.process(ctx, shard, out)
+        files = out.close()
+    except BaseException:
+        out.abort()
+        raise
+    seconds = time.monotonic() - t0
+    marker = {
+        "shard": int(shard["shard"]), "name": name, "key": ctx.key, "outputs": files,
+        "rows_in": out.rows_in, "rows_out": files["part"]["rows"] if "part" in files else 0,
+        "drops": out.drops.as_dict(), "extra": dict(out.extra), "seconds": round(seconds, 3),
+        "finished_at": _now(),
+    }
+    lease.renew()  # still ours: a run that lost its lease records nothing
+    # The marker is written only after every output file is closed and in place.
+    ctx.store.write_json_atomic(_marker_rel(ctx, shard), marker)
+    ctx.log.info("%s: shard %s done: %d in, %d out, %d dropped in %.1fs (%.1f rows/s)",
+                 stage.name, name, marker["rows_in"], marker["rows_out"], sum(marker["drops"].values()),
+                 seconds, marker["rows_in"] / max(seconds, 1e-9))
+    return marker
+
+
+def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None,
+                 opts: RunOptions | None = None) -> StageResult:
+    """Check every planned shard finished, then write the manifest last and release the lease."""
+    opts = opts or RunOptions()
     with failure_line(stage.name, "commit", cfg.partition):
         ctx = _context(stage, cfg, store)
         log_context(stage, cfg, ctx.store, "commit")
-        existing = ctx.store.read_json(ctx.rel(MANIFEST))
-        plan = ctx.store.read_json(ctx.rel(PLAN))
-        if existing and (plan is None or existing.get("key") == plan["key"]):
+        lease = _lease(ctx, opts)
+        existing = _committed(ctx)
+        plan = ctx.store.read_json(ctx.stage_rel(PLAN))
+        if existing and (plan is None or plan.get("attempt", "") == existing.get("attempt", "")):
             ctx.log.info("%s: partition %s unchanged since its last commit; nothing committed", stage.name, ctx.partition)
+            lease.release()
             return StageResult(stage.name, ctx.partition, "skipped", existing)
-        plan = _read_plan(ctx)
-        markers, missing = [], []
-        for s in plan["shards"]:
-            m = _shard_done(ctx, s, plan["key"])
-            (markers.append(m) if m else missing.append(s["name"]))
-        if missing:
-            raise StageError(f"{stage.name}: shard(s) {missing} of partition {ctx.partition} did not "
-                             "finish; re-run the stage (finished shards are kept).")
-        drops: Counter[str] = Counter()
-        extra: Counter[str] = Counter()
-        outputs: dict[str, list[dict]] = {k: [] for k in stage.outputs}
-        for m in markers:
-            drops.update(m["drops"])
-            extra.update(m["extra"])
-            for kind, f in m["outputs"].items():
-                outputs[kind].append(f)
-        _remove_strays(ctx, {f["path"].rsplit("/", 1)[-1] for fs in outputs.values() for f in fs})
-        rows_in = sum(m["rows_in"] for m in markers)
-        rows_out = sum(m["rows_out"] for m in markers)
-        manifest = {
-            "stage": stage.name, "partition": ctx.partition, "status": "complete",
-            "stage_version": stage.version, "code_version": code_version(),
-            "key": plan["key"], "config_hash": plan["config_hash"], "config": plan["config"],
-            "inputs": plan["inputs"], "rows_in": rows_in, "rows_out": rows_out,
-            "drops": dict(sorted(drops.items())), "extra": dict(sorted(extra.items())),
-            "outputs": outputs, "schemas": dict(stage.outputs),
-            "output_hash": stable_hash([(k, f["path"], f["sha256"]) for k, fs in outputs.items() for f in fs], 32),
-            "location": ctx.store.url(ctx.rel()),
-            "shards": [{k: m[k] for k in ("shard", "name", "rows_in", "rows_out", "drops", "seconds")} for m in markers],
-            "timings": {"planned_at": plan["planned_at"], "finished_at": _now(),
-                        "shard_seconds": round(sum(m["seconds"] for m in markers), 3)},
-        }
-        stage.finalize(ctx, manifest)
-        ctx.store.write_json_atomic(ctx.rel(MANIFEST), manifest)
-        ctx.log.info("%s: partition %s complete: %d in, %d out, %d dropped -> %s",
-                     stage.name, ctx.partition, rows_in, rows_out, sum(drops.values()), manifest["location"])
-        for line in drop_lines(manifest["drops"], rows_out):  # one log line per reason reads well in Airflow
+        lease.acquire(wait=opts.wait)
+        with lease:
+            plan = _read_plan(ctx)
+            manifest = _manifest(ctx, plan)
+            stage.finalize(ctx, manifest)
+            lease.renew()
+            ctx.store.write_json_atomic(ctx.stage_rel(MANIFEST), manifest)
+        remove_dead_attempts(ctx.store, ctx.stage_rel(), ctx.attempt, opts.owner, opts.lease_ttl, ctx.log)
+        lease.release()
+        ctx.log.info("%s: partition %s complete: %d in, %d out, %d dropped -> %s", stage.name, ctx.partition,
+                     manifest["rows_in"], manifest["rows_out"], sum(manifest["drops"].values()), manifest["location"])
+        for line in drop_lines(manifest["drops"], manifest["rows_out"]):  # one log line per reason reads well
             ctx.log.info("%s: drops  %s", stage.name, line)
         return StageResult(stage.name, ctx.partition, "computed", manifest)
 
 
-def _remove_strays(ctx: StageContext, keep: set[str]) -> None:
-    """Drop files an earlier, differently-sharded run or a crash left behind."""
-    for name in ctx.store.listdir(ctx.rel()):
-        if name.startswith(TMP_PREFIX) or (name.endswith(".parquet") and name not in keep):
-            ctx.store.remove(ctx.rel(name))
+def _manifest(ctx: StageContext, plan: dict) -> dict:
+    """The snapshot's manifest from the attempt's shard markers (refuses when one is missing)."""
+    stage = ctx.stage
+    markers, missing = [], []
+    for s in plan["shards"]:
+        m = _shard_done(ctx, s, plan["key"])
+        (markers.append(m) if m else missing.append(s["name"]))
+    if missing:
+        raise StageError(f"{stage.name}: shard(s) {missing} of partition {ctx.partition} did not "
+                         "finish; re-run the stage (finished shards are kept).")
+    drops: Counter[str] = Counter()
+    extra: Counter[str] = Counter()
+    outputs: dict[str, list[dict]] = {k: [] for k in stage.outputs}
+    for m in markers:
+        drops.update(m["drops"])
+        extra.update(m["extra"])
+        for kind, f in m["outputs"].items():
+            outputs[kind].append(f)
+    return {
+        "stage": stage.name, "partition": ctx.partition, "status": "complete",
+        "stage_version": stage.version, "code_version": code_version(),
+        "key": plan["key"], "attempt": ctx.attempt, "config_hash": plan["config_hash"], "config": plan["config"],
+        "inputs": plan["inputs"], "rows_in": sum(m["rows_in"] for m in markers),
+        "rows_out": sum(m["rows_out"] for m in markers),
+        "drops": dict(sorted(drops.items())), "extra": dict(sorted(extra.items())),
+        "outputs": outputs, "schemas": dict(stage.outputs),
+        "output_hash": stable_hash([(k, f["path"].rsplit("/", 1)[-1], f["sha256"])
+                                    for k, fs in outputs.items() for f in fs], 32),
+        "location": ctx.store.url(ctx.stage_rel()),
+        "shards": [{k: m[k] for k in ("shard", "name", "rows_in", "rows_out", "drops", "seconds")} for m in markers],
+        "timings": {"planned_at": plan["planned_at"], "finished_at": _now(),
+                    "shard_seconds": round(sum(m["seconds"] for m in markers), 3)},
+    }
 
 
-def run_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None) -> StageResult:
+def run_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None,
+              opts: RunOptions | None = None) -> StageResult:
     """plan -> every shard -> commit, in this process (the CLI path)."""
     store = store or ArtifactStore(cfg.artifact_root())
-    shards = plan_stage(stage, cfg, store)
+    opts = opts or RunOptions()
+    shards = plan_stage(stage, cfg, store, opts)
     for shard in shards:
-        run_shard(stage, cfg, shard, store)
-    return commit_stage(stage, cfg, store)
-
+        run_shard(stage, cfg, shard, store, opts)
+    return commit_stage(stage, cfg, store, opts)

@@ -1,5 +1,6 @@
 """Idempotency, invalidation and crash-resume of the stage runner."""
 
+import json
 import logging
 import os
 import signal
@@ -24,13 +25,15 @@ def test_second_run_is_a_noop_that_says_so(make_cfg, caplog):
     cfg = make_cfg()
     store = ArtifactStore(cfg.artifact_root())
     first = run_stage(get_stage("ingest"), cfg, store)
-    mtime = os.path.getmtime(store.path("partitions/demo/ingest/part-00000.parquet"))
+    part = store.path(first.manifest["outputs"]["part"][0]["path"])
+    assert "/ingest/attempts/" in part and part.endswith("/part-00000.parquet")
+    mtime = os.path.getmtime(part)
     with caplog.at_level(logging.INFO, logger="nyx"):
         second = run_stage(get_stage("ingest"), cfg, store)
     assert (first.status, second.status) == ("computed", "skipped")
     assert "already complete" in caplog.text and "nothing to do" in caplog.text
     assert second.manifest == first.manifest
-    assert os.path.getmtime(store.path("partitions/demo/ingest/part-00000.parquet")) == mtime
+    assert os.path.getmtime(part) == mtime
 
 
 def test_changed_config_recomputes_and_changed_input_cascades(make_cfg):
@@ -93,12 +96,14 @@ def test_killed_mid_stage_resumes_to_the_same_rows_and_never_exposes_partial_fil
     finally:
         proc.wait(30)
     stage_dir = root / "partitions" / "demo" / "ingest"
-    names = sorted(p.name for p in stage_dir.iterdir())
+    (attempt_dir,) = (stage_dir / "attempts").iterdir()
+    names = sorted(p.name for p in attempt_dir.iterdir())
     # shard 0 finished (file + marker); shard 1 was in flight: only a temp file exists
     assert "part-00000.parquet" in names and "part-00001.parquet" not in names
     assert any(n.startswith("_tmp.part-00001") for n in names)
-    assert sorted(p.name for p in (stage_dir / "_shards").iterdir()) == ["00000.json"]
-    assert "_MANIFEST.json" not in names
+    assert sorted(p.name for p in (attempt_dir / "_shards").iterdir()) == ["00000.json"]
+    assert not (stage_dir / "_MANIFEST.json").exists()
+    assert json.loads((stage_dir / "_LEASE.json").read_text())["owner"].startswith("cli:")  # the dead run's
     store = ArtifactStore(str(root))
     with pytest.raises(FileNotFoundError):
         stage_files(store, "demo", "ingest")  # readers see nothing until the manifest exists
@@ -108,7 +113,8 @@ def test_killed_mid_stage_resumes_to_the_same_rows_and_never_exposes_partial_fil
     resumed = run_stage(get_stage("ingest"), cfg, store)
     assert resumed.status == "computed"
     assert image_server.requests.count("/s0d0.png") == 1  # the finished shard was not redone
-    assert not any(p.name.startswith("_tmp.") for p in stage_dir.iterdir())
+    assert not any(p.name.startswith("_tmp.") for p in attempt_dir.iterdir())
+    assert not (stage_dir / "_LEASE.json").exists()  # the dead CLI run's lease was taken over, then released
 
     clean_cfg = make_cfg(*sets, root=tmp_path / "clean")
     clean_store = ArtifactStore(clean_cfg.artifact_root())

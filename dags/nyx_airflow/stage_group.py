@@ -12,7 +12,7 @@ from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.base import ShardSpec
 from nyx_tasks.config import load_config
 from nyx_tasks.log import get_logger, prepare_task_process
-from nyx_tasks.runner import commit_stage, plan_stage, run_shard, write_resolved_config
+from nyx_tasks.runner import RunOptions, commit_stage, plan_stage, run_shard, write_resolved_config
 from nyx_tasks.stages import get_stage
 
 from .params import ConfError, check_conf, overrides_from_params
@@ -72,6 +72,14 @@ def gpu_variant(n: int) -> int:
     if not fits:
         raise ValueError(f"{n} GPUs per task: at most {GPU_COUNTS[-1]} are supported on one worker")
     return fits[0]
+
+
+def run_options() -> RunOptions:
+    """How this run writes a stage: the lease's owner is the Airflow run, so its plan, shard and
+    commit tasks share the stage's lease, and any other run (the full DAG, a per-stage backfill,
+    a second trigger) writing the same stage of the same partition waits for it to commit."""
+    ctx = get_current_context()
+    return RunOptions(owner=f"airflow:{ctx['dag'].dag_id}/{ctx['run_id']}", wait=True)
 
 
 def config_from_context(stage: str | None = None):
@@ -171,7 +179,8 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
               doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
         def plan() -> list[list[ShardSpec]]:
             cfg = config_from_context(stage_name)
-            return group_shards(plan_stage(get_stage(stage_name), cfg), cfg.airflow.max_shard_tasks)
+            return group_shards(plan_stage(get_stage(stage_name), cfg, opts=run_options()),
+                                cfg.airflow.max_shard_tasks)
 
         @task(task_id="shard", map_index_template="{{ shard_name }}",
               doc_md=f"Process one group of `{stage_name}` shards, one after another (each skipped when its "
@@ -180,7 +189,7 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
             get_current_context()["shard_name"] = group_name(spec)
             stage, cfg = get_stage(stage_name), config_from_context(stage_name)
             return [{k: m[k] for k in ("shard", "rows_in", "rows_out", "drops")}
-                    for m in (run_shard(stage, cfg, one) for one in spec)]
+                    for m in (run_shard(stage, cfg, one, opts=run_options()) for one in spec)]
 
         alias = commit_alias(stage_name)
 
@@ -188,7 +197,7 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
               doc_md=f"Check all `{stage_name}` shards finished and write the manifest last; emits "
                      f"`nyx_{stage_name}` only when a new snapshot was written.")
         def commit() -> dict:
-            result = commit_stage(get_stage(stage_name), config_from_context(stage_name))
+            result = commit_stage(get_stage(stage_name), config_from_context(stage_name), opts=run_options())
             summary = result.summary()
             if result.status != "computed":
                 get_logger(stage_name).info("%s: no asset event (nothing new was committed)", stage_name)

@@ -38,9 +38,8 @@ class ChunkStage(Stage):
         tcfg = ctx.cfg.chunk.tokenizer
         if tcfg.name_or_path:
             return
-        previous = ctx.store.read_json(ctx.rel("_PLAN.json"))
-        if previous and previous["key"] == ctx.key and ctx.store.exists(ctx.rel(TOKENIZER_FILE)):
-            # Resuming the same plan: finished shards were cut with this tokenizer.
+        if ctx.store.exists(ctx.rel(TOKENIZER_FILE)):
+            # Resuming this attempt (same key, same folder): finished shards were cut with this tokenizer.
             ctx.log.info("chunk: resuming with the tokenizer trained for this plan")
             return
 

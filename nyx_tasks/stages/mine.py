@@ -26,7 +26,7 @@ from ..checkpoints import latest_checkpoint
 from ..config import MineConfig, stable_hash
 from ..embedding import MixedItem, make_embedder
 from ..embedding.cache import embed_cached
-from ..runner import ShardOutputs, Stage, StageContext, run_stage
+from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
 from ..search import exact_topk
 from ..text_sets import fingerprint, read_corpus, read_questions
 
@@ -229,7 +229,7 @@ class RemineStage(MineStage):
         return f"negatives/{self.negatives_version}"
 
 
-def remine(cfg, store=None):
+def remine(cfg, store=None, opts: RunOptions | None = None):
     """Re-mine the partition's NyxQA negatives with the newest retriever checkpoint
     (or the configured miner when there is none) into a new versioned artifact,
     `partitions/<p>/negatives/<version>/`, leaving earlier versions untouched.
@@ -245,4 +245,4 @@ def remine(cfg, store=None):
     # NyxQA only: a text set's positive is the text embedder's top-1, which re-mining must not move
     cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"embedder": emb, "text_sets": []})})
     version = stable_hash({"embedder": emb.model_dump(mode="json"), "checkpoint": ckpt}, 12)
-    return run_stage(RemineStage(version), cfg, store), version, ckpt
+    return run_stage(RemineStage(version), cfg, store, opts), version, ckpt

@@ -1,0 +1,187 @@
+"""One writer per (root, partition, stage output) at a time: a lease file with an owner and
+an expiry, `partitions/<p>/<output>/_LEASE.json`.
+
+It is taken with an exclusive create (`open(..., "xb")`: O_EXCL on a local disk, a
+conditional put on object stores whose fsspec driver supports it), renewed by a heartbeat
+thread while a step of the stage runs, and released when the stage commits. The owner is
+a run, not a process: every task of one Airflow run (plan, the mapped shards, commit)
+shares it, so they renew the same lease; any other writer is refused in one line naming
+the holder, or waits when asked to. A holder that dies stops renewing; once the expiry
+passes (or at once, for a CLI process on this host that no longer exists) the next writer
+takes the lease over (by moving the expired file aside, then the
+exclusive create, so two late-comers cannot both win).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from .artifacts import ArtifactStore
+from .base import StageError
+from .log import get_logger
+
+LEASE = "_LEASE.json"
+DEFAULT_TTL = 600.0  # seconds a lease lives without a renewal; covers the scheduling gap between tasks
+POLL = 5.0  # seconds between tries while waiting
+
+_PROCESS_OWNER = f"cli:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def process_owner() -> str:
+    """The owner of writes started from this process (the CLI, a test): one per process."""
+    return _PROCESS_OWNER
+
+
+def _process_gone(held: dict) -> bool:
+    """A CLI run's lease whose process is provably gone (same host, no such pid). An Airflow run's
+    lease outlives each task process by design, so only its expiry frees it."""
+    if not str(held.get("owner", "")).startswith("cli:") or held.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(held["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return False
+
+
+class LeaseHeld(StageError):
+    """Another run is writing this stage output now."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Lease:
+    store: ArtifactStore
+    rel: str  # the stage output's directory, relative to the root
+    owner: str
+    ttl: float = DEFAULT_TTL
+    what: str = ""  # for messages: "chunk (partition demo)"
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def path_rel(self) -> str:
+        return f"{self.rel}/{LEASE}"
+
+    def read(self) -> dict | None:
+        """The lease as stored; an unreadable one counts as expired (a crash mid-write)."""
+        try:
+            return self.store.read_json(self.path_rel)
+        except (ValueError, OSError):
+            return {"owner": "?", "expires": 0.0, "nonce": "?"}
+
+    def _record(self) -> dict:
+        t = _now()
+        return {"owner": self.owner, "nonce": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                "renewed_at": _iso(t), "expires": t + self.ttl, "expires_at": _iso(t + self.ttl)}
+
+    def _create(self) -> bool:
+        """Exclusive create; False when the file exists."""
+        self.store.fs.makedirs(self.store.path(self.rel), exist_ok=True)
+        try:
+            with self.store.fs.open(self.store.path(self.path_rel), "xb") as f:
+                f.write(json.dumps(self._record(), indent=2).encode())
+            return True
+        except FileExistsError:
+            return False
+
+    def _take_over(self, expired: dict) -> bool:
+        """Move an expired lease aside and create ours; False when someone else moved it first."""
+        aside = f"{self.rel}/_LEASE.expired.{uuid.uuid4().hex[:8]}.json"
+        try:
+            self.store.fs.mv(self.store.path(self.path_rel), self.store.path(aside))
+        except (FileNotFoundError, OSError):
+            return False
+        moved = self.store.read_json(aside) or {}
+        if moved.get("nonce") != expired.get("nonce"):  # we moved a fresh lease someone just took: put it back
+            self.store.fs.mv(self.store.path(aside), self.store.path(self.path_rel))
+            return False
+        self.store.remove(aside)
+        return self._create()
+
+    def try_acquire(self) -> dict | None:
+        """Take or renew the lease. Returns None on success, else the holder's record."""
+        for _ in range(3):
+            if self._create():
+                return None
+            held = self.read()
+            if held is None:
+                continue  # released between our create and our read
+            if held.get("owner") == self.owner:
+                self.renew()
+                return None
+            if held.get("expires", 0) > _now() and not _process_gone(held):
+                return held
+            if self._take_over(held):
+                get_logger("lease").warning("%s: took over the lease of %s, expired at %s", self.what,
+                                            held.get("owner"), held.get("expires_at"))
+                return None
+        return self.read()
+
+    def acquire(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Take the lease, or refuse in one line naming the holder; with `wait`, poll until it is free
+        (at most `timeout` seconds when given)."""
+        start = _now()
+        last_log = 0.0
+        while True:
+            held = self.try_acquire()
+            if held is None:
+                return
+            msg = (f"{self.what}: another run is writing this output now: {held.get('owner')} "
+                   f"(host {held.get('host', '?')}, pid {held.get('pid', '?')}, lease until {held.get('expires_at')})")
+            if not wait or (timeout is not None and _now() - start > timeout):
+                raise LeaseHeld(msg + ". Wait for it (--wait), or remove "
+                                f"{self.store.url(self.path_rel)} if that run is gone.")
+            if _now() - last_log > 30:
+                get_logger("lease").info("%s; waiting", msg)
+                last_log = _now()
+            time.sleep(POLL)
+
+    def renew(self) -> None:
+        """Extend our lease; refuse when another owner holds it now (ours expired and was taken)."""
+        held = self.read()
+        if held is not None and held.get("owner") != self.owner and held.get("expires", 0) > _now():
+            raise LeaseHeld(f"{self.what}: lost the lease to {held.get('owner')} (ours expired); "
+                            "this run's work on the stage stops here; re-run it when that run is done.")
+        self.store.write_json_atomic(self.path_rel, self._record())
+
+    def release(self) -> None:
+        held = self.read()
+        if held is not None and held.get("owner") == self.owner:
+            self.store.remove(self.path_rel)
+
+    # ------------------------------------------------------------ heartbeat
+    def __enter__(self) -> Lease:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="nyx-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except Exception as e:  # the step notices at its next lease check (marker, commit)
+                get_logger("lease").error("%s: lease renewal failed: %s", self.what, e)
+                return

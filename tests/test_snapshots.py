@@ -1,0 +1,268 @@
+"""Artifacts you can trust (issue 14): one writer per stage at a time (the lease), attempt
+folders whose snapshot the manifest names exactly, reads checked against the manifest, a
+status that reports damage instead of crashing, and stray attempt folders removed only when
+provably dead. Every scenario runs the real runner (and, where a user would, the real CLI in a
+subprocess) on the demo profile's sample corpus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nyx_tasks.artifacts import ArtifactStore, SnapshotError, read_stage_table
+from nyx_tasks.lease import Lease, LeaseHeld
+from nyx_tasks.runner import RunOptions, run_stage
+from nyx_tasks.stages import get_stage
+from tests.conftest import REPO
+
+
+def nyx(*args, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NYX_CONFIG_DIR": str(REPO / "configs")}
+    env.pop("NYX_ARTIFACTS_ROOT", None)
+    return subprocess.run([sys.executable, "-m", "nyx_tasks", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory):
+    """A root with ingest and chunk committed once for the module; tests work on copies."""
+    from nyx_tasks.config import load_config
+
+    root = tmp_path_factory.mktemp("snap") / "base"
+    cfg = load_config("demo", [f"artifacts.root={root}"])
+    store = ArtifactStore(str(root))
+    for s in ("ingest", "chunk"):
+        run_stage(get_stage(s), cfg, store)
+    return root
+
+
+@pytest.fixture
+def root(chunked, tmp_path):
+    dst = tmp_path / "root"
+    shutil.copytree(chunked, dst)
+    return dst
+
+
+def _cfg(root: Path, *overrides: str):
+    from nyx_tasks.config import load_config
+
+    return load_config("demo", [f"artifacts.root={root}", *overrides])
+
+
+def _part_files(store: ArtifactStore, stage: str) -> list[str]:
+    m = store.read_json(f"partitions/demo/{stage}/_MANIFEST.json")
+    return [e["path"] for e in m["outputs"]["part"]]
+
+
+# ------------------------------------------------------------------------------ one writer
+
+
+def test_a_second_writer_is_refused_in_one_line_naming_the_holder_and_writes_nothing(root):
+    store = ArtifactStore(str(root))
+    holder = Lease(store, "partitions/demo/chunk", "airflow:nyxqa_to_model/manual__1", ttl=60)
+    holder.acquire()
+    before = sorted(p.relative_to(root) for p in (root / "partitions/demo/chunk").rglob("*"))
+    r = nyx("chunk", "--root", str(root), "--set", "chunk.chunk_tokens=100")
+    assert r.returncode == 1
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert "another run is writing this output now: airflow:nyxqa_to_model/manual__1" in line and "--wait" in line
+    assert "Traceback" not in r.stderr
+    after = sorted(p.relative_to(root) for p in (root / "partitions/demo/chunk").rglob("*"))
+    assert after == before  # no attempt folder, no plan: the committed snapshot is untouched
+
+
+def test_wait_takes_the_stage_once_the_holder_commits(root):
+    store = ArtifactStore(str(root))
+    holder = Lease(store, "partitions/demo/chunk", "airflow:nyx_stage_chunk/backfill__2", ttl=60)
+    holder.acquire()
+    proc = subprocess.Popen([sys.executable, "-m", "nyx_tasks", "chunk", "--root", str(root), "--wait",
+                             "--set", "chunk.chunk_tokens=100"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "NYX_CONFIG_DIR": str(REPO / "configs")})
+    time.sleep(8)
+    assert proc.poll() is None  # still waiting for the holder
+    assert store.read_json("partitions/demo/chunk/_MANIFEST.json")["config"]["chunk_tokens"] == 200
+    holder.release()
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert "waiting" in out
+    assert store.read_json("partitions/demo/chunk/_MANIFEST.json")["config"]["chunk_tokens"] == 100
+
+
+def test_concurrent_writers_with_different_configs_never_mix(root):
+    """Two `nyx chunk` at once, one with chunk_tokens=100: each either commits or is refused in one
+    line, and the committed snapshot is exactly what a clean run of its own config writes."""
+    procs = [subprocess.Popen([sys.executable, "-m", "nyx_tasks", "chunk", "--root", str(root), "--force",
+                               *(["--set", "chunk.chunk_tokens=100"] if i else [])], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "NYX_CONFIG_DIR": str(REPO / "configs")}) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0 or ("another run is writing this output now" in err and "Traceback" not in err), err
+    assert any(p.returncode == 0 for p in procs)
+    store = ArtifactStore(str(root))
+    m = store.read_json("partitions/demo/chunk/_MANIFEST.json")
+    assert {f.rsplit("/", 1)[0] for f in _part_files(store, "chunk")} == {
+        f"partitions/demo/chunk/attempts/{m['attempt']}"}  # one attempt's files, nothing else
+    clean_root = root.parent / "clean"
+    shutil.copytree(root / "partitions/demo/ingest", clean_root / "partitions/demo/ingest")
+    shutil.copytree(root / "images", clean_root / "images")
+    clean = run_stage(get_stage("chunk"), _cfg(clean_root, f"chunk.chunk_tokens={m['config']['chunk_tokens']}"))
+    assert clean.manifest["output_hash"] == m["output_hash"]
+    assert not (root / "partitions/demo/chunk/_LEASE.json").exists()
+
+
+def test_a_lease_expires_and_a_lost_lease_stops_the_old_writer(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    old = Lease(store, "partitions/p/chunk", "airflow:a/run1", ttl=0.5)
+    old.acquire()
+    new = Lease(store, "partitions/p/chunk", "airflow:b/run2", ttl=60)
+    with pytest.raises(LeaseHeld, match="airflow:a/run1"):
+        new.acquire()
+    time.sleep(0.7)  # run1 stopped renewing
+    new.acquire()
+    assert store.read_json("partitions/p/chunk/_LEASE.json")["owner"] == "airflow:b/run2"
+    with pytest.raises(LeaseHeld, match="lost the lease to airflow:b/run2"):
+        old.renew()
+    # the same run's other tasks share the lease; release by a stranger is a no-op
+    Lease(store, "partitions/p/chunk", "airflow:b/run2").acquire()
+    old.release()
+    assert store.exists("partitions/p/chunk/_LEASE.json")
+
+
+def test_a_cli_lease_whose_process_is_gone_is_taken_over_at_once(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease = Lease(store, "partitions/p/chunk", "cli:x", ttl=600)
+    lease.acquire()
+    record = store.read_json("partitions/p/chunk/_LEASE.json")
+    store.write_json_atomic("partitions/p/chunk/_LEASE.json", {**record, "pid": int(dead.stdout)})
+    Lease(store, "partitions/p/chunk", "cli:y", ttl=600).acquire()
+    assert store.read_json("partitions/p/chunk/_LEASE.json")["owner"] == "cli:y"
+    # an Airflow run's lease outlives its task processes: its pid says nothing
+    store.write_json_atomic("partitions/p/chunk/_LEASE.json", {**record, "owner": "airflow:d/r",
+                                                                "pid": int(dead.stdout)})
+    with pytest.raises(LeaseHeld):
+        Lease(store, "partitions/p/chunk", "cli:y", ttl=600).acquire()
+
+
+def test_airflow_tasks_of_one_run_share_the_lease_and_other_runs_wait(monkeypatch):
+    """The DAGs write through `run_options()`: owner = the Airflow run, wait = True."""
+    sys.path.insert(0, str(REPO / "dags"))
+    try:
+        from nyx_airflow import stage_group
+    finally:
+        sys.path.remove(str(REPO / "dags"))
+
+    class Dag:
+        dag_id = "nyx_stage_chunk"
+
+    monkeypatch.setattr(stage_group, "get_current_context", lambda: {"dag": Dag(), "run_id": "backfill__2026"})
+    opts = stage_group.run_options()
+    assert opts.owner == "airflow:nyx_stage_chunk/backfill__2026" and opts.wait
+
+
+# ------------------------------------------------------------------------------ verified reads
+
+
+def test_a_truncated_input_is_refused_in_one_line_naming_the_file(root):
+    store = ArtifactStore(str(root))
+    part = root / _part_files(store, "chunk")[0]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    r = nyx("sample", "--root", str(root))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert str(part.name) in line and "bytes, the manifest says" in line
+    assert "nyx chunk --partition demo --force" in line
+    assert not (root / "partitions/demo/sample/_MANIFEST.json").exists()
+
+
+def test_rows_that_differ_from_the_manifest_are_refused_by_every_reader(root):
+    store = ArtifactStore(str(root))
+    path = _part_files(store, "chunk")[0]
+    table = pq.read_table(root / path)
+    pq.write_table(pa.concat_tables([table, table]), root / path, compression="zstd")
+    m = store.read_json("partitions/demo/chunk/_MANIFEST.json")
+    m["outputs"]["part"][0].pop("bytes")  # an older manifest without sizes: the rows still catch it
+    store.write_json_atomic("partitions/demo/chunk/_MANIFEST.json", m)
+    with pytest.raises(SnapshotError, match=f"{2 * table.num_rows} rows, the manifest says {table.num_rows}"):
+        read_stage_table(store, "demo", "chunk")
+
+
+def test_verify_checks_sha256_and_a_clean_snapshot_passes(root):
+    store = ArtifactStore(str(root))
+    assert run_stage(get_stage("sample"), _cfg(root), store, RunOptions(verify=True)).status == "computed"
+    path = root / _part_files(store, "chunk")[0]
+    data = bytearray(path.read_bytes())
+    i = len(data) // 3
+    data[i] = (data[i] + 1) % 256  # same size, same footer: only the hash can tell
+    path.write_bytes(bytes(data))
+    assert nyx("status", "--root", str(root)).returncode == 0
+    r = nyx("status", "--root", str(root), "--verify")
+    assert r.returncode == 1 and f"PROBLEM corrupt: {_part_files(store, 'chunk')[0]}: sha256 differs" in r.stdout
+    with pytest.raises(SnapshotError, match="sha256 differs"):
+        run_stage(get_stage("sample"), _cfg(root, "force=true"), store, RunOptions(verify=True))
+
+
+def test_status_reports_missing_corrupt_extra_and_stale_and_survives_a_bad_manifest(root):
+    store = ArtifactStore(str(root))
+    r = nyx("status", "--root", str(root))
+    assert r.returncode == 0 and "PROBLEM" not in r.stdout, r.stdout + r.stderr
+    ingest_parts, chunk_parts = _part_files(store, "ingest"), _part_files(store, "chunk")
+    shutil.copy(root / chunk_parts[0], (root / chunk_parts[0]).with_name("part-00099.parquet"))  # extra
+    (root / ingest_parts[0]).unlink()  # missing
+    (root / "partitions/demo/chunk/attempts/0123abcd").mkdir()  # stale attempt
+    (root / "partitions/demo/sample").mkdir(parents=True)
+    (root / "partitions/demo/sample/_MANIFEST.json").write_text('{"stage": "sample", ')  # not JSON
+    r = nyx("status", "--root", str(root))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    out = r.stdout
+    assert f"PROBLEM missing: {ingest_parts[0]}" in out
+    assert "PROBLEM extra: " in out and "part-00099.parquet" in out
+    assert "note stale: partitions/demo/chunk/attempts/0123abcd" in out
+    assert "[sample] manifest unreadable" in out and "PROBLEM unreadable manifest" in out
+
+
+# ------------------------------------------------------------------------------ attempt folders
+
+
+def test_a_changed_config_keeps_the_committed_snapshot_readable_until_the_new_commit(root):
+    store = ArtifactStore(str(root))
+    before = read_stage_table(store, "demo", "chunk").num_rows
+    stage = get_stage("chunk")
+    from nyx_tasks.runner import commit_stage, plan_stage, run_shard
+
+    cfg = _cfg(root, "chunk.chunk_tokens=100")
+    shards = plan_stage(stage, cfg, store)
+    run_shard(stage, cfg, shards[0], store)
+    assert read_stage_table(store, "demo", "chunk").num_rows == before  # readers still see the old snapshot
+    for s in shards[1:]:
+        run_shard(stage, cfg, s, store)
+    new = commit_stage(stage, cfg, store).manifest
+    assert read_stage_table(store, "demo", "chunk").num_rows == new["rows_out"] != before
+    assert sorted(p.name for p in (root / "partitions/demo/chunk/attempts").iterdir()) == [new["attempt"]]
+
+
+def test_stray_attempt_folders_are_removed_only_when_provably_dead(root):
+    store = ArtifactStore(str(root))
+    attempts = root / "partitions/demo/chunk/attempts"
+    dead, live = attempts / "deadbeefdeadbeef", attempts / "livelivelivelive"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "part-00000.parquet").write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(dead / "part-00000.parquet", (old, old))
+    os.utime(dead, (old, old))
+    result = run_stage(get_stage("chunk"), _cfg(root, "force=true"), store, RunOptions(lease_ttl=600))
+    assert result.status == "computed"
+    assert not dead.exists()  # nothing changed there for longer than a lease lives
+    assert live.exists()  # changed a moment ago: a writer may still be filling it
+    assert (attempts / result.manifest["attempt"]).exists()
