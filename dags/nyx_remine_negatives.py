@@ -29,7 +29,12 @@ from airflow.sdk import (
 )
 from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
 from nyx_airflow.params import run_params
-from nyx_airflow.stage_group import CHECKPOINT_ASSET, config_from_context, run_options
+from nyx_airflow.stage_group import (
+    CHECKPOINT_ASSET,
+    config_from_context,
+    run_options,
+    wait_for_lease,
+)
 
 from nyx_tasks.stages.mine import remine as run_remine
 
@@ -62,7 +67,8 @@ def nyx_remine_negatives():
             check_conf(ctx["params"], ctx["dag_run"].conf, known=set(ctx["dag"].params))
         except ConfError as e:
             raise AirflowFailException(f"refused: {e}") from None
-        result, version, ckpt = run_remine(config_from_context(), opts=run_options())
+        with wait_for_lease("remine"):
+            result, version, ckpt = run_remine(config_from_context(), opts=run_options())
         summary = {**result.summary(), "version": version,
                    "checkpoint": (ckpt or {}).get("run"), "miner_hash": version}
         get_current_context()["outlet_events"][NEGATIVES_ASSET].extra = summary

@@ -22,7 +22,7 @@ from .artifacts import MANIFEST, ArtifactStore, SnapshotError, read_manifest, sn
 from .attempts import attempt_rel, remove_dead_attempts, write_attempt_owner
 from .base import ShardSpec, StageError, check_shard_specs, code_version
 from .config import NyxConfig, stable_hash
-from .lease import DEFAULT_TTL, Lease, process_owner
+from .lease import DEFAULT_TTL, Lease, LeaseHeld, process_owner
 from .log import DropCounter, drop_lines, get_logger
 
 PLAN = "_PLAN.json"
@@ -212,6 +212,9 @@ def failure_line(stage: str, step: str, partition: str):
     """On failure, one line saying what went wrong and what to do, before the traceback."""
     try:
         yield
+    except LeaseHeld as e:  # not a failure of this stage: another run is writing it
+        get_logger(stage).warning("%s (%s, partition %s): %s", stage, step, partition, e)
+        raise
     except StageError as e:
         get_logger(stage).error("%s FAILED (%s, partition %s): %s", stage, step, partition, e)
         raise
@@ -326,11 +329,15 @@ def _shard_done(ctx: StageContext, shard: ShardSpec, key: str) -> dict | None:
     return marker if marker and marker.get("key") == key else None
 
 
-def _read_plan(ctx: StageContext) -> dict:
-    """The current attempt's plan; sets the context's key, inputs and attempt from it."""
+def _read_plan(ctx: StageContext, owner: str) -> dict:
+    """The current attempt's plan, which must be this run's; sets the context's key, inputs and
+    attempt from it."""
     plan = ctx.store.read_json(ctx.stage_rel(PLAN))
     if plan is None:
         raise StageError(f"{ctx.stage.name}: no plan for partition {ctx.partition}; run the plan step first")
+    if plan.get("owner", owner) != owner:
+        raise LeaseHeld(f"{ctx.stage.name}: the plan of partition {ctx.partition} is now run {plan['owner']}'s "
+                        "(this run's lease expired and another run took the stage); re-run this run's plan step")
     ctx.key, ctx.inputs, ctx.attempt = plan["key"], plan["inputs"], plan.get("attempt", "")
     return plan
 
@@ -343,7 +350,7 @@ def run_shard(stage: Stage, cfg: NyxConfig, shard: ShardSpec, store: ArtifactSto
     with failure_line(stage.name, f"shard {name}", cfg.partition):
         ctx = _context(stage, cfg, store)
         log_context(stage, cfg, ctx.store, f"shard {name}")
-        _read_plan(ctx)
+        _read_plan(ctx, opts.owner)
         marker = _shard_done(ctx, shard, ctx.key)
         if marker:
             ctx.log.info("%s: shard %s already finished (%s rows); skipping",
@@ -398,7 +405,7 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
             return StageResult(stage.name, ctx.partition, "skipped", existing)
         lease.acquire(wait=opts.wait)
         with lease:
-            plan = _read_plan(ctx)
+            plan = _read_plan(ctx, opts.owner)
             manifest = _manifest(ctx, plan)
             stage.finalize(ctx, manifest)
             lease.renew()

@@ -6,6 +6,7 @@ subprocess) on the demo profile's sample corpus."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -154,8 +155,12 @@ def test_a_cli_lease_whose_process_is_gone_is_taken_over_at_once(tmp_path):
         Lease(store, "partitions/p/chunk", "cli:y", ttl=600).acquire()
 
 
-def test_airflow_tasks_of_one_run_share_the_lease_and_other_runs_wait(monkeypatch):
-    """The DAGs write through `run_options()`: owner = the Airflow run, wait = True."""
+def test_airflow_runs_share_a_lease_per_run_and_a_second_run_is_rescheduled_not_failed(monkeypatch, root):
+    """The DAGs write through `run_options()` (owner = the Airflow run, so its plan, shard and commit
+    tasks share the lease); a plan that finds another run's lease is rescheduled (up_for_reschedule,
+    no worker slot held, no retry spent), and plans once the holder is gone."""
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
     sys.path.insert(0, str(REPO / "dags"))
     try:
         from nyx_airflow import stage_group
@@ -166,8 +171,19 @@ def test_airflow_tasks_of_one_run_share_the_lease_and_other_runs_wait(monkeypatc
         dag_id = "nyx_stage_chunk"
 
     monkeypatch.setattr(stage_group, "get_current_context", lambda: {"dag": Dag(), "run_id": "backfill__2026"})
-    opts = stage_group.run_options()
-    assert opts.owner == "airflow:nyx_stage_chunk/backfill__2026" and opts.wait
+    assert stage_group.run_options().owner == "airflow:nyx_stage_chunk/backfill__2026"
+    store = ArtifactStore(str(root))
+    holder = Lease(store, "partitions/demo/chunk", "airflow:nyxqa_to_model/manual__1", ttl=60)
+    holder.acquire()
+    cfg = _cfg(root, "force=true")
+    plan_before = (root / "partitions/demo/chunk/_PLAN.json").read_text()
+    with pytest.raises(AirflowRescheduleException) as e:
+        stage_group.plan_or_reschedule("chunk", cfg)
+    assert e.value.reschedule_date > dt.datetime.now(dt.UTC)
+    assert (root / "partitions/demo/chunk/_PLAN.json").read_text() == plan_before  # nothing planned
+    holder.release()
+    assert stage_group.plan_or_reschedule("chunk", cfg)  # the holder committed: this run plans
+    assert store.read_json("partitions/demo/chunk/_LEASE.json")["owner"] == "airflow:nyx_stage_chunk/backfill__2026"
 
 
 # ------------------------------------------------------------------------------ verified reads

@@ -6,11 +6,16 @@ function; XCom carries shard specs and counts, never data.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+
 from airflow.sdk import Asset, AssetAlias, TaskGroup, get_current_context, task
+from airflow.sdk.exceptions import AirflowRescheduleException
 
 from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.base import ShardSpec
 from nyx_tasks.config import load_config
+from nyx_tasks.lease import LeaseHeld
 from nyx_tasks.log import get_logger, prepare_task_process
 from nyx_tasks.runner import RunOptions, commit_stage, plan_stage, run_shard, write_resolved_config
 from nyx_tasks.stages import get_stage
@@ -74,12 +79,34 @@ def gpu_variant(n: int) -> int:
     return fits[0]
 
 
+LEASE_RESCHEDULE = dt.timedelta(seconds=30)
+
+
 def run_options() -> RunOptions:
     """How this run writes a stage: the lease's owner is the Airflow run, so its plan, shard and
-    commit tasks share the stage's lease, and any other run (the full DAG, a per-stage backfill,
-    a second trigger) writing the same stage of the same partition waits for it to commit."""
+    commit tasks share the stage's lease. Any other run (the full DAG, a per-stage backfill, a
+    second trigger) writing the same stage of the same partition is refused the lease; its plan
+    task then waits (`plan_or_reschedule`)."""
     ctx = get_current_context()
-    return RunOptions(owner=f"airflow:{ctx['dag'].dag_id}/{ctx['run_id']}", wait=True)
+    return RunOptions(owner=f"airflow:{ctx['dag'].dag_id}/{ctx['run_id']}")
+
+
+@contextlib.contextmanager
+def wait_for_lease(stage_name: str):
+    """While another run holds the stage's lease, reschedule this task (state up_for_reschedule,
+    every 30 s) instead of failing it, so the waiting run holds no worker slot the holder needs."""
+    try:
+        yield
+    except LeaseHeld as e:
+        get_logger(stage_name).info("%s: waiting for the lease: %s; trying again in %ds", stage_name, e,
+                                    LEASE_RESCHEDULE.seconds)
+        raise AirflowRescheduleException(dt.datetime.now(dt.UTC) + LEASE_RESCHEDULE) from None
+
+
+def plan_or_reschedule(stage_name: str, cfg) -> list[ShardSpec]:
+    """Plan the stage, waiting (rescheduled) while another run writes it."""
+    with wait_for_lease(stage_name):
+        return plan_stage(get_stage(stage_name), cfg, opts=run_options())
 
 
 def config_from_context(stage: str | None = None):
@@ -179,8 +206,7 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
               doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
         def plan() -> list[list[ShardSpec]]:
             cfg = config_from_context(stage_name)
-            return group_shards(plan_stage(get_stage(stage_name), cfg, opts=run_options()),
-                                cfg.airflow.max_shard_tasks)
+            return group_shards(plan_or_reschedule(stage_name, cfg), cfg.airflow.max_shard_tasks)
 
         @task(task_id="shard", map_index_template="{{ shard_name }}",
               doc_md=f"Process one group of `{stage_name}` shards, one after another (each skipped when its "
