@@ -420,6 +420,19 @@ class AirflowSettings(_Model):
         "its models, so on a small CPU machine fewer, larger tasks finish sooner.")
 
 
+class ChecksConfig(_Model):
+    """When a stage refuses to commit what it computed. A policy on the run, not part of any
+    stage's config hash: tightening it never recomputes anything."""
+
+    fail_when_nothing_kept: bool = Field(
+        True, description="A stage that read rows but kept none fails (one line, no manifest) instead of "
+        "committing an empty snapshot.")
+    max_dependency_failure_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="A stage fails (no manifest) when the drops for a reason outside the "
+        "data (a connection refused, a timeout, HTTP 5xx after retries: reasons named *_connection_error, "
+        "*_timeout, *_http_5xx) exceed this share of the rows it read; 1.0 turns the check off.")
+
+
 class NyxConfig(_Model):
     profile: str = "demo"
     partition: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")
@@ -436,6 +449,7 @@ class NyxConfig(_Model):
     train_stage2: TrainConfig = TrainConfig(sources=[TrainSource(name="feedback", kind="feedback")])
     evaluate: EvaluateConfig = EvaluateConfig()
     airflow: AirflowSettings = AirflowSettings()
+    checks: ChecksConfig = ChecksConfig()
 
     @model_validator(mode="after")
     def _agree(self) -> NyxConfig:
