@@ -3,14 +3,19 @@ stage-2 fine-tuning on VLM feedback): launch the training driver as a
 subprocess (`python -m nyx_tasks.training.driver` on a CPU, `torchrun` over
 `num_gpus` GPUs), stream its log lines, then publish the checkpoint.
 
-    <root>/models/<run>/<stage>/checkpoints/checkpoint-N/   model, optimizer, scheduler, rng, step, config
+    <root>/models/<run>/<stage>/checkpoints/checkpoint-N/   model, optimizer, scheduler, rng, step, config,
+                                                             nyx_complete.json last (see nyx_tasks.checkpoints)
     <root>/models/<run>/<stage>/adapter/  merged/  tensorboard/  metrics.json
     <root>/models/<run>/<stage>/_CHECKPOINT.json            written last (see nyx_tasks.checkpoints)
 
 `<run>` is `<partition>-<stage key>`: a retried attempt of the same config and
-inputs lands in the same folder and resumes from its newest checkpoint; a
-changed config trains a new run beside the old one. The stage's Parquet output
-is the training log (one row per logging step).
+inputs lands in the same folder and resumes from its newest complete
+checkpoint; a changed config trains a new run beside the old one. Under
+`force` the run is `<partition>-<stage key>-f<the plan's nonce>`: a fresh
+folder, trained from step 0, the earlier runs left as they are; a retry
+of the same plan (an Airflow retry of the shard task) resumes it, a new forced
+plan starts another. The stage's Parquet output is the training log (one row
+per logging step).
 """
 
 from __future__ import annotations
@@ -25,13 +30,48 @@ from pathlib import Path
 
 from ..base import ShardSpec, StageError
 from ..checkpoints import read_checkpoint_marker, write_checkpoint_marker
-from ..runner import ShardOutputs, Stage, StageContext
+from ..runner import PLAN, ShardOutputs, Stage, StageContext
 from ..training.data import newest_negatives
 from ..training.deepspeed_config import launch_env
 
 
-def run_name(partition: str, key: str) -> str:
-    return f"{partition}-{key[:12]}"
+def run_name(partition: str, key: str, fresh: str = "") -> str:
+    """`<partition>-<key[:12]>`, plus `-f<fresh>` for a forced run (`planned_run`)."""
+    return f"{partition}-{key[:12]}" + (f"-f{fresh}" if fresh else "")
+
+
+def planned_run(ctx: StageContext, key: str) -> str:
+    """The run folder this plan trains in: the key's own, resumed by every attempt; under
+    `force` one of its own (`run_name(..., fresh)`), so a forced run starts from step 0 and
+    every step of that plan (a shard retry, the commit) finds the same folder."""
+    if not ctx.cfg.force:
+        return run_name(ctx.partition, key)
+    return run_name(ctx.partition, key, _fresh_tag(ctx, key))
+
+
+def _fresh_tag(ctx: StageContext, key: str) -> str:
+    """What tells one forced plan from the next: the nonce of the runner's attempt
+    (`<key>-<nonce>`) where the context carries one, else the time in the stage's plan."""
+    attempt = getattr(ctx, "attempt", "")  # runners that keep one folder per attempt set it from the plan
+    if attempt.startswith(f"{key}-"):
+        return attempt[len(key) + 1:]
+    plan = ctx.store.read_json(ctx.rel(PLAN)) or {}
+    stamp = "".join(ch for ch in plan.get("planned_at", "") if ch.isdigit())
+    if plan.get("key") != key or not stamp:
+        raise StageError(f"{ctx.stage.name}: force is set but the plan under {ctx.store.url(ctx.rel(PLAN))} is "
+                         f"missing or not for key {key}; run the plan step again.")
+    return stamp
+
+
+def retry_note(ctx: StageContext, run: str, rel: str) -> str:
+    """What a retry does after a failed training attempt, for the failure message."""
+    where = f"Complete checkpoints under {ctx.store.url(rel)}/checkpoints are kept (an unfinished save is not resumed)"
+    if not ctx.cfg.force:
+        return (f"{where}: a retry (an Airflow retry, or `nyx {ctx.stage.name}` again) resumes run {run} from its "
+                "newest complete checkpoint, or from step 0 if none completed; --force trains a new run from step 0.")
+    return (f"{where}: an Airflow retry of this task (the same plan) resumes this forced run {run} from its newest "
+            f"complete checkpoint, or from step 0 if none completed; `nyx {ctx.stage.name} --force` again plans "
+            "another run, from step 0.")
 
 
 def launch_command(num_gpus: int, spec_path: str) -> list[str]:
@@ -86,7 +126,7 @@ class TrainStage(Stage):
 
     def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         cfg = ctx.cfg.stage_config(self.name)
-        run = run_name(ctx.partition, ctx.key)
+        run = planned_run(ctx, ctx.key)
         rel = f"models/{run}/{self.name}"
         local = ctx.store.is_local
         out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.gettempdir()) / "nyx-runs" / run / self.name
@@ -104,8 +144,7 @@ class TrainStage(Stage):
         code, tail = stream_subprocess(cmd, ctx.log, env=launch_env(os.environ))
         if code != 0:
             raise StageError(f"{self.name}: training exited with code {code}; last line: {tail[-1] if tail else '-'}. "
-                             f"Checkpoints under {ctx.store.url(rel)}/checkpoints are kept: a retry resumes "
-                             "from the newest.")
+                             + retry_note(ctx, run, rel))
         metrics = json.loads((out_dir / "metrics.json").read_text())
         if not local:  # train on local disk, then publish to the remote root
             ctx.store.fs.put(str(out_dir), ctx.store.path(rel), recursive=True)
@@ -128,5 +167,5 @@ class TrainStage(Stage):
                                 partition=ctx.partition, metrics=final)
 
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
-        rel = f"models/{run_name(ctx.partition, manifest['key'])}/{self.name}"
+        rel = f"models/{planned_run(ctx, manifest['key'])}/{self.name}"
         manifest["checkpoint"] = read_checkpoint_marker(ctx.store, rel)

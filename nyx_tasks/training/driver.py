@@ -1,6 +1,6 @@
 """The training driver, one recipe read top to bottom (paper: stage 1 / stage 2):
-data mix -> model (+ LoRA) -> Trainer -> resume from the newest checkpoint ->
-train -> adapter + merged export + metrics.
+data mix -> model (+ LoRA) -> Trainer -> resume from the newest complete
+checkpoint -> train -> adapter + merged export + metrics.
 
     python -m nyx_tasks.training.driver RUN_SPEC.json                     # CPU, one process
     torchrun --standalone --nproc-per-node 8 -m nyx_tasks.training.driver RUN_SPEC.json
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..artifacts import ArtifactStore
+from ..checkpoints import resume_checkpoint
 from ..config import TrainConfig
 from ..inference import resolve_model
 from ..log import get_logger
@@ -35,10 +36,14 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     """Train as `spec` says; returns the metrics. `callbacks`: extra TrainerCallbacks (tests)."""
     import torch
     from transformers import PrinterCallback, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from .data import ExampleDataset  # a torch Dataset subclass, built on first use
-    from .trainer import LogLines, NyxTrainer, SaveSpec  # torch, transformers, peft
+    from .trainer import (  # torch, transformers, peft
+        CompleteCheckpoints,
+        LogLines,
+        NyxTrainer,
+        SaveSpec,
+    )
 
     cfg = TrainConfig.model_validate(spec["train"])
     _, world = _world()
@@ -57,18 +62,31 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     trainer = NyxTrainer(model=model, args=training_args(cfg, ckpt_dir, plan["total_steps"], world, on_gpu, bf16),
                          train_dataset=ExampleDataset(plan["examples"]),
                          data_collator=TripletCollator(processor, cfg, store), loss_cfg=cfg.loss,
-                         callbacks=[LogLines(plan["global_batch"]), SaveSpec(ckpt_dir, spec), *callbacks])
+                         callbacks=[LogLines(plan["global_batch"]), SaveSpec(ckpt_dir, spec), *callbacks,
+                                    CompleteCheckpoints(ckpt_dir, cfg.save_total_limit)])  # last: marks the save
     trainer.remove_callback(PrinterCallback)  # LogLines says it once, readably
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    if last:
-        log.info("resuming from %s (a retried attempt continues where the last one saved)", last)
-    result = trainer.train(resume_from_checkpoint=last)
+    last = resume_point(ckpt_dir, trainer.is_world_process_zero(), log)
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
 
     metrics = {"train": result.metrics, "total_steps": plan["total_steps"], "examples": len(plan["examples"]),
                "mix": plan["mix"].counts, "log_history": trainer.state.log_history, "world_size": world, "bf16": bf16}
     if trainer.is_world_process_zero():
         publish(model, processor, out, metrics, log)
     return metrics
+
+
+def resume_point(ckpt_dir: Path, main: bool, log) -> Path | None:
+    """The newest complete checkpoint of this run folder, or None (from scratch). Rank 0 removes
+    the incomplete ones (an interrupted save); the other ranks wait for it before training."""
+    from .trainer import barrier  # torch.distributed
+
+    last = resume_checkpoint(ckpt_dir, remove_incomplete=main, log=log if main else None)
+    barrier()
+    if last:
+        log.info("resuming from %s, the newest complete checkpoint (a retried attempt continues from there)", last)
+    else:
+        log.info("no complete checkpoint under %s: training from step 0", ckpt_dir)
+    return last
 
 
 def plan_data(store, partition: str, cfg, world: int, log) -> dict:
@@ -96,7 +114,8 @@ def training_args(cfg, ckpt_dir: Path, total_steps: int, world: int, on_gpu: boo
         warmup_steps=math.ceil(cfg.warmup_ratio * total_steps), lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=bf16,
         logging_steps=cfg.logging_steps, report_to=["tensorboard"],
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=None,  # CompleteCheckpoints rotates, after the marker, counting complete checkpoints
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, disable_tqdm=True,
         dataloader_num_workers=cfg.dataloader_workers if on_gpu else 0, use_cpu=not on_gpu,
         ddp_find_unused_parameters=False, log_level="warning",

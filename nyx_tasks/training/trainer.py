@@ -2,7 +2,8 @@
 documents and calls the Matryoshka InfoNCE loss; the data order is the
 TrainingMix's own (sequential sampler: deterministic, and what a resumed run
 skips through); every log line carries the loss per dimension, the learning
-rate and samples/s.
+rate and samples/s. A checkpoint counts once `CompleteCheckpoints` has marked it
+(see nyx_tasks.checkpoints): the marker is the last thing written to it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
+from ..checkpoints import mark_step_complete, rotate_step_checkpoints
 from ..config import LossSettings
 from ..log import get_logger
 from .loss import mrl_infonce_losses
@@ -76,11 +79,6 @@ class LogLines(TrainerCallback):
             self.log.info("training done: %d steps in %.1fs (%.2f samples/s), mean loss %.4f", state.global_step,
                           logs["train_runtime"], logs.get("train_samples_per_second", 0.0), logs.get("train_loss", 0.0))
 
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.log.info("checkpoint saved at step %d (model, optimizer, scheduler, rng, step) under %s",
-                          state.global_step, args.output_dir)
-
 
 class SaveSpec(TrainerCallback):
     """Each checkpoint also carries the run's spec (`nyx_run.json`): what it was trained with."""
@@ -91,3 +89,29 @@ class SaveSpec(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             (self.ckpt_dir / f"checkpoint-{state.global_step}" / "nyx_run.json").write_text(json.dumps(self.spec, indent=1))
+
+
+def barrier() -> None:
+    """Wait for every rank (torchrun); nothing to wait for in one process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """The last `on_save` callback: once every rank has written checkpoint-N (the Trainer's files,
+    then `nyx_run.json`), rank 0 writes its completion marker, then rotates. `save_total_limit`
+    is applied here and counts complete checkpoints only; the Trainer's own rotation (off in
+    `training_args`) runs before the marker exists and could delete the last complete one."""
+
+    def __init__(self, ckpt_dir: Path, keep: int | None):
+        self.ckpt_dir, self.keep, self.log = ckpt_dir, keep, get_logger("train")
+
+    def on_save(self, args, state, control, **kwargs):
+        barrier()  # every rank's optimizer shard and rng state are on disk
+        if not state.is_world_process_zero:
+            return
+        folder = self.ckpt_dir / f"checkpoint-{state.global_step}"
+        mark_step_complete(folder, state.global_step)
+        gone = rotate_step_checkpoints(self.ckpt_dir, self.keep)
+        self.log.info("checkpoint %s complete (model, optimizer, scheduler, rng, step)%s", folder,
+                      f"; removed the older {', '.join(p.name for p in gone)}" if gone else "")
