@@ -41,6 +41,11 @@ class ArtifactsConfig(_Model):
     )
 
 
+def _check_local_folder(path: str, what: str) -> None:
+    if not (path.startswith("pkgdata:") or Path(path).is_absolute()):
+        raise ValueError(f"{what} {path!r} must be an absolute local path or pkgdata:<rel>")
+
+
 class SourceConfig(_Model):
     """Where OBELICS rows come from (one ingest shard per file / data file)."""
 
@@ -63,11 +68,32 @@ class SourceConfig(_Model):
     max_rows_per_shard: int | None = Field(
         None, ge=1, description="Stop reading a shard after this many rows (smoke runs)."
     )
+    image_root: str | None = Field(
+        None,
+        description="kind=files: a local folder (absolute, or pkgdata:<rel>) that the rows' relative image "
+        "paths are read from, as file:// URLs (ingest.fetch.file_roots must allow it). Null: an image "
+        "that is not an absolute URL is dropped as image_bad_url. kind=sample always uses the bundled "
+        "sample folder.",
+    )
+
+    @model_validator(mode="after")
+    def _image_root_for_files_only(self) -> SourceConfig:
+        if self.image_root is not None:
+            if self.kind != "files":
+                raise ValueError(f"image_root is for kind=files only (kind is {self.kind!r})")
+            _check_local_folder(self.image_root, "image_root")
+        return self
 
 
 class FetchConfig(_Model):
     concurrency: int = Field(16, ge=1, le=1024)
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="Per read: connect, and each gap between received bytes.")
+    deadline_s: float = Field(
+        30.0, gt=0,
+        description="Total time for one attempt at one image (connect + headers + whole body): bounds a server "
+        "that trickles bytes, which timeout_s alone does not. Hit: retried like a timeout, then the "
+        "image fails as image_deadline.",
+    )
     retries: int = Field(2, ge=0, le=10)
     backoff_s: float = Field(0.5, ge=0)
     max_bytes: int = Field(10_000_000, ge=1)
@@ -80,8 +106,27 @@ class FetchConfig(_Model):
         description="CIDRs allowed even though private/loopback/link-local "
         "(e.g. '127.0.0.0/8' for a loopback test server).",
     )
-    allow_file_urls: bool = True
+    file_roots: list[str] = Field(
+        default_factory=list,
+        description="Local folders (absolute, or pkgdata:<rel>) file:// images may be read from, checked on the "
+        "real path (no '..' or symlink escapes). Empty: no file:// image is read. Refused: image_file_not_allowed.",
+    )
     user_agent: str = "nyx-pipeline/0.1 (+OBELICS image fetch)"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_allow_file_urls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "allow_file_urls" in data:
+            raise ValueError("allow_file_urls was removed: list the folders file:// images may come from "
+                             "in ingest.fetch.file_roots (empty: none)")
+        return data
+
+    @field_validator("file_roots")
+    @classmethod
+    def _local_folders(cls, v: list[str]) -> list[str]:
+        for root in v:
+            _check_local_folder(root, "file root")
+        return v
 
     @field_validator("allowed_networks")
     @classmethod

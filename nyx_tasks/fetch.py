@@ -1,6 +1,9 @@
 """Image fetching for ingest: bounded concurrency over http(s) and file URLs,
-timeouts, retries with backoff, a byte cap, a content-type check, a full
-Pillow decode with a decompression-bomb guard, and an address guard.
+a per-read timeout and a total deadline per attempt, retries with backoff, a
+byte cap, a content-type check, a full Pillow decode with a decompression-bomb
+guard, and one address policy per scheme: http(s) hosts pass the address guard,
+file:// paths must lie (after resolving '..' and symlinks) under a configured
+file root, and anything that is not an absolute URL is refused.
 
 The address guard sits in the connection layer (an httpcore network backend):
 the host is resolved once, every address it resolves to is checked, and the
@@ -16,12 +19,14 @@ import hashlib
 import io
 import ipaddress
 import mimetypes
+import os
 import random
 import socket
+import stat
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .config import FetchConfig
+from .config import FetchConfig, resolve_pkgdata
 
 # Formats we accept, and the extension an image is stored under.
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
@@ -142,6 +147,8 @@ class ImageFetcher:
 
     def __init__(self, cfg: FetchConfig):
         self.cfg = cfg
+        # real paths, so a root that is itself a symlink compares with resolved file paths
+        self.file_roots = [os.path.realpath(resolve_pkgdata(r)) for r in cfg.file_roots]
 
     def fetch_all(self, urls: list[str]) -> dict[str, FetchResult]:
         return asyncio.run(self._fetch_all(list(dict.fromkeys(urls))))
@@ -156,30 +163,52 @@ class ImageFetcher:
         return dict(zip(urls, results, strict=True))
 
     async def fetch_one(self, client, url: str) -> FetchResult:
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:
+            return FetchResult(url, False, "bad_url", str(e))
+        scheme = parts.scheme.lower()
+        if not scheme or (scheme in ("http", "https") and not parts.netloc):
+            return FetchResult(url, False, "bad_url", "not an absolute URL")
         if scheme == "file":
-            if not self.cfg.allow_file_urls:
-                return FetchResult(url, False, "blocked_file_url")
             return await asyncio.to_thread(self._read_file, url)
         if scheme not in ("http", "https"):
-            return FetchResult(url, False, "unsupported_scheme", scheme or "(none)")
+            return FetchResult(url, False, "unsupported_scheme", scheme)
         res = await self._get_with_retries(client, url)
         if not res.ok:
             return res
         return await asyncio.to_thread(decode_image, url, res.data, self.cfg, res.mime)
 
+    def _allowed_path(self, url: str) -> tuple[str, FetchResult | None]:
+        """(real path, None) when `url` names a file under a file root, else ("", the refusal)."""
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            return "", FetchResult(url, False, "bad_url", f"file URL names a host: {parts.netloc!r}")
+        if not self.file_roots:
+            return "", FetchResult(url, False, "file_not_allowed", "ingest.fetch.file_roots is empty")
+        real = os.path.realpath(unquote(parts.path))
+        if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.file_roots):
+            return "", FetchResult(url, False, "file_not_allowed", f"{real} is outside ingest.fetch.file_roots")
+        return real, None
+
     def _read_file(self, url: str) -> FetchResult:
-        path = unquote(urlsplit(url).path)
+        path, refused = self._allowed_path(url)
+        if refused:
+            return refused
         mime = mimetypes.guess_type(path)[0] or ""
         if mime and not mime.startswith("image/"):
             return FetchResult(url, False, "not_image_content_type", mime)
         try:
-            with open(path, "rb") as f:
-                data = f.read(self.cfg.max_bytes + 1)
+            # the real path, no symlink at the end (swapped in after the check) and no blocking on a FIFO
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return FetchResult(url, False, "not_found", path)
         except OSError as e:
             return FetchResult(url, False, "read_error", str(e))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return FetchResult(url, False, "read_error", f"{path} is not a regular file")
+            data = f.read(self.cfg.max_bytes + 1)
         if len(data) > self.cfg.max_bytes:
             return FetchResult(url, False, "too_large", f"> {self.cfg.max_bytes} bytes")
         return decode_image(url, data, self.cfg, mime)
@@ -190,12 +219,18 @@ class ImageFetcher:
         attempt, last = 0, FetchResult(url, False, "unknown")
         while True:
             try:
-                last = await self._get(client, url)
+                # the deadline covers connect, headers and the whole body; timeout_s only each read
+                async with asyncio.timeout(self.cfg.deadline_s):
+                    last = await self._get(client, url)
                 retry = not last.ok and last.reason in {f"http_{s}" for s in RETRY_STATUS}
             except BlockedAddressError as e:
                 return FetchResult(url, False, "blocked_address", str(e))
             except httpx.TimeoutException as e:
                 last, retry = FetchResult(url, False, "timeout", type(e).__name__), True
+            except TimeoutError:
+                last = FetchResult(url, False, "deadline", f"no complete response within deadline_s="
+                                   f"{self.cfg.deadline_s:g} s (attempt {attempt + 1})")
+                retry = True
             except httpx.TooManyRedirects as e:
                 return FetchResult(url, False, "too_many_redirects", str(e))
             except (httpx.TransportError, httpx.InvalidURL) as e:

@@ -16,8 +16,9 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
 from .artifacts import iter_parquet_file
 from .base import ShardSpec
@@ -70,6 +71,14 @@ def list_source_shards(src: SourceConfig) -> list[ShardSpec]:
     urls = expand_urls(patterns, what="ingest source", must_match=src.kind == "files")
     return [{"shard": i, "name": u.rsplit("/", 1)[-1], "kind": "file", "url": u,
              "format": _file_format(u)} for i, u in enumerate(urls)]
+
+
+def source_image_root(src: SourceConfig) -> str | None:
+    """The local folder a source's relative image paths name files in: the bundled sample folder
+    for kind=sample, `image_root` for kind=files, else none (a relative path is then a bad URL)."""
+    if src.kind == "sample":
+        return str(SAMPLE_CORPUS_DIR)
+    return resolve_pkgdata(src.image_root) if src.image_root else None
 
 
 def expand_urls(patterns: list[str], what: str = "input", must_match: bool = True) -> list[str]:
@@ -177,9 +186,18 @@ def clean_text(text: str) -> str:
     return text.replace(EOD_MARKER, "").strip()
 
 
-def parse_row(row: dict, source: str, base_url: str | None = None) -> Document | Malformed:
-    """Validate one OBELICS row and clean it. Image URLs are resolved against
-    `base_url` (the source file's URL), so a corpus may ship relative paths."""
+def _image_url(img: str, image_root: str | None) -> str:
+    """A relative path under `image_root` -> its file:// URL; anything else as written (the
+    fetcher refuses what is not an absolute URL, and file:// outside its file roots)."""
+    if image_root and not img.startswith("/") and not urlsplit(img).scheme:
+        return Path(image_root, img).as_uri()
+    return img
+
+
+def parse_row(row: dict, source: str, image_root: str | None = None) -> Document | Malformed:
+    """Validate one OBELICS row and clean it. Relative image paths become file:// URLs under
+    `image_root` (an absolute local folder the source config names), and only then; the
+    document id hashes the image strings as written, so it does not depend on where that is."""
     images, texts = row.get("images"), row.get("texts")
     if not isinstance(images, list) or not isinstance(texts, list):
         return Malformed("missing_fields", "images/texts must be lists")
@@ -196,7 +214,7 @@ def parse_row(row: dict, source: str, base_url: str | None = None) -> Document |
         metadata = [None] * len(texts)
 
     out_texts: list[str | None] = []
-    out_urls: list[str | None] = []
+    out_urls: list[str | None] = []  # as written; resolved below
     out_meta: list[Any] = []
     for img, txt, meta in zip(images, texts, metadata, strict=True):
         if (img is None) == (txt is None):
@@ -213,7 +231,7 @@ def parse_row(row: dict, source: str, base_url: str | None = None) -> Document |
             if not isinstance(img, str) or not img.strip():
                 return Malformed("bad_image_url", repr(img)[:80])
             out_texts.append(None)
-            out_urls.append(urljoin(base_url, img.strip()) if base_url else img.strip())
+            out_urls.append(img.strip())
         out_meta.append(meta)
     if not any(t for t in out_texts):
         return Malformed("no_text", "document has no text after cleaning")
@@ -221,5 +239,6 @@ def parse_row(row: dict, source: str, base_url: str | None = None) -> Document |
         json.dumps([out_texts, out_urls], ensure_ascii=False).encode()
     ).hexdigest()[:24]
     url = general.get("url")
+    image_urls = [u if u is None else _image_url(u, image_root) for u in out_urls]
     return Document(doc_id=doc_id, source=source, url=url if isinstance(url, str) else None,
-                    texts=out_texts, image_urls=out_urls, metadata=out_meta, general_metadata=general)
+                    texts=out_texts, image_urls=image_urls, metadata=out_meta, general_metadata=general)

@@ -42,6 +42,7 @@ class ImageServer:
         self.requests: list[str] = []
         self.block = threading.Event()  # set to release /block requests
         self.blocked_hit = threading.Event()
+        self.stopped = threading.Event()  # set at teardown: trickling routes stop sending
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,6 +72,21 @@ class ImageServer:
                         self.end_headers()
                         return
                     kind, args = "ok", [state["body"], "image/png"]
+                if kind == "trickle":  # headers at once, then the body one byte per `interval` seconds
+                    body, interval = args
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            if server.stopped.wait(interval):
+                                return
+                    except OSError:  # the client gave up and closed the connection
+                        pass
+                    return
                 if kind == "redirect":
                     self.send_response(302)
                     self.send_header("Location", args[0])
@@ -102,6 +118,7 @@ def image_server():
     srv.thread.start()
     yield srv
     srv.block.set()
+    srv.stopped.set()
     srv.httpd.shutdown()
     srv.httpd.server_close()
 

@@ -19,6 +19,23 @@ def test_profiles_load_and_paper_names_the_papers_settings():
     assert paper.sample.multi_image_frac == pytest.approx(1 - 0.6329 - 0.2985)
 
 
+def test_file_roots_per_profile_and_the_removed_allow_file_urls():
+    from nyx_tasks.config import SAMPLE_CORPUS_DIR, resolve_pkgdata
+
+    paper = load_config("paper")
+    assert paper.ingest.fetch.file_roots == [] and paper.ingest.fetch.allowed_networks == []  # no local reads
+    assert paper.ingest.fetch.deadline_s > paper.ingest.fetch.timeout_s
+    (demo_root,) = load_config("demo").ingest.fetch.file_roots  # the bundled sample's images, nothing else
+    assert resolve_pkgdata(demo_root) == str(SAMPLE_CORPUS_DIR / "images")
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["ingest.fetch.allow_file_urls=true"])
+    assert "allow_file_urls was removed" in str(err.value) and "file_roots" in str(err.value)
+    assert "\n" not in str(err.value)
+    for bad in ("ingest.fetch.file_roots=[relative/dir]", "ingest.source.image_root=/data"):  # sample: no image_root
+        with pytest.raises(ConfigError, match="file root 'relative/dir' must be an absolute|image_root is for kind=files"):
+            load_config("demo", [bad])
+
+
 def test_overrides_are_typed_and_deep_merged():
     cfg = load_config("demo", ["ingest.every_nth=7", "ingest.fetch.timeout_s=1.5", "partition=p1"])
     assert cfg.ingest.every_nth == 7 and cfg.ingest.fetch.timeout_s == 1.5 and cfg.partition == "p1"
@@ -103,7 +120,8 @@ def test_a_contradiction_is_refused_in_one_line_naming_the_fields(overrides, fie
 # paper-shape = paper + exactly these overrides (configs/paper-shape.yaml says why, line by line):
 # weights -> tiny models of the same families, GPU engines -> hf on the CPU, sizes, and inputs.
 PAPER_SHAPE_OVERRIDES = {
-    "ingest.source.kind", "ingest.source.paths", "ingest.every_nth", "chunk.tokenizer.name_or_path", "sample.size",
+    "ingest.source.kind", "ingest.source.paths", "ingest.source.image_root", "ingest.every_nth",
+    "ingest.fetch.file_roots", "chunk.tokenizer.name_or_path", "sample.size",
     "synthesize.generation.backend", "synthesize.generation.model", "synthesize.generation.temperature",
     "synthesize.generation.compact_json", "filter.max_answer_words", "filter.eval_per_group",
     "mine.embedder.model", "mine.text_embedder.model", "mine.text_sets",

@@ -92,15 +92,55 @@ def test_address_guard_classification_of_loopback_literals():
     assert AddressGuard(["127.0.0.0/8"]).allows("127.0.0.5")
 
 
-def test_file_urls_and_unsupported_schemes(tmp_path):
-    good = tmp_path / "g.png"
+def test_trickling_body_is_cut_at_the_deadline_on_every_attempt(image_server):
+    """Headers at once, then one byte per 0.5 s: the per-read timeout (2 s) never fires, so only
+    the total deadline ends each attempt (60 bytes would otherwise take 30 s per attempt)."""
+    import time
+
+    url = image_server.add("/trickle.png", "trickle", b"x" * 60, 0.5)
+    t0 = time.monotonic()
+    (res,) = fetch([url], timeout_s=2.0, deadline_s=1.5, retries=1, backoff_s=0.01).values()
+    elapsed = time.monotonic() - t0
+    assert not res.ok and res.reason == "deadline" and "deadline_s=1.5" in res.detail
+    assert image_server.requests.count("/trickle.png") == 2  # first try + one retry, each cut
+    assert 2 * 1.5 <= elapsed < 3 * (2 * 1.5), elapsed  # deadline x attempts; generous upper bound
+
+
+def test_file_urls_only_under_file_roots_on_the_real_path(tmp_path, monkeypatch):
+    import os
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    good = root / "sub" / "g.png"
     good.write_bytes(png_bytes())
-    page = tmp_path / "p.html"
-    page.write_text("<html></html>")
-    res = fetch([good.as_uri(), page.as_uri(), (tmp_path / "nope.png").as_uri(), "ftp://127.0.0.1/x.png"])
-    assert res[good.as_uri()].ok
-    assert res[page.as_uri()].reason == "not_image_content_type"
-    assert res[(tmp_path / "nope.png").as_uri()].reason == "not_found"
+    (root / "p.html").write_text("<html></html>")
+    secret = outside / "s.png"
+    secret.write_bytes(png_bytes())
+    (root / "link.png").symlink_to(secret)  # inside the root, pointing out of it
+    (tmp_path / "rootlink").symlink_to(root)  # a root reached through a symlink still matches
+    dotdot = f"{root.as_uri()}/sub/../../outside/s.png"
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **kw: opened.append(str(path)) or real_open(path, *a, **kw))
+
+    urls = [good.as_uri(), (root / "p.html").as_uri(), (root / "nope.png").as_uri(), secret.as_uri(),
+            (root / "link.png").as_uri(), dotdot, f"file://elsewhere{good}"]
+    res = fetch(urls, file_roots=[str(tmp_path / "rootlink")])
+    assert res[good.as_uri()].ok and res[good.as_uri()].ext == "png"
+    assert res[(root / "p.html").as_uri()].reason == "not_image_content_type"
+    assert res[(root / "nope.png").as_uri()].reason == "not_found"
+    for refused in (secret.as_uri(), (root / "link.png").as_uri(), dotdot):
+        assert res[refused].reason == "file_not_allowed" and "outside ingest.fetch.file_roots" in res[refused].detail
+    assert res[f"file://elsewhere{good}"].reason == "bad_url"
+    assert os.path.realpath(secret) not in opened and os.path.realpath(good) in opened  # refused: never opened
+
+    (none,) = fetch([good.as_uri()], file_roots=[]).values()  # no roots: no file:// at all
+    assert none.reason == "file_not_allowed" and "file_roots is empty" in none.detail
+
+
+def test_unsupported_schemes_and_strings_that_are_not_absolute_urls():
+    res = fetch(["ftp://127.0.0.1/x.png", "images/a.png", "a.png", "/abs/a.png", "//127.0.0.1/a.png",
+                 "http:/a.png", "http://[::1/a.png"])
     assert res["ftp://127.0.0.1/x.png"].reason == "unsupported_scheme"
-    (blocked,) = fetch([good.as_uri()], allow_file_urls=False).values()
-    assert blocked.reason == "blocked_file_url"
+    assert {u for u, r in res.items() if r.reason == "bad_url"} == set(res) - {"ftp://127.0.0.1/x.png"}

@@ -10,7 +10,6 @@ either written or dropped with a named reason (rows_in == rows_out + drops).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..base import ShardSpec
 from ..fetch import ImageFetcher
@@ -22,13 +21,14 @@ from ..obelics import (
     iter_source_rows,
     list_source_shards,
     parse_row,
+    source_image_root,
 )
 from ..runner import ShardOutputs, Stage, StageContext
 
 
 class IngestStage(Stage):
     name = "ingest"
-    version = 1
+    version = 2  # 2: one address policy per scheme (file_roots, no relative paths), a deadline per image
     inputs = ()
     outputs = {"part": "documents", "images": "images"}
     execution_only = ("batch_docs", "fetch.concurrency")
@@ -44,7 +44,7 @@ class IngestStage(Stage):
     def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         cfg = ctx.cfg.ingest
         fetcher = ImageFetcher(cfg.fetch)
-        base_url = Path(shard["url"]).resolve().as_uri() if shard.get("kind") == "file" and "://" not in shard["url"] else None
+        image_root = source_image_root(cfg.source)  # relative image paths resolve here, never against the shard
         seen_docs: set[int] = set()  # 64-bit prefixes of doc ids: a third of the memory of the strings
         seen_images: set[str] = set()
         progress = Progress(ctx.log, f"ingest {shard['name']}", unit="docs")
@@ -63,7 +63,7 @@ class IngestStage(Stage):
                 continue
             out.rows_in += 1
             where = f"{shard['name']}#{i}"
-            doc = row if isinstance(row, Malformed) else parse_row(row, where, base_url)
+            doc = row if isinstance(row, Malformed) else parse_row(row, where, image_root)
             if isinstance(doc, Malformed):
                 out.drops.drop(f"malformed_{doc.reason}", f"{where}: {doc.detail}")
                 continue

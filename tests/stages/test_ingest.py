@@ -68,11 +68,53 @@ def test_http_corpus_every_nth_and_drop_image_mode(tmp_path, make_cfg, image_ser
     assert json.loads(docs[0]["general_metadata_json"]) == {"url": "https://example.org/doc"}
 
 
-def test_loopback_refused_when_not_allowlisted_drops_docs_and_sends_nothing(tmp_path, make_cfg, image_server):
+def test_one_address_policy_for_every_scheme(tmp_path, make_cfg, image_server):
+    """With the paper's policy (no private networks, no file roots) a loopback URL, a file:// URL
+    and a relative path (with the file next to the corpus) are each refused by name, and the
+    loopback server sees no request; with a file root and an image root, both local ones are read."""
     url = image_server.add("/a.png", "ok", png_bytes(), "image/png")
-    src = write_jsonl(tmp_path / "c.jsonl", [obelics_row([long_text(1), None], [None, url])])
-    cfg = make_cfg("ingest.source.kind=files", f"ingest.source.paths=[{src}]",
-                   "ingest.fetch.allowed_networks=[]")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "r.png").write_bytes(png_bytes(20, 20))
+    (tmp_path / "images" / "f.png").write_bytes(png_bytes(30, 30))
+    images = [url, (tmp_path / "images" / "f.png").as_uri(), "images/r.png"]
+    rows = [obelics_row([long_text(i), None], [None, u]) for i, u in enumerate(images)]
+    src = write_jsonl(tmp_path / "c.jsonl", [*rows, obelics_row([long_text(9)], [None])])  # + a text-only one
+    common = ["ingest.source.kind=files", f"ingest.source.paths=[{src}]", "ingest.fetch.allowed_networks=[]"]
+    m = run_stage(get_stage("ingest"), make_cfg(*common, "ingest.fetch.file_roots=[]")).manifest
+    assert m["drops"] == {"image_blocked_address": 1, "image_file_not_allowed": 1, "image_bad_url": 1}
+    assert m["rows_out"] == 1 and image_server.requests == []
+
+    cfg = make_cfg(*common, f"ingest.fetch.file_roots=[{tmp_path / 'images'}]",
+                   f"ingest.source.image_root={tmp_path}", root=tmp_path / "rooted")
     m = run_stage(get_stage("ingest"), cfg).manifest
-    assert m["drops"] == {"image_blocked_address": 1}
+    assert m["drops"] == {"image_blocked_address": 1} and m["rows_out"] == 3
+    docs = read_stage_table(ArtifactStore(cfg.artifact_root()), cfg.partition, "ingest").to_pylist()
+    assert sorted(u for d in docs for u in d["image_urls"] if u) == sorted(
+        (tmp_path / "images" / n).as_uri() for n in ("f.png", "r.png"))
     assert image_server.requests == []
+
+
+def test_relative_image_paths_resolve_only_under_a_configured_root():
+    row = obelics_row([long_text(1), None, None], [None, "images/a b.png", "https://example.org/x.png"])
+    plain, rooted = parse_row(row, "f#0"), parse_row(row, "f#0", "/data/corpus")
+    assert plain.image_urls[1:] == ["images/a b.png", "https://example.org/x.png"]  # the fetcher calls it a bad URL
+    assert rooted.image_urls[1:] == ["file:///data/corpus/images/a%20b.png", "https://example.org/x.png"]
+    assert plain.doc_id == rooted.doc_id == parse_row(row, "f#0", "/elsewhere").doc_id  # not machine-dependent
+
+
+def test_a_trickling_server_cannot_stall_the_stage(tmp_path, make_cfg, image_server):
+    """Three images sent one byte per 0.5 s (60 s each uncut), four good: the stage ends within
+    about one deadline (they are fetched concurrently, no retries), dropping the three by name."""
+    import time
+
+    urls = [image_server.add(f"/t{i}.png", "trickle", b"x" * 120, 0.5) for i in range(3)]
+    urls += [image_server.add(f"/good{i}.png", "ok", png_bytes(10 + i), "image/png") for i in range(4)]
+    src = write_jsonl(tmp_path / "c.jsonl", [obelics_row([long_text(i), None], [None, u]) for i, u in enumerate(urls)])
+    cfg = make_cfg("ingest.source.kind=files", f"ingest.source.paths=[{src}]", "ingest.fetch.retries=0",
+                   "ingest.fetch.timeout_s=2", "ingest.fetch.deadline_s=1.5")
+    t0 = time.monotonic()
+    m = run_stage(get_stage("ingest"), cfg).manifest
+    elapsed = time.monotonic() - t0
+    assert m["drops"] == {"image_deadline": 3} and m["rows_out"] == 4
+    assert m["extra"]["image_failed_deadline"] == 3
+    assert elapsed < 3 * (1.5 + 1.0), elapsed  # one deadline plus the stage's own work; a generous bound
