@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..base import ShardSpec, StageError
 from ..checkpoints import read_checkpoint_marker, write_checkpoint_marker
-from ..runner import PLAN, ShardOutputs, Stage, StageContext
+from ..runner import ShardOutputs, Stage, StageContext
 from ..training.data import newest_negatives
 from ..training.deepspeed_config import launch_env
 
@@ -50,17 +50,12 @@ def planned_run(ctx: StageContext, key: str) -> str:
 
 
 def _fresh_tag(ctx: StageContext, key: str) -> str:
-    """What tells one forced plan from the next: the nonce of the runner's attempt
-    (`<key>-<nonce>`) where the context carries one, else the time in the stage's plan."""
-    attempt = getattr(ctx, "attempt", "")  # runners that keep one folder per attempt set it from the plan
-    if attempt.startswith(f"{key}-"):
-        return attempt[len(key) + 1:]
-    plan = ctx.store.read_json(ctx.rel(PLAN)) or {}
-    stamp = "".join(ch for ch in plan.get("planned_at", "") if ch.isdigit())
-    if plan.get("key") != key or not stamp:
-        raise StageError(f"{ctx.stage.name}: force is set but the plan under {ctx.store.url(ctx.rel(PLAN))} is "
-                         f"missing or not for key {key}; run the plan step again.")
-    return stamp
+    """What tells one forced plan from the next: the nonce of the runner's attempt, which is
+    `<key>-<nonce>` under force and comes from the plan in every step of it."""
+    if not ctx.attempt.startswith(f"{key}-"):
+        raise StageError(f"{ctx.stage.name}: force is set but the plan's attempt {ctx.attempt!r} is not a forced "
+                         f"attempt of key {key}; run the plan step again.")
+    return ctx.attempt[len(key) + 1:]
 
 
 def retry_note(ctx: StageContext, run: str, rel: str) -> str:
