@@ -121,13 +121,35 @@ def status_text(cfg, verify: bool = False) -> tuple[str, int]:
 
 @app.command("status")
 def status(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None,
-           verify: Annotated[bool, typer.Option("--verify", help="Also check every file's sha256.")] = False) -> None:
+           verify: Annotated[bool, typer.Option("--verify", help="Also check every file's sha256.")] = False,
+           drops: Annotated[str | None, typer.Option("--drops", help="List the items every stage dropped for this "
+                                                     "reason (or 'all') instead: stage, item, source, row, detail.")]
+           = None) -> None:
     """Print each stage's manifest summary (rows, drop reasons, location) for a partition, and check
-    each snapshot against its manifest; exit 1 when a file is missing, corrupt, extra or stale."""
-    text, problems = status_text(_config(profile, partition, sets, root), verify)
+    each snapshot against its manifest; exit 1 when a file is missing, corrupt or extra."""
+    cfg = _config(profile, partition, sets, root)
+    if drops:
+        _list_drops(cfg, drops)
+        return
+    text, problems = status_text(cfg, verify)
     typer.echo(text)
     if problems:
         raise typer.Exit(1)
+
+
+def _list_drops(cfg, reason: str) -> None:
+    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from .snapshot_status import dropped  # fsspec, pyarrow: kept out of `nyx --help`
+
+    store = ArtifactStore(cfg.artifact_root())
+    n = 0
+    for stage in STAGE_NAMES:
+        for r in dropped(store, cfg.partition, stage, None if reason == "all" else reason):
+            where = f"{r['source'] or '-'}{'#' + str(r['row']) if r['row'] is not None else ''}"
+            count = f" (x{r['count']})" if r["count"] != 1 else ""
+            typer.echo(f"{stage}\t{r['reason']}\t{r['item'] or '-'}\t{where}\t{r['detail']}{count}")
+            n += r["count"]
+    typer.echo(f"{n} item(s) dropped for {reason!r} in partition {cfg.partition}", err=True)
 
 
 @app.command("config")

@@ -93,17 +93,22 @@ class Progress:
 
 
 class DropCounter:
-    """Counts dropped records by named reason; logs the first few examples of each."""
+    """Counts dropped records by named reason, logs the first few examples of each, and keeps a
+    record of every drop (reason, item, source, row, detail) for the stage's `_drops` files."""
 
     def __init__(self, log: logging.Logger, examples_per_reason: int = 3):
         self.log = log
         self.counts: Counter[str] = Counter()
         self.examples_per_reason = examples_per_reason
+        self.records: list[dict] = []
 
-    def drop(self, reason: str, example: str = "", n: int = 1) -> None:
+    def drop(self, reason: str, example: str = "", n: int = 1, *, item: str | None = None,
+             source: str | None = None, row: int | None = None) -> None:
         self.counts[reason] += n
+        self.records.append({"reason": reason, "item": item, "source": source, "row": row,
+                             "detail": str(example)[:300], "count": n})
         if self.counts[reason] <= self.examples_per_reason:
-            self.log.info("drop %s: %s", reason, example[:300])
+            self.log.info("drop %s: %s", reason, str(example)[:300])
 
     def __getitem__(self, reason: str) -> int:
         return self.counts[reason]

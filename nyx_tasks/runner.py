@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import time
 import uuid
 from collections import Counter
@@ -27,6 +28,8 @@ from .log import DropCounter, drop_lines, get_logger
 
 PLAN = "_PLAN.json"
 SHARDS_DIR = "_shards"
+DROPS_DIR = "_drops"
+DROPS_KIND = "drops"  # the manifest's output kind of the drop record
 
 
 def _now() -> str:
@@ -106,7 +109,15 @@ class ShardOutputs:
         self.writers[kind].write_table(table)
 
     def close(self) -> dict[str, dict]:
-        return {kind: w.close() for kind, w in self.writers.items()}
+        from .schema import SCHEMAS  # pyarrow, only once rows are written
+
+        files = {kind: w.close() for kind, w in self.writers.items()}
+        if self.drops.records:  # the drop record, committed with the snapshot (not part of output_hash)
+            rel = self.ctx.rel(f"{DROPS_DIR}/{ArtifactStore.shard_file('part', int(self.shard['shard']))}")
+            with self.ctx.store.parquet_writer(rel, SCHEMAS["drops"], f"{self.ctx.stage.name}/drops") as w:
+                w.write_rows([{"shard": self.shard["name"], **r} for r in self.drops.records])
+                files[DROPS_KIND] = w.close()
+        return files
 
     def abort(self) -> None:
         for w in self.writers.values():
@@ -407,6 +418,7 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
         with lease:
             plan = _read_plan(ctx, opts.owner)
             manifest = _manifest(ctx, plan)
+            check_usable(ctx, manifest)
             stage.finalize(ctx, manifest)
             lease.renew()
             ctx.store.write_json_atomic(ctx.stage_rel(MANIFEST), manifest)
@@ -417,6 +429,29 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
         for line in drop_lines(manifest["drops"], manifest["rows_out"]):  # one log line per reason reads well
             ctx.log.info("%s: drops  %s", stage.name, line)
         return StageResult(stage.name, ctx.partition, "computed", manifest)
+
+
+# Drops whose cause is outside the data: a dependency that is down or too slow, not a bad record.
+DEPENDENCY_REASON = re.compile(r"(connection_error|timeout|deadline|http_5\d\d|unavailable)$")
+
+
+def check_usable(ctx: StageContext, manifest: dict) -> None:
+    """Refuse to commit what no one can use: rows read but none kept, or more of the input lost to
+    a dependency (connection refused, timeouts, 5xx) than `checks.max_dependency_failure_share`."""
+    checks, name = ctx.cfg.checks, ctx.stage.name
+    rows_in, rows_out, drops = manifest["rows_in"], manifest["rows_out"], manifest["drops"]
+    top = ", ".join(f"{r}={n}" for r, n in sorted(drops.items(), key=lambda kv: -kv[1])[:3]) or "none"
+    failed = sum(n for r, n in drops.items() if DEPENDENCY_REASON.search(r))
+    if rows_in and checks.max_dependency_failure_share < 1.0 and failed > checks.max_dependency_failure_share * rows_in:
+        reasons = ", ".join(f"{r}={n}" for r, n in drops.items() if DEPENDENCY_REASON.search(r))
+        raise StageError(f"{name}: {failed} drops for {rows_in} rows read came from a dependency, not the data "
+                         f"({reasons}), over checks.max_dependency_failure_share={checks.max_dependency_failure_share}; "
+                         "nothing was committed. Check that the servers it reaches are up, then re-run with --force "
+                         "(the finished shards hold the failed requests).")
+    if checks.fail_when_nothing_kept and rows_in > 0 and rows_out == 0:
+        raise StageError(f"{name}: read {rows_in} rows of partition {ctx.partition} and kept none (drops: {top}); "
+                         "nothing was committed. Check the input and the drop reasons (nyx status --drops REASON); "
+                         "checks.fail_when_nothing_kept=false commits an empty snapshot.")
 
 
 def _manifest(ctx: StageContext, plan: dict) -> dict:
@@ -431,7 +466,7 @@ def _manifest(ctx: StageContext, plan: dict) -> dict:
                          "finish; re-run the stage (finished shards are kept).")
     drops: Counter[str] = Counter()
     extra: Counter[str] = Counter()
-    outputs: dict[str, list[dict]] = {k: [] for k in stage.outputs}
+    outputs: dict[str, list[dict]] = {k: [] for k in (*stage.outputs, DROPS_KIND)}
     for m in markers:
         drops.update(m["drops"])
         extra.update(m["extra"])
@@ -444,9 +479,9 @@ def _manifest(ctx: StageContext, plan: dict) -> dict:
         "inputs": plan["inputs"], "rows_in": sum(m["rows_in"] for m in markers),
         "rows_out": sum(m["rows_out"] for m in markers),
         "drops": dict(sorted(drops.items())), "extra": dict(sorted(extra.items())),
-        "outputs": outputs, "schemas": dict(stage.outputs),
+        "outputs": outputs, "schemas": {**stage.outputs, DROPS_KIND: "drops"},
         "output_hash": stable_hash([(k, f["path"].rsplit("/", 1)[-1], f["sha256"])
-                                    for k, fs in outputs.items() for f in fs], 32),
+                                    for k, fs in outputs.items() if k != DROPS_KIND for f in fs], 32),
         "location": ctx.store.url(ctx.stage_rel()),
         "shards": [{k: m[k] for k in ("shard", "name", "rows_in", "rows_out", "drops", "seconds")} for m in markers],
         "timings": {"planned_at": plan["planned_at"], "finished_at": _now(),

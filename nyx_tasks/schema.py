@@ -204,3 +204,18 @@ EVAL_RESULTS = pa.schema(
 )
 
 SCHEMAS.update({"feedback_windows": FEEDBACK_WINDOWS, "eval_results": EVAL_RESULTS})
+
+# Every stage's record of what it dropped and why (`<stage>/attempts/<a>/_drops/part-<shard>.parquet`),
+# committed with the snapshot under the manifest's `drops` output kind.
+DROPS = pa.schema(
+    [
+        pa.field("shard", pa.string(), nullable=False),  # the shard's name
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("item", pa.string()),  # the dropped item's id where known (doc, chunk, qa id)
+        pa.field("source", pa.string()),  # the input file / corpus where known
+        pa.field("row", pa.int64()),  # its row in that source where known
+        pa.field("detail", pa.string(), nullable=False),  # a short description (the log's example)
+        pa.field("count", pa.int64(), nullable=False),  # items this record stands for (1 unless aggregated)
+    ]
+)
+SCHEMAS["drops"] = DROPS

@@ -7,7 +7,16 @@ is reported, never raised.
 
 from __future__ import annotations
 
-from .artifacts import MANIFEST, ArtifactStore, SnapshotError, read_manifest, snapshot_problems
+from collections.abc import Iterator
+
+from .artifacts import (
+    MANIFEST,
+    ArtifactStore,
+    SnapshotError,
+    iter_stage_batches,
+    read_manifest,
+    snapshot_problems,
+)
 from .attempts import ATTEMPTS_DIR, attempt_rel
 
 
@@ -45,3 +54,18 @@ def stage_status(store: ArtifactStore, partition: str, stage: str, verify: bool 
         return None, [f"unreadable manifest: {e}"]
     found = snapshot_problems(store, manifest, verify) + _extra_files(store, stage_rel, manifest)
     return manifest, found + _stale(store, partition, stage_rel, manifest)
+
+
+def dropped(store: ArtifactStore, partition: str, stage: str, reason: str | None) -> Iterator[dict]:
+    """A committed stage's drop record (all reasons for None); nothing for a stage without one."""
+    try:
+        manifest = read_manifest(store, partition, stage) if store.exists(
+            f"{ArtifactStore.stage_rel(partition, stage)}/{MANIFEST}") else None
+    except SnapshotError:
+        return
+    if not manifest or not manifest.get("outputs", {}).get("drops"):
+        return
+    for batch in iter_stage_batches(store, partition, stage, kind="drops"):
+        for r in batch.to_pylist():
+            if reason is None or r["reason"] == reason:
+                yield r

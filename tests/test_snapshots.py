@@ -7,6 +7,7 @@ subprocess) on the demo profile's sample corpus."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -282,3 +283,32 @@ def test_stray_attempt_folders_are_removed_only_when_provably_dead(root):
     assert not dead.exists()  # nothing changed there for longer than a lease lives
     assert live.exists()  # changed a moment ago: a writer may still be filling it
     assert (attempts / result.manifest["attempt"]).exists()
+
+
+# ------------------------------------------------------------------------------ drop record
+
+
+def test_every_drop_is_recorded_with_the_snapshot_and_listed_by_reason(root):
+    """The manifest's counts and the `_drops` record agree reason by reason; `nyx status --drops`
+    names each dropped item with its source file and row."""
+    from collections import Counter
+
+    store = ArtifactStore(str(root))
+    m = store.read_json("partitions/demo/ingest/_MANIFEST.json")
+    records = read_stage_table(store, "demo", "ingest", kind="drops").to_pylist()
+    counted = Counter()
+    for r in records:
+        counted[r["reason"]] += r["count"]
+    assert dict(counted) == m["drops"] and sum(m["drops"].values()) > 0
+    assert all(p.startswith(f"partitions/demo/ingest/attempts/{m['attempt']}/_drops/")
+               for p in (e["path"] for e in m["outputs"]["drops"]))
+    r = nyx("status", "--root", str(root), "--drops", "duplicate_document")
+    assert r.returncode == 0, r.stderr
+    lines = [x.split("\t") for x in r.stdout.splitlines()]
+    assert len(lines) == m["drops"]["duplicate_document"]
+    stage, reason, item, where, _ = lines[0]
+    assert (stage, reason) == ("ingest", "duplicate_document") and len(item) == 24
+    src, row = where.split("#")
+    doc = (REPO / "nyx_tasks/data/sample_obelics" / src).read_text().splitlines()[int(row)]
+    assert json.loads(doc)  # the named row is the duplicated document in the source file
+    assert "1 item(s) dropped for 'duplicate_document'" in r.stderr

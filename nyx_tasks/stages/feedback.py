@@ -296,7 +296,7 @@ def select(data: FeedbackShard, ranking: Ranking, window_scores: list[list[float
         pos, negs = select_feedback([data.corpus.ids[d] for d in hits], window_scores[qi], cfg.window_size,
                                     cfg.stride, cfg.num_negatives, cfg.threshold, cfg.mode)
         if pos is None:
-            out.drops.drop("no_helpful_window", r["qa_id"])
+            out.drops.drop("no_helpful_window", r["qa_id"], item=r["qa_id"])
             continue
         out.extra[f"positive_rank_{by_id[pos][1]:02d}"] += 1
         if len(negs) < cfg.num_negatives:

@@ -119,7 +119,8 @@ class FilterStage(Stage):
                         reason = "duplicate_question"
                     seen.add(key)
                 if reason:
-                    out.drops.drop(reason, f"{q['qa_id']}: {q['question'][:120]!r} -> {q['answer'][:60]!r}")
+                    out.drops.drop(reason, f"{q['qa_id']}: {q['question'][:120]!r} -> {q['answer'][:60]!r}",
+                                   item=q["qa_id"])
                     continue
                 kept.append(q)
         splits = assign_splits(kept, cfg.eval_per_group, cfg.seed)

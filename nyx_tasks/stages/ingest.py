@@ -65,11 +65,11 @@ class IngestStage(Stage):
             where = f"{shard['name']}#{i}"
             doc = row if isinstance(row, Malformed) else parse_row(row, where, image_root)
             if isinstance(doc, Malformed):
-                out.drops.drop(f"malformed_{doc.reason}", f"{where}: {doc.detail}")
+                out.drops.drop(f"malformed_{doc.reason}", f"{where}: {doc.detail}", source=shard["name"], row=i)
                 continue
             key = int(doc.doc_id[:16], 16)
             if key in seen_docs:
-                out.drops.drop("duplicate_document", where)
+                out.drops.drop("duplicate_document", where, item=doc.doc_id, source=shard["name"], row=i)
                 continue
             seen_docs.add(key)
             batch.append(doc)
@@ -89,7 +89,8 @@ class IngestStage(Stage):
             failed = [results[u] for u in doc.image_urls if u and not results[u].ok]
             if failed and cfg.on_image_failure == "drop_document":
                 f = failed[0]
-                out.drops.drop(f"image_{f.reason}", f"{doc.source}: {f.url} {f.detail}")
+                out.drops.drop(f"image_{f.reason}", f"{doc.source}: {f.url} {f.detail}", item=doc.doc_id,
+                               source=doc.source)
                 continue
             texts, image_ids, image_urls, meta = [], [], [], []
             for txt, url, m in zip(doc.texts, doc.image_urls, doc.metadata, strict=True):

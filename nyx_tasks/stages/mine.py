@@ -142,7 +142,7 @@ class MineStage(Stage):
         kept = [qi for qi, q in enumerate(queries) if q["pos_chunk_id"] in pos_of]
         for q in queries:
             if q["pos_chunk_id"] not in pos_of:
-                out.drops.drop("positive_not_in_corpus", q["qa_id"])
+                out.drops.drop("positive_not_in_corpus", q["qa_id"], item=q["qa_id"])
         texts = [d["text"] for d in docs]
         picks, positives, pos_scores, ranked = mine_negatives(
             q_vecs[kept], d_vecs, [pos_of[queries[qi]["pos_chunk_id"]] for qi in kept], doc_ids, texts, cfg)
