@@ -33,11 +33,20 @@ class SnapshotError(StageError):
     """A committed snapshot does not match its manifest (missing, changed or unreadable files)."""
 
 
+class RootError(StageError):
+    """The artifact root cannot be used (unknown protocol, missing driver, a file)."""
+
+
 class ArtifactStore:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
-        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        try:
+            self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        except (ValueError, ImportError) as e:  # unknown protocol; a protocol whose driver is not installed
+            raise RootError(f"artifact root {root!r} cannot be opened: {e}") from e
         self.base = self.base.rstrip("/")
+        if self.base and self.fs.isfile(self.base):
+            raise RootError(f"artifact root {root!r} is a file; give a directory (or a URL of one)")
 
     @property
     def is_local(self) -> bool:

@@ -16,8 +16,36 @@ from .config_rules import ConfigContradiction, check_rules, hidden_size_rules, s
 from .log import drop_table, setup_cli_logging
 from .stages import STAGE_MODULES, STAGE_NAMES, get_stage
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _NyxApp(typer.Typer):
+    """Every failure a user can cause ends in one line on stderr and exit 1; `--debug` (anywhere on
+    the command line) shows the traceback instead."""
+
+    def __call__(self, *args, **kwargs):
+        debug = "--debug" in sys.argv[1:]
+        if debug:
+            sys.argv.remove("--debug")
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as e:
+            if debug:
+                raise
+            what = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            name = "" if isinstance(e, StageError) else f"{type(e).__name__}: "
+            typer.echo(f"error: {name}{what} (run again with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+app = _NyxApp(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Nyx pipeline: NyxQA construction and Nyx retriever training (arXiv 2510.17354).")
+
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="On a failure, show the traceback instead of one line (anywhere on the line).")] = False) -> None:
+    pass  # `--debug` is taken off the command line by _NyxApp before the commands parse it
+
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name in configs/ or a YAML path.")]
 Partition = Annotated[str | None, typer.Option("--partition", help="Partition name (default: the profile's).")]

@@ -126,11 +126,12 @@ class Lease:
             if held.get("owner") == self.owner:
                 self.renew()
                 return None
-            if held.get("expires", 0) > _now() and not _process_gone(held):
+            gone = _process_gone(held)
+            if held.get("expires", 0) > _now() and not gone:
                 return held
             if self._take_over(held):
-                get_logger("lease").warning("%s: took over the lease of %s, expired at %s", self.what,
-                                            held.get("owner"), held.get("expires_at"))
+                get_logger("lease").warning("%s: took over the lease of %s (%s)", self.what, held.get("owner"),
+                                            "its process is gone" if gone else f"expired at {held.get('expires_at')}")
                 return None
         return self.read()
 

@@ -230,10 +230,12 @@ def failure_line(stage: str, step: str, partition: str):
         get_logger(stage).error("%s FAILED (%s, partition %s): %s", stage, step, partition, e)
         raise
     except Exception as e:
-        get_logger(stage).error(
-            "%s FAILED (%s, partition %s): %s: %s. Finished shards are kept; fix the cause and clear the task "
-            "(or re-run `nyx %s --partition %s`) to resume. The traceback follows.",
-            stage, step, partition, type(e).__name__, str(e)[:500], stage, partition)
+        advice = ("nothing was written; fix the cause and clear the task (or re-run `nyx %s --partition %s`)"
+                  if step == "plan" else "Finished shards are kept; fix the cause and clear the task "
+                  "(or re-run `nyx %s --partition %s`) to resume")
+        get_logger(stage).error("%s FAILED (%s, partition %s): %s: %s. " + advice + ". The traceback follows in "
+                                "a task log (on the command line: --debug).",
+                                stage, step, partition, type(e).__name__, str(e)[:500], stage, partition)
         raise
 
 
@@ -284,7 +286,7 @@ def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None,
         config_hash = log_context(stage, cfg, ctx.store, "plan")
         lease = _lease(ctx, opts)
         lease.acquire(wait=opts.wait)
-        with lease:
+        with _released_on_failure(lease), lease:  # the heartbeat stops before the release
             inputs = stage.input_fingerprint(ctx)
             verify_inputs(ctx, inputs, opts.verify)
             key = stable_hash({"config": config_hash, "inputs": inputs})
@@ -489,12 +491,25 @@ def _manifest(ctx: StageContext, plan: dict) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _released_on_failure(lease: Lease):
+    """Give the lease back when the step fails: nothing of this run is left to finish or retry."""
+    try:
+        yield
+    except BaseException:
+        lease.release()
+        raise
+
+
 def run_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None,
               opts: RunOptions | None = None) -> StageResult:
-    """plan -> every shard -> commit, in this process (the CLI path)."""
+    """plan -> every shard -> commit, in this process (the CLI path). A failure gives the lease back:
+    the next run resumes the finished shards of the same attempt."""
     store = store or ArtifactStore(cfg.artifact_root())
     opts = opts or RunOptions()
     shards = plan_stage(stage, cfg, store, opts)
-    for shard in shards:
-        run_shard(stage, cfg, shard, store, opts)
-    return commit_stage(stage, cfg, store, opts)
+    ctx = _context(stage, cfg, store)
+    with _released_on_failure(_lease(ctx, opts)):
+        for shard in shards:
+            run_shard(stage, cfg, shard, store, opts)
+        return commit_stage(stage, cfg, store, opts)

@@ -56,3 +56,24 @@ def test_an_image_server_that_is_down_fails_the_stage_but_a_few_failures_do_not(
 
     m = json.loads((tmp_path / "some/partitions/demo/ingest/_MANIFEST.json").read_text())
     assert m["drops"].get("image_connection_error") == 1 and m["rows_out"] >= 3
+
+
+def test_failures_a_user_can_cause_end_in_one_line_and_debug_shows_the_traceback(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["status", "--root", "nosuchproto://x"], "artifact root 'nosuchproto://x' cannot be opened"),
+        (["ingest", "--root", str(a_file)], "is a file; give a directory"),
+        (["status", "--root", str(a_file)], "is a file; give a directory"),
+        (["ingest", "--root", str(tmp_path / "r"), "--set", "ingest.source.kind=files",
+          "--set", f"ingest.source.paths=[{tmp_path / 'missing.jsonl'}]"], "matches no file"),
+    ]
+    for args, says in cases:
+        r = nyx(*args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert says in line, (args, line)
+    assert not (tmp_path / "r/partitions/demo/ingest/_LEASE.json").exists()  # a failed plan gives the lease back
+    assert not (tmp_path / "r/partitions/demo/ingest/_PLAN.json").exists()
+    r = nyx("--debug", "status", "--root", "nosuchproto://x")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "RootError" in r.stderr
