@@ -299,9 +299,15 @@ def check_entry(store: ArtifactStore, entry: dict, sha: bool = False) -> str | N
 
 
 def snapshot_problems(store: ArtifactStore, manifest: dict, sha: bool = False) -> list[str]:
-    """Every listed file checked against the manifest (bytes and rows; sha256 with `sha`)."""
-    return [p for entries in manifest.get("outputs", {}).values() for e in entries
-            if (p := check_entry(store, e, sha))]
+    """Every listed file checked against the manifest (bytes and rows; sha256 with `sha`), and the
+    listed part files' rows against the manifest's `rows_out` (a file taken off the list)."""
+    problems = [p for entries in manifest.get("outputs", {}).values() for e in entries
+                if (p := check_entry(store, e, sha))]
+    listed = sum(e["rows"] for e in manifest.get("outputs", {}).get("part", []))
+    if "rows_out" in manifest and "part" in manifest.get("outputs", {}) and listed != manifest["rows_out"]:
+        problems.append(f"corrupt: the manifest's part files hold {listed} rows but its rows_out is "
+                        f"{manifest['rows_out']} (a file missing from its list?)")
+    return problems
 
 
 def image_paths(store: ArtifactStore, partition: str, needed: set[str] | None = None) -> dict[str, str]:

@@ -312,3 +312,17 @@ def test_every_drop_is_recorded_with_the_snapshot_and_listed_by_reason(root):
     doc = (REPO / "nyx_tasks/data/sample_obelics" / src).read_text().splitlines()[int(row)]
     assert json.loads(doc)  # the named row is the duplicated document in the source file
     assert "1 item(s) dropped for 'duplicate_document'" in r.stderr
+
+
+def test_a_file_taken_off_the_manifest_is_refused_by_the_next_stage_and_reported(root):
+    """An edited manifest that lists 2 of its 3 files: readers would read 2 files' rows; the next
+    stage's plan refuses the input (rows_out disagrees) and status reports it."""
+    store = ArtifactStore(str(root))
+    m = store.read_json("partitions/demo/ingest/_MANIFEST.json")
+    assert len(m["outputs"]["part"]) >= 2
+    m["outputs"]["part"] = m["outputs"]["part"][1:]
+    store.write_json_atomic("partitions/demo/ingest/_MANIFEST.json", m)
+    with pytest.raises(SnapshotError, match="part files hold .* rows but its rows_out is"):
+        run_stage(get_stage("chunk"), _cfg(root, "force=true"), store)
+    r = nyx("status", "--root", str(root))
+    assert r.returncode == 1 and "rows_out is" in r.stdout
