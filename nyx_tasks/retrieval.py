@@ -2,7 +2,12 @@
 (retrieval scores, then RAG accuracy): a corpus, a published retriever
 checkpoint that embeds it (through the embedding cache), and exact search at a
 Matryoshka dim. What is then asked over the retrieved documents is
-`nyx_tasks.answering`'s."""
+`nyx_tasks.answering`'s.
+
+Identical documents count once: `search` with `distinct=` (the corpus's
+`Corpus.distinct()`) ranks each content (text plus ordered image ids) once, at
+its first occurrence, and `Corpus.representative_id` maps any document id to
+that occurrence's id, so a gold id and its retrieved copy compare equal."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from .artifacts import ArtifactStore, image_paths, iter_stage_batches
 from .embedding import MixedItem, make_embedder
 from .embedding.base import matryoshka
 from .embedding.cache import embed_cached
-from .search import exact_topk
+from .search import Distinct, content_keys, distinct_contents, exact_topk
 from .text_sets import read_corpus
 
 
@@ -29,6 +34,14 @@ class Corpus:
     def items(self):
         return [MixedItem(t, tuple((i, self.paths[i]) for i in ims))
                 for t, ims in zip(self.texts, self.image_ids, strict=True)]
+
+    def distinct(self) -> Distinct:
+        """The first occurrence of each content (text and ordered image ids)."""
+        return distinct_contents(content_keys(self.texts, self.image_ids))
+
+    def representative_id(self, distinct: Distinct) -> dict[str, str]:
+        """Each document id -> the id of its content's first occurrence (what `search` returns)."""
+        return {doc_id: self.ids[r] for doc_id, r in zip(self.ids, distinct.rep.tolist(), strict=True)}
 
 
 def nyxqa_corpus(store: ArtifactStore, partition: str) -> Corpus:
@@ -56,6 +69,8 @@ def embed(embedder, corpus: Corpus, queries, store: ArtifactStore):
     return d_vecs, q_vecs, n_docs + n_q
 
 
-def search(q_vecs, d_vecs, k: int, search_cfg, dim: int | None = None):
-    """Top-k (scores, doc indices) at a Matryoshka dim (truncate, renormalise), best first."""
-    return exact_topk(matryoshka(q_vecs, dim), matryoshka(d_vecs, dim), k, search_cfg)
+def search(q_vecs, d_vecs, k: int, search_cfg, dim: int | None = None, distinct: Distinct | None = None):
+    """Top-k (scores, doc indices) at a Matryoshka dim (truncate, renormalise), best first;
+    with `distinct`, over each content's first occurrence only (identical documents count once)."""
+    keep = None if distinct is None else distinct.keep
+    return exact_topk(matryoshka(q_vecs, dim), matryoshka(d_vecs, dim), k, search_cfg, keep=keep)

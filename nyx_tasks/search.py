@@ -17,15 +17,56 @@ path; FAISS's heap may order them differently.
 
 `auto` takes `torch` when a GPU is visible, else `faiss`; `benchmarks/search.py`
 measures the two side by side on whatever machine runs it.
+
+Identical documents count once: `distinct_contents` keeps the first occurrence
+of each content (a chunk's text plus its ordered image ids, which are content
+hashes; the same text with other images is another document), and
+`exact_topk(..., keep=...)` searches those representatives only, so a content
+takes one rank however often the corpus repeats it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from .config import SearchConfig
 
 FAISS_MIN_QUERY_DIMS = 131072
+
+
+def content_key(text: str, image_ids: Iterable[str] = ()) -> tuple[str, tuple[str, ...]]:
+    """What makes two documents the same: their text and their ordered image ids (content hashes)."""
+    return (text, tuple(image_ids))
+
+
+def content_keys(texts: Sequence[str], image_ids: Sequence[Sequence[str]] | None = None) -> list[tuple]:
+    """`content_key` of every document (`image_ids=None`: text-only documents)."""
+    if image_ids is None:
+        return [content_key(t) for t in texts]
+    return [content_key(t, ims) for t, ims in zip(texts, image_ids, strict=True)]
+
+
+@dataclass(frozen=True)
+class Distinct:
+    """A corpus's distinct contents: `keep`, the corpus index of each content's first occurrence
+    (ascending, int64), and `rep[i]`, the first occurrence of document i's content."""
+
+    keep: np.ndarray
+    rep: np.ndarray
+
+    @property
+    def has_duplicates(self) -> bool:
+        return len(self.keep) < len(self.rep)
+
+
+def distinct_contents(keys: Sequence[Hashable]) -> Distinct:
+    """First occurrence of each key (a `content_key`, or any hashable standing for a content)."""
+    first: dict = {}
+    rep = np.fromiter((first.setdefault(k, i) for i, k in enumerate(keys)), dtype=np.int64, count=len(keys))
+    return Distinct(np.fromiter(first.values(), dtype=np.int64, count=len(first)), rep)
 
 
 def resolve_backend(backend: str) -> str:
@@ -39,10 +80,15 @@ def resolve_backend(backend: str) -> str:
         return "faiss"
 
 
-def exact_topk(queries: np.ndarray, docs: np.ndarray, k: int, cfg=None) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(queries: np.ndarray, docs: np.ndarray, k: int, cfg=None,
+               keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores (Q, k) float32, doc indices (Q, k) int64), best first. `cfg` is a
-    SearchConfig (None: the defaults)."""
+    SearchConfig (None: the defaults). `keep` (e.g. `distinct_contents(...).keep`):
+    search only these rows of `docs`; the indices returned are still rows of `docs`."""
     cfg = cfg or SearchConfig()
+    if keep is not None and len(keep) < docs.shape[0]:
+        scores, ids = exact_topk(queries, docs[keep], k, cfg)
+        return scores, np.where(ids >= 0, np.asarray(keep, dtype=np.int64)[np.maximum(ids, 0)], -1)
     k_eff = min(k, docs.shape[0])
     if queries.shape[0] == 0 or k_eff == 0:
         scores, ids = np.zeros((queries.shape[0], k_eff), np.float32), np.zeros((queries.shape[0], k_eff), np.int64)

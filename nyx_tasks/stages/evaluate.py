@@ -2,7 +2,9 @@
 MRR against the positive chunk) and RAG accuracy (retrieve top-1, the VLM
 answers the multiple-choice question, constrained to the options), at every
 Matryoshka dimension, for the stage-1 and stage-2 models side by side; the
-held-out text-only sets by answer F1 / EM after top-1 retrieval.
+held-out text-only sets by answer F1 / EM after top-1 retrieval. Identical
+documents (same text and images) take one rank, and retrieving a copy of the
+gold chunk counts as retrieving the gold.
 
 Output: the results table (long format, with bootstrap intervals) and a report
 under `<root>/reports/<partition>-<key>/` (Markdown + plots: accuracy vs
@@ -42,9 +44,17 @@ class ModelRun:
     backend: Any
 
 
+def content_scores(ids: list[str], gold_of: dict[str, str], ranked, gold_ids: list[str], ks) -> dict:
+    """`retrieval_scores` by content: each query's ranked corpus indices (best first, -1 pads) and
+    gold chunk id are mapped to their content's first occurrence (`gold_of`, from
+    `Corpus.representative_id`), so retrieving a copy of the gold (same text and images) is a hit."""
+    ranked_ids = [[gold_of.get(ids[d], ids[d]) for d in row if d >= 0] for row in ranked]
+    return retrieval_scores(ranked_ids, [gold_of.get(g, g) for g in gold_ids], ks)
+
+
 class EvaluateStage(Stage):
     name = "evaluate"
-    version = 1
+    version = 2  # 2: identical documents take one rank, a copy of the gold counts as a hit
     inputs = ("filter", "chunk", "ingest", "train_stage1", "train_stage2")
     outputs = {"part": "eval_results"}
     execution_only = (*GENERATION_TUNING, *RETRIEVAL_TUNING)
@@ -103,15 +113,18 @@ class EvaluateStage(Stage):
         queries = [MixedItem(q["query"], tuple((i, corpus.paths[i]) for i in q["query_image_ids"])) for q in qa]
         d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
         out.extra[f"{model}_embedded"] += n_new
+        distinct = corpus.distinct()  # identical documents take one rank; a copy of the gold is the gold
+        gold_of = corpus.representative_id(distinct)
         rows, reqs, where = [], [], []
         for dim in cfg.dims:
-            _, ranked = search(q_vecs, d_vecs, max(cfg.ks), cfg.search, dim)
+            _, ranked = search(q_vecs, d_vecs, max(cfg.ks), cfg.search, dim, distinct)
             for split in cfg.splits:
                 idx = [i for i, q in enumerate(qa) if q["split"] == split]
                 if not idx:
                     continue
-                ranked_ids = [[corpus.ids[d] for d in ranked[i] if d >= 0] for i in idx]
-                for metric, values in retrieval_scores(ranked_ids, [qa[i]["pos_chunk_id"] for i in idx], cfg.ks).items():
+                scored = content_scores(corpus.ids, gold_of, [ranked[i] for i in idx],
+                                        [qa[i]["pos_chunk_id"] for i in idx], cfg.ks)
+                for metric, values in scored.items():
                     rows.append(self._row(cfg, model, "nyxqa", split, dim, metric, values))
                 for i in idx:  # RAG: the VLM answers over the top-1 document
                     reqs.append(asking.request(qa[i]["query"], qa[i]["query_image_ids"], [int(ranked[i][0])],
@@ -130,9 +143,10 @@ class EvaluateStage(Stage):
         cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, 0)
         d_vecs, q_vecs, _ = embed(embedder, corpus, [MixedItem(q.question) for q in questions], ctx.store)
+        distinct = corpus.distinct()
         reqs, where = [], []
         for dim in cfg.dims:
-            _, ranked = search(q_vecs, d_vecs, 1, cfg.search, dim)
+            _, ranked = search(q_vecs, d_vecs, 1, cfg.search, dim, distinct)
             for i, q in enumerate(questions):
                 reqs.append(asking.request(q.question, [], [int(ranked[i][0])]))
                 where.append((dim, i))

@@ -212,14 +212,15 @@ def source_corpus(ctx: StageContext, source: str) -> tuple[Corpus, dict[str, dic
 
 
 def rank(ctx: StageContext, data: FeedbackShard, out: ShardOutputs) -> Ranking:
-    """Step 1: the top-K documents of every query with the stage-1 checkpoint (counts `embedded`)."""
+    """Step 1: the top-K documents of every query with the stage-1 checkpoint (counts `embedded`);
+    identical documents (same text and images) take one rank, at their first occurrence."""
     cfg, corpus = ctx.cfg.feedback, data.corpus
     ckpt = stage_checkpoint(ctx.store, ctx.partition, "train_stage1")
     embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
     queries = [MixedItem(r["query"], tuple((i, corpus.paths[i]) for i in r["query_image_ids"])) for r in data.rows]
     d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
     out.extra["embedded"] += n_new
-    scores, ranked = search(q_vecs, d_vecs, cfg.top_k, cfg.search)
+    scores, ranked = search(q_vecs, d_vecs, cfg.top_k, cfg.search, distinct=corpus.distinct())  # a content ranks once
     hits = [[int(d) for d in ranked[qi] if d >= 0] for qi in range(len(data.rows))]
     return Ranking(scores, ranked, hits, embedder.model_id)
 
@@ -330,7 +331,7 @@ class FeedbackStage(Stage):
     window helps are dropped by name (`no_helpful_window`)."""
 
     name = "feedback"
-    version = 1
+    version = 2  # 2: identical documents take one rank
     inputs = ("mine", "filter", "train_stage1", "chunk", "ingest")
     outputs = {"part": "triplets", "windows": "feedback_windows"}
     execution_only = ("shard_queries", *GENERATION_TUNING, *RETRIEVAL_TUNING)

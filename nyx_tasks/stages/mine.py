@@ -1,9 +1,14 @@
 """`mine` (paper: NyxQA hard negatives): embed the NyxQA queries and the
 partition's chunk corpus with the miner (mmE5 in the paper profile), exact
 inner-product search of the top `range_max`, skip ranks before `range_min`,
-drop the positive by chunk id (two chunks with the same text but different
-images are different documents) and documents whose text equals the
-positive's, optionally guard against false negatives, keep `num_negatives`.
+drop the positive and documents whose text equals the positive's, optionally
+guard against false negatives, keep `num_negatives`.
+
+Identical documents count once: a document is its content (text plus ordered
+image ids; two chunks with the same text but different images are different
+documents), the search runs over the first occurrence of each content, so a
+repeated document takes one rank, a query never gets the same content twice,
+and a copy of the positive is the positive (never a negative).
 
 The same stage mines the text-only sets (`mine.text_sets`: HotpotQA,
 2WikiMultiHopQA, MuSiQue as local Parquet/JSONL) against their own corpus with
@@ -27,7 +32,7 @@ from ..config import MineConfig, stable_hash
 from ..embedding import MixedItem, make_embedder
 from ..embedding.cache import embed_cached
 from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
-from ..search import exact_topk
+from ..search import content_keys, distinct_contents, exact_topk
 from ..text_sets import fingerprint, read_corpus, read_questions
 
 
@@ -39,25 +44,33 @@ class Picked:
     excluded: dict[str, int]
 
 
-def select_negatives(ranked: list[int], scores: list[float], pos: int, doc_ids: list[str], doc_texts: list[str],
+def select_negatives(ranked: list[int], scores: list[float], pos: int, doc_keys: list, doc_texts: list[str],
                      cfg: MineConfig, pos_score: float) -> Picked:
     """Pick negatives from one query's ranked doc indices (best first).
 
-    The positive (by id), documents with the positive's text (if
-    `exclude_same_text`) and, with the guard on, candidates scoring above
-    pos - |pos| x margin are removed first; of the remaining candidates the
-    first `range_min` are skipped and the next `num_negatives` kept, within the
-    top `range_max`. This is sentence-transformers' `mine_hard_negatives`
-    order (positives never take a rank), which the benchmark checks against."""
+    `doc_keys[d]` is document d's content (`search.content_key`; unique ids
+    work too): equal keys are one document. The positive and its copies,
+    documents with the positive's text (if `exclude_same_text`) and, with the
+    guard on, candidates scoring above pos - |pos| x margin are removed first,
+    and a content already seen in the ranking takes no second rank; of the
+    remaining candidates the first `range_min` are skipped and the next
+    `num_negatives` kept, within the top `range_max`. This is
+    sentence-transformers' `mine_hard_negatives` order (positives never take a
+    rank, the corpus is deduplicated), which the benchmark checks against."""
     kept: list[tuple[int, float, int]] = []
-    excluded = {"positive": 0, "same_text": 0, "guard": 0}
+    excluded = {"positive": 0, "same_text": 0, "guard": 0, "duplicate": 0}
     threshold = None if cfg.false_negative_margin is None else pos_score - abs(pos_score) * cfg.false_negative_margin
+    seen = set()
     for rank, d in enumerate(ranked):
         if d < 0:
             break
-        if doc_ids[d] == doc_ids[pos]:
+        if doc_keys[d] == doc_keys[pos]:
             excluded["positive"] += 1
             continue
+        if doc_keys[d] in seen:
+            excluded["duplicate"] += 1
+            continue
+        seen.add(doc_keys[d])
         if cfg.exclude_same_text and doc_texts[d] == doc_texts[pos]:
             excluded["same_text"] += 1
             continue
@@ -76,32 +89,39 @@ def search_depth(cfg: MineConfig) -> int:
     return cfg.range_max + cfg.search_slack
 
 
-def mine_negatives(q_vecs, d_vecs, positives: list[int] | None, doc_ids: list[str], doc_texts: list[str],
+def mine_negatives(q_vecs, d_vecs, positives: list[int] | None, doc_keys: list, doc_texts: list[str],
                    cfg: MineConfig) -> tuple[list[Picked], list[int], list[float], list[list[int]]]:
-    """Search, then select per query: (picks, positive indices, positive scores,
-    ranked doc indices). `positives=None` takes each query's top-1 retrieved
-    document as its positive (paper: the text-only sets)."""
+    """Search over the distinct contents (`doc_keys`, see `select_negatives`), then
+    select per query: (picks, positive indices, positive scores, ranked doc
+    indices, each content's first occurrence only). `positives=None` takes each
+    query's top-1 retrieved document as its positive (paper: the text-only sets)."""
     import numpy as np
 
-    scores, ranked = exact_topk(q_vecs, d_vecs, search_depth(cfg), cfg.search)
+    distinct = distinct_contents(doc_keys)
+    scores, ranked = exact_topk(q_vecs, d_vecs, search_depth(cfg), cfg.search, keep=distinct.keep)
     ranked_l, scores_l = ranked.tolist(), scores.tolist()
     if positives is None:
         positives = [r[0] for r in ranked_l]
     pos_scores = np.einsum("ij,ij->i", q_vecs, d_vecs[positives]).tolist() if positives else []
-    picks = [select_negatives(ranked_l[i], scores_l[i], p, doc_ids, doc_texts, cfg, pos_scores[i])
+    picks = [select_negatives(ranked_l[i], scores_l[i], p, doc_keys, doc_texts, cfg, pos_scores[i])
              for i, p in enumerate(positives)]
     return picks, positives, pos_scores, ranked_l
+
+
+def positive_rank(hits: list[int], pos: int, doc_keys: list) -> int:
+    """The rank of the positive's content among a query's hits, -1 when it is not there."""
+    return next((r for r, d in enumerate(hits) if d >= 0 and doc_keys[d] == doc_keys[pos]), -1)
 
 
 class MineStage(Stage):
     name = "mine"
     config_key = "mine"
-    version = 2
+    version = 3  # 3: identical documents count once
     inputs = ("filter", "chunk", "ingest")
     outputs = {"part": "triplets"}
     execution_only = ("search.query_batch", "search.doc_chunk", "search.backend", "embedder.batch_size",
                       "embedder.device", "text_embedder.batch_size", "text_embedder.device")
-    doc = "Embed queries and chunks with the miner, exact top-k search, skip top ranks, drop the positive by id, keep 5."
+    doc = "Embed queries and chunks with the miner, exact top-k search over distinct contents, skip top ranks, drop the positive, keep 5."
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
         sets = {f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.mine.text_sets}  # a missing file fails first
@@ -143,10 +163,11 @@ class MineStage(Stage):
         for q in queries:
             if q["pos_chunk_id"] not in pos_of:
                 out.drops.drop("positive_not_in_corpus", q["qa_id"], item=q["qa_id"])
-        texts = [d["text"] for d in docs]
+        texts, images = [d["text"] for d in docs], [d["image_ids"] for d in docs]
+        mined = Mined(doc_ids, texts, images, embedder.model_id, content_keys(texts, images))
+        out.extra["duplicate_documents"] += len(docs) - len(set(mined.keys))
         picks, positives, pos_scores, ranked = mine_negatives(
-            q_vecs[kept], d_vecs, [pos_of[queries[qi]["pos_chunk_id"]] for qi in kept], doc_ids, texts, cfg)
-        mined = Mined(doc_ids, texts, [d["image_ids"] for d in docs], embedder.model_id)
+            q_vecs[kept], d_vecs, [pos_of[queries[qi]["pos_chunk_id"]] for qi in kept], mined.keys, texts, cfg)
         rows = []
         for qi, pos, p, pos_score, hits in zip(kept, positives, picks, pos_scores, ranked, strict=True):
             q = queries[qi]
@@ -172,8 +193,9 @@ class MineStage(Stage):
         out.extra[f"{ts.name}_embedded_documents"] += n_new_docs
         out.extra[f"{ts.name}_embedded_queries"] += n_new_q
         doc_ids, texts = [d.doc_id for d in corpus], [d.text for d in corpus]
-        picks, positives, pos_scores, ranked = mine_negatives(q_vecs, d_vecs, None, doc_ids, texts, cfg)
-        mined = Mined(doc_ids, texts, [[] for _ in doc_ids], embedder.model_id)
+        mined = Mined(doc_ids, texts, [[] for _ in doc_ids], embedder.model_id, content_keys(texts))
+        out.extra[f"{ts.name}_duplicate_documents"] += len(texts) - len(set(mined.keys))
+        picks, positives, pos_scores, ranked = mine_negatives(q_vecs, d_vecs, None, mined.keys, texts, cfg)
         out.write([_triplet(out, cfg, mined, p, (pos, pos_score, hits),
                             source=ts.name, qa_id=q.qid, query=q.question, query_image_ids=[],
                             answer=q.answers[0], answers=q.answers, split="train", modality="text_only")
@@ -188,6 +210,7 @@ class Mined:
     texts: list[str]
     image_ids: list[list[str]]
     miner_id: str
+    keys: list  # each document's content key: equal keys are one document
 
 
 def _triplet(out: ShardOutputs, cfg: MineConfig, mined: Mined, p: Picked, positive: tuple[int, float, list[int]],
@@ -203,7 +226,7 @@ def _triplet(out: ShardOutputs, cfg: MineConfig, mined: Mined, p: Picked, positi
     ids, texts, images = mined.ids, mined.texts, mined.image_ids
     return {
         **query, "pos_chunk_id": ids[pos], "pos_text": texts[pos], "pos_image_ids": images[pos],
-        "pos_score": pos_score, "pos_rank": hits.index(pos) if pos in hits else -1,
+        "pos_score": pos_score, "pos_rank": positive_rank(hits, pos, mined.keys),
         "neg_chunk_ids": [ids[d] for d in p.indices], "neg_texts": [texts[d] for d in p.indices],
         "neg_image_ids": [images[d] for d in p.indices], "neg_scores": p.scores, "neg_ranks": p.ranks,
         "miner_id": mined.miner_id, "miner_hash": stable_hash(mined.miner_id),

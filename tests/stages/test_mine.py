@@ -34,7 +34,7 @@ def test_positive_excluded_by_id_when_texts_collide():
     assert 12 not in p.indices and p.excluded["same_text"] == 1  # paper default: same text skipped too
     p = pick(ranked, texts=texts, exclude_same_text=False)
     assert 12 in p.indices and 3 not in p.indices  # only the positive's id is excluded
-    assert p.excluded == {"positive": 1, "same_text": 0, "guard": 0}
+    assert p.excluded == {"positive": 1, "same_text": 0, "guard": 0, "duplicate": 0}
 
 
 def test_false_negative_guard():
