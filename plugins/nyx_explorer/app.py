@@ -7,16 +7,19 @@
     /p/<partition>/negatives           mined triplets: positive and hard negatives with scores and ranks
     /p/<partition>/feedback            stage-2 feedback windows: the documents shown (text and images),
                                        the VLM's answer and its score per window
+    /p/<partition>/drops/<stage>       the stage's drop records (shard, reason, item, source, row, detail,
+                                       count), filterable by reason; the reasons with the manifest's counts
     /p/<partition>/evaluation          report.md rendered (tables, plots in a grid), the results table
     /p/<partition>/report/<plot>.png   a plot of the report
     /images/<aa>/<sha>.<ext>           an image of the root's content-addressed store
 
-Every route requires an Airflow user (`auth.require_explorer_access`). Mounted by the plugin under
+Every list reads only the rows of the page it shows (`tables`). Every route requires an Airflow user (`auth.require_explorer_access`). Mounted by the plugin under
 /nyx; links are built from the mount's root path, so the app also works behind `[api] base_url`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,7 +32,7 @@ from .auth import login_redirect, require_explorer_access
 from .report_md import render_report
 
 TEMPLATES = Path(__file__).with_name("templates")
-PER_PAGE = {"qa": 20, "negatives": 10, "feedback": 10}
+PER_PAGE = {"qa": 20, "negatives": 10, "feedback": 10, "drops": 50}
 templates = Jinja2Templates(directory=str(TEMPLATES))
 router = APIRouter()
 
@@ -73,17 +76,18 @@ def partition(request: Request, partition: str):
                   stages=data.stage_summaries(st, partition))
 
 def listing(request: Request, partition: str, stage: str, page: int, filters: dict[str, str]):
-    """A page of `stage`'s rows whose columns equal every non-empty filter, with each filter's choices."""
+    """A page of `stage`'s rows whose columns equal every non-empty filter, with each filter's
+    choices: only the page's rows are read (`tables.page_of`)."""
     st = store(request)
     partition_or_404(st, partition)
     context = {"query_token": data.placeholder(st, partition, "filter")} if stage == "filter" else {}
-    rows = data.stage_rows(st, partition, stage)
-    items = [r for r in rows or [] if all(not v or r[k] == v for k, v in filters.items())]
+    out = data.output(st, partition, stage)
     template = {"filter": "qa", "mine": "negatives"}[stage]
-    return render(request, f"{template}.html", partition=partition, missing=rows is None,
-                  page=data.paginate(items, page, PER_PAGE[template]), filters=filters,
-                  choices={k: sorted({r[k] for r in rows or []}) for k in filters},
-                  images=data.images(st, partition), segments=data.segments,
+    shown, choices = (data.page_of(out, page, PER_PAGE[template], filters) if out is not None
+                      else (data.paginate([], 1, PER_PAGE[template]), {k: [] for k in filters}))
+    return render(request, f"{template}.html", partition=partition, missing=out is None,
+                  page=shown, filters=filters, choices=choices,
+                  images=data.images(st, partition, data.image_ids_of(shown.items)), segments=data.segments,
                   text_token=data.placeholder(st, partition, "chunk"), **context)
 
 
@@ -101,33 +105,53 @@ def negatives(request: Request, partition: str, page: int = 1, source: str = "",
 def feedback(request: Request, partition: str, page: int = 1, source: str = ""):
     st = store(request)
     partition_or_404(st, partition)
-    windows = data.stage_rows(st, partition, "feedback", kind="windows")
-    queries: dict[tuple, list] = {}
-    for w in windows or []:
-        if not source or w["source"] == source:
-            queries.setdefault((w["source"], w["qa_id"]), []).append(w)
-    for ws in queries.values():
+    windows = data.output(st, partition, "feedback", "windows")
+    shown, sources = (data.query_page(windows, page, PER_PAGE["feedback"], source) if windows is not None
+                      else (data.paginate([], 1, PER_PAGE["feedback"]), []))  # only this page's rows are read below
+    by_query: dict[tuple, list] = {k: [] for k in shown.items}
+    for w in data.rows_for(windows, shown.items):
+        by_query[(w["source"], w["qa_id"])].append(w)
+    for ws in by_query.values():
         ws.sort(key=lambda w: w["window"])
-    triplets = {(r["source"], r["qa_id"]): r for r in data.stage_rows(st, partition, "mine") or []}
-    chosen = {(r["source"], r["qa_id"]): r for r in data.stage_rows(st, partition, "feedback") or []}
-    shown = data.paginate(list(queries.items()), page, PER_PAGE["feedback"])
+    triplets = {(r["source"], r["qa_id"]): r for r in data.rows_for(data.output(st, partition, "mine"), shown.items)}
+    chosen = {(r["source"], r["qa_id"]): r for r in data.rows_for(data.output(st, partition, "feedback"), shown.items)}
     wanted: dict[str, set[str]] = {}
-    for (src, _), ws in shown.items:  # only this page's documents are looked up
+    for (src, _), ws in by_query.items():
         wanted.setdefault(src, set()).update(d for w in ws for d in w["doc_ids"])
+    documents = data.documents(st, partition, wanted)
+    image_ids = data.image_ids_of([*triplets.values(), *documents.values()])
     return render(request, "feedback.html", partition=partition, missing=windows is None,
-                  page=shown, filters={"source": source},
-                  choices={"source": sorted({w["source"] for w in windows or []})},
-                  triplets=triplets, chosen=chosen, documents=data.documents(st, partition, wanted),
-                  images=data.images(st, partition), segments=data.segments,
+                  page=replace(shown, items=list(by_query.items())), filters={"source": source},
+                  choices={"source": sources}, triplets=triplets, chosen=chosen, documents=documents,
+                  images=data.images(st, partition, image_ids), segments=data.segments,
                   query_token=data.placeholder(st, partition, "filter"),
                   text_token=data.placeholder(st, partition, "chunk"),
                   manifest=data.manifest(st, partition, "feedback") or {})
+
+
+@router.get("/p/{partition}/drops/{stage}", response_class=HTMLResponse, name="drops")
+def drops(request: Request, partition: str, stage: str, page: int = 1, reason: str = ""):
+    """A stage's drop records (output kind `drops`), a page at a time, filterable by reason."""
+    st = store(request)
+    partition_or_404(st, partition)
+    if stage not in data.STAGE_NAMES:
+        raise HTTPException(404, f"no stage {stage!r}")
+    m = data.manifest(st, partition, stage)
+    out = data.output(st, partition, stage, "drops")
+    shown = (data.page_of(out, page, PER_PAGE["drops"], {"reason": reason})[0] if out is not None
+             else data.paginate([], 1, PER_PAGE["drops"]))
+    counts = sorted(((m or {}).get("drops") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return render(request, "drops.html", partition=partition, stage=stage, missing=m is None,
+                  recorded=out is not None, page=shown, filters={"reason": reason}, reasons=counts,
+                  dropped=sum(n for _, n in counts), flow=data.STAGE_FLOW.get(stage, {}))
+
 
 @router.get("/p/{partition}/evaluation", response_class=HTMLResponse, name="evaluation")
 def evaluation(request: Request, partition: str):
     st = store(request)
     partition_or_404(st, partition)
-    rows = data.stage_rows(st, partition, "evaluate")
+    results = data.output(st, partition, "evaluate")  # a row per model, dataset, split, dim, metric: small
+    rows = data.read_range(results, 0, results.rows) if results is not None else None
     plots = data.report_plots(st, partition)
     plot_base = f"{request.scope.get('root_path', '').rstrip('/')}/p/{quote(partition, safe='')}/report/"
 

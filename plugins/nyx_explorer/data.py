@@ -1,5 +1,6 @@
 """What the explorer reads from an artifact root, Airflow-agnostic: partitions, stage manifests,
-stage tables (cached by their manifest's output hash), image locations, the evaluation report.
+stage outputs (a page or the looked-up rows at a time, through `tables`), image locations, the
+evaluation report.
 
 Every read goes through `nyx_tasks.artifacts` (manifests list the files, so a half-written stage
 is never seen). Paths that come from a URL or a manifest are checked here: `image_rel` and
@@ -10,17 +11,27 @@ read through `read_regular`: a regular file inside the root, never through a sym
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import stat
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
-from nyx_tasks.artifacts import ArtifactStore, image_paths, iter_stage_batches, read_stage_table
+from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.config import load_config
 from nyx_tasks.stages import STAGE_NAMES
+
+from .tables import (
+    Output,
+    Page,
+    find_rows,
+    is_regular,
+    iter_batches,
+    page_of,
+    paginate,
+    query_page,
+    read_range,
+)
+
+__all__ = ["Page", "is_regular", "page_of", "paginate", "query_page", "read_range"]  # the app reads tables through data
 
 PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")  # the DAG's partition param pattern
 # images/<sha[:2]>/<sha>.<ext>: the store's content-addressed layout (`ArtifactStore.image_rel`)
@@ -121,31 +132,41 @@ def stage_summaries(store, partition: str) -> list[dict]:
 # --------------------------------------------------------------------- tables
 
 
-def stage_rows(store, partition: str, stage: str, kind: str = "part") -> list[dict] | None:
-    """A completed stage's output as a list of dicts, or None when the stage has not run (or has no
-    output of that kind). Cached per output hash: a recomputed stage is read again."""
+def output(store, partition: str, stage: str, kind: str = "part") -> Output | None:
+    """A completed stage's output of that kind (read a page at a time through `tables`), or None
+    when the stage has not run or has no output of that kind."""
     m = manifest(store, partition, stage)
     if m is None or kind not in (m.get("outputs") or {}):
         return None
-    return _rows_cached(store.root, partition, stage, kind, m.get("output_hash", ""))
+    return Output(store, m, kind)
 
 
-@lru_cache(maxsize=16)
-def _rows_cached(root: str, partition: str, stage: str, kind: str, output_hash: str) -> list[dict]:
-    return read_stage_table(store_for(root), partition, stage, kind=kind).to_pylist()
+def image_ids_of(rows: list[dict]) -> set[str]:
+    """Every image id the rows name (in any `*image_ids` field, lists of lists included)."""
+    found: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v)
+
+    for r in rows:
+        for k, v in r.items():
+            if k.endswith("image_ids"):
+                walk(v)
+    return found
 
 
-def images(store, partition: str) -> dict[str, str]:
-    """image_id -> path under `images/` (the URL tail of the image route), from ingest's tables."""
-    m = manifest(store, partition, "ingest")
-    if m is None:
+def images(store, partition: str, wanted: set[str]) -> dict[str, str]:
+    """image_id -> path under `images/` (the URL tail of the image route) for the wanted ids, from
+    ingest's image tables (streamed; only the matches are kept)."""
+    out = output(store, partition, "ingest", "images")
+    if out is None or not wanted:
         return {}
-    return _images_cached(store.root, partition, m.get("output_hash", ""))
-
-
-@lru_cache(maxsize=8)
-def _images_cached(root: str, partition: str, output_hash: str) -> dict[str, str]:
-    return {iid: rel.removeprefix("images/") for iid, rel in image_paths(store_for(root), partition).items()}
+    return {r["image_id"]: r["path"].removeprefix("images/")
+            for r in find_rows(out, "image_id", wanted, ["image_id", "path"])}
 
 
 def documents(store, partition: str, wanted: dict[str, set[str]]) -> dict[tuple[str, str], dict]:
@@ -153,29 +174,46 @@ def documents(store, partition: str, wanted: dict[str, set[str]]) -> dict[tuple[
     are chunks: read from the chunk stage (only the wanted rows are kept); a text set's corpus
     lives outside the root, so its documents are found where mine or feedback stored their text
     (positives and negatives of their triplets). Documents found nowhere are left out."""
+    found: dict[tuple[str, str], dict] = {}
+    chunks = output(store, partition, "chunk")
+    if wanted.get("nyxqa") and chunks is not None:
+        for r in find_rows(chunks, "chunk_id", wanted["nyxqa"], ["chunk_id", "text", "image_ids"]):
+            found[("nyxqa", r["chunk_id"])] = {"text": r["text"], "image_ids": r["image_ids"]}
+    for stage in ("mine", "feedback"):
+        missing = {s: left for s, ids in wanted.items() if (left := ids - {d for src, d in found if src == s})}
+        out = output(store, partition, stage)
+        if not missing:
+            break
+        if out is None:
+            continue
+        for t in _triplets_naming(out, missing):
+            docs = [(t["pos_chunk_id"], t["pos_text"], t["pos_image_ids"]),
+                    *zip(t["neg_chunk_ids"], t["neg_texts"], t["neg_image_ids"], strict=True)]
+            for doc_id, text, image_ids in docs:
+                if doc_id in missing.get(t["source"], ()):
+                    found.setdefault((t["source"], doc_id), {"text": text, "image_ids": image_ids})
+    return found
+
+
+TRIPLET_DOCS = ["source", "pos_chunk_id", "pos_text", "pos_image_ids", "neg_chunk_ids", "neg_texts", "neg_image_ids"]
+
+
+def _triplets_naming(out: Output, wanted: dict[str, set[str]]):
+    """The triplets (their document columns) whose positive or a negative is a wanted document of
+    their source, streamed batch by batch."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    found: dict[tuple[str, str], dict] = {}
-    chunk_ids = wanted.get("nyxqa") or set()
-    if chunk_ids and manifest(store, partition, "chunk") is not None:
-        ids = pa.array(sorted(chunk_ids), pa.string())
-        for batch in iter_stage_batches(store, partition, "chunk", columns=["chunk_id", "text", "image_ids"]):
-            table = pa.Table.from_batches([batch])
-            for r in table.filter(pc.is_in(table.column("chunk_id"), value_set=ids)).to_pylist():
-                found[("nyxqa", r["chunk_id"])] = {"text": r["text"], "image_ids": r["image_ids"]}
-    if any(ids - {d for s, d in found if s == source} for source, ids in wanted.items()):
-        for stage in ("mine", "feedback"):
-            for t in stage_rows(store, partition, stage) or []:
-                ids = wanted.get(t["source"])
-                if not ids:
-                    continue
-                docs = [(t["pos_chunk_id"], t["pos_text"], t["pos_image_ids"]),
-                        *zip(t["neg_chunk_ids"], t["neg_texts"], t["neg_image_ids"], strict=True)]
-                for doc_id, text, image_ids in docs:
-                    if doc_id in ids:
-                        found.setdefault((t["source"], doc_id), {"text": text, "image_ids": image_ids})
-    return found
+    ids = pa.array(sorted(set().union(*wanted.values())), pa.string())
+    sources = pa.array(sorted(wanted), pa.string())
+    for batch in iter_batches(out, TRIPLET_DOCS):
+        negs = batch.column("neg_chunk_ids")
+        hit = pc.is_in(pc.list_flatten(negs), value_set=ids)
+        rows = pc.list_parent_indices(negs).filter(hit)
+        mask = pc.is_in(batch.column("pos_chunk_id"), value_set=ids).to_numpy(zero_copy_only=False).copy()
+        mask[rows.to_numpy(zero_copy_only=False)] = True
+        keep = pc.and_(pa.array(mask), pc.is_in(batch.column("source"), value_set=sources))
+        yield from batch.filter(keep).to_pylist()
 
 
 def placeholder(store, partition: str, stage: str) -> str:
@@ -198,29 +236,6 @@ def segments(text: str, image_ids: list[str], token: str) -> list[tuple[str, str
     return out
 
 
-# --------------------------------------------------------------- pagination
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Any]
-    number: int  # 1-based
-    pages: int
-    total: int
-    per_page: int
-
-    @property
-    def first_index(self) -> int:
-        return (self.number - 1) * self.per_page
-
-
-def paginate(items: list, number: int, per_page: int) -> Page:
-    pages = max(1, math.ceil(len(items) / per_page))
-    number = min(max(1, number), pages)
-    start = (number - 1) * per_page
-    return Page(items[start:start + per_page], number, pages, len(items), per_page)
-
-
 # -------------------------------------------------------------------- safety
 
 
@@ -238,28 +253,6 @@ def image_media_type(rel: str) -> str:
 def read_image(store, rel: str) -> bytes | None:
     """The bytes of `rel` (from `image_rel`), or None when it is not a regular file of the root."""
     return read_regular(store, rel)
-
-
-def is_regular(store, rel: str) -> bool:
-    """`rel` (relative to the root, no `..`, not absolute) names a regular file inside the root.
-    On a local root the path is resolved: a symlink anywhere below the root, a link out of it
-    or anything but a plain file is refused."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-        return False
-    if store.is_local:
-        base = os.path.realpath(store.base)
-        path = os.path.join(base, *parts)
-        if os.path.realpath(path) != path:  # a symlink on the way (or the file itself is one)
-            return False
-        try:
-            return stat.S_ISREG(os.lstat(path).st_mode)
-        except OSError:
-            return False
-    try:
-        return store.fs.info(store.path(rel)).get("type") == "file"
-    except (OSError, ValueError):
-        return False
 
 
 def read_regular(store, rel: str) -> bytes | None:
@@ -339,3 +332,14 @@ def _metric_order(metric: str) -> tuple:
     if m := re.fullmatch(r"recall@(\d+)", metric):
         return (3, int(m.group(1)), metric)
     return (4 if metric == "mrr" else 5, 0, metric)
+
+
+# ------------------------------------------------------------------ feedback
+
+
+def rows_for(out: Output | None, keys: list[tuple[str, str]]) -> list[dict]:
+    """The rows of `out` whose (source, qa_id) is one of `keys` (a page's queries), in file order."""
+    if out is None or not keys:
+        return []
+    wanted = set(keys)
+    return [r for r in find_rows(out, "qa_id", {qa for _, qa in keys}) if (r["source"], r["qa_id"]) in wanted]

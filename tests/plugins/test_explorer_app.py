@@ -181,7 +181,7 @@ def test_partition_page_shows_every_stage_with_the_manifest_counts(client, explo
         assert (int(rows_in), int(rows_out)) == (m["rows_in"], m["rows_out"]), stage
         card = re.search(rf'<div class="card" id="stage-{stage}">(.*?)</div>\s*(?=<div class="card"|</main>)',
                          r.text, re.S).group(1)
-        shown = dict((k, int(v)) for k, v in re.findall(r"<tr><td><code>([^<]+)</code></td><td class=\"num\">(\d+)</td></tr>",
+        shown = dict((k, int(v)) for k, v in re.findall(r"<tr><td>(?:<a [^>]+>)?<code>([^<]+)</code>(?:</a>)?</td><td class=\"num\">(\d+)</td></tr>",
                                                         card.split("<details>")[0]))
         assert shown == m["drops"], stage  # every drop reason, by name, with its count
     assert manifest(explorer_root, "feedback")["drops"] == {"no_helpful_window": 2}
@@ -338,6 +338,33 @@ def test_feedback_windows_show_each_documents_text_and_images(client, explorer_r
         score = text_of(re.search(r'<td class="num score">(.*?)</td>', row, re.S).group(1))
         assert score == f"{w['score']:.2f}"
     assert with_images > 0  # the fixture shows image-bearing chunks
+
+
+def test_feedback_pages_its_queries_in_order_and_keeps_the_source_filter(client, explorer_root, monkeypatch):
+    from nyx_explorer import app as explorer_app
+
+    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+
+    monkeypatch.setitem(explorer_app.PER_PAGE, "feedback", 2)
+    windows = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "feedback", kind="windows").to_pylist()
+    order = list(dict.fromkeys((w["source"], w["qa_id"]) for w in windows))  # by first window
+    shown, rows = [], {}
+    for n in (1, 2, 3):
+        page = client.get(f"/p/{PARTITION}/feedback?page={n}").text
+        assert f"page {n} of 3 &middot; {len(order)} in all" in page
+        shown += [(html.unescape(s), html.unescape(q))
+                  for s, q in re.findall(r'<div class="card feedback-query" data-source="([^"]+)" data-qa-id="([^"]+)">', page)]
+        rows.update(window_rows(page))
+    assert shown == order and len(rows) == len(windows)  # every query once, each with all its windows
+    source = order[-1][0]
+    assert source != "nyxqa"
+    mine = [k for k in order if k[0] == source]
+    monkeypatch.setitem(explorer_app.PER_PAGE, "feedback", 1)
+    only = client.get(f"/p/{PARTITION}/feedback", params={"source": source, "page": 99}).text  # past the end: the last
+    last = len(mine)
+    assert last > 1 and f"page {last} of {last} &middot; {len(mine)} in all" in only and f"?page=1&amp;source={source}" in only
+    got = re.findall(r'<div class="card feedback-query" data-source="([^"]+)" data-qa-id="([^"]+)">', only)
+    assert [(html.unescape(s), html.unescape(q)) for s, q in got] == mine[-1:]
 
 
 def report_section(page: str) -> str:
@@ -627,3 +654,242 @@ def test_loading_the_plugin_imports_neither_fastapi_nor_pyarrow():
     out = subprocess.run([sys.executable, "-c", code, str(REPO / "plugins")], capture_output=True, text=True,
                          timeout=120, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------- drop records
+
+
+def drop_records(root: Path, stage: str) -> list[dict]:
+    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+
+    return read_stage_table(ArtifactStore(str(root)), PARTITION, stage, kind="drops").to_pylist()
+
+
+def record_rows(page: str) -> list[tuple[str, str, str, str, str, str, int]]:
+    """The drop records a drops page shows: (shard, reason, item, source, row, detail, count)."""
+    out = []
+    for row in re.findall(r'<tr class="drop">(.*?)</tr>', page, re.S):
+        cells = [text_of(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        out.append((*cells[:6], int(cells[6])))
+    return out
+
+
+def as_shown(r: dict) -> tuple:
+    return (r["shard"], r["reason"], r["item"] or "", r["source"] or "", "" if r["row"] is None else str(r["row"]),
+            r["detail"], r["count"])
+
+
+def test_partition_page_links_each_drop_reason_to_its_records(client, explorer_root):
+    r = client.get(f"/p/{PARTITION}")
+    m = manifest(explorer_root, "ingest")
+    assert "drops" in m["outputs"] and len(m["drops"]) == 9  # the demo sample: 9 documents, 9 reasons
+    card = re.search(r'<div class="card" id="stage-ingest">(.*?)</div>\s*(?=<div class="card"|</main>)', r.text, re.S).group(1)
+    links = dict(re.findall(r'<a class="drop-reason" href="([^"]+)"><code>([^<]+)</code></a>', card))
+    assert sorted(links.values()) == sorted(m["drops"])
+    for href, reason in links.items():
+        assert href == f"/p/{PARTITION}/drops/ingest?reason={reason}"
+    assert f'href="/p/{PARTITION}/drops/ingest"' in card  # every record
+    for href, reason in links.items():  # each link shows that reason's records, and only them
+        page = client.get(href.replace("&amp;", "&"))
+        shown = record_rows(page.text)
+        assert shown and {s[1] for s in shown} == {reason}
+        assert sum(s[6] for s in shown) == m["drops"][reason]
+
+
+def test_drops_page_lists_every_record_with_the_manifests_reasons(client, explorer_root):
+    m = manifest(explorer_root, "ingest")
+    records = drop_records(explorer_root, "ingest")
+    assert sum(r["count"] for r in records) == sum(m["drops"].values()) == 9
+    r = client.get(f"/p/{PARTITION}/drops/ingest")
+    assert r.status_code == 200 and f"page 1 of 1 &middot; {len(records)} in all" in r.text
+    assert record_rows(r.text) == [as_shown(x) for x in records]  # in the record's order, every field
+    reasons = re.search(r'<table class="drops" id="reasons">(.*?)</table>', r.text, re.S).group(1)
+    listed = dict(re.findall(r'<a href="\?reason=([^"]+)"><code>[^<]+</code></a></td><td class="num">(\d+)</td>', reasons))
+    assert {k: int(v) for k, v in listed.items()} == m["drops"]
+    unknown = client.get(f"/p/{PARTITION}/drops/ingest", params={"reason": "no_such_reason"})
+    assert unknown.status_code == 200 and "0 in all" in unknown.text and not record_rows(unknown.text)
+
+
+def test_drops_page_pages_and_keeps_the_reason_filter(client, explorer_root, monkeypatch):
+    from nyx_explorer import app as explorer_app
+
+    monkeypatch.setitem(explorer_app.PER_PAGE, "drops", 2)
+    records = [as_shown(x) for x in drop_records(explorer_root, "ingest")]
+    pages = -(-len(records) // 2)
+    seen = []
+    for n in range(1, pages + 1):
+        seen += record_rows(client.get(f"/p/{PARTITION}/drops/ingest?page={n}").text)
+    assert seen == records
+    last = client.get(f"/p/{PARTITION}/drops/ingest?page=999")  # past the end: the last page, as other lists
+    assert f"page {pages} of {pages}" in last.text and record_rows(last.text) == records[2 * (pages - 1):]
+    reason = records[0][1]
+    only = client.get(f"/p/{PARTITION}/drops/ingest", params={"reason": reason})
+    assert record_rows(only.text) == [x for x in records if x[1] == reason][:2]
+
+
+def test_drops_page_of_a_stage_without_records_or_not_run_or_unknown(client, explorer_root):
+    m = manifest(explorer_root, "sample")
+    assert not m["drops"] and m["outputs"]["drops"] == []
+    r = client.get(f"/p/{PARTITION}/drops/sample")
+    assert r.status_code == 200 and "0 in all" in r.text and "no drop records" in r.text and not record_rows(r.text)
+    assert "Stage <b>train_stage1</b> has no output" in client.get(f"/p/{PARTITION}/drops/train_stage1").text
+    assert client.get(f"/p/{PARTITION}/drops/nope").status_code == 404
+    assert client.get(f"/p/{PARTITION}/drops/..%2Fingest").status_code == 404
+    fb = client.get(f"/p/{PARTITION}/drops/feedback")  # the fixture's own stage: 2 no_helpful_window records
+    assert [x[1] for x in record_rows(fb.text)] == ["no_helpful_window"] * 2
+
+
+def test_drops_of_a_snapshot_without_records_and_records_outside_the_root(explorer_root, auth_manager, tmp_path):
+    from nyx_tasks.artifacts import SnapshotError
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(explorer_root, copy, symlinks=True)
+    path = copy / "partitions" / PARTITION / "ingest" / "_MANIFEST.json"
+    m = json.loads(path.read_text())
+    entries = m["outputs"].pop("drops")
+    path.write_text(json.dumps(m))  # a snapshot from before stages recorded their drops
+    c = app_over(copy, auth_manager)
+    r = c.get(f"/p/{PARTITION}/drops/ingest")
+    assert r.status_code == 200 and "has no drop records (written before" in r.text
+    assert sum(int(n) for n in re.findall(r'<td class="num">(\d+)</td>', r.text)) == 9  # the manifest's counts
+    stages = c.get(f"/p/{PARTITION}").text
+    card = re.search(r'<div class="card" id="stage-ingest">(.*?)</div>\s*(?=<div class="card"|</main>)', stages, re.S).group(1)
+    assert len(re.findall(r"<tr><td><code>[^<]+</code></td>", card.split("<details>")[0])) == 9  # not linked
+    assert "/drops/ingest" not in stages and "/drops/chunk?reason=" in stages  # linked only where records are
+    outside = tmp_path / "outside.parquet"
+    shutil.copy(copy / entries[0]["path"], outside)
+    m["outputs"]["drops"] = [{**entries[0], "path": "../outside.parquet"}]
+    path.write_text(json.dumps(m))
+    with pytest.raises(SnapshotError, match="not a regular file"):  # never read from outside the root
+        c.get(f"/p/{PARTITION}/drops/ingest")
+    (copy / entries[0]["path"]).unlink()
+    (copy / entries[0]["path"]).symlink_to(outside)
+    m["outputs"]["drops"] = entries
+    path.write_text(json.dumps(m))
+    with pytest.raises(SnapshotError, match="not a regular file"):  # nor through a symlink
+        c.get(f"/p/{PARTITION}/drops/ingest")
+
+
+# ------------------------------------------------------------------ a paper-scale table
+
+BIG = 300_005  # triplets: a paper-scale `mine` output (a last page of 5)
+LOREM = "lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt " * 4
+
+
+def _triplets(start: int, n: int):
+    """Rows start..start+n of the big table as an Arrow table of the real schema; every third
+    row's source is `mmeb`, each text names its row."""
+    import pyarrow as pa
+
+    from nyx_tasks.schema import TRIPLETS
+
+    ks = range(start, start + n)
+    cols = {"source": ["mmeb" if k % 3 == 0 else "nyxqa" for k in ks], "qa_id": [f"q{k:07d}" for k in ks],
+            "query": [f"what does passage {k} say?" for k in ks], "query_image_ids": [[]] * n,
+            "answer": [f"a{k}" for k in ks], "answers": [[f"a{k}"] for k in ks],
+            "pos_chunk_id": [f"c{k}" for k in ks], "pos_text": [f"passage {k}: {LOREM}" for k in ks],
+            "pos_image_ids": [[]] * n, "pos_score": [0.5] * n, "pos_rank": [k % 20 for k in ks],
+            "neg_chunk_ids": [[f"n{k}-{j}" for j in range(3)] for k in ks],
+            "neg_texts": [[f"negative {k}-{j}: {LOREM}" for j in range(3)] for k in ks],
+            "neg_image_ids": [[[], [], []]] * n, "neg_scores": [[0.4, 0.3, 0.2]] * n, "neg_ranks": [[10, 11, 12]] * n,
+            "split": ["train" if k % 2 else "dev" for k in ks], "modality": ["text"] * n,
+            "miner_id": ["test"] * n, "miner_hash": ["h"] * n}
+    return pa.Table.from_pydict(cols, schema=TRIPLETS)
+
+
+def write_big(root: str) -> None:
+    """A partition whose `mine` snapshot has BIG triplets in three files, written by the project's
+    writer: row groups of 20k rows, one file of a single 100k-row group, and a last file of 4."""
+    from nyx_tasks.artifacts import ArtifactStore
+
+    store = ArtifactStore(root)
+    entries, start = [], 0
+    for shard, groups in enumerate(([20_000] * 5, [100_000], [25_000, 25_000, 25_000, 25_005])):
+        rel = f"partitions/{PARTITION}/mine/attempts/big/part-{shard:05d}.parquet"
+        with store.parquet_writer(rel, _triplets(0, 0).schema, "mine/part") as w:
+            for n in groups:
+                w.write_table(_triplets(start, n))
+                start += n
+            entries.append(w.close())
+    assert start == BIG
+    store.write_json_atomic(f"partitions/{PARTITION}/mine/_MANIFEST.json", {
+        "stage": "mine", "partition": PARTITION, "status": "complete", "output_hash": "big", "config_hash": "c",
+        "config": {}, "rows_in": BIG, "rows_out": BIG, "drops": {}, "extra": {},
+        "outputs": {"part": entries}, "schemas": {"part": "triplets"}, "shards": [{}, {}, {}]})
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory) -> Path:
+    """`write_big`'s root, written by another process: the memory it took is not this one's."""
+    root = tmp_path_factory.mktemp("big") / "artifacts"
+    code = "import sys; from tests.plugins.test_explorer_app import write_big; write_big(sys.argv[1])"
+    out = subprocess.run([sys.executable, "-c", code, str(root)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root
+
+
+def triplet_cards(page: str) -> list[tuple[int, str, str]]:
+    """(the number shown, qa_id, positive text) of each triplet on a negatives page."""
+    cards = page.split('<div class="card triplet">')[1:]
+    return [(int(re.search(r"<h3>#(\d+)", c).group(1)), re.search(r'mono">(q\d+)</span>', c).group(1),
+             text_of(re.search(r'<tr class="positive">.*?<div class="passage">(.*?)</div>', c, re.S).group(1)))
+            for c in cards]
+
+
+def test_pages_of_a_paper_scale_table_read_only_their_rows(big_root, auth_manager):
+    """A 300k-row `mine` output (about 1 GB as Python rows): pages from its start, middle and
+    end, unfiltered and filtered, cost the API server a bounded amount of memory, and show the
+    rows a direct read has there."""
+    import gc
+    import threading
+    import time
+
+    import psutil
+
+    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+
+    c = app_over(big_root, auth_manager)
+    pages = -(-BIG // 10)
+    mmeb = len(range(0, BIG, 3))
+    requests = [("", 1), ("", pages // 2), ("", 10_001), ("", pages - 1), ("", pages), ("", pages + 7),
+                ("mmeb", 1), ("mmeb", mmeb // 20), ("mmeb", -(-mmeb // 10))]
+    assert c.get(f"/p/{PARTITION}/negatives").status_code == 200  # warm-up: imports, templates, the filter scan
+    assert c.get(f"/p/{PARTITION}/negatives", params={"source": "mmeb"}).status_code == 200
+    gc.collect()
+    proc = psutil.Process()
+    before, shown, samples, done = proc.memory_info().rss, {}, [], threading.Event()
+
+    def sample() -> None:  # the peak during requests, not only between them
+        while not done.is_set():
+            samples.append(proc.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for source, number in requests:
+            r = c.get(f"/p/{PARTITION}/negatives", params={"page": number, "source": source})
+            assert r.status_code == 200
+            shown[(source, number)] = r.text
+    finally:
+        done.set()
+        sampler.join()
+    growth = (max(samples) - before) / 2**20
+    print(f"RSS growth (peak) across {len(requests)} pages of {BIG} rows: {growth:.1f} MiB, {len(samples)} samples")
+    assert growth < 60, f"{growth:.0f} MiB"
+
+    table = read_stage_table(ArtifactStore(str(big_root)), PARTITION, "mine", columns=["source", "qa_id", "pos_text"])
+    every = list(range(BIG))
+    only = every[::3]  # the mmeb rows
+    for (source, number), page in shown.items():
+        rows = only if source else every
+        last = -(-len(rows) // 10)
+        number = min(number, last)  # past the end: the last page (as before)
+        assert f"page {number} of {last} &middot; {len(rows)} in all" in page
+        want = rows[(number - 1) * 10:number * 10]
+        expected = [(i + 1 + (number - 1) * 10, table["qa_id"][k].as_py(), table["pos_text"][k].as_py().strip())
+                    for i, k in enumerate(want)]
+        assert [(n, q, t.strip()) for n, q, t in triplet_cards(page)] == expected, (source, number)
+        assert not source or all(table["source"][k].as_py() == source for k in want)
+    assert len(triplet_cards(shown[("", pages)])) == 5 and shown[("", pages + 7)] == shown[("", pages)]
