@@ -798,24 +798,29 @@ def _triplets(start: int, n: int):
 
 
 def write_big(root: str) -> None:
-    """A partition whose `mine` snapshot has BIG triplets in three files, written by the project's
-    writer: row groups of 20k rows, one file of a single 100k-row group, and a last file of 4."""
+    """A partition whose `mine` snapshot has BIG triplets in three files: row groups of 20k rows,
+    one file of a single 100k-row group, and a last file of 4."""
+    write_mine(root, ([20_000] * 5, [100_000], [25_000, 25_000, 25_000, 25_005]))
+
+
+def write_mine(root: str, files: tuple[list[int], ...], attempt: str = "big") -> None:
+    """A `mine` snapshot written by the project's writer: one file per entry of `files`, one row
+    group per number in it (the rows `_triplets` makes, numbered on across files)."""
     from nyx_tasks.artifacts import ArtifactStore
 
     store = ArtifactStore(root)
     entries, start = [], 0
-    for shard, groups in enumerate(([20_000] * 5, [100_000], [25_000, 25_000, 25_000, 25_005])):
-        rel = f"partitions/{PARTITION}/mine/attempts/big/part-{shard:05d}.parquet"
+    for shard, groups in enumerate(files):
+        rel = f"partitions/{PARTITION}/mine/attempts/{attempt}/part-{shard:05d}.parquet"
         with store.parquet_writer(rel, _triplets(0, 0).schema, "mine/part") as w:
             for n in groups:
                 w.write_table(_triplets(start, n))
                 start += n
             entries.append(w.close())
-    assert start == BIG
     store.write_json_atomic(f"partitions/{PARTITION}/mine/_MANIFEST.json", {
-        "stage": "mine", "partition": PARTITION, "status": "complete", "output_hash": "big", "config_hash": "c",
-        "config": {}, "rows_in": BIG, "rows_out": BIG, "drops": {}, "extra": {},
-        "outputs": {"part": entries}, "schemas": {"part": "triplets"}, "shards": [{}, {}, {}]})
+        "stage": "mine", "partition": PARTITION, "status": "complete", "output_hash": attempt, "config_hash": "c",
+        "config": {}, "rows_in": start, "rows_out": start, "drops": {}, "extra": {},
+        "outputs": {"part": entries}, "schemas": {"part": "triplets"}, "shards": [{} for _ in files]})
 
 
 @pytest.fixture(scope="module")
@@ -893,3 +898,21 @@ def test_pages_of_a_paper_scale_table_read_only_their_rows(big_root, auth_manage
         assert [(n, q, t.strip()) for n, q, t in triplet_cards(page)] == expected, (source, number)
         assert not source or all(table["source"][k].as_py() == source for k in want)
     assert len(triplet_cards(shown[("", pages)])) == 5 and shown[("", pages + 7)] == shown[("", pages)]
+
+
+def test_a_recomputed_stage_is_read_again_and_pages_span_files_and_row_groups(auth_manager, tmp_path):
+    """The filter scans kept between requests are keyed by the files' sizes and hashes: a stage
+    recomputed under the same root is scanned again. Pages that straddle row groups and files
+    show the rows in order."""
+    root = tmp_path / "artifacts"
+    write_mine(str(root), ([3, 4], [1], [], [7]), attempt="one")  # 15 rows, an empty file
+    c = app_over(root, auth_manager)
+    first = c.get(f"/p/{PARTITION}/negatives", params={"source": "mmeb"}).text
+    assert "5 in all" in first  # rows 0, 3, 6, 9, 12
+    assert [q for _, q, _ in triplet_cards(c.get(f"/p/{PARTITION}/negatives").text)] == [f"q{k:07d}" for k in range(10)]
+    second = triplet_cards(c.get(f"/p/{PARTITION}/negatives?page=2").text)
+    assert [(n, q) for n, q, _ in second] == [(11 + k, f"q{10 + k:07d}") for k in range(5)]
+    write_mine(str(root), ([30],), attempt="one")  # recomputed in place: 30 rows in its first file
+    page = c.get(f"/p/{PARTITION}/negatives", params={"source": "mmeb"}).text
+    assert "10 in all" in page
+    assert [q for _, q, _ in triplet_cards(page)] == [f"q{k:07d}" for k in range(0, 30, 3)]
