@@ -113,5 +113,6 @@ class CompleteCheckpoints(TrainerCallback):
         folder = self.ckpt_dir / f"checkpoint-{state.global_step}"
         mark_step_complete(folder, state.global_step)
         gone = rotate_step_checkpoints(self.ckpt_dir, self.keep)
-        self.log.info("checkpoint %s complete (model, optimizer, scheduler, rng, step)%s", folder,
+        self.log.info("checkpoint saved at step %d (model, optimizer, scheduler, rng, step) under %s, marked "
+                      "complete%s", state.global_step, folder,
                       f"; removed the older {', '.join(p.name for p in gone)}" if gone else "")
