@@ -240,15 +240,16 @@ def repair_hint(manifest: dict) -> str:
     return f"re-run `nyx {manifest.get('stage', '?')} --partition {manifest.get('partition', '?')} --force`"
 
 
-def read_manifest(store: ArtifactStore, partition: str, stage: str) -> dict:
-    """A committed stage's manifest; a clear error when it is missing or unreadable."""
+def read_manifest(store: ArtifactStore, partition: str, stage: str, missing_ok: bool = False) -> dict | None:
+    """A committed stage's manifest; a clear error when it is unreadable, and when it is missing
+    unless `missing_ok` (then None)."""
     rel = manifest_rel(partition, stage)
     try:
         manifest = store.read_json(rel)
     except (ValueError, UnicodeDecodeError) as e:
         raise SnapshotError(f"{stage}: the manifest {store.url(rel)} is not valid JSON ({e}); "
                             f"re-run `nyx {stage} --partition {partition} --force`") from e
-    if manifest is None:
+    if manifest is None and not missing_ok:
         raise FileNotFoundError(
             f"stage {stage!r} has no manifest for partition {partition!r} under {store.root}: "
             f"run `nyx {stage} --partition {partition}` first"

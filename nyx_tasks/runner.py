@@ -73,8 +73,7 @@ class StageContext:
         return f"{base}/{name}" if name else base
 
     def input_manifest(self, stage: str) -> dict:
-        m = read_manifest(self.store, self.partition, stage) if self.store.exists(
-            f"{ArtifactStore.stage_rel(self.partition, stage)}/{MANIFEST}") else None
+        m = read_manifest(self.store, self.partition, stage, missing_ok=True)
         if m is None:
             raise StageError(
                 f"{self.stage.name}: input stage {stage!r} is not complete for partition "
@@ -253,8 +252,7 @@ def _lease(ctx: StageContext, opts: RunOptions) -> Lease:
 def _committed(ctx: StageContext) -> dict | None:
     """The committed manifest, None when there is none or it is unreadable (then the stage recomputes)."""
     try:
-        return read_manifest(ctx.store, ctx.partition, ctx.stage.output) if ctx.store.exists(
-            ctx.stage_rel(MANIFEST)) else None
+        return read_manifest(ctx.store, ctx.partition, ctx.stage.output, missing_ok=True)
     except SnapshotError as e:
         ctx.log.warning("%s; recomputing", e)
         return None
@@ -264,9 +262,9 @@ def verify_inputs(ctx: StageContext, inputs: dict[str, str], sha: bool) -> None:
     """Refuse an input snapshot (a stage of this partition the fingerprint names) that does not
     match its manifest, in one line naming the file and the repairing command."""
     for name in inputs:
-        if ":" in name or not ctx.store.exists(f"{ArtifactStore.stage_rel(ctx.partition, name)}/{MANIFEST}"):
+        manifest = None if ":" in name else read_manifest(ctx.store, ctx.partition, name, missing_ok=True)
+        if manifest is None:
             continue  # a text set, a dataset, a checkpoint: not a stage snapshot
-        manifest = ctx.input_manifest(name)
         problems = snapshot_problems(ctx.store, manifest, sha)
         if problems:
             raise SnapshotError(f"{ctx.stage.name}: input {name!r} of partition {ctx.partition} does not match "

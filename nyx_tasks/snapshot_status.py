@@ -46,12 +46,12 @@ def stage_status(store: ArtifactStore, partition: str, stage: str, verify: bool 
                  ) -> tuple[dict | None, list[str]]:
     """(the manifest or None, the problems and stale notes found)."""
     stage_rel = ArtifactStore.stage_rel(partition, stage)
-    if not store.exists(f"{stage_rel}/{MANIFEST}"):
-        return None, []
     try:
-        manifest = read_manifest(store, partition, stage)
+        manifest = read_manifest(store, partition, stage, missing_ok=True)
     except SnapshotError as e:
         return None, [f"unreadable manifest: {e}"]
+    if manifest is None:
+        return None, []
     found = snapshot_problems(store, manifest, verify) + _extra_files(store, stage_rel, manifest)
     return manifest, found + _stale(store, partition, stage_rel, manifest)
 
@@ -59,8 +59,7 @@ def stage_status(store: ArtifactStore, partition: str, stage: str, verify: bool 
 def dropped(store: ArtifactStore, partition: str, stage: str, reason: str | None) -> Iterator[dict]:
     """A committed stage's drop record (all reasons for None); nothing for a stage without one."""
     try:
-        manifest = read_manifest(store, partition, stage) if store.exists(
-            f"{ArtifactStore.stage_rel(partition, stage)}/{MANIFEST}") else None
+        manifest = read_manifest(store, partition, stage, missing_ok=True)
     except SnapshotError:
         return
     if not manifest or not manifest.get("outputs", {}).get("drops"):
