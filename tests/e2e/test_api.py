@@ -3,6 +3,7 @@
 scheduler, a task's log read back with the stage's counts in it, and a
 backfill of one stage DAG that runs that stage only."""
 
+import contextlib
 import json
 import re
 
@@ -84,6 +85,15 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     # a backfill of one stage DAG: exactly that stage runs, for each date's partition. Backfill runs
     # need the DAG unpaused; the daily run that unpausing fires is skipped by the gate.
     assert server.api("PATCH", "/dags/nyx_stage_ingest", json={"is_paused": False}).status_code == 200
+
+    def scheduled_run_settled():  # create the backfill only once the scheduler has finished that run:
+        # on SQLite, the API inserting backfill runs while the scheduler updates dag_run rows once
+        # crashed the scheduler loop (StaleDataError), and the backfill never ran
+        runs = server.api("GET", "/dags/nyx_stage_ingest/dagRuns").json().get("dag_runs", [])
+        return [r for r in runs if r["run_type"] == "scheduled" and r["state"] in ("success", "failed")]
+
+    with contextlib.suppress(TimeoutError):  # no scheduled run to wait for: nothing races the backfill
+        server.wait_for("the run unpausing fired has finished", scheduled_run_settled, 120, every=2)
 
     def create_backfill():  # SQLite answers 503 "Database is locked" while the scheduler writes: ask again
         r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": "2026-01-01T00:00:00Z",
