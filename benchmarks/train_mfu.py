@@ -176,7 +176,7 @@ def main() -> None:
     processor = AutoProcessor.from_pretrained(tiny)  # the real Qwen2.5-VL processor, the tiny tokenizer
     processor.tokenizer.padding_side = "right"
     dims = [128, 64, 32, 16] if args.tiny else [2048, 1024, 512, 256]
-    cfg = TrainConfig(per_device_batch_size=args.batch, max_pixels=400 * 28 * 28, negatives_per_query=1,
+    cfg = TrainConfig(per_device_batch_size=args.batch, max_pixels=400 * 28 * 28, negatives={"per_query": 1},
                       max_steps=args.steps, learning_rate=1e-4, loss={"dims": dims, "weights": [1, 1, 0.2, 0.2]},
                       num_gpus=world if on_gpu else 0)
     cap_image_pixels(processor, cfg.max_pixels)

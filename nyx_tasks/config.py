@@ -320,7 +320,10 @@ class LoraSettings(_Model):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    use_dora: bool = False
+    use_dora: bool = Field(False, description="DoRA: a learned magnitude per output feature on top of LoRA "
+                           "(the released code trains with it on).")
+    init: Literal["default", "gaussian"] = Field(
+        "default", description="Initial A matrix: peft's default (Kaiming-uniform) or gaussian (the released code's).")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1, description="Projection names inside the language model's decoder layers (the vision "
@@ -358,7 +361,19 @@ class TrainSource(_Model):
     dataset: str | None = Field(None, description="kind=dataset: the name given to `nyx import`.")
     weight: float = Field(1.0, ge=0, description="Rows per epoch = weight x rows (after the cap): 0.5 samples "
                           "half without replacement, 2 repeats every row twice.")
-    max_rows: int | None = Field(None, ge=1, description="Cap: keep at most this many rows (a seeded sample).")
+    exclude: list[str] = Field(default_factory=list, description="Drop rows whose `source` is one of these "
+                               "(an imported dataset's `source` is its subset, e.g. Classification).")
+    max_rows: int | None = Field(None, ge=1, description="Cap: keep at most this many rows (see cap_order).")
+    max_rows_per_subset: int | None = Field(
+        None, ge=1, description="Cap each `source` value (an imported dataset's subset, a text set) at this "
+        "many rows before `max_rows` (released code: 5,000 per subset in stage 1, 30,000 in stage 2).")
+    cap_order: Literal["sample", "first"] = Field(
+        "sample", description="Which rows a cap keeps: a seeded sample, or the first ones in file order "
+        "(the released code's `split[:N]`).")
+    query_instruction: str | None = Field(
+        None, description="Instruction put before this source's queries; null: the stage's `query_instruction` "
+        "for partition sources (NyxQA, text sets), none for kind=dataset, whose queries carry their own "
+        "(MMEB, mmE5); \"\" for none.")
     split: str | None = Field("train", description="Keep rows of this split only (null: every split).")
     required: bool = Field(True, description="An empty source is an error; when false it is skipped with a log line.")
 
@@ -381,6 +396,15 @@ class TrainSource(_Model):
         return self
 
 
+class NegativeSettings(_Model):
+    """Hard negatives per query in a training step, picked from the row's mined ones (rank order)."""
+
+    per_query: int = Field(1, ge=0, description="Hard negatives per query (the released code: 1 of the 5 mined).")
+    choice: Literal["first", "random"] = Field(
+        "random", description="first: the highest-ranked (hardest) ones, the released code's `neg[:ratio]`; "
+        "random: a seeded sample per epoch, kept in rank order.")
+
+
 class TrainConfig(_Model):
     """Contrastive training of the Nyx embedder (paper: stage 1 / stage 2)."""
 
@@ -389,7 +413,7 @@ class TrainConfig(_Model):
     init_from: Literal["base", "stage1"] = Field(
         "base", description="stage 2 only: start from the base model or from the stage-1 model.")
     sources: list[TrainSource] = Field(default_factory=lambda: [TrainSource(name="nyxqa", kind="mine")], min_length=1)
-    negatives_per_query: int = Field(1, ge=0, description="Hard negatives per query (the paper's code used 1 of 5).")
+    negatives: NegativeSettings = NegativeSettings()
     query_instruction: str = "Please retrieve the most relevant document to answer the question."
     image_placeholder: str = "<image>"
     max_pixels: int = Field(400 * 28 * 28, ge=28 * 28, description="Pixel cap per image (paper: 400 x 28 x 28).")
@@ -398,7 +422,13 @@ class TrainConfig(_Model):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="> 0 overrides epochs.")
     per_device_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int | None = Field(
+        None, ge=1, description="Micro-steps per optimiser step; null: derived from global_batch_size, or 1.")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Examples per optimiser step over all GPUs: gradient accumulation becomes "
+        "global_batch_size / (per_device_batch_size x max(num_gpus, 1)), which must divide evenly "
+        "(released code: 512 in stage 1, 1344 in stage 2). The in-batch negatives of a micro-step stay "
+        "per_device_batch_size x num_gpus.")
     learning_rate: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -413,6 +443,42 @@ class TrainConfig(_Model):
     num_gpus: int = Field(0, ge=0, description="0: train on the CPU in one process; N: torchrun over N GPUs.")
     deepspeed: bool = Field(True, description="ZeRO-2 through DeepSpeed when training on GPUs.")
     dataloader_workers: int = Field(2, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_negatives_key(cls, data: Any) -> Any:
+        # configs written before `negatives:` said `negatives_per_query: N`
+        if isinstance(data, dict) and "negatives_per_query" in data:
+            data = dict(data)
+            n = data.pop("negatives_per_query")
+            if isinstance(data.get("negatives"), dict) and "per_query" in data["negatives"]:
+                raise ValueError("give negatives.per_query only (negatives_per_query is its old name)")
+            data["negatives"] = {**(data.get("negatives") or {}), "per_query": n}
+        return data
+
+    @model_validator(mode="after")
+    def _global_batch_divides(self) -> TrainConfig:
+        if self.global_batch_size is None:
+            return self
+        per_step = self.per_device_batch_size * max(self.num_gpus, 1)
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) is not a multiple of per_device_batch_size "
+                f"({self.per_device_batch_size}) x GPUs ({max(self.num_gpus, 1)}) = {per_step}; change one of them")
+        acc = self.global_batch_size // per_step
+        if self.gradient_accumulation_steps is not None and self.gradient_accumulation_steps != acc:
+            raise ValueError(
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) contradicts global_batch_size "
+                f"({self.global_batch_size}) / (per_device_batch_size {self.per_device_batch_size} x "
+                f"{max(self.num_gpus, 1)} GPUs) = {acc}; set one of them")
+        return self
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-steps per optimiser step: from global_batch_size when set."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps or 1
+        return self.global_batch_size // (self.per_device_batch_size * max(self.num_gpus, 1))
 
 
 class FeedbackConfig(_Model):
@@ -453,6 +519,30 @@ class EvaluateConfig(_Model):
     max_images: int = Field(10, ge=0)
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
     prompt_version: str = Field("v1", pattern=r"^v\d+$")
+    protocol: Literal["paper", "strict"] = Field(
+        "strict", description="strict: the NyxQA query is the question alone, the VLM's answer is constrained "
+        "to the option texts (`answer_mc`) and judged by `option_match`; the text-only sets retrieve over their "
+        "full corpus. paper: the released code's protocol (experiments/nyxqa/exp1.py, eval_utils.py, "
+        "experiments/text-only/*): the NyxQA query is 'Question: <q>' plus 'Choices: <the option texts, comma "
+        "separated>', the VLM answers free-form (`answer_paper_mc`, no schema) and scores 1 when its normalised "
+        "answer equals the correct option's normalised text; the text-only sets retrieve over the union of "
+        "`union_embedder`'s top `union_top_k` per question (make_t2t_corpus.py) and are answered with "
+        "`answer_paper_free`. The report and every results row name the protocol.")
+    union_top_k: int = Field(
+        20, ge=1, description="paper protocol: each question adds its top this-many passages (by "
+        "`union_embedder`, from its set's corpus) to the text-only retrieval corpus (released code: FlashRAG's "
+        "E5 top 20).")
+    union_embedder: EmbedderConfig | None = Field(
+        None, description="paper protocol: the embedder whose top `union_top_k` make the text-only union corpus "
+        "(paper: E5-base-v2 with 'query: ' / 'passage: '); null: `mine.text_embedder`.")
+    union_questions: Literal["all", "evaluated"] = Field(
+        "all", description="paper protocol: whose top passages form the union corpus: every question in the "
+        "sets' question files (released code: every dev question, before the evaluated sample) or only the "
+        "questions evaluated.")
+    sample_seed: int | None = Field(
+        None, description="Draw each text set's `max_questions` at random with this seed instead of taking the "
+        "first ones in file order (paper: 250 random dev questions per set; the released code ships the sample, "
+        "not how it was drawn); null: file order.")
 
 
 class AirflowSettings(_Model):

@@ -77,12 +77,12 @@ def check_rules(cfg) -> list[str]:
         tr = getattr(cfg, name)
         kinds = {s.kind for s in tr.sources}
         if kinds & {"mine", "negatives"}:
-            rules.append((tr.negatives_per_query <= m.num_negatives,
-                          f"{name}.negatives_per_query ({tr.negatives_per_query}) <= mine.num_negatives "
+            rules.append((tr.negatives.per_query <= m.num_negatives,
+                          f"{name}.negatives.per_query ({tr.negatives.per_query}) <= mine.num_negatives "
                           f"({m.num_negatives}): what mining keeps per query"))
         if "feedback" in kinds:
-            rules.append((tr.negatives_per_query <= fb.num_negatives,
-                          f"{name}.negatives_per_query ({tr.negatives_per_query}) <= feedback.num_negatives "
+            rules.append((tr.negatives.per_query <= fb.num_negatives,
+                          f"{name}.negatives.per_query ({tr.negatives.per_query}) <= feedback.num_negatives "
                           f"({fb.num_negatives}): what feedback keeps per query"))
     for model in ev.models:
         trained = getattr(cfg, f"train_{model}").loss.dims

@@ -11,7 +11,9 @@ Layouts (paper: Nyx is trained on NyxQA plus MMEB-train and mmE5's synthetic dat
   `LAION_Synthetic.tar.gz`): the same six columns, all strings; lists (several negatives, several
   images) are Python-literal strings such as "['a', 'b']" (mmE5's loader `eval`s them).
 
-Both parsers also accept real lists, so JSONL written by hand works too. Each image is read once,
+Both parsers also accept real lists, so JSONL written by hand works too. A row's `source` is its
+subset: the name of the folder holding its file (`ImageNet_1K`, `Retrieval`), which train sources
+select, exclude and cap by (`select`, `exclude`, `max_rows_per_subset`). Each image is read once,
 decoded with Pillow and stored content-addressed (image_id = sha256 of the bytes). A row is dropped
 by named reason (missing_image_file, unreadable_image, empty_query, empty_positive, malformed_*),
 never a crash; a negative whose image is unusable is skipped and counted. Output:
@@ -27,6 +29,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from .artifacts import ArtifactStore
 from .base import code_version
@@ -180,9 +183,16 @@ def modality(n_query_images: int, n_pos_images: int) -> str:
     return "text_only" if n == 0 else "single_image" if n == 1 else "multi_image"
 
 
+def subset_of(url: str) -> str:
+    """A file's subset: the name of the folder holding it, as both public layouts store them
+    (MMEB-train `ImageNet_1K/original-*.parquet`, mmE5-synthetic `Retrieval/*.parquet`)."""
+    return PurePosixPath(url.split("://", 1)[-1].rstrip("/")).parent.name
+
+
 def convert_row(raw: dict, i: int, name: str, layout: Layout, images: _Images, token: re.Pattern,
-                placeholder: str, extra: Counter) -> tuple[dict | None, str]:
-    """One source row -> (TRIPLETS row, "") or (None, drop reason)."""
+                placeholder: str, extra: Counter, subset: str = "") -> tuple[dict | None, str]:
+    """One source row -> (TRIPLETS row, "") or (None, drop reason). The row's `source` is its
+    subset (train sources select, exclude and cap by it), or the dataset's name without one."""
     q_text, q_ids, why = _side(raw.get(layout.query), _paths(raw.get(layout.query_images)), images, token,
                                placeholder, extra)
     if why:
@@ -208,7 +218,7 @@ def convert_row(raw: dict, i: int, name: str, layout: Layout, images: _Images, t
     # Imported rows were not mined here: scores are 0.0 and ranks -1 ("not from a search"); the
     # negatives keep the layout's order, which the training mix treats as rank order.
     return {
-        "source": name, "qa_id": f"{name}-{i:08d}", "query": q_text, "query_image_ids": q_ids,
+        "source": subset or name, "qa_id": f"{name}-{i:08d}", "query": q_text, "query_image_ids": q_ids,
         "answer": "", "answers": [],  # neither layout carries answers
         "pos_chunk_id": doc_id(p_text, p_ids), "pos_text": p_text, "pos_image_ids": p_ids,
         "pos_score": 0.0, "pos_rank": -1,
@@ -243,18 +253,20 @@ def import_dataset(layout: str, sources: list[str], name: str, store: ArtifactSt
     started, t0 = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), time.monotonic()
     part = store.parquet_writer(f"{base}/{ArtifactStore.shard_file('part', 0)}", TRIPLETS, f"import/{name}")
     imgs = store.parquet_writer(f"{base}/{ArtifactStore.shard_file('images', 0)}", IMAGES, f"import/{name}/images")
-    rows_in, buf = 0, []
+    rows_in, buf, subsets = 0, [], Counter()
     try:
         for url in urls:
+            subset = subset_of(url)
             for raw in iter_file_rows(url):
                 i, rows_in = rows_in, rows_in + 1
                 if isinstance(raw, Malformed):
                     drops.drop(f"malformed_{raw.reason}", f"{url}: {raw.detail}")
                     continue
-                row, why = convert_row(raw, i, name, lay, images, token, placeholder, extra)
+                row, why = convert_row(raw, i, name, lay, images, token, placeholder, extra, subset)
                 if why:
                     drops.drop(why, f"{url} row {i}")
                     continue
+                subsets[row["source"]] += 1
                 buf.append(row)
                 if len(buf) >= BATCH_ROWS:
                     part.write_rows(buf)
@@ -276,12 +288,14 @@ def import_dataset(layout: str, sources: list[str], name: str, store: ArtifactSt
         "sources": urls, "image_roots": list(image_roots), "placeholder": placeholder,
         "rows_in": rows_in, "rows_out": outputs["part"][0]["rows"], "drops": drops.as_dict(),
         "extra": dict(sorted(extra.items())), "images": outputs["images"][0]["rows"],
+        "subsets": dict(sorted(subsets.items())),
         "outputs": outputs, "schemas": {"part": "triplets", "images": "images"}, "location": store.url(base),
         "output_hash": stable_hash([(k, f["path"], f["sha256"]) for k, fs in outputs.items() for f in fs], 32),
         "timings": {"started_at": started, "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "seconds": round(time.monotonic() - t0, 3)},
     }
     store.write_json_atomic(f"{base}/_MANIFEST.json", manifest)  # last: the import is complete
-    log.info("import %s (%s): %d in, %d out, %d images, drops %s -> %s", name, layout, rows_in,
-             manifest["rows_out"], manifest["images"], manifest["drops"] or "none", manifest["location"])
+    log.info("import %s (%s): %d in, %d out (by subset %s), %d images, drops %s -> %s", name, layout, rows_in,
+             manifest["rows_out"], manifest["subsets"], manifest["images"], manifest["drops"] or "none",
+             manifest["location"])
     return manifest

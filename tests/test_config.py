@@ -105,8 +105,8 @@ def test_every_reader_takes_the_chunk_stages_image_placeholder(profile):
                                                       "train_stage1.query_instruction")),
     (["mine.range_min=18"], ("mine.num_negatives", "mine.range_max", "mine.range_min")),
     (["feedback.window_size=40"], ("feedback.window_size", "feedback.top_k")),
-    (["train_stage1.negatives_per_query=6"], ("train_stage1.negatives_per_query", "mine.num_negatives")),
-    (["train_stage2.negatives_per_query=4"], ("train_stage2.negatives_per_query", "feedback.num_negatives")),
+    (["train_stage1.negatives.per_query=6"], ("train_stage1.negatives.per_query", "mine.num_negatives")),
+    (["train_stage2.negatives.per_query=4"], ("train_stage2.negatives.per_query", "feedback.num_negatives")),
     (["evaluate.dims=[4096, 2048]"], ("evaluate.dims", "train_stage1.loss.dims")),
     (["feedback.embedder.dim=300"], ("feedback.embedder.dim", "train_stage1.loss.dims")),
 ])
@@ -126,9 +126,11 @@ PAPER_SHAPE_OVERRIDES = {
     "synthesize.generation.compact_json", "filter.max_answer_words", "filter.eval_per_group",
     "mine.embedder.model", "mine.text_embedder.model", "mine.text_sets",
     "train_stage1.base_model", "train_stage1.sources", "train_stage1.max_steps", "train_stage1.logging_steps", "train_stage1.num_gpus",
+    "train_stage1.per_device_batch_size", "train_stage1.global_batch_size",
     "feedback.generation.backend", "feedback.generation.model", "feedback.generation.temperature",
     "feedback.generation.compact_json", "feedback.top_k", "feedback.max_queries_per_source",
     "train_stage2.base_model", "train_stage2.sources", "train_stage2.max_steps", "train_stage2.logging_steps", "train_stage2.num_gpus",
+    "train_stage2.per_device_batch_size", "train_stage2.global_batch_size",
     "evaluate.generation.backend", "evaluate.generation.model", "evaluate.generation.compact_json",
     "evaluate.text_sets",
 }

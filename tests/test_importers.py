@@ -64,7 +64,8 @@ def read_dataset(store, name):
 
 
 def test_mmeb_rows_placeholders_images_and_named_drops(tmp_path, image_root):
-    src = write_parquet(tmp_path / "original-00000-of-00001.parquet", MMEB_ROWS)
+    (tmp_path / "ImageNet_1K").mkdir()
+    src = write_parquet(tmp_path / "ImageNet_1K" / "original-00000-of-00001.parquet", MMEB_ROWS)
     store = ArtifactStore(str(tmp_path / "art"))
     m = import_dataset("mmeb", [str(src)], "mmeb_small", store, [str(image_root)])
     assert m["rows_in"] == 7 and m["rows_out"] == 3
@@ -75,7 +76,9 @@ def test_mmeb_rows_placeholders_images_and_named_drops(tmp_path, image_root):
     assert cls["query"] == "<image>\nRepresent the given image for classification"
     assert cls["query_image_ids"] == [sha(RED)] and cls["pos_text"] == "plane" and cls["pos_image_ids"] == []
     assert cls["neg_texts"] == [] and cls["modality"] == "single_image" and cls["split"] == "train"
-    assert cls["qa_id"] == "mmeb_small-00000000" and cls["source"] == "mmeb_small"
+    # `source` is the subset: the folder holding the file, as MMEB-train stores its subsets
+    assert cls["qa_id"] == "mmeb_small-00000000" and cls["source"] == "ImageNet_1K"
+    assert m["subsets"] == {"ImageNet_1K": 3}
     assert cls["miner_id"] == cls["miner_hash"] == "imported:mmeb" and cls["answers"] == [] and cls["answer"] == ""
     assert cls["pos_score"] == 0.0 and cls["pos_rank"] == -1
     assert t2i["pos_text"] == "<image>\nRepresent the given image." and t2i["pos_image_ids"] == [sha(BLUE)]
@@ -102,7 +105,8 @@ def test_mme5_literal_lists_multi_image_and_jsonl(tmp_path, image_root):
          "neg_text": "['<|image_1|> a green one', 'missing']",
          "neg_image_path": "['images/VisDial/Train/c.png', 'images/nope.png']"},
     ]
-    src = write_jsonl(tmp_path / "Retrieval.jsonl", rows)
+    (tmp_path / "Retrieval").mkdir()
+    src = write_jsonl(tmp_path / "Retrieval" / "train.jsonl", rows)
     store = ArtifactStore(str(tmp_path / "art"))
     m = import_dataset("mme5", [str(src)], "mme5_syn", store, [str(tmp_path / "elsewhere"), str(image_root)],
                        placeholder="<img>")

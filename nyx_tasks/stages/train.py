@@ -133,7 +133,7 @@ class TrainStage(Stage):
         cmd = launch_command(cfg.num_gpus, str(spec_path))
         ctx.log.info("%s: run %s, base %s, %s, LoRA r=%d, loss dims %s, batch %d x %d accum, lr %g -> %s",
                      self.name, run, cfg.base_model, f"{cfg.num_gpus} GPU(s)" if cfg.num_gpus else "CPU",
-                     cfg.lora.r, cfg.loss.dims, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
+                     cfg.lora.r, cfg.loss.dims, cfg.per_device_batch_size, cfg.accumulation,
                      cfg.learning_rate, ctx.store.url(rel))
         ctx.log.info("%s: launching %s", self.name, " ".join(cmd))
         code, tail = stream_subprocess(cmd, ctx.log, env=launch_env(os.environ))
@@ -146,8 +146,10 @@ class TrainStage(Stage):
         hist = [h for h in metrics["log_history"] if "loss" in h and "step" in h]
         out.rows_in = metrics["examples"]
         out.extra["steps"] = metrics["total_steps"]
-        for counts in metrics["mix"].values():  # what the training mix kept and dropped, in the manifest
+        for source, counts in metrics["mix"].items():  # what the training mix kept and dropped, in the manifest
             out.extra["rows_with_images"] += counts.get("rows_with_images", 0)
+            for subset, n in counts.get("subsets", {}).items():
+                out.extra[f"rows:{source}:{subset}"] = n
             for reason, n in counts["dropped"].items():
                 out.drops.drop(reason, n=n)
         out.write([{"step": h["step"], "epoch": float(h.get("epoch", 0.0)), "loss": float(h["loss"]),

@@ -40,7 +40,8 @@ class Example:
     source: str  # the TrainSource name
     query: Doc
     positive: Doc
-    negatives: tuple[Doc, ...]  # negatives_per_query of them, fewer when the row has fewer
+    negatives: tuple[Doc, ...]  # negatives.per_query of them, fewer when the row has fewer
+    instruction: str = ""  # put before the query when it is encoded ("" : none)
 
 
 # ------------------------------------------------------------------ reading
@@ -94,28 +95,54 @@ def _source_rows(store: ArtifactStore, partition: str, src: TrainSource, cache: 
     return [r for o in m["outputs"]["part"] for b in store.read_parquet(o["path"]) for r in b.to_pylist()]
 
 
-def _filter(rows: list[dict], src: TrainSource, seed: int) -> list[dict]:
+def _cap(rows: list[dict], n: int, order: str, rng_key: str) -> list[dict]:
+    """At most n rows, kept in input order: the first n, or a sample seeded by `rng_key`
+    (independent of the epoch)."""
+    if len(rows) <= n:
+        return rows
+    if order == "first":
+        return rows[:n]
+    picked = random.Random(rng_key).sample(range(len(rows)), n)
+    return [rows[i] for i in sorted(picked)]
+
+
+def select_rows(rows: list[dict], src: TrainSource, seed: int) -> list[dict]:
     # kind=negatives holds NyxQA only; its fallback (mine) must give the same kind of rows
     select = set(src.select or (["nyxqa"] if src.kind == "negatives" else []))
-    kept = [r for r in rows if (not select or r["source"] in select)
+    exclude = set(src.exclude)
+    kept = [r for r in rows if (not select or r["source"] in select) and r["source"] not in exclude
             and (src.split is None or r["split"] == src.split)]
     if not kept and not src.required:
         return []
     if not kept:
         raise ValueError(
             f"train source {src.name!r} (kind={src.kind}) has no rows after select={sorted(select) or 'all'} "
-            f"split={src.split!r}; its input has {len(rows)} rows, by source "
+            f"exclude={sorted(exclude) or 'none'} split={src.split!r}; its input has {len(rows)} rows, by source "
             f"{dict(Counter(r['source'] for r in rows))} and split {dict(Counter(r['split'] for r in rows))}")
-    if src.max_rows is not None and len(kept) > src.max_rows:
-        # a seeded sample, kept in input order; it does not depend on the epoch
-        picked = random.Random(f"{seed}:cap:{src.name}").sample(range(len(kept)), src.max_rows)
-        kept = [kept[i] for i in sorted(picked)]
+    if src.max_rows_per_subset is not None:
+        by_subset: dict[str, list[dict]] = {}
+        for r in kept:
+            by_subset.setdefault(r["source"], []).append(r)
+        capped = {name: {id(r) for r in _cap(group, src.max_rows_per_subset, src.cap_order,
+                                               f"{seed}:cap:{src.name}:{name}")}
+                  for name, group in by_subset.items()}
+        kept = [r for r in kept if id(r) in capped[r["source"]]]
+    if src.max_rows is not None:
+        kept = _cap(kept, src.max_rows, src.cap_order, f"{seed}:cap:{src.name}")
     return kept
 
 
+def source_instruction(src: TrainSource, cfg: TrainConfig) -> str:
+    """The instruction before this source's queries: its own when set; none for imported
+    datasets (MMEB's and mmE5's queries carry their own); else the stage's."""
+    if src.query_instruction is not None:
+        return src.query_instruction
+    return "" if src.kind == "dataset" else cfg.query_instruction
+
+
 def load_sources(store: ArtifactStore, partition: str, cfg: TrainConfig, log=None) -> dict[str, list[dict]]:
-    """TrainSource name -> triplet rows (TRIPLETS dicts) after `select`, `split` and the
-    `max_rows` cap, in `cfg.sources` order. kind mine: the partition's `mine` output;
+    """TrainSource name -> triplet rows (TRIPLETS dicts) after `select`, `exclude`, `split` and the
+    caps (`max_rows_per_subset` per `source` value, then `max_rows`), in `cfg.sources` order. kind mine: the partition's `mine` output;
     negatives: the newest `negatives/<version>` (NyxQA rows; falls back to `mine` with a log
     line); dataset: `<root>/datasets/<name>/` from `nyx import`; feedback: the `feedback`
     stage's output (an error naming the stage while it does not exist). A source with no rows
@@ -124,8 +151,10 @@ def load_sources(store: ArtifactStore, partition: str, cfg: TrainConfig, log=Non
     cache: dict[str, list[dict]] = {}
     out: dict[str, list[dict]] = {}
     for src in cfg.sources:
-        out[src.name] = _filter(_source_rows(store, partition, src, cache, log), src, cfg.seed)
-        log.info("train source %r (kind=%s): %d rows%s", src.name, src.kind, len(out[src.name]),
+        out[src.name] = select_rows(_source_rows(store, partition, src, cache, log), src, cfg.seed)
+        log.info("train source %r (kind=%s): %d rows%s%s", src.name, src.kind, len(out[src.name]),
+                 f" by subset {dict(sorted(Counter(r['source'] for r in out[src.name]).items()))}"
+                 if src.max_rows_per_subset or src.kind == "dataset" else "",
                  "" if out[src.name] else " (optional: skipped)")
     if not any(out.values()):
         raise ValueError(f"every train source is empty: {sorted(out)}; check the sources' select and split")
@@ -181,32 +210,36 @@ def _fraction(frac: float, n: int) -> int:
 class TrainingMix:
     """The epochs of the training mix: each source contributes weight x rows per epoch (whole
     part: every row that many times; fractional part: a seeded sample without replacement),
-    the epoch is shuffled once, and each example takes `negatives_per_query` of its row's
-    negatives (a seeded sample that keeps rank order).
+    the epoch is shuffled once, and each example takes `negatives.per_query` of its row's
+    negatives: the first (hardest) ones, or a seeded sample that keeps rank order
+    (`negatives.choice`). Each example carries its source's query instruction.
 
-    `counts[source]`: rows (kept), rows_per_epoch, dropped (by reason), rows_short_of_negatives
-    (every example of such a row has fewer than `negatives_per_query` negatives), rows_with_images
+    `counts[source]`: rows (kept), rows_per_epoch, dropped (by reason), subsets (kept rows by their
+    `source` value: an imported subset, a text set, nyxqa), rows_short_of_negatives
+    (every example of such a row has fewer than `negatives.per_query` negatives), rows_with_images
     (a query, positive or negative of the row carries an image)."""
 
     def __init__(self, rows_by_source: dict[str, list[dict]], cfg: TrainConfig, images: dict[str, str]):
         self.cfg = cfg
         self.weights = {s.name: s.weight for s in cfg.sources}
+        self.instructions = {s.name: source_instruction(s, cfg) for s in cfg.sources}
         self.rows: dict[str, list[_Row]] = {}
         self.counts: dict[str, dict] = {}
-        k = cfg.negatives_per_query
+        k = cfg.negatives.per_query
         for name, rows in rows_by_source.items():
-            kept, dropped = [], Counter()
+            kept, dropped, subsets = [], Counter(), Counter()
             for r in rows:
                 row = _prepare(r, images, cfg.image_placeholder)
                 if isinstance(row, str):
                     dropped[row] += 1
                 else:
                     kept.append(row)
+                    subsets[r["source"]] += 1
             self.rows[name] = kept
             w = self.weights.get(name, 1.0)
             self.counts[name] = {
                 "rows": len(kept), "rows_per_epoch": int(w) * len(kept) + _fraction(w - int(w), len(kept)),
-                "dropped": dict(sorted(dropped.items())),
+                "dropped": dict(sorted(dropped.items())), "subsets": dict(sorted(subsets.items())),
                 "rows_short_of_negatives": sum(1 for x in kept if len(x.negatives) < k),
                 "rows_with_images": sum(1 for x in kept if any(d.images for d in (x.query, x.positive, *x.negatives))),
             }
@@ -231,12 +264,15 @@ class TrainingMix:
         return [self._example(name, self.rows[name][i], e, copy) for name, i, copy in picks]
 
     def _example(self, source: str, row: _Row, e: int, copy: int) -> Example:
-        negs, k = row.negatives, self.cfg.negatives_per_query
-        if len(negs) > k:
+        negs, k = row.negatives, self.cfg.negatives.per_query
+        if len(negs) > k and self.cfg.negatives.choice == "first":
+            negs = negs[:k]
+        elif len(negs) > k:
             # a repeated row (weight >= 2) gets its own sample per copy
             rng = random.Random(f"{self.cfg.seed}:{e}:negatives:{source}:{row.qa_id}:{copy}")
             negs = tuple(negs[j] for j in sorted(rng.sample(range(len(negs)), k)))
-        return Example(row.qa_id, source, row.query, row.positive, negs)
+        return Example(row.qa_id, source, row.query, row.positive, negs,
+                       self.instructions.get(source, self.cfg.query_instruction))
 
     def examples(self, epochs: float) -> list[Example]:
         """epoch(0) + epoch(1) + ...; a fractional last epoch is a prefix of that epoch."""

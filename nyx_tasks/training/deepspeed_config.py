@@ -21,8 +21,8 @@ def zero2_config(cfg: TrainConfig, total_steps: int, world_size: int) -> dict:
     micro = cfg.per_device_batch_size
     return {
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-        "train_batch_size": micro * cfg.gradient_accumulation_steps * world_size,
+        "gradient_accumulation_steps": cfg.accumulation,
+        "train_batch_size": micro * cfg.accumulation * world_size,
         "gradient_clipping": cfg.max_grad_norm,
         "bf16": {"enabled": True},
         "zero_optimization": {

@@ -97,7 +97,7 @@ def plan_data(store, partition: str, cfg, world: int, log) -> dict:
         raise SystemExit("train: the training mix is empty; check train sources (select, split, max_rows)")
     n_examples = max(1, int(round(cfg.epochs * per_epoch)))
     examples = mix.examples(math.ceil(cfg.epochs))[:n_examples]
-    global_batch = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * world
+    global_batch = cfg.per_device_batch_size * cfg.accumulation * world
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(n_examples / global_batch))
     log.info("data: %s; %d examples per epoch, %d to train on, global batch %d -> %d steps",
              json.dumps(mix.counts, sort_keys=True), per_epoch, n_examples, global_batch, total_steps)
@@ -110,7 +110,7 @@ def training_args(cfg, ckpt_dir: Path, total_steps: int, world: int, on_gpu: boo
 
     return TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=total_steps, per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        gradient_accumulation_steps=cfg.accumulation, learning_rate=cfg.learning_rate,
         warmup_steps=math.ceil(cfg.warmup_ratio * total_steps), lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=bf16,
         logging_steps=cfg.logging_steps, report_to=["tensorboard"],

@@ -51,6 +51,7 @@ def apply_lora(model, cfg: LoraSettings):
 
     expected = expected_lora_modules(model, cfg.target_modules)
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_dora=cfg.use_dora,
+                          init_lora_weights="gaussian" if cfg.init == "gaussian" else True,
                           target_modules=lora_pattern(cfg.target_modules), bias="none")
     model = get_peft_model(model, peft_cfg)
     wrapped = sum(1 for _, m in model.named_modules() if isinstance(m, LoraLayer))
@@ -58,8 +59,8 @@ def apply_lora(model, cfg: LoraSettings):
         raise RuntimeError(f"LoRA wrapped {wrapped} modules, expected {expected}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    get_logger("train").info("LoRA r=%d alpha=%d dora=%s: %d modules wrapped, %d trainable of %d parameters "
-                             "(%.3f%%)", cfg.r, cfg.alpha, cfg.use_dora, wrapped, trainable, total,
+    get_logger("train").info("LoRA r=%d alpha=%d dropout=%g dora=%s init=%s: %d modules wrapped, %d trainable of %d parameters "
+                             "(%.3f%%)", cfg.r, cfg.alpha, cfg.dropout, cfg.use_dora, cfg.init, wrapped, trainable, total,
                              100 * trainable / max(total, 1))
     return model
 

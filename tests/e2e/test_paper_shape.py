@@ -37,15 +37,22 @@ def public_mix(src: Path) -> dict[str, tuple[str, list[str]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(mmeb), src / "original-00000-of-00001.parquet")
+    # each subset in its own folder, as the public releases store them (the folder names the subset)
+    files = {"mmeb": [], "mme5": []}
+    for subset, rows in (("ImageNet_1K", mmeb[:6]), ("MSCOCO_t2i", mmeb[6:]), ("NotInThePaperMix", mmeb[:2])):
+        (src / "mmeb" / subset).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), src / "mmeb" / subset / "original-00000-of-00001.parquet")
+        files["mmeb"].append(str(src / "mmeb" / subset / "original-00000-of-00001.parquet"))
     mme5 = [{"qry": f"Compare <|image_1|> and <|image_2|>: which is colour {i}?",
              "qry_image_path": f"['images/train/{i}.png', 'images/train/{(i + 1) % 6}.png']",
              "pos_text": f"the first, colour {i}", "pos_image_path": "None",
              "neg_text": "['<|image_1|> another one']", "neg_image_path": f"['images/train/{(i + 3) % 6}.png']"}
             for i in range(6)]
-    write_jsonl(src / "Retrieval.jsonl", mme5)
-    return {"mmeb": ("mmeb-train", [str(src / "original-00000-of-00001.parquet")]),
-            "mme5": ("mme5-synthetic", [str(src / "Retrieval.jsonl")])}
+    for subset, rows in (("Retrieval", mme5), ("Classification", mme5[:3])):  # the paper leaves Classification out
+        (src / "mme5" / subset).mkdir(parents=True)
+        write_jsonl(src / "mme5" / subset / "train.jsonl", rows)
+        files["mme5"].append(str(src / "mme5" / subset / "train.jsonl"))
+    return {"mmeb": ("mmeb-train", files["mmeb"]), "mme5": ("mme5-synthetic", files["mme5"])}
 
 
 def test_paper_shape_runs_end_to_end_with_images_through_every_stage(tmp_path):
@@ -76,6 +83,11 @@ def test_paper_shape_runs_end_to_end_with_images_through_every_stage(tmp_path):
         assert m[stage]["extra"]["rows_with_images"] > 0, (stage, m[stage]["extra"])
         assert m[stage]["extra"]["steps"] == m[stage]["rows_out"] == 2  # a finite loss logged per step
         assert m[stage]["checkpoint"]
+        # the paper's subsets only (MMEB's list, mmE5's Retrieval and VQA), every row of them under the caps
+        mix = {k: n for k, n in m[stage]["extra"].items() if k.startswith("rows:")}
+        assert mix["rows:mmeb:ImageNet_1K"] == mix["rows:mmeb:MSCOCO_t2i"] == 6, mix
+        assert mix["rows:mme5_synthetic:Retrieval"] == 6, mix
+        assert not any("NotInThePaperMix" in k or "Classification" in k for k in mix), mix
     # feedback judged windows with the paper's rule (a random VLM may find none helpful: its rows may be 0)
     assert m["feedback"]["rows_in"] > 0 and m["feedback"]["config"]["mode"] == "paper"
     # no stage dropped a row for a placeholder (or any other) mismatch

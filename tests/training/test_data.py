@@ -54,7 +54,7 @@ def test_select_split_and_a_seeded_cap(built):
 
 def test_image_paths_resolve_to_stored_files(built):
     store = ArtifactStore(str(built))
-    cfg = train({"name": "nyx", "select": ["nyxqa"]}, negatives_per_query=5)
+    cfg = train({"name": "nyx", "select": ["nyxqa"]}, negatives={"per_query": 5})
     mix = TrainingMix(load_sources(store, "demo", cfg), cfg, image_index(store, "demo", cfg))
     docs = [d for x in mix.epoch(0) for d in (x.query, x.positive, *x.negatives)]
     assert mix.counts["nyx"]["dropped"] == {} and sum(len(d.images) for d in docs) >= 3
@@ -160,7 +160,7 @@ def test_epochs_are_deterministic_and_differ():
 
 def test_negatives_sample_keeps_rank_order_and_short_rows_are_counted():
     rows = {"s": [row(f"q{i}") for i in range(20)] + [row("short", n_negs=1)]}
-    cfg = train({"name": "s"}, negatives_per_query=2)
+    cfg = train({"name": "s"}, negatives={"per_query": 2})
     mix = TrainingMix(rows, cfg, {})
     assert mix.counts["s"]["rows_short_of_negatives"] == 1
     picks = {}
@@ -172,7 +172,7 @@ def test_negatives_sample_keeps_rank_order_and_short_rows_are_counted():
             picks.setdefault(x.qa_id, []).append(tuple(ranks))
     assert TrainingMix(rows, cfg, {}).epoch(1) == mix.epoch(1)  # deterministic per (seed, epoch, row)
     assert any(len(set(p)) > 1 for p in picks.values())  # epochs draw different negatives
-    assert all(len(x.negatives) == 0 for x in TrainingMix(rows, train({"name": "s"}, negatives_per_query=0),
+    assert all(len(x.negatives) == 0 for x in TrainingMix(rows, train({"name": "s"}, negatives={"per_query": 0}),
                                                           {}).epoch(0))
 
 
