@@ -7,6 +7,7 @@ from pathlib import Path
 
 PROMPTS_DIR = Path(__file__).resolve().parent
 CHUNK_MARKER = "[[CHUNK]]"
+QUESTION_IMAGES_MARKER = "[[QUESTION_IMAGES]]"  # v2 distractors: the images the question cites
 
 
 @functools.cache

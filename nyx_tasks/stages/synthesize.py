@@ -7,6 +7,12 @@ the multi-image prompt for chunks with more than one image; at most
 `max_qa_per_chunk` pairs each. Round 2: shorten every answer to at most
 `max_answer_words` words; pairs that cannot be shortened or depend on their
 context are dropped. Round 3: `num_distractors` plausible wrong options.
+What rounds 2 and 3 see depends on the prompt version: v1 sends only the question
+and answer; from v2 on (the paper's prompts) shortening also sees the source
+chunk with its images, and the distractor request the chunk, its images and the
+images the question cites. Every request carries at most `max_images_per_prompt`
+images (v2: and at most `generation.limit_mm_per_prompt`); images past the cap
+are left out, their place in the text unlabelled.
 Every request is schema-constrained JSON; what still fails to parse is a named
 drop. Every finished request is cached by content hash, so a re-run or resumed
 shard never pays twice.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +41,7 @@ from ..config import SynthesizeConfig
 from ..inference import ChatRequest, ChatResponse, GenerationError, make_backend
 from ..inference.structured import parse
 from ..log import DropCounter
-from ..prompts import CHUNK_MARKER, render
+from ..prompts import CHUNK_MARKER, QUESTION_IMAGES_MARKER, render
 from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, with_prompts
 
@@ -73,15 +80,39 @@ def chunk_parts(text: str, image_ids: list[str], paths: dict[str, str], placehol
     return parts
 
 
-def user_message(prompt_text: str, chunk: list[dict] | None = None) -> list[dict]:
+def user_message(prompt_text: str, chunk: list[dict] | None = None,
+                 question_images: list[dict] | None = None) -> list[dict]:
+    """The user turn: the chunk's parts where `[[CHUNK]]` stands and, when given, the
+    question's image parts where `[[QUESTION_IMAGES]]` stands (after the chunk)."""
     if chunk is None:
         return [{"role": "user", "content": prompt_text}]
     before, _, after = prompt_text.partition(CHUNK_MARKER)
-    content = [{"type": "text", "text": before}, *chunk, {"type": "text", "text": after}]
+    tail = [{"type": "text", "text": after}]
+    if question_images is not None:
+        middle, _, end = after.partition(QUESTION_IMAGES_MARKER)
+        tail = [{"type": "text", "text": middle}, *question_images, {"type": "text", "text": end}]
+    content = [{"type": "text", "text": before}, *chunk, *tail]
     return [{"role": "user", "content": [p for p in content if p.get("type") == "image" or p["text"]]}]
 
 
 PROMPTS = ("qa_text", "qa_image", "qa_multi_image", "shorten", "distractors")
+# Prompt versions whose requests are built as v1 built them: shortening and distractors
+# see only the question and answer; the image cap is `max_images_per_prompt` alone.
+V1_REQUESTS = frozenset({"v1"})
+# How VLMs misspell an image label ("<Image 2>", "<image_2>"); v2 and later normalise to <imageN>.
+LOOSE_IMAGE_REF = re.compile(r"<\s*image[\s_]*(\d+)\s*>", re.IGNORECASE)
+IMAGE_REF = re.compile(r"<image(\d+)>")
+
+
+def cited_images(question: str, image_ids: list[str]) -> list[tuple[int, str]]:
+    """(N, image id) for each <imageN> the question cites, first citation first, once each;
+    labels past the chunk's images are skipped (the filter stage drops such questions)."""
+    out: dict[int, str] = {}
+    for m in IMAGE_REF.finditer(question):
+        n = int(m.group(1))
+        if 1 <= n <= len(image_ids) and n not in out:
+            out[n] = image_ids[n - 1]
+    return list(out.items())
 
 
 @dataclass(frozen=True)
@@ -97,6 +128,20 @@ class Settings:
     temperature: float
     top_p: float
     seed: int | None
+    limit_mm_per_prompt: int | None = None  # the backend's image cap (generation.limit_mm_per_prompt)
+
+    @property
+    def v1_requests(self) -> bool:
+        """Requests built as v1 built them (see V1_REQUESTS)."""
+        return self.prompt_version in V1_REQUESTS
+
+    @property
+    def image_cap(self) -> int:
+        """Images one request may carry: `max_images_per_prompt`; from v2 on also at most
+        `generation.limit_mm_per_prompt` (v1 requests stay as they were)."""
+        if self.v1_requests or self.limit_mm_per_prompt is None:
+            return self.max_images_per_prompt
+        return min(self.max_images_per_prompt, self.limit_mm_per_prompt)
 
     @classmethod
     def of(cls, cfg: SynthesizeConfig) -> Settings:
@@ -105,11 +150,11 @@ class Settings:
         return cls(prompt_version=cfg.prompt_version, max_qa_per_chunk=cfg.max_qa_per_chunk,
                    max_images_per_prompt=cfg.max_images_per_prompt, max_answer_words=cfg.max_answer_words,
                    num_distractors=cfg.num_distractors, max_tokens=gen.max_tokens, temperature=gen.temperature,
-                   top_p=gen.top_p, seed=gen.seed)
+                   top_p=gen.top_p, seed=gen.seed, limit_mm_per_prompt=gen.limit_mm_per_prompt)
 
     def request(self, prompt_text: str, chunk: list[dict] | None = None, schema: dict | None = None,
-                max_tokens: int | None = None) -> ChatRequest:
-        return ChatRequest(messages=user_message(prompt_text, chunk), json_schema=schema,
+                max_tokens: int | None = None, question_images: list[dict] | None = None) -> ChatRequest:
+        return ChatRequest(messages=user_message(prompt_text, chunk, question_images), json_schema=schema,
                            max_tokens=self.max_tokens if max_tokens is None else max_tokens,
                            temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
@@ -163,11 +208,14 @@ def qa_requests(chunks: list[dict], s: Settings, paths: dict[str, str],
     reqs, meta = [], []
     schema = qa_schema(s.max_qa_per_chunk)
     for c in chunks:
-        n = len(c["image_ids"])
+        shown = c["image_ids"][: s.image_cap]
+        # v1 names (and picks the multi-image prompt by) all the chunk's images, even past
+        # the cap; v2 only those the request carries
+        n = len(c["image_ids"]) if s.v1_requests else len(shown)
         prompts = ["qa_text"] if n == 0 else ["qa_image"] + (["qa_multi_image"] if n > 1 else [])
-        parts = chunk_parts(c["text"], c["image_ids"][: s.max_images_per_prompt], paths, placeholder)
+        parts = chunk_parts(c["text"], shown, paths, placeholder)
         for p in prompts:
-            text = render(s.prompt_version, p, max_qa=s.max_qa_per_chunk, n_images=n)
+            text = render(s.prompt_version, p, max_qa=s.max_qa_per_chunk, n_images=n, max_words=s.max_answer_words)
             reqs.append(s.request(text, parts, schema))
             meta.append((c, p))
     return reqs, meta
@@ -180,21 +228,36 @@ def generate_qa(backend, chunks: list[dict], s: Settings, paths: dict[str, str],
     answer `unparseable_<prompt>`."""
     reqs, meta = qa_requests(chunks, s, paths, placeholder)
     cands = []
+    labels = (lambda q: q) if s.v1_requests else (lambda q: LOOSE_IMAGE_REF.sub(r"<image\1>", q))
     for (c, p), obj in answered(backend, report, "qa", meta, reqs, qa_schema(s.max_qa_per_chunk),
                                 why=lambda m: (f"request_refused_{m[1]}", f"unparseable_{m[1]}",
                                                f"{m[0]['chunk_id']}: ")):
         for k, pair in enumerate(obj["qa_pairs"]):
-            cands.append({"chunk": c, "prompt": p, "k": k, "question": pair["question"].strip(),
+            cands.append({"chunk": c, "prompt": p, "k": k, "question": labels(pair["question"].strip()),
                           "original_answer": pair["answer"].strip()})
     return cands
 
 
-def shorten_answers(backend, cands: list[dict], s: Settings, report: Report) -> list[dict]:
+def shorten_request(q: dict, s: Settings, paths: dict[str, str] | None, placeholder: str) -> ChatRequest:
+    """Round 2's request for a candidate: v1 the question and answer; v2 also the source
+    chunk, its images interleaved and labelled as in round 1."""
+    kw = {"question": q["question"], "answer": q["original_answer"], "max_words": s.max_answer_words}
+    if s.v1_requests:
+        return s.request(render(s.prompt_version, "shorten", **kw), schema=SHORTEN_SCHEMA,
+                         max_tokens=min(s.max_tokens, 128))
+    c = q["chunk"]
+    shown = c["image_ids"][: s.image_cap]
+    return s.request(render(s.prompt_version, "shorten", n_images=len(shown), **kw),
+                     chunk_parts(c["text"], shown, paths or {}, placeholder), SHORTEN_SCHEMA,
+                     max_tokens=min(s.max_tokens, 128))
+
+
+def shorten_answers(backend, cands: list[dict], s: Settings, report: Report, paths: dict[str, str] | None = None,
+                    placeholder: str = "<image>") -> list[dict]:
     """Round 2: each candidate with `answer` shortened to at most `max_answer_words`
-    words; drops `depends_on_context`, `not_shortenable`, `unparseable_shorten`."""
-    reqs = [s.request(render(s.prompt_version, "shorten", question=q["question"], answer=q["original_answer"],
-                             max_words=s.max_answer_words), schema=SHORTEN_SCHEMA, max_tokens=min(s.max_tokens, 128))
-            for q in cands]
+    words; drops `depends_on_context`, `not_shortenable`, `unparseable_shorten`.
+    `paths` (image id -> path) and `placeholder` are what round 1 got; v1 needs neither."""
+    reqs = [shorten_request(q, s, paths, placeholder) for q in cands]
     kept = []
     for q, obj in answered(backend, report, "shorten", cands, reqs, SHORTEN_SCHEMA):
         if obj["depends_on_context"]:
@@ -217,13 +280,34 @@ def qa_row(q: dict, distractors: list[str], model_id: str, prompt_version: str) 
             "prompt_version": prompt_version}
 
 
-def add_distractors(backend, kept: list[dict], s: Settings, report: Report) -> list[dict]:
-    """Round 3: `num_distractors` wrong options per shortened candidate; the output rows.
-    An answer that does not parse is `unparseable_distractors`."""
+def distractor_request(q: dict, s: Settings, paths: dict[str, str] | None, placeholder: str) -> ChatRequest:
+    """Round 3's request for a shortened candidate: v1 the question and answer; v2 also
+    the source chunk with its images and, after the question, the images it cites
+    (labelled <imageN> as in the question). The cited images come first within the cap;
+    the chunk's images fill what is left of it."""
     dschema = distractor_schema(s.num_distractors)
-    reqs = [s.request(render(s.prompt_version, "distractors", question=q["question"], answer=q["answer"],
-                             n=s.num_distractors), schema=dschema, max_tokens=min(s.max_tokens, 160))
-            for q in kept]
+    kw = {"question": q["question"], "answer": q["answer"], "n": s.num_distractors}
+    if s.v1_requests:
+        return s.request(render(s.prompt_version, "distractors", **kw), schema=dschema,
+                         max_tokens=min(s.max_tokens, 160))
+    paths = paths or {}
+    c = q["chunk"]
+    cited = cited_images(q["question"], c["image_ids"])[: s.image_cap]
+    shown = c["image_ids"][: s.image_cap - len(cited)]
+    qparts = [part for n, i in cited for part in ({"type": "text", "text": f"<image{n}>"},
+                                                  {"type": "image", "image_id": i, "path": paths[i]})]
+    return s.request(render(s.prompt_version, "distractors", n_images=len(shown), n_question_images=len(cited), **kw),
+                     chunk_parts(c["text"], shown, paths, placeholder), dschema, max_tokens=min(s.max_tokens, 160),
+                     question_images=qparts)
+
+
+def add_distractors(backend, kept: list[dict], s: Settings, report: Report, paths: dict[str, str] | None = None,
+                    placeholder: str = "<image>") -> list[dict]:
+    """Round 3: `num_distractors` wrong options per shortened candidate; the output rows.
+    An answer that does not parse is `unparseable_distractors`. `paths` and `placeholder`
+    as for `shorten_answers`."""
+    dschema = distractor_schema(s.num_distractors)
+    reqs = [distractor_request(q, s, paths, placeholder) for q in kept]
     return [qa_row(q, obj["distractors"], backend.model_id, s.prompt_version)
             for q, obj in answered(backend, report, "distractors", kept, reqs, dschema)]
 
@@ -270,9 +354,10 @@ class SynthesizeStage(Stage):
             raise StageError(f"synthesize: {e}") from e
         s = Settings.of(ctx.cfg.synthesize)
         report = Report(ctx.log, shard["name"], out.drops, out.extra)
-        cands = generate_qa(backend, chunks, s, paths, ctx.cfg.chunk.image_placeholder, report)
-        kept = shorten_answers(backend, cands, s, report)
-        out.write(add_distractors(backend, kept, s, report))
+        placeholder = ctx.cfg.chunk.image_placeholder
+        cands = generate_qa(backend, chunks, s, paths, placeholder, report)
+        kept = shorten_answers(backend, cands, s, report, paths, placeholder)
+        out.write(add_distractors(backend, kept, s, report, paths, placeholder))
         backend.close()
 
 
