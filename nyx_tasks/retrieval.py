@@ -4,6 +4,10 @@ checkpoint that embeds it (through the embedding cache), and exact search at a
 Matryoshka dim. What is then asked over the retrieved documents is
 `nyx_tasks.answering`'s.
 
+`evaluate.protocol: paper` retrieves the text-only sets over a smaller corpus,
+as the released code does (experiments/text-only/make_t2t_corpus.py): the union
+of every question's top-k passages by another retriever (`union_corpus`).
+
 Identical documents count once: `search` with `distinct=` (the corpus's
 `Corpus.distinct()`) ranks each content (text plus ordered image ids) once, at
 its first occurrence, and `Corpus.representative_id` maps any document id to
@@ -54,6 +58,35 @@ def nyxqa_corpus(store: ArtifactStore, partition: str) -> Corpus:
 def text_corpus(ts, drop=lambda *a: None) -> Corpus:
     docs = read_corpus(ts, drop)
     return Corpus(ts.name, [d.doc_id for d in docs], [d.text for d in docs], [[] for _ in docs], {})
+
+
+def union_corpus(embedder, pools: list[tuple[Corpus, list[str]]], top_k: int, search_cfg,
+                 store: ArtifactStore, name: str = "text_union") -> Corpus:
+    """The union of each question's top `top_k` documents by `embedder`: `pools` pairs a corpus with
+    the questions that search it. A text (passage contents) enters once, with the id of its first
+    entry; documents enter in pool order, then question order, then rank order, so the union is the
+    same on every run. Released code: the set of FlashRAG's E5 top-20 passage strings over all the
+    sets' questions (make_t2t_corpus.py)."""
+    ids: list[str] = []
+    texts: dict[str, int] = {}
+    taken: set[str] = set()
+    for corpus, questions in pools:
+        if not questions or not corpus.ids:
+            continue
+        d_vecs, _ = embed_cached(embedder, corpus.items(), "document", store)
+        q_vecs, _ = embed_cached(embedder, [MixedItem(q) for q in questions], "query", store)
+        _, ranked = search(q_vecs, d_vecs, min(top_k, len(corpus.ids)), search_cfg, None, corpus.distinct())
+        for row in ranked:
+            for d in row:
+                if d < 0 or corpus.texts[d] in texts:
+                    continue
+                doc_id = corpus.ids[d]
+                while doc_id in taken:  # another corpus's document under the same id
+                    doc_id = f"{doc_id}#"
+                taken.add(doc_id)
+                texts[corpus.texts[d]] = len(ids)
+                ids.append(doc_id)
+    return Corpus(name, ids, list(texts), [[] for _ in ids], {})
 
 
 def checkpoint_embedder(emb_cfg, checkpoint: dict, store: ArtifactStore):

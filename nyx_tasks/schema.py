@@ -200,6 +200,7 @@ EVAL_RESULTS = pa.schema(
         pa.field("n", pa.int64(), nullable=False),
         pa.field("ci_low", pa.float64()),
         pa.field("ci_high", pa.float64()),
+        pa.field("protocol", pa.string()),  # evaluate.protocol (paper / strict); the stage always sets it
     ]
 )
 

@@ -49,8 +49,9 @@ def _answers(value) -> list[str]:
     return [a.strip() for a in value if isinstance(a, str) and a.strip()]
 
 
-def read_questions(ts: TextSetConfig, drop: Drop) -> list[TextQuestion]:
-    """The set's questions in file order (at most `max_questions`), deduplicated by id."""
+def read_questions(ts: TextSetConfig, drop: Drop, capped: bool = True) -> list[TextQuestion]:
+    """The set's questions in file order (at most `max_questions` unless `capped` is False),
+    deduplicated by id."""
     out: list[TextQuestion] = []
     seen: set[str] = set()
     for url in set_files(ts)[0]:
@@ -72,9 +73,20 @@ def read_questions(ts: TextSetConfig, drop: Drop) -> list[TextQuestion]:
             else:
                 seen.add(qid)
                 out.append(TextQuestion(qid, question.strip(), answers))
-                if ts.max_questions and len(out) >= ts.max_questions:
+                if capped and ts.max_questions and len(out) >= ts.max_questions:
                     return out
     return out
+
+
+def sample_questions(questions: list[TextQuestion], n: int | None, seed: int) -> list[TextQuestion]:
+    """`n` questions drawn at random (Python's `random.Random(seed).sample`) and kept in file order;
+    all of them when `n` is None or not below their count."""
+    import random
+
+    if n is None or n >= len(questions):
+        return list(questions)
+    keep = sorted(random.Random(seed).sample(range(len(questions)), n))
+    return [questions[i] for i in keep]
 
 
 def read_corpus(ts: TextSetConfig, drop: Drop) -> list[CorpusDoc]:

@@ -2,7 +2,8 @@
 RAG accuracy at every Matryoshka dimension, Nyx stage 1 vs stage 2, text-only QA by F1 / EM).
 
 The table is long: one dict row per (model, dataset, split, dim, metric) with the columns of
-`RESULT_COLUMNS`; the stage writes it to Parquet. `render_report` turns it into `report.md` (one
+`RESULT_COLUMNS` and optionally `protocol` (the evaluation protocol that produced it, one per
+table: the report states it); the stage writes it to Parquet. `render_report` turns it into `report.md` (one
 section per dataset/split: a metric x model by dim table, a stage 2 - stage 1 delta table, plot
 links) plus one PNG plot per metric against the dimension (a line per model, its interval as a
 band), and returns compact summary lines for the task log.
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 RESULT_COLUMNS = ("model", "dataset", "split", "dim", "metric", "value", "n", "ci_low", "ci_high")
+OPTIONAL_COLUMNS = ("protocol",)  # the evaluation protocol (evaluate.protocol), the same in every row
 HEADLINE_METRICS = ("rag_accuracy", "f1", "em")  # the first one present is a section's headline
 BASELINE_MODEL, CANDIDATE_MODEL = "stage1", "stage2"  # the delta table is candidate - baseline
 PLOT_SIZE, PLOT_DPI = (6.4, 4.0), 120  # inches, dots per inch: 768 x 480 px, one figure per metric
@@ -46,20 +48,22 @@ def validate_rows(rows: Sequence[Mapping]) -> None:
     """Check every result row against `RESULT_COLUMNS`; raise ValueError naming the row index and
     column: missing or unknown columns, empty text columns, a non-int or non-positive `dim` or
     `n`, a non-numeric or non-finite `value`, a confidence interval that is half set, non-numeric
-    or reversed, and a repeated (model, dataset, split, dim, metric) key."""
+    or reversed, a repeated (model, dataset, split, dim, metric) key, and a `protocol` (optional)
+    that is not a non-empty str or not the same in every row."""
     seen: dict[tuple, int] = {}
+    protocols: set = set()
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise ValueError(f"row {i}: expected a dict, got {type(row).__name__}")
         missing = [c for c in RESULT_COLUMNS if c not in row]
         if missing:
             raise ValueError(f"row {i}: missing column(s) {missing}")
-        unknown = sorted(str(c) for c in row if c not in RESULT_COLUMNS)
+        unknown = sorted(str(c) for c in row if c not in RESULT_COLUMNS + OPTIONAL_COLUMNS)
         if unknown:
             raise ValueError(
                 f"row {i}: unknown column(s) {unknown}; expected {list(RESULT_COLUMNS)}"
             )
-        for col in _TEXT_COLUMNS:
+        for col in _TEXT_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in row):
             if not isinstance(row[col], str) or not row[col]:
                 raise ValueError(
                     f"row {i}: column {col!r} must be a non-empty str, got {row[col]!r}"
@@ -91,6 +95,10 @@ def validate_rows(rows: Sequence[Mapping]) -> None:
                 f"row {i}: duplicate of row {seen[key]} for {dict(zip(_KEY_COLUMNS, key, strict=True))}"
             )
         seen[key] = i
+        protocols.add(row.get("protocol"))
+        if len(protocols) > 1:
+            raise ValueError(f"row {i}: protocol {row.get('protocol')!r} differs from the other rows' "
+                             f"({sorted(map(str, protocols - {row.get('protocol')}))}); one protocol per table")
 
 
 # ----------------------------------------------------------------------------- table shaping
@@ -282,9 +290,12 @@ def _plot_names(stem: str, by_metric: Mapping) -> dict[str, str]:
 # ----------------------------------------------------------------------------- summary
 
 
-def _summary(dataset: str, split: str, by_metric: Mapping, dims: list[int]) -> list[str]:
+def _summary(
+    dataset: str, split: str, by_metric: Mapping, dims: list[int], protocol: str | None = None
+) -> list[str]:
     """One line per model (the headline metric, em beside f1, and recall@1, each at every dim)
-    plus a stage 2 - stage 1 line."""
+    plus a stage 2 - stage 1 line; each names the protocol when the rows carry one."""
+    named = f"protocol {protocol}, " if protocol else ""
     wanted = (_headline(by_metric), "em", "recall@1")
     shown = [m for m in by_metric if m in wanted] or [next(iter(by_metric))]
     models = _ordered(model for m in shown for model in by_metric[m])
@@ -300,14 +311,15 @@ def _summary(dataset: str, split: str, by_metric: Mapping, dims: list[int]) -> l
             if cells:
                 parts.append(f"{m} " + fmt({d: f"{r['value']:.3f}" for d, r in cells.items()}))
                 ns += [r["n"] for r in cells.values()]
-        lines.append(f"{dataset}/{split} {model} (n={max(ns)}): " + " | ".join(parts))
+        lines.append(f"{dataset}/{split} {model} ({named}n={max(ns)}): " + " | ".join(parts))
     deltas = _deltas({m: by_metric[m] for m in shown}, dims)
     if deltas:
         parts = [
             f"{m} " + fmt({d: _signed(v) for d, v in per_dim.items()})
             for m, per_dim in deltas.items()
         ]
-        lines.append(f"{dataset}/{split} {CANDIDATE_MODEL}-{BASELINE_MODEL}: " + " | ".join(parts))
+        where = f" ({named[:-2]})" if protocol else ""
+        lines.append(f"{dataset}/{split} {CANDIDATE_MODEL}-{BASELINE_MODEL}{where}: " + " | ".join(parts))
     return lines
 
 
@@ -320,7 +332,8 @@ def render_report(
     """Write the evaluation report of a results table into `out_dir` (created if needed).
 
     rows: result rows with `RESULT_COLUMNS` (checked by `validate_rows`; at least one).
-    Writes `report.md` (title, notes as bullets, then per dataset/split: the metric x model table
+    Writes `report.md` (title, the protocol when the rows carry one, notes as bullets, then per
+    dataset/split: the metric x model table
     by dim with "value [ci] (n=...)" cells, the stage 2 - stage 1 delta table when both models
     are present, image links) and, per dataset/split, one plot per metric (`PLOT_SIZE` inches at
     `PLOT_DPI`): `<dataset>-<split>-accuracy_vs_dim.png` for the headline metric (rag_accuracy,
@@ -335,7 +348,10 @@ def render_report(
     out.mkdir(parents=True, exist_ok=True)
     colours = {m: f"C{i % 10}" for i, m in enumerate(_ordered(r["model"] for r in rows))}
 
+    protocol = rows[0].get("protocol")  # validate_rows: the same in every row, or absent
     lines = [f"# {title}", ""]
+    if protocol:
+        lines += [f"**Protocol: {_md(protocol)}** (evaluate.protocol; every number below comes from it)", ""]
     if notes:
         lines += ["## Notes", "", *(f"- {' '.join(str(n).splitlines())}" for n in notes), ""]
     lines += [
@@ -360,7 +376,7 @@ def render_report(
             names.append((name, f"{metric} vs dim"))
         plots += [out / name for name, _ in names]
         lines += _section(dataset, split, by_metric, dims, names)
-        summary += _summary(dataset, split, by_metric, dims)
+        summary += _summary(dataset, split, by_metric, dims, protocol)
 
     markdown = out / "report.md"
     markdown.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
