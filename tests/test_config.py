@@ -128,6 +128,7 @@ PAPER_SHAPE_OVERRIDES = {
     "train_stage1.base_model", "train_stage1.sources", "train_stage1.max_steps", "train_stage1.logging_steps", "train_stage1.num_gpus",
     "train_stage1.per_device_batch_size", "train_stage1.global_batch_size",
     "feedback.generation.backend", "feedback.generation.model", "feedback.generation.temperature",
+    "feedback.generation.top_p", "evaluate.generation.max_tokens",
     "feedback.generation.compact_json", "feedback.top_k", "feedback.max_queries_per_source",
     "train_stage2.base_model", "train_stage2.sources", "train_stage2.max_steps", "train_stage2.logging_steps", "train_stage2.num_gpus",
     "train_stage2.per_device_batch_size", "train_stage2.global_batch_size",
