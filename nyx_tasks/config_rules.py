@@ -30,6 +30,9 @@ SHARED = (
            ("train_stage2.query_instruction", "feedback.embedder.query_instruction",
             "evaluate.embedder.query_instruction"),
            "the Nyx embedder is queried with the instruction it was trained with"),
+    Shared("train_stage1.prompt_format",
+           ("train_stage2.prompt_format", "feedback.embedder.prompt_format", "evaluate.embedder.prompt_format"),
+           "the Nyx embedder reads inputs in the format it was trained with"),
 )
 
 

@@ -16,12 +16,18 @@ VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 PROMPT_FORMAT = "chat-v1"  # part of model_id: a change of prompt invalidates cached embeddings
 
 
-def nyx_prompt(processor, text: str, role: str, instruction: str, placeholder: str) -> str:
+def nyx_prompt(processor, text: str, role: str, instruction: str, placeholder: str, fmt: str = "chat") -> str:
     """The Nyx input for one query or document (training and embedding share it):
     the chat template with text and images interleaved where the placeholders
     stood, the retrieval instruction as the system message of queries
     (documents keep the template's default), the assistant turn opened, and the
-    end-of-text token last, whose hidden state is the embedding (paper: EOS)."""
+    end-of-text token last, whose hidden state is the embedding (paper: EOS).
+    `fmt="plain"` (the released code's input): no template, the instruction and a newline
+    before a query's text, each placeholder a vision block, then the end-of-text token."""
+    eos = processor.tokenizer.pad_token or "<|endoftext|>"
+    if fmt == "plain":
+        body = VISION.join(text.split(placeholder))
+        return (f"{instruction}\n{body}" if role == "query" and instruction else body) + eos
     content: list[dict] = []
     for i, part in enumerate(text.split(placeholder)):
         if i:
@@ -31,7 +37,6 @@ def nyx_prompt(processor, text: str, role: str, instruction: str, placeholder: s
     messages = [{"role": "user", "content": content}]
     if role == "query" and instruction:
         messages.insert(0, {"role": "system", "content": instruction})
-    eos = processor.tokenizer.pad_token or "<|endoftext|>"
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + eos
 
 
@@ -43,10 +48,14 @@ def cap_image_pixels(processor, max_pixels: int) -> None:
 
 class NyxEmbedder(VLMEmbedder):
     kind = "nyx"
-    prompt_format = PROMPT_FORMAT
+
+    @property
+    def prompt_format(self) -> str:
+        return PROMPT_FORMAT if self.cfg.prompt_format == "chat" else f"{self.cfg.prompt_format}-v1"
 
     def _setup(self) -> None:
         cap_image_pixels(self.processor, self.cfg.max_pixels)
 
     def _text(self, item: MixedItem, role: str) -> str:
-        return nyx_prompt(self.processor, item.text, role, self.cfg.query_instruction, self.cfg.image_placeholder)
+        return nyx_prompt(self.processor, item.text, role, self.cfg.query_instruction, self.cfg.image_placeholder,
+                          self.cfg.prompt_format)

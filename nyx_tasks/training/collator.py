@@ -22,7 +22,7 @@ class TripletCollator:
 
     def _encode(self, docs, role: str, instructions=None) -> dict:
         instructions = instructions or [""] * len(docs)
-        texts = [nyx_prompt(self.processor, d.text, role, instr, self.cfg.image_placeholder)
+        texts = [nyx_prompt(self.processor, d.text, role, instr, self.cfg.image_placeholder, self.cfg.prompt_format)
                  for d, instr in zip(docs, instructions, strict=True)]
         images = [load_image(self.store, {"path": p}) for d in docs for p in d.images]
         kw = {"images": images} if images else {}

@@ -20,48 +20,72 @@ from ..log import get_logger
 # Decoder-layer projections of the language model only: Qwen2.5-VL's vision
 # blocks also have gate_proj / up_proj / down_proj, which must stay frozen.
 LM_LAYER = r"(?:.*\.)?language_model\.layers\.(\d+)\.(?:self_attn|mlp)\.({names})"
+# The vision tower's blocks, wrapped only when `vision_target_modules` names them.
+VISION_BLOCK = r"(?:.*\.)?visual\.blocks\.(\d+)\.(?:attn|mlp)\.({names})"
 
 
-def lora_pattern(names: list[str]) -> str:
-    return LM_LAYER.format(names="|".join(re.escape(n) for n in names))
+def _alternatives(names: list[str]) -> str:
+    return "|".join(re.escape(n) for n in names)
 
 
-def expected_lora_modules(model, names: list[str]) -> int:
-    """Decoder layers x target names; each name must exist in every decoder layer."""
-    pattern = re.compile(lora_pattern(names))
+def lora_pattern(names: list[str], vision_names: list[str] = ()) -> str:
+    pattern = LM_LAYER.format(names=_alternatives(names))
+    if vision_names:
+        pattern = f"(?:{pattern})|(?:{VISION_BLOCK.format(names=_alternatives(list(vision_names)))})"
+    return pattern
+
+
+def _count(model, block: str, names: list[str], layers: int, where: str, fix: str) -> int:
+    """Layers x names; each name must exist in every layer of that tower."""
+    if not names:
+        return 0
+    pattern = re.compile(block.format(names=_alternatives(names)))
     per_name: dict[str, set[int]] = {n: set() for n in names}
     for key, _ in model.named_modules():
         m = pattern.fullmatch(key)
         if m:
             per_name[m.group(2)].add(int(m.group(1)))
-    layers = model.config.get_text_config().num_hidden_layers
     missing = {n: layers - len(found) for n, found in per_name.items() if len(found) != layers}
     if missing:
-        raise ValueError(f"LoRA target modules {sorted(missing)} are missing from decoder layers of the "
-                         f"language model ({layers} layers); Qwen2.5-VL's are q_proj k_proj v_proj o_proj "
-                         "gate_proj up_proj down_proj. Fix train.lora.target_modules.")
+        raise ValueError(f"LoRA target modules {sorted(missing)} are missing from {where} ({layers} layers); "
+                         f"{fix}")
     return layers * len(names)
 
 
+def expected_lora_modules(model, names: list[str], vision_names: list[str] = ()) -> int:
+    """Decoder layers x target names (+ vision blocks x vision names)."""
+    n = _count(model, LM_LAYER, names, model.config.get_text_config().num_hidden_layers,
+               "decoder layers of the language model", "Qwen2.5-VL's are q_proj k_proj v_proj o_proj gate_proj "
+               "up_proj down_proj. Fix train.lora.target_modules.")
+    vision = getattr(model.config, "vision_config", None)
+    if vision_names:
+        n += _count(model, VISION_BLOCK, list(vision_names), int(getattr(vision, "depth", 0) or 0),
+                    "blocks of the vision tower", "Qwen2.5-VL's are qkv proj gate_proj up_proj down_proj. "
+                    "Fix train.lora.vision_target_modules.")
+    return n
+
+
 def apply_lora(model, cfg: LoraSettings):
-    """Wrap the language model's projections with LoRA (or DoRA); assert how many
-    modules were wrapped, since a wrong name list silently wraps almost nothing."""
+    """Wrap the language model's projections (and the vision blocks' named in
+    `vision_target_modules`) with LoRA (or DoRA); assert how many modules were wrapped,
+    since a wrong name list silently wraps almost nothing."""
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    expected = expected_lora_modules(model, cfg.target_modules)
+    expected = expected_lora_modules(model, cfg.target_modules, cfg.vision_target_modules)
     peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_dora=cfg.use_dora,
                           init_lora_weights="gaussian" if cfg.init == "gaussian" else True,
-                          target_modules=lora_pattern(cfg.target_modules), bias="none")
+                          target_modules=lora_pattern(cfg.target_modules, cfg.vision_target_modules), bias="none")
     model = get_peft_model(model, peft_cfg)
     wrapped = sum(1 for _, m in model.named_modules() if isinstance(m, LoraLayer))
     if wrapped != expected:
         raise RuntimeError(f"LoRA wrapped {wrapped} modules, expected {expected}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    get_logger("train").info("LoRA r=%d alpha=%d dropout=%g dora=%s init=%s: %d modules wrapped, %d trainable of %d parameters "
-                             "(%.3f%%)", cfg.r, cfg.alpha, cfg.dropout, cfg.use_dora, cfg.init, wrapped, trainable, total,
-                             100 * trainable / max(total, 1))
+    get_logger("train").info(
+        "LoRA r=%d alpha=%d dropout=%g dora=%s init=%s vision=%s: %d modules wrapped, %d trainable of %d "
+        "parameters (%.3f%%)", cfg.r, cfg.alpha, cfg.dropout, cfg.use_dora, cfg.init,
+        cfg.vision_target_modules or "frozen", wrapped, trainable, total, 100 * trainable / max(total, 1))
     return model
 
 

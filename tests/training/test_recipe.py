@@ -6,7 +6,7 @@ import pytest
 from nyx_tasks.config import LoraSettings, TrainConfig, TrainSource
 from nyx_tasks.inference import resolve_model
 from nyx_tasks.training.collator import TripletCollator
-from nyx_tasks.training.data import Doc, TrainingMix, select_rows, source_instruction
+from nyx_tasks.training.data import TrainingMix, select_rows, source_instruction
 from nyx_tasks.training.deepspeed_config import zero2_config
 
 INSTR = "Please retrieve the most relevant document to answer the question."
@@ -129,3 +129,56 @@ def test_dora_with_gaussian_init_wraps_the_projections():
     plain = apply_lora(base, LoraSettings(r=8, alpha=64))
     assert not any("lora_magnitude_vector" in n for n, _ in plain.named_parameters())
     assert abs(lora_a(plain).std().item() - 1 / 8) > 0.02  # Kaiming-uniform is another spread
+
+
+def test_vision_targets_wrap_the_vision_blocks_named_and_nothing_else():
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForImageTextToText
+
+    from nyx_tasks.training.model import apply_lora
+
+    base = AutoModelForImageTextToText.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
+    layers, blocks = base.config.get_text_config().num_hidden_layers, base.config.vision_config.depth
+    model = apply_lora(base, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "down_proj"],
+                                          vision_target_modules=["down_proj"]))
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    vision = [n for n in wrapped if ".visual." in n]
+    assert len(wrapped) == 2 * layers + blocks and len(vision) == blocks
+    assert all(n.endswith("mlp.down_proj") for n in vision)  # not gate/up, not attention
+    assert any(p.requires_grad for n, p in model.named_parameters() if ".visual." in n and "lora_" in n)
+    model.unload()
+    with pytest.raises(ValueError, match="vision_target_modules"):
+        apply_lora(base, LoraSettings(vision_target_modules=["o_proj"]))  # a language-model name
+
+
+def test_plain_prompts_are_the_released_codes_input_with_the_end_of_text_token():
+    from transformers import AutoProcessor
+
+    from nyx_tasks.config import load_config
+    from nyx_tasks.embedding.nyx import VISION, nyx_prompt
+
+    proc = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
+    eos = proc.tokenizer.pad_token
+    q = nyx_prompt(proc, "What is <image> showing?", "query", INSTR, "<image>", "plain")
+    assert q == f"{INSTR}\nWhat is {VISION} showing?{eos}"
+    d = nyx_prompt(proc, "<image> a red square", "document", INSTR, "<image>", "plain")
+    assert d == f"{VISION} a red square{eos}"  # documents carry no instruction
+    assert nyx_prompt(proc, "q", "query", "", "<image>", "plain") == f"q{eos}"
+    chat = nyx_prompt(proc, "What is <image> showing?", "query", INSTR, "<image>")
+    assert chat != q and "<|im_start|>" in chat and chat.endswith(eos)
+    # the embedders of feedback and evaluation read what training wrote
+    cfg = load_config("paper")
+    assert cfg.train_stage1.prompt_format == cfg.train_stage2.prompt_format == "plain"
+    assert cfg.feedback.embedder.prompt_format == cfg.evaluate.embedder.prompt_format == "plain"
+    with pytest.raises(ValueError, match="evaluate.embedder.prompt_format"):
+        load_config("paper", ["evaluate.embedder.prompt_format=chat"])
+
+
+def test_the_embedders_model_id_names_its_prompt_format():
+    from nyx_tasks.config import EmbedderConfig
+    from nyx_tasks.embedding.nyx import PROMPT_FORMAT, NyxEmbedder
+
+    chat, plain = NyxEmbedder.__new__(NyxEmbedder), NyxEmbedder.__new__(NyxEmbedder)
+    chat.cfg, plain.cfg = EmbedderConfig(kind="nyx"), EmbedderConfig(kind="nyx", prompt_format="plain")
+    assert chat.prompt_format == PROMPT_FORMAT == "chat-v1"  # unchanged: cached chat embeddings stay valid
+    assert plain.prompt_format == "plain-v1"
