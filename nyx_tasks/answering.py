@@ -92,7 +92,8 @@ class Answering:
             messages.insert(0, {"role": "system", "content": system})
         gen = self.gen
         return ChatRequest(messages=messages, json_schema=None if paper else answer_schema(options),
-                           max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
+                           max_tokens=gen.max_tokens, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed,
+                           repetition_penalty=gen.repetition_penalty)
 
 
 def parsed_answer(response, options: list[str] | None) -> str | None:

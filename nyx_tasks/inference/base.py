@@ -5,7 +5,8 @@ A request's content parts are `{"type": "text", "text": ...}` or
 `{"type": "image", "image_id": <sha256>, "path": <relative to the artifact
 root>}`; backends load image bytes themselves. A request's key is the hash of
 everything that determines its answer (model, messages with images by content
-hash, sampling, schema), which is what the request cache keys on. A seeded
+hash, sampling, schema), which is what the request cache keys on; a repetition
+penalty enters it only when set (not 1.0), so keys without one stay as they were. A seeded
 request samples with its own seed (`sampling_seed`, from its content), so its
 answer does not depend on what it is batched with.
 """
@@ -32,6 +33,7 @@ class ChatRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = 0
+    repetition_penalty: float = 1.0  # CTRL-style, over prompt and answer tokens; 1.0 is off
 
     def _content(self) -> dict[str, Any]:
         """Everything in the request that determines its answer, images by content hash."""
@@ -40,8 +42,11 @@ class ChatRequest:
 
         msgs = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
                  else [strip(p) for p in m["content"]]} for m in self.messages]
-        return {"messages": msgs, "schema": self.json_schema, "max_tokens": self.max_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        content = {"messages": msgs, "schema": self.json_schema, "max_tokens": self.max_tokens,
+                   "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        if self.repetition_penalty != 1.0:  # only when set: keys and seeds without one are unchanged
+            content["repetition_penalty"] = float(self.repetition_penalty)
+        return content
 
     def key(self, model_id: str) -> str:
         """The cache key. A sampled request also names the sampler (`SAMPLER`), so an answer

@@ -2,8 +2,9 @@
 a JSON schema becomes an xgrammar grammar applied through its transformers
 logits processor, so outputs parse by construction (up to max_tokens).
 
-Sampling is per row (`sampling.RowSampler`), each request with its own seed, so a
-request's answer does not depend on the batch size or on its neighbours."""
+Sampling is per row (`sampling.RowSampler`), each request with its own seed, and so
+is the repetition penalty (`sampling.RowPenalty`), so a request's answer does not
+depend on the batch size or on its neighbours."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..config import GenerationConfig, stable_hash
 from .base import ChatRequest, ChatResponse, GenerationError, OnDone, load_image
-from .sampling import GrammarRows, RowSampler
+from .sampling import GrammarRows, RowPenalty, RowSampler
 
 log = logging.getLogger("nyx.inference")
 
@@ -105,8 +106,8 @@ class HFBackend:
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, batch: list[ChatRequest]) -> list[ChatResponse]:
-        """One `model.generate` call. Decoding is greedy over processed logits: the grammar
-        masks each row, then `RowSampler` draws each sampled row's token with that row's
+        """One `model.generate` call. Decoding is greedy over processed logits: each row's
+        repetition penalty (if any) applies first, the grammar masks each row, then `RowSampler` draws each sampled row's token with that row's
         own temperature, top_p and seed; each row is cut at its own max_tokens. A row's
         answer is therefore the one it would get alone."""
         import torch
@@ -116,6 +117,10 @@ class HFBackend:
         kw = {"images": images} if images else {}
         inputs = self.processor(text=[t for t, _ in prompts], padding=True, return_tensors="pt", **kw).to(self.device)
         processors = []
+        if any(r.repetition_penalty != 1.0 for r in batch):  # rows at 1.0 stay untouched
+            mask = inputs["attention_mask"]
+            pads = (mask.shape[1] - mask.sum(dim=1)).tolist()  # left padding: not the row's tokens
+            processors.append(RowPenalty([r.repetition_penalty for r in batch], pads))
         if any(r.json_schema for r in batch):  # rows without a schema stay unconstrained
             processors.append(GrammarRows([self._grammar(r.json_schema) if r.json_schema else None for r in batch]))
         if any(r.temperature > 0 for r in batch):

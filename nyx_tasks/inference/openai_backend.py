@@ -2,7 +2,10 @@
 
 Async with bounded concurrency; the official client retries timeouts, 429 and
 5xx with exponential backoff (`max_retries`); images travel as base64 data
-URLs; a JSON schema becomes `response_format={"type": "json_schema", ...}`.
+URLs; a JSON schema becomes `response_format={"type": "json_schema", ...}`; a
+repetition penalty other than 1.0 goes as vLLM's extra sampling parameter
+`repetition_penalty` in the JSON body (`extra_body`: the OpenAI API has no such
+field, and a request without one is sent as before).
 The URL and key come from config / the Airflow connection `nyx_vllm`, and the
 key is never logged.
 """
@@ -56,6 +59,8 @@ class OpenAIBackend:
         if r.json_schema is not None:
             kw["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "nyx", "schema": r.json_schema, "strict": True}}
+        if r.repetition_penalty != 1.0:  # vLLM's extra sampling parameter; only when set
+            kw["extra_body"] = {"repetition_penalty": float(r.repetition_penalty)}
         return kw
 
     def generate(self, requests: list[ChatRequest], on_done: OnDone | None = None) -> list[ChatResponse]:

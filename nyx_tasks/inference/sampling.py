@@ -13,6 +13,11 @@ neighbours do, so its n-th token depends only on its own prefix and seed.
 `GrammarRows` constrains the rows that have a JSON schema and leaves the others
 free (xgrammar's own transformers processor needs a grammar for every row, so a
 free-text request batched with schema requests was forced into JSON).
+
+`RowPenalty` applies each row's own repetition penalty (transformers'
+`RepetitionPenaltyLogitsProcessor`, CTRL-style) over the row's prompt and
+generated tokens, its left padding left out, so a row is penalised as it would
+be alone; rows at 1.0 are not touched. It runs before the grammar and the sampler.
 """
 
 from __future__ import annotations
@@ -48,6 +53,23 @@ class GrammarRows:
         masked = scores if device.type in ("cuda", "cpu") else scores.to("cpu")
         xgr.apply_token_bitmask_inplace(masked, self.bitmask.to(masked.device), indices=self.rows)
         return masked.to(device)
+
+
+class RowPenalty:
+    """A transformers logits processor: row i's logits for the tokens already in its
+    prompt or answer are divided (positive) or multiplied (negative) by `penalties[i]`.
+    `pads[i]` is row i's left padding (not its tokens). One per `generate` call."""
+
+    def __init__(self, penalties: list[float], pads: list[int]):
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        self.rows = [(i, RepetitionPenaltyLogitsProcessor(float(p)), pad)
+                     for i, (p, pad) in enumerate(zip(penalties, pads, strict=True)) if p != 1.0]
+
+    def __call__(self, input_ids, scores):
+        for i, proc, pad in self.rows:
+            scores[i:i + 1] = proc(input_ids[i:i + 1, pad:], scores[i:i + 1])
+        return scores
 
 
 class RowSampler:

@@ -10,6 +10,15 @@ from .base import ChatRequest, ChatResponse, GenerationError, OnDone
 from .openai_backend import OpenAIBackend
 
 
+def sampling_kwargs(r: ChatRequest) -> dict:
+    """`vllm.SamplingParams` keyword arguments for one request, less its structured output.
+    A repetition penalty is passed only when set (not 1.0, vLLM's own default)."""
+    kw = {"temperature": r.temperature, "top_p": r.top_p, "max_tokens": r.max_tokens, "seed": r.sampling_seed()}
+    if r.repetition_penalty != 1.0:
+        kw["repetition_penalty"] = float(r.repetition_penalty)
+    return kw
+
+
 class VLLMBackend:
     def __init__(self, cfg: GenerationConfig, store, **engine_kwargs):
         """`engine_kwargs` go to `vllm.LLM` as they are (the GPU check passes `load_format="dummy"`:
@@ -37,8 +46,7 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        params = [SamplingParams(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                 seed=r.sampling_seed(),
+        params = [SamplingParams(**sampling_kwargs(r),
                                  structured_outputs=StructuredOutputsParams(json=r.json_schema) if r.json_schema else None)
                   for r in requests]
         convs = [[{"role": m["role"], "content": self._messages._content(m["content"])} for m in r.messages]
