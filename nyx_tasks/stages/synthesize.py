@@ -129,6 +129,7 @@ class Settings:
     top_p: float
     seed: int | None
     limit_mm_per_prompt: int | None = None  # the backend's image cap (generation.limit_mm_per_prompt)
+    repetition_penalty: float = 1.0
 
     @property
     def v1_requests(self) -> bool:
@@ -150,13 +151,15 @@ class Settings:
         return cls(prompt_version=cfg.prompt_version, max_qa_per_chunk=cfg.max_qa_per_chunk,
                    max_images_per_prompt=cfg.max_images_per_prompt, max_answer_words=cfg.max_answer_words,
                    num_distractors=cfg.num_distractors, max_tokens=gen.max_tokens, temperature=gen.temperature,
-                   top_p=gen.top_p, seed=gen.seed, limit_mm_per_prompt=gen.limit_mm_per_prompt)
+                   top_p=gen.top_p, seed=gen.seed, limit_mm_per_prompt=gen.limit_mm_per_prompt,
+                   repetition_penalty=gen.repetition_penalty)
 
     def request(self, prompt_text: str, chunk: list[dict] | None = None, schema: dict | None = None,
                 max_tokens: int | None = None, question_images: list[dict] | None = None) -> ChatRequest:
         return ChatRequest(messages=user_message(prompt_text, chunk, question_images), json_schema=schema,
                            max_tokens=self.max_tokens if max_tokens is None else max_tokens,
-                           temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+                           temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                           repetition_penalty=self.repetition_penalty)
 
 
 @dataclass
