@@ -1,0 +1,323 @@
+"""A text set's retrieval corpus as a Parquet table under the artifact root, read by row id
+(issue 17 item 3): stages take the texts of the rows they need, never the whole corpus.
+
+    <root>/corpora/<key>/_CORPUS.json                  the table, written last
+    <root>/corpora/<key>/<build>/rows-<i:05d>.parquet  columns row (int64), doc_id, text
+    <root>/corpora/<key>/<build>/rep.npy               int64 (N,): the row of each row's text's first occurrence
+    <root>/corpora/<key>/<build>/drops.parquet         the source rows dropped (reason, where)
+
+`key` is the hash of the corpus files' fingerprint (size, mtime / etag of each file) and the
+id / text column names, so a changed file builds a new table and an unchanged one is built once.
+Rows are numbered 0..N-1 densely in file order; a dropped source row (malformed, empty text, a
+duplicate id: `text_sets.read_corpus`'s reasons, in its order) takes no number, so row r is
+`read_corpus(ts)[r]`. Every file holds `file_rows` rows in row groups of `row_group` rows (the
+last ones shorter), so a row's file and row group are arithmetic, and `texts(rows)` reads only
+the row groups those rows sit in.
+
+A build writes its files under a folder of its own and the manifest last, so a crash leaves no
+table and two concurrent builds each leave a whole one (the last manifest wins)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .artifacts import ArtifactStore
+from .config import TextSetConfig, stable_hash
+from .log import Progress, get_logger
+from .obelics import Malformed, fingerprint_urls, iter_file_rows
+from .text_sets import Drop, set_files
+
+FORMAT = 1
+PREFIX = "corpora"
+MANIFEST = "_CORPUS.json"
+ROW_GROUP = 4096
+FILE_ROWS = 256 * ROW_GROUP
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("row", pa.int64()), ("doc_id", pa.string()), ("text", pa.string())])
+
+
+def corpus_key(ts: TextSetConfig) -> str:
+    """The table's key: the corpus files' fingerprint and the columns read from them."""
+    files = set_files(ts)[1]
+    return stable_hash([FORMAT, fingerprint_urls(files), ts.corpus_id_column, ts.corpus_text_column], 32)
+
+
+@dataclass
+class CorpusTable:
+    """An open corpus table: `len(table)` rows; `texts(rows)`, `doc_ids(rows)` by row id."""
+
+    store: ArtifactStore
+    key: str
+    manifest: dict
+    _files: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def row_group(self) -> int:
+        return int(self.manifest["row_group"])
+
+    @property
+    def file_rows(self) -> int:
+        return int(self.manifest["file_rows"])
+
+    def texts(self, rows) -> list[str]:
+        """The texts of `rows` (any order, repeats allowed), reading only their row groups."""
+        return self._take(rows, "text")
+
+    def doc_ids(self, rows) -> list[str]:
+        return self._take(rows, "doc_id")
+
+    def rep(self) -> np.ndarray:
+        """(N,) int64: the row of each row's text's first occurrence (identical texts count once;
+        `rep == arange(N)` marks the distinct ones). Memory-mapped on a local root."""
+        rel = self.manifest["rep"]
+        if self.store.is_local:
+            return np.load(self.store.path(rel), mmap_mode="r")
+        with self.store.fs.open(self.store.path(rel), "rb") as f:
+            return np.load(f)
+
+    def iter_texts(self, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
+        """The texts of rows [start, stop) in order, one row group (or its part in range) at a time."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        g = start // self.row_group
+        while g * self.row_group < stop:
+            lo, hi = g * self.row_group, min((g + 1) * self.row_group, stop)
+            col = self._row_group(g, "text")
+            yield col.slice(max(start - lo, 0), hi - max(start, lo)).to_pylist()
+            g += 1
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def _row_group(self, g: int, column: str):
+        """Row group `g` (counted over the whole table) of one column, as an Arrow array."""
+        per_file = self.file_rows // self.row_group
+        return self._parquet(g // per_file).read_row_group(g % per_file, columns=[column]).column(0).combine_chunks()
+
+    def _parquet(self, i: int):
+        import pyarrow.parquet as pq
+
+        if i not in self._files:
+            self._files[i] = self.store.fs.open(self.store.path(self.manifest["files"][i]["path"]), "rb")
+        return pq.ParquetFile(self._files[i])
+
+    def _take(self, rows, column: str) -> list[str]:
+        import pyarrow as pa
+
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"corpus {self.key}: rows outside 0..{len(self) - 1}")
+        out: list = [None] * rows.size
+        order = np.argsort(rows, kind="stable")
+        groups = rows[order] // self.row_group
+        cuts = np.flatnonzero(np.diff(groups)) + 1
+        for part in np.split(order, cuts) if rows.size else []:
+            g = int(rows[part[0]] // self.row_group)
+            got = self._row_group(g, column).take(pa.array(rows[part] - g * self.row_group)).to_pylist()
+            for pos, value in zip(part.tolist(), got, strict=True):
+                out[pos] = value
+        return out
+
+
+def corpus_table(store: ArtifactStore, ts: TextSetConfig, drop: Drop | None = None,
+                 row_group: int = ROW_GROUP, file_rows: int = FILE_ROWS) -> CorpusTable:
+    """The text set's corpus table, built once (streaming its files) when missing. `drop` hears
+    every dropped source row as `read_corpus` reports it (`<set>_corpus_...`), built now or not.
+    `row_group` / `file_rows` shape a new table only; an existing one keeps its own."""
+    key = corpus_key(ts)
+    rel = f"{PREFIX}/{key}/{MANIFEST}"
+    manifest = store.read_json(rel)
+    if manifest is None:
+        manifest = _build(store, ts, key, row_group, file_rows)
+        store.write_json_atomic(rel, manifest)
+    table = CorpusTable(store, key, manifest)
+    if drop is not None:
+        _replay_drops(store, manifest, ts.name, drop)
+    return table
+
+
+def _replay_drops(store: ArtifactStore, manifest: dict, name: str, drop: Drop) -> None:
+    if not manifest.get("drops"):
+        return
+    for batch in store.read_parquet(manifest["drops"]):
+        for reason, where in zip(batch.column("reason").to_pylist(), batch.column("where").to_pylist(), strict=True):
+            drop(f"{name}_{reason}", where)
+
+
+def _source_rows(ts: TextSetConfig, drops: list) -> Iterator[tuple[str, str]]:
+    """(doc_id, text) of every source row with a text, in file order; malformed and empty rows
+    go to `drops` as (rows accepted before it, 0, reason, where) for `_build` to order."""
+    n = 0
+    for url in set_files(ts)[1]:
+        for i, row in enumerate(iter_file_rows(url)):
+            where = f"{url}#{i}"
+            if isinstance(row, Malformed):
+                drops.append((n, 0, f"corpus_malformed_{row.reason}", where))
+                continue
+            doc_id, text = row.get(ts.corpus_id_column), row.get(ts.corpus_text_column)
+            if not isinstance(text, str) or not text.strip():
+                drops.append((n, 0, "corpus_empty_text", where))
+                continue
+            n += 1
+            yield (str(doc_id) if doc_id is not None else where), text
+
+
+def _digest(s: str) -> bytes:
+    return hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class _Writer:
+    """Rows -> `rows-<i>.parquet` files of `file_rows` rows in row groups of `row_group`."""
+
+    def __init__(self, store: ArtifactStore, folder: str, row_group: int, file_rows: int):
+        self.store, self.folder, self.row_group, self.file_rows = store, folder, row_group, file_rows
+        self.files: list[dict] = []
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.rows = 0
+        self._w = None
+
+    def add(self, doc_id: str, text: str) -> None:
+        self.ids.append(doc_id)
+        self.texts.append(text)
+        if len(self.ids) == self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.ids:
+            return
+        if self._w is None:
+            rel = f"{self.folder}/rows-{len(self.files):05d}.parquet"
+            tmp = self.store._tmp_for(rel)
+            self.store.fs.makedirs(self.store.path(self.folder), exist_ok=True)
+            fh = self.store.fs.open(self.store.path(tmp), "wb")
+            self._w = (rel, tmp, fh, pq.ParquetWriter(fh, _schema(), compression="zstd"), self.rows)
+        n = len(self.ids)
+        self._w[3].write_table(pa.table({"row": pa.array(np.arange(self.rows, self.rows + n)),
+                                         "doc_id": pa.array(self.ids, pa.string()),
+                                         "text": pa.array(self.texts, pa.string())}, schema=_schema()))
+        self.rows += n
+        self.ids, self.texts = [], []
+        if self.rows % self.file_rows == 0:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        """Finish the open file and rename it into place (no reader sees a partial file)."""
+        if self._w is not None:
+            rel, tmp, fh, w, first = self._w
+            w.close()
+            fh.close()
+            self.store.commit_tmp(tmp, rel)
+            self.files.append({"path": rel, "rows": self.rows - first, "bytes": self.store.size(rel)})
+            self._w = None
+
+    def close(self) -> list[dict]:
+        self._flush()
+        self._close_file()
+        return self.files
+
+
+def _build(store: ArtifactStore, ts: TextSetConfig, key: str, row_group: int, file_rows: int) -> dict:
+    """Stream the corpus files into a new build folder; returns the manifest to write."""
+    if file_rows % row_group:
+        raise ValueError(f"file_rows ({file_rows}) must be a multiple of row_group ({row_group})")
+    log = get_logger("corpus")
+    folder = f"{PREFIX}/{key}/b-{uuid.uuid4().hex[:12]}"
+    drops: list[tuple] = []
+    id_hash, text_hash = bytearray(), bytearray()
+    writer = _Writer(store, folder, row_group, file_rows)
+    progress = Progress(log, f"corpus {ts.name} ({key[:8]})", unit="passages")
+    for doc_id, text in _source_rows(ts, drops):
+        id_hash += _digest(doc_id)
+        text_hash += _digest(text)
+        writer.add(doc_id, text)
+        progress.update()
+    files = writer.close()
+    progress.close()
+    dup = _later_occurrences(np.frombuffer(bytes(id_hash), dtype="V16"))
+    del id_hash
+    texts = np.frombuffer(bytes(text_hash), dtype="V16")
+    if dup.any():  # rare: rewrite without the duplicate ids
+        files = _drop_duplicate_ids(store, files, dup, drops, _Writer(store, f"{folder}/dedup", row_group, file_rows))
+        texts = texts[~dup]
+    rows = sum(f["rows"] for f in files)
+    rep_rel = f"{folder}/rep.npy"
+    rep = _first_occurrence(texts)
+    _write_npy(store, rep_rel, rep)
+    manifest = {"format": FORMAT, "key": key, "rows": rows, "row_group": row_group, "file_rows": file_rows,
+                "files": files, "rep": rep_rel, "distinct": int((rep == np.arange(rows)).sum()),
+                "drops": _write_drops(store, folder, drops), "dropped": len(drops),
+                "sources": set_files(ts)[1], "columns": [ts.corpus_id_column, ts.corpus_text_column]}
+    log.info("corpus %s: %d passages (%d distinct texts), %d source rows dropped -> %s", ts.name, rows,
+             manifest["distinct"], len(drops), store.url(f"{PREFIX}/{key}"))
+    return manifest
+
+
+def _later_occurrences(keys: np.ndarray) -> np.ndarray:
+    """(N,) bool: True where a key already occurred at a lower index."""
+    rep = _first_occurrence(keys)
+    return rep != np.arange(len(keys))
+
+
+def _first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """(N,) int64: the index of each key's first occurrence."""
+    if not len(keys):
+        return np.zeros(0, np.int64)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first.astype(np.int64)[inverse.reshape(-1)]
+
+
+def _drop_duplicate_ids(store: ArtifactStore, files: list[dict], dup: np.ndarray, drops: list,
+                        writer: _Writer) -> list[dict]:
+    """Rewrite the provisional files through `writer` without the rows whose id came before
+    (`dup`), recording each as `corpus_duplicate_id` where `read_corpus` would; returns the files."""
+    p = 0
+    for entry in files:
+        for batch in store.read_parquet(entry["path"], columns=["doc_id", "text"], batch_size=writer.row_group):
+            for doc_id, text in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(),
+                                    strict=True):
+                if dup[p]:
+                    drops.append((p, 1, "corpus_duplicate_id", doc_id))
+                else:
+                    writer.add(doc_id, text)
+                p += 1
+        store.remove(entry["path"])
+    drops.sort(key=lambda d: d[:2])
+    return writer.close()
+
+
+def _write_npy(store: ArtifactStore, rel: str, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    store.write_bytes_atomic(rel, buf.getvalue())
+
+
+def _write_drops(store: ArtifactStore, folder: str, drops: list) -> str | None:
+    import pyarrow as pa
+
+    if not drops:
+        return None
+    rel = f"{folder}/drops.parquet"
+    table = pa.table({"reason": [d[2] for d in drops], "where": [d[3] for d in drops]})
+    with store.parquet_writer(rel, table.schema, name="corpus drops") as w:
+        w.write_table(table)
+        w.close()
+    return rel
