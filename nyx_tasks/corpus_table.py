@@ -3,7 +3,7 @@
 
     <root>/corpora/<key>/_CORPUS.json                  the table, written last
     <root>/corpora/<key>/<build>/rows-<i:05d>.parquet  columns row (int64), doc_id, text
-    <root>/corpora/<key>/<build>/rep.npy               int64 (N,): the row of each row's text's first occurrence
+    <root>/corpora/<key>/<build>/repeats.npy           int64 (D, 2): (row, row of its text's first occurrence)
     <root>/corpora/<key>/<build>/drops.parquet         the source rows dropped (reason, where)
 
 `key` is the hash of the corpus files' fingerprint (size, mtime / etag of each file) and the
@@ -12,7 +12,11 @@ Rows are numbered 0..N-1 densely in file order; a dropped source row (malformed,
 duplicate id: `text_sets.read_corpus`'s reasons, in its order) takes no number, so row r is
 `read_corpus(ts)[r]`. Every file holds `file_rows` rows in row groups of `row_group` rows (the
 last ones shorter), so a row's file and row group are arithmetic, and `texts(rows)` reads only
-the row groups those rows sit in.
+the row groups those rows sit in. Identical texts count once (as `search.distinct_contents`):
+`repeats()` lists each row whose text came before, with that first row.
+
+Building it holds 16 bytes a passage (64-bit hashes of ids and texts; equal hashes are checked
+against the strings, so a collision never merges two passages) besides one row group.
 
 A build writes its files under a folder of its own and the manifest last, so a crash leaves no
 table and two concurrent builds each leave a whole one (the last manifest wins)."""
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from array import array
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +65,7 @@ class CorpusTable:
     key: str
     manifest: dict
     _files: dict = field(default_factory=dict, repr=False)
+    _repeats: tuple | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.manifest["rows"])
@@ -78,14 +85,23 @@ class CorpusTable:
     def doc_ids(self, rows) -> list[str]:
         return self._take(rows, "doc_id")
 
-    def rep(self) -> np.ndarray:
-        """(N,) int64: the row of each row's text's first occurrence (identical texts count once;
-        `rep == arange(N)` marks the distinct ones). Memory-mapped on a local root."""
-        rel = self.manifest["rep"]
-        if self.store.is_local:
-            return np.load(self.store.path(rel), mmap_mode="r")
-        with self.store.fs.open(self.store.path(rel), "rb") as f:
-            return np.load(f)
+    def repeats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, firsts), int64, rows ascending: each row whose text an earlier row has, and that
+        earlier row's number (the text's first occurrence). Few, in a real corpus."""
+        if self._repeats is None:
+            with self.store.fs.open(self.store.path(self.manifest["repeats"]), "rb") as f:
+                pairs = np.load(f).reshape(-1, 2)
+            self._repeats = (pairs[:, 0].copy(), pairs[:, 1].copy())
+        return self._repeats
+
+    def rep(self, rows) -> np.ndarray:
+        """The row of each row's text's first occurrence (equal values: identical texts)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        dup, first = self.repeats()
+        if not len(dup):
+            return rows.copy()
+        at = np.minimum(np.searchsorted(dup, rows), len(dup) - 1)
+        return np.where(dup[at] == rows, first[at], rows)
 
     def iter_texts(self, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
         """The texts of rows [start, stop) in order, one row group (or its part in range) at a time."""
@@ -175,8 +191,8 @@ def _source_rows(ts: TextSetConfig, drops: list) -> Iterator[tuple[str, str]]:
             yield (str(doc_id) if doc_id is not None else where), text
 
 
-def _digest(s: str) -> bytes:
-    return hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def _h64(s: str) -> int:
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 class _Writer:
@@ -240,28 +256,31 @@ def _build(store: ArtifactStore, ts: TextSetConfig, key: str, row_group: int, fi
     log = get_logger("corpus")
     folder = f"{PREFIX}/{key}/b-{uuid.uuid4().hex[:12]}"
     drops: list[tuple] = []
-    id_hash, text_hash = bytearray(), bytearray()
+    id_hash, text_hash = array("Q"), array("Q")
     writer = _Writer(store, folder, row_group, file_rows)
     progress = Progress(log, f"corpus {ts.name} ({key[:8]})", unit="passages")
     for doc_id, text in _source_rows(ts, drops):
-        id_hash += _digest(doc_id)
-        text_hash += _digest(text)
+        id_hash.append(_h64(doc_id))
+        text_hash.append(_h64(text))
         writer.add(doc_id, text)
         progress.update()
     files = writer.close()
     progress.close()
-    dup = _later_occurrences(np.frombuffer(bytes(id_hash), dtype="V16"))
+    layout = {"row_group": row_group, "file_rows": file_rows}
+    with _open(store, key, layout, files) as table:
+        dup, _ = _repeats(np.frombuffer(id_hash, np.uint64), table.doc_ids)
     del id_hash
-    texts = np.frombuffer(bytes(text_hash), dtype="V16")
-    if dup.any():  # rare: rewrite without the duplicate ids
+    texts = np.frombuffer(text_hash, np.uint64)
+    if dup.size:  # rare: rewrite without the duplicate ids
         files = _drop_duplicate_ids(store, files, dup, drops, _Writer(store, f"{folder}/dedup", row_group, file_rows))
-        texts = texts[~dup]
+        texts = np.delete(texts, dup)
     rows = sum(f["rows"] for f in files)
-    rep_rel = f"{folder}/rep.npy"
-    rep = _first_occurrence(texts)
-    _write_npy(store, rep_rel, rep)
-    manifest = {"format": FORMAT, "key": key, "rows": rows, "row_group": row_group, "file_rows": file_rows,
-                "files": files, "rep": rep_rel, "distinct": int((rep == np.arange(rows)).sum()),
+    with _open(store, key, layout, files) as table:
+        same, first = _repeats(texts, table.texts)
+    del texts, text_hash
+    _write_npy(store, f"{folder}/repeats.npy", np.stack([same, first], 1))
+    manifest = {"format": FORMAT, "key": key, "rows": rows, **layout, "files": files,
+                "repeats": f"{folder}/repeats.npy", "distinct": rows - len(same),
                 "drops": _write_drops(store, folder, drops), "dropped": len(drops),
                 "sources": set_files(ts)[1], "columns": [ts.corpus_id_column, ts.corpus_text_column]}
     log.info("corpus %s: %d passages (%d distinct texts), %d source rows dropped -> %s", ts.name, rows,
@@ -269,30 +288,53 @@ def _build(store: ArtifactStore, ts: TextSetConfig, key: str, row_group: int, fi
     return manifest
 
 
-def _later_occurrences(keys: np.ndarray) -> np.ndarray:
-    """(N,) bool: True where a key already occurred at a lower index."""
-    rep = _first_occurrence(keys)
-    return rep != np.arange(len(keys))
+@contextmanager
+def _open(store: ArtifactStore, key: str, layout: dict, files: list[dict]) -> Iterator[CorpusTable]:
+    """A table over files being built (no manifest yet)."""
+    table = CorpusTable(store, key, {**layout, "files": files, "rows": sum(f["rows"] for f in files)})
+    try:
+        yield table
+    finally:
+        table.close()
 
 
-def _first_occurrence(keys: np.ndarray) -> np.ndarray:
-    """(N,) int64: the index of each key's first occurrence."""
-    if not len(keys):
-        return np.zeros(0, np.int64)
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return first.astype(np.int64)[inverse.reshape(-1)]
+def _repeats(hashes: np.ndarray, values, buckets: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, firsts): each index whose value an earlier index has, and that earlier index,
+    rows ascending. `hashes` are the values' 64-bit hashes; `values(indices)` reads the values
+    of the few indices whose hash repeats, so a collision is never taken for a repeat. Sorted
+    a hash bucket at a time, so it needs about 2 bytes an index besides `hashes`."""
+    step = 1 << 20
+    top = np.empty(len(hashes), np.uint8)
+    for s in range(0, len(hashes), step):
+        top[s:s + step] = hashes[s:s + step] >> np.uint64(60)
+    cand = [np.zeros(0, np.int64)]
+    for b in range(buckets):
+        idx = np.flatnonzero(top == b)
+        order = np.argsort(hashes[idx], kind="stable")
+        h = hashes[idx][order]
+        twin = np.zeros(len(h), bool)
+        twin[1:] |= h[1:] == h[:-1]
+        twin[:-1] |= h[1:] == h[:-1]
+        cand.append(idx[order][twin])
+    rows = np.sort(np.concatenate(cand))
+    seen: dict = {}
+    pairs = [(i, seen.setdefault((int(hashes[i]), v), i)) for i, v in zip(rows.tolist(), values(rows), strict=True)]
+    out = np.array([p for p in pairs if p[0] != p[1]], np.int64).reshape(-1, 2)
+    return out[:, 0].copy(), out[:, 1].copy()
 
 
 def _drop_duplicate_ids(store: ArtifactStore, files: list[dict], dup: np.ndarray, drops: list,
                         writer: _Writer) -> list[dict]:
     """Rewrite the provisional files through `writer` without the rows whose id came before
-    (`dup`), recording each as `corpus_duplicate_id` where `read_corpus` would; returns the files."""
+    (`dup`, ascending), recording each as `corpus_duplicate_id` where `read_corpus` would;
+    returns the files."""
+    dup = set(dup.tolist())
     p = 0
     for entry in files:
         for batch in store.read_parquet(entry["path"], columns=["doc_id", "text"], batch_size=writer.row_group):
             for doc_id, text in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(),
                                     strict=True):
-                if dup[p]:
+                if p in dup:
                     drops.append((p, 1, "corpus_duplicate_id", doc_id))
                 else:
                     writer.add(doc_id, text)

@@ -198,11 +198,12 @@ def topk_ties_by_row(queries: np.ndarray, docs: np.ndarray, k: int, cfg: SearchC
 
 def search_shards(queries: np.ndarray, shards: CorpusVectors | Sequence[np.ndarray], k: int,
                   search_cfg: SearchConfig | None = None, dim: int | None = None,
-                  distinct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores (Q, k) float32, rows (Q, k) int64), best first by (score desc, row asc); -1 / -inf
     past the corpus's end. `shards`: a CorpusVectors or the shard arrays in row order. `dim`:
     Matryoshka (truncate, renormalise queries and each shard as `retrieval.search` does).
-    `distinct` (`CorpusTable.rep()`): search each text's first occurrence only. One shard is in
+    `exclude`: rows (ascending) left out, e.g. `CorpusTable.repeats()[0]` to search each text's
+    first occurrence only (identical texts count once). One shard is in
     memory at a time; the queries go through each in `search_cfg.query_batch` batches."""
     cfg = search_cfg or SearchConfig()
     if isinstance(shards, CorpusVectors):
@@ -218,9 +219,7 @@ def search_shards(queries: np.ndarray, shards: CorpusVectors | Sequence[np.ndarr
     offset = 0
     for docs in arrays:
         n = docs.shape[0]
-        keep = None
-        if distinct is not None:
-            keep = np.flatnonzero(np.asarray(distinct[offset:offset + n]) == np.arange(offset, offset + n))
+        keep = _kept(exclude, offset, n)
         if n and q.shape[0] and (keep is None or keep.size):
             s, i = topk_ties_by_row(q, matryoshka(docs, dim), k, cfg, keep)
             best_s, best_i = best_k(np.concatenate([best_s, s], 1),
@@ -228,3 +227,11 @@ def search_shards(queries: np.ndarray, shards: CorpusVectors | Sequence[np.ndarr
         offset += n
         del docs  # unmap the shard before the next one
     return best_s, best_i
+
+
+def _kept(exclude: np.ndarray | None, offset: int, n: int) -> np.ndarray | None:
+    """The local rows of shard [offset, offset + n) not in `exclude` (None: all of them)."""
+    if exclude is None:
+        return None
+    lo, hi = np.searchsorted(exclude, [offset, offset + n])
+    return None if lo == hi else np.setdiff1d(np.arange(n), np.asarray(exclude[lo:hi]) - offset)

@@ -68,7 +68,10 @@ def test_the_table_holds_read_corpus_rows_and_reports_its_drops(tmp_path, name):
     assert sum(table.iter_texts(), []) == [d.text for d in docs]
     assert got_drops == want_drops
     texts = [d.text for d in docs]
-    np.testing.assert_array_equal(table.rep(), distinct_contents(content_keys(texts)).rep)
+    want = distinct_contents(content_keys(texts)).rep
+    np.testing.assert_array_equal(table.rep(np.arange(len(texts))), want)
+    np.testing.assert_array_equal(table.repeats()[0], np.flatnonzero(want != np.arange(len(texts))))
+    np.testing.assert_array_equal(table.rep([len(texts) - 1, 0]), want[[len(texts) - 1, 0]])
     if name == "messy":
         assert {r for r, _ in want_drops} == {"messy_corpus_malformed_invalid_json", "messy_corpus_empty_text",
                                              "messy_corpus_malformed_not_an_object", "messy_corpus_duplicate_id"}
@@ -96,6 +99,13 @@ def test_texts_by_row_read_only_their_row_groups_and_the_table_is_built_once(tmp
     monkeypatch.setattr(ct, "_build", lambda *a: pytest.fail("built twice"))
     again = corpus_table(store, ts)
     assert again.key == table.key and len(again) == len(docs) and again.row_group == 4
+
+
+def test_equal_hashes_are_checked_against_the_strings():
+    hashes = np.array([5, 5, 7, 5, 7, 2**63 + 5], np.uint64)  # rows 0, 1 and 3 collide; only 0 and 3 are equal
+    values = ["a", "b", "c", "a", "c", "z"]
+    rows, firsts = ct._repeats(hashes, lambda idx: [values[i] for i in idx])
+    assert rows.tolist() == [3, 4] and firsts.tolist() == [0, 2]
 
 
 def test_a_changed_corpus_file_is_a_new_table(tmp_path):
@@ -251,7 +261,7 @@ def test_matryoshka_dim_and_distinct_texts(backend):
     np.testing.assert_array_equal(i[:, :], reference(matryoshka(q, 8), matryoshka(d, 8), 12))
     np.testing.assert_allclose(s, fs, atol=1e-6)
     rep = distinct_contents([d[r].tobytes() for r in range(len(d))]).rep
-    s, i = search_shards(q, split(d, 40), 12, cfg, dim=8, distinct=rep)
+    s, i = search_shards(q, split(d, 40), 12, cfg, dim=8, exclude=np.flatnonzero(rep != np.arange(len(d))))
     _, fi = exact_topk(matryoshka(q, 8), matryoshka(d, 8), 12, cfg, keep=np.flatnonzero(rep == np.arange(len(d))))
     np.testing.assert_array_equal(np.sort(i, 1), np.sort(fi, 1))
     assert not np.isin(i, [40, 41, 90]).any()
