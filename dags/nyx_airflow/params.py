@@ -101,7 +101,9 @@ def trigger_params() -> dict[str, Param]:
         "answer_model": _optional_str("Answering VLM", "Models", "Feedback and evaluation VLM (paper: "
                                       "Qwen/Qwen2.5-VL-7B-Instruct); empty = the profile's."),
         "num_gpus": _optional_int("num_gpus", "GPUs for training", "Training",
-                                  "0 = CPU in one process; N = torchrun over N GPUs on the gpu queue"),
+                                  "0 = CPU in one process; N = torchrun over N GPUs on the gpu queue. With a "
+                                  "profile's global_batch_size (paper: 512, 1344) accumulation follows, so N must "
+                                  "divide it with the per-GPU batch (paper: 1, 2, 4 or 8)"),
         "train_steps": _optional_int("train_steps", "Training steps", "Training",
                                      "Stop both training stages after this many steps; empty = epochs"),
         "feedback_top_k": _optional_int("feedback_top_k", "Feedback depth", "Training",

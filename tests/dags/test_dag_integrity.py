@@ -253,6 +253,22 @@ def test_params_become_config_overrides(dagbag):
     assert cfg.ingest.source.kind == "files" and cfg.force
 
 
+def test_the_forms_gpu_count_keeps_the_papers_examples_per_step(dagbag):
+    """The paper profile fixes examples per optimiser step (512, 1344): the form's GPU count moves
+    gradient accumulation, not the recipe; a count that cannot keep it is refused, naming both."""
+    from nyx_airflow.params import overrides_from_params
+
+    from nyx_tasks.config import ConfigError, load_config
+
+    for gpus, acc1, acc2 in ((8, 4, 6), (2, 16, 24), (4, 8, 12)):
+        cfg = load_config("paper", overrides_from_params({"profile": "paper", "num_gpus": gpus}, "2026-01-02"))
+        assert (cfg.train_stage1.accumulation, cfg.train_stage2.accumulation) == (acc1, acc2)
+        assert cfg.train_stage1.per_device_batch_size * gpus * acc1 == 512
+        assert cfg.train_stage2.per_device_batch_size * gpus * acc2 == 1344
+    with pytest.raises(ConfigError, match="global_batch_size \\(512\\).*x GPUs \\(6\\)"):
+        load_config("paper", overrides_from_params({"profile": "paper", "num_gpus": 6}, "2026-01-02"))
+
+
 def test_remine_dag_runs_on_a_cron_or_a_new_checkpoint(dagbag):
     from airflow.sdk import AssetOrTimeSchedule
     from nyx_airflow.stage_group import CHECKPOINT_ASSET
