@@ -114,8 +114,8 @@ class CorpusTable:
             g += 1
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
+        for fh, _ in self._files.values():
+            fh.close()
         self._files.clear()
 
     def _row_group(self, g: int, column: str):
@@ -124,11 +124,13 @@ class CorpusTable:
         return self._parquet(g // per_file).read_row_group(g % per_file, columns=[column]).column(0).combine_chunks()
 
     def _parquet(self, i: int):
+        """File i, opened once (its footer read once) while the table is open."""
         import pyarrow.parquet as pq
 
         if i not in self._files:
-            self._files[i] = self.store.fs.open(self.store.path(self.manifest["files"][i]["path"]), "rb")
-        return pq.ParquetFile(self._files[i])
+            fh = self.store.fs.open(self.store.path(self.manifest["files"][i]["path"]), "rb")
+            self._files[i] = (fh, pq.ParquetFile(fh))
+        return self._files[i][1]
 
     def _take(self, rows, column: str) -> list[str]:
         import pyarrow as pa
