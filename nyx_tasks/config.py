@@ -564,6 +564,15 @@ class EvaluateConfig(_Model):
         "not how it was drawn); null: file order.")
 
 
+class CorporaConfig(_Model):
+    """Large retrieval corpora (the text sets' Wikipedia: ~21M passages): stored once as a table of
+    rows under `<root>/corpora/`, embedded in shards of `shard_rows` rows, each shard one task and
+    one memory-mappable file under `<root>/cache/vectors/`, searched shard by shard. The shard size
+    changes how the work is split, never a result."""
+
+    shard_rows: int = Field(65536, ge=1, description="Rows per embedding shard (one mapped task, one vector file).")
+
+
 class AirflowSettings(_Model):
     """How the DAGs map a stage's shards onto tasks. Execution only: no stage's config hash
     (and so no output) depends on it."""
@@ -602,6 +611,7 @@ class NyxConfig(_Model):
     feedback: FeedbackConfig = FeedbackConfig()
     train_stage2: TrainConfig = TrainConfig(sources=[TrainSource(name="feedback", kind="feedback")])
     evaluate: EvaluateConfig = EvaluateConfig()
+    corpora: CorporaConfig = CorporaConfig()
     airflow: AirflowSettings = AirflowSettings()
     checks: ChecksConfig = ChecksConfig()
 
