@@ -17,12 +17,16 @@ that of searching the concatenated corpus under the same order. Each shard's own
 made tie-exact first (`topk_ties_by_row`: a backend may keep any of several documents tied
 at the k-th score; those are fetched until the boundary is passed, then ordered by row).
 
-Vector shards need a local artifact root (memory maps are local files); a remote root is
-refused with a NotImplementedError for now."""
+Memory maps need local files. Under a remote root (s3://, gs://, ...) each shard is
+written to a local mirror first, then uploaded under a temporary name and moved into place;
+a reader maps its local mirror, downloading a shard it lacks once. The mirror is
+`$NYX_VECTOR_CACHE` (default: `<tmp>/nyx-vectors`), keyed like the store's paths."""
+
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -46,9 +50,11 @@ SHARD_ROWS = 65536
 class CorpusVectors:
     """Where one embedder's vectors of one corpus table lie, shard by shard."""
 
-    folder: str  # a local directory
+    folder: str  # a local directory: the store's own (local root) or the local mirror (remote root)
     rows: int
     shard_rows: int
+    store: object = None  # the ArtifactStore of a remote root, whose `rel` the mirror copies
+    rel: str = ""
 
     @property
     def n_shards(self) -> int:
@@ -63,15 +69,40 @@ class CorpusVectors:
     def path(self, i: int) -> str:
         return os.path.join(self.folder, f"shard-{i:05d}.npy")
 
+    def remote_rel(self, i: int) -> str:
+        return f"{self.rel}/shard-{i:05d}.npy"
+
     def exists(self, i: int) -> bool:
+        """Shard i is complete where the store keeps it (the remote root when there is one)."""
+        if self.store is not None:
+            return self.store.exists(self.remote_rel(i))
         return os.path.exists(self.path(i))
+
+    def fetch(self, i: int) -> str:
+        """The local file of shard i (downloaded into the mirror once under a remote root)."""
+        local = self.path(i)
+        if self.store is not None and not os.path.exists(local):
+            os.makedirs(self.folder, exist_ok=True)
+            tmp = os.path.join(self.folder, f"{TMP_PREFIX}shard-{i:05d}.{uuid.uuid4().hex[:8]}.npy")
+            self.store.fs.get(self.store.path(self.remote_rel(i)), tmp)
+            os.replace(tmp, local)
+        return local
+
+    def publish(self, i: int) -> None:
+        """Upload shard i's finished local file (remote root): a temporary name, then moved into place."""
+        if self.store is None:
+            return
+        tmp = self.store._tmp_for(self.remote_rel(i))
+        self.store.fs.makedirs(self.store.path(self.rel), exist_ok=True)
+        self.store.fs.put(self.path(i), self.store.path(tmp))
+        self.store.commit_tmp(tmp, self.remote_rel(i))
 
     def missing(self) -> list[int]:
         return [i for i in range(self.n_shards) if not self.exists(i)]
 
     def load(self, i: int, mode: str = "r") -> np.ndarray:
         """Shard i memory-mapped ((stop - start, dim) float32)."""
-        return np.load(self.path(i), mmap_mode=mode)
+        return np.load(self.fetch(i), mmap_mode=mode)
 
     def take(self, rows) -> np.ndarray:
         """The vectors of `rows` (global row ids, any order), read from their shards."""
@@ -88,14 +119,15 @@ class CorpusVectors:
 
 def corpus_vectors(embedder: Embedder, corpus: CorpusTable, shard_rows: int = SHARD_ROWS) -> CorpusVectors:
     """The shards' location for this embedder and corpus (nothing is read or embedded)."""
-    if not corpus.store.is_local:
-        raise NotImplementedError(
-            f"vector shards need a local artifact root (memory-mapped files); {corpus.store.root} is not. "
-            "A remote root would write each shard through the store and map a local copy.")
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be positive, got {shard_rows}")
     rel = f"{PREFIX}/{stable_hash(embedder.model_id)}/{corpus.key}/s{shard_rows}"
-    return CorpusVectors(corpus.store.path(rel), len(corpus), shard_rows)
+    store = corpus.store
+    if store.is_local:
+        return CorpusVectors(store.path(rel), len(corpus), shard_rows)
+    mirror = os.environ.get("NYX_VECTOR_CACHE") or os.path.join(tempfile.gettempdir(), "nyx-vectors")
+    where = stable_hash(store.root, 16)  # one mirror folder per root
+    return CorpusVectors(os.path.join(mirror, where, rel), len(corpus), shard_rows, store, rel)
 
 
 def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int = SHARD_ROWS) -> int:
@@ -104,7 +136,10 @@ def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int
     vectors = corpus_vectors(embedder, corpus, shard_rows)
     start, stop = vectors.bounds(i)
     final = vectors.path(i)
-    if os.path.exists(final):
+    if vectors.exists(i):
+        return 0
+    if os.path.exists(final):  # embedded into the mirror, the upload cut short
+        vectors.publish(i)
         return 0
     os.makedirs(vectors.folder, exist_ok=True)
     tmp = os.path.join(vectors.folder, f"{TMP_PREFIX}shard-{i:05d}.{uuid.uuid4().hex[:8]}.npy")
@@ -125,6 +160,7 @@ def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    vectors.publish(i)
     return done
 
 

@@ -185,11 +185,31 @@ def test_the_sentence_transformers_embedder_fills_shards_like_embed_cached(tmp_p
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_vector_shards_refuse_a_remote_root_clearly(tmp_path):
-    table = corpus_table(ArtifactStore("memory://nyx-corpus-test"), packaged("hotpotqa"), row_group=8, file_rows=16)
+def test_a_remote_root_keeps_the_shards_and_readers_map_a_local_mirror(tmp_path, monkeypatch):
+    import uuid
+
+    store = ArtifactStore(f"memory://nyx-corpus-{uuid.uuid4().hex[:8]}")
+    table = corpus_table(store, packaged("hotpotqa"), row_group=8, file_rows=16)
     assert len(table.texts([0, 55])) == 2  # the table itself works on any fsspec root
-    with pytest.raises(NotImplementedError, match="local artifact root"):
-        ensure_embedded(Embedder(), table)
+    monkeypatch.setenv("NYX_VECTOR_CACHE", str(tmp_path / "mirror-a"))
+    emb = Embedder()
+    vectors = ensure_embedded(emb, table, shard_rows=20)
+    assert vectors.store is store and str(tmp_path / "mirror-a") in vectors.folder
+    assert all(store.exists(vectors.remote_rel(i)) for i in range(vectors.n_shards))  # the store holds them
+    assert not any(n.startswith("_tmp.") for n in store.listdir(vectors.rel))
+    first = np.concatenate([vectors.load(i) for i in range(vectors.n_shards)])
+    # another machine: an empty mirror downloads what the store has and embeds nothing
+    monkeypatch.setenv("NYX_VECTOR_CACHE", str(tmp_path / "mirror-b"))
+    other = Embedder()
+    again = ensure_embedded(other, table, shard_rows=20)
+    assert other.embedded == [] and not os.path.exists(again.path(0))
+    np.testing.assert_array_equal(np.concatenate([again.load(i) for i in range(again.n_shards)]), first)
+    assert os.path.exists(again.path(0))  # mapped from the mirror now
+    # a shard embedded into the mirror whose upload was cut short is uploaded, not embedded again
+    store.remove(again.remote_rel(1))
+    assert again.missing() == [1]
+    third = Embedder()
+    assert embed_shard(third, table, 1, shard_rows=20) == 0 and third.embedded == [] and again.missing() == []
 
 
 # ------------------------------------------------------------------------------------ search

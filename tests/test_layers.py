@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
       "nyx_tasks.search", "nyx_tasks.judges", "nyx_tasks.evaluation")),
     ("jobs", "what a stage composes from models and sources: training, the checkpoint marker, retrieval, answering",
      ("nyx_tasks.training", "nyx_tasks.checkpoints", "nyx_tasks.retrieval", "nyx_tasks.answering",
-      "nyx_tasks.vector_shards")),
+      "nyx_tasks.vector_shards", "nyx_tasks.corpus_jobs")),
     ("runner", "plans, shards, skips and manifests for any stage; knows no concrete stage",
      ("nyx_tasks.runner",)),
     ("stages", "the concrete stages: the runner's Stage on top of the jobs",

@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowRescheduleException
 from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.base import ShardSpec
 from nyx_tasks.config import load_config
+from nyx_tasks.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_job
 from nyx_tasks.lease import LeaseHeld
 from nyx_tasks.log import get_logger, prepare_task_process
 from nyx_tasks.runner import RunOptions, commit_stage, plan_stage, run_shard, write_resolved_config
@@ -202,7 +203,10 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
     """Build the task group for `stage_name`; returns it (chain groups with >>)."""
     with TaskGroup(group_id=stage_name, tooltip=doc) as group:
 
-        @task(task_id="plan", inlets=stage_inlets(stage_name),
+        vectors = vector_tasks(stage_name) if stage_name in VECTOR_STAGES else None
+
+        # after the embedding shards, one of whose two routes is always skipped
+        @task(task_id="plan", inlets=stage_inlets(stage_name), trigger_rule="none_failed" if vectors else "all_success",
               doc_md=f"Plan the `{stage_name}` shards (a no-op when complete and unchanged).")
         def plan() -> list[list[ShardSpec]]:
             cfg = config_from_context(stage_name)
@@ -235,12 +239,50 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
             return summary
 
         shards = plan()
+        if vectors:
+            vectors >> shards
         done = commit()
         if stage_name in GPU_ROUTED:
             routed_shards(stage_name, shard, shards, done)
         else:
             shard.expand(spec=shards) >> done
     return group
+
+
+# Stages that search a text set's whole corpus: its embedding shards are mapped tasks first.
+VECTOR_STAGES = ("mine",)
+
+
+def vector_tasks(stage_name: str) -> list:
+    """vectors_plan -> vectors_route -> (vectors | vectors_gpu, mapped over embedding shards): the
+    stage's corpora embedded one shard per task before it plans (`nyx_tasks.corpus_jobs`)."""
+    @task(task_id="vectors_plan", doc_md=f"Plan the embedding shards of the corpora `{stage_name}` searches "
+          "(builds a corpus's row table the first time; embeds nothing).")
+    def vectors_plan() -> list[list[dict]]:
+        cfg = config_from_context(stage_name)
+        jobs = plan_vector_jobs(stage_name, cfg, ArtifactStore(cfg.artifact_root()))
+        return group_shards(jobs, cfg.airflow.max_shard_tasks)
+
+    @task(task_id="vectors", map_index_template="{{ shard_name }}",
+          doc_md="Embed one group of embedding shards into their vector files (a shard whose file exists is skipped).")
+    def vectors(spec: list[dict]) -> list[dict]:
+        get_current_context()["shard_name"] = group_name(spec)
+        cfg = config_from_context(stage_name)
+        store = ArtifactStore(cfg.artifact_root())
+        return [run_vector_job(stage_name, cfg, store, job) for job in spec]
+
+    @task.branch(task_id="vectors_route", doc_md="Embed on the `gpu` queue (one `gpu` pool slot per shard task) "
+                 "when the corpus embedder is set to a CUDA device; else on the default queue.")
+    def vectors_route() -> str:
+        on_gpu = embeds_on_gpu(stage_name, config_from_context())
+        return f"{stage_name}.vectors_gpu" if on_gpu else f"{stage_name}.vectors"
+
+    jobs = vectors_plan()
+    cpu = vectors.expand(spec=jobs)
+    gpu = vectors.override(task_id="vectors_gpu", queue="gpu", pool="gpu", pool_slots=1).expand(spec=jobs)
+    chosen = vectors_route()
+    jobs >> chosen >> [cpu, gpu]
+    return [cpu, gpu]
 
 
 def routed_shards(stage_name: str, shard, shards, done) -> None:

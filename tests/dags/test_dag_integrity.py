@@ -105,14 +105,22 @@ def test_dag_uses_the_shared_default_args(dagbag, dag_id):
 
 
 def test_structure_follows_the_stage_registry(dagbag):
-    from nyx_airflow.stage_group import GPU_COUNTS, GPU_ROUTED
+    from nyx_airflow.stage_group import GPU_COUNTS, GPU_ROUTED, VECTOR_STAGES
 
     dag = dagbag.dags["nyxqa_to_model"]
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
     assert {"nyx", "nyxqa"} <= set(dag.tags) and dag.doc_md
     expected = {"check"} | {f"{s}.{t}" for s in STAGE_NAMES for t in ("plan", "shard", "commit")}
     expected |= {f"{s}.{t}" for s in GPU_ROUTED for t in ("route", *(f"shard_gpu{n}" for n in GPU_COUNTS))}
+    expected |= {f"{s}.{t}" for s in VECTOR_STAGES for t in ("vectors_plan", "vectors_route", "vectors", "vectors_gpu")}
     assert set(dag.task_ids) == expected
+    for s in VECTOR_STAGES:  # embedding shards are mapped before the stage plans; one route is always skipped
+        cpu, gpu = dag.get_task(f"{s}.vectors"), dag.get_task(f"{s}.vectors_gpu")
+        assert cpu.upstream_task_ids == gpu.upstream_task_ids == {f"{s}.vectors_plan", f"{s}.vectors_route"}
+        assert (gpu.queue, gpu.pool, gpu.pool_slots) == ("gpu", "gpu", 1) and cpu.queue == "default"
+        assert cpu.map_index_template == "{{ shard_name }}"
+        plan = dag.get_task(f"{s}.plan")
+        assert plan.upstream_task_ids == {cpu.task_id, gpu.task_id} and plan.trigger_rule == "none_failed"
     for s in STAGE_NAMES:
         plan, shard, commit = (dag.get_task(f"{s}.{t}") for t in ("plan", "shard", "commit"))
         assert commit.trigger_rule == "none_failed"
@@ -130,7 +138,8 @@ def test_structure_follows_the_stage_registry(dagbag):
             assert commit.upstream_task_ids == {shard.task_id}
     assert dag.get_task(f"{STAGE_NAMES[0]}.plan").upstream_task_ids == {"check"} and dag.get_task("check").retries == 0
     for a, b in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
-        assert f"{a}.commit" in dag.get_task(f"{b}.plan").upstream_task_ids
+        first = f"{b}.vectors_plan" if b in VECTOR_STAGES else f"{b}.plan"
+        assert f"{a}.commit" in dag.get_task(first).upstream_task_ids
     assert STAGE_NAMES[STAGE_NAMES.index("filter") + 1:][:2] == ("mine", "train_stage1")
 
 
@@ -143,7 +152,8 @@ def test_gpu_routing_picks_the_pool_slots_the_run_needs():
     with pytest.raises(ValueError, match="at most 8"):
         gpu_variant(9)
     paper, demo = load_config("paper"), load_config("demo")
-    assert GPU_ROUTED["train_stage1"](paper) == 8 and GPU_ROUTED["train_stage1"](demo) == 0
+    assert GPU_ROUTED["train_stage1"](paper) == 4 and GPU_ROUTED["train_stage1"](demo) == 0  # the code's 4 GPUs
+    assert gpu_variant(GPU_ROUTED["train_stage2"](paper)) == 8  # its 6 GPUs hold an 8-slot variant
     assert GPU_ROUTED["synthesize"](paper) == 4 and GPU_ROUTED["synthesize"](demo) == 0
 
 
@@ -321,6 +331,7 @@ def test_remine_refuses_bad_values_in_one_line(dagbag, conf, named):
 def test_one_backfillable_dag_per_stage(dagbag):
     from airflow.sdk import DAG
     from nyx_airflow.params import trigger_params
+    from nyx_airflow.stage_group import VECTOR_STAGES
 
     for stage in STAGE_NAMES:
         dag = dagbag.dags[f"nyx_stage_{stage}"]
@@ -329,7 +340,8 @@ def test_one_backfillable_dag_per_stage(dagbag):
         assert type(dag.timetable).__name__ == "CronTriggerTimetable" and dag.timetable.expression == "0 0 * * *"
         assert {t.split(".")[0] for t in dag.task_ids} == {stage, "gate", "check"}  # that stage, behind the gate
         assert dag.get_task("gate").downstream_task_ids == {"check"}
-        assert dag.get_task("check").downstream_task_ids == {f"{stage}.plan"}
+        first = f"{stage}.vectors_plan" if stage in VECTOR_STAGES else f"{stage}.plan"
+        assert dag.get_task("check").downstream_task_ids == {first}
         assert set(dag.params) == set(trigger_params()) and stage in dag.tags
     full = dagbag.dags["nyxqa_to_model"]
     for stage in STAGE_NAMES:  # the same task group in both: one factory, no copies

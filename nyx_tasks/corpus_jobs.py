@@ -1,0 +1,69 @@
+"""A stage's large corpora embedded as mapped work (issue 17 item 1).
+
+Before a stage that searches a text set's corpus (mine: the text sets under
+`mine.text_embedder`), its Airflow task group plans one job per embedding shard of
+each distinct (embedder, corpus) and maps them: each job embeds one shard of
+`corpora.shard_rows` rows into its vector file (`vector_shards.embed_shard`), so
+shards spread over workers, a finished shard is never redone, and a crash costs
+the shard in flight. The stage's own tasks then find every shard present
+(`ensure_embedded` embeds only what is missing, so the CLI, which runs no mapped
+jobs, gets the same files)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from .artifacts import ArtifactStore
+from .config import stable_hash
+from .corpus_table import corpus_table
+from .embedding import make_embedder
+from .log import get_logger
+from .vector_shards import embed_shard
+
+
+def stage_corpora(stage_name: str, cfg) -> list[tuple]:
+    """(embedder config, text set) pairs whose corpora the stage searches in full."""
+    if stage_name == "mine":
+        return [(cfg.mine.text_embedder, ts) for ts in cfg.mine.text_sets]
+    return []
+
+
+def embeds_on_gpu(stage_name: str, cfg) -> bool:
+    """Whether the stage's corpus embedders are set to run on a GPU (`device: cuda...`)."""
+    return any(str(emb.device).startswith("cuda") for emb, _ in stage_corpora(stage_name, cfg))
+
+
+def plan_vector_jobs(stage_name: str, cfg, store: ArtifactStore) -> list[dict]:
+    """One job per shard of each distinct (embedder, corpus) the stage searches. Building a
+    missing corpus table (one pass over the corpus files) is the plan's one heavy step;
+    nothing is embedded here. Sets sharing corpus files (wiki18) share one corpus."""
+    log = get_logger(stage_name)
+    jobs, seen = [], set()
+    for n, (emb, ts) in enumerate(stage_corpora(stage_name, cfg)):
+        table = corpus_table(store, ts)
+        ident = (stable_hash(emb.model_dump(mode="json")), table.key)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        shards = -(-len(table) // cfg.corpora.shard_rows)
+        log.info("%s: corpus of %s (%s): %d rows -> %d embedding shards of %d rows", stage_name, ts.name,
+                 table.key[:8], len(table), shards, cfg.corpora.shard_rows)
+        jobs += [{"shard": i, "corpus": n, "name": f"{ts.name}:{i + 1}/{shards}"} for i in range(shards)]
+    return jobs
+
+
+def run_vector_job(stage_name: str, cfg, store: ArtifactStore, job: dict) -> dict:
+    """Embed one shard (nothing when its file exists); returns what the task reports."""
+    emb, ts = stage_corpora(stage_name, cfg)[job["corpus"]]
+    table = corpus_table(store, ts)
+    embedder = make_embedder(emb, store)
+    t0 = time.monotonic()
+    rows = embed_shard(embedder, table, job["shard"], cfg.corpora.shard_rows)
+    seconds = time.monotonic() - t0
+    get_logger(stage_name).info(
+        "%s: vectors %s shard %d: %s", stage_name, ts.name, job["shard"],
+        f"{rows} rows embedded in {seconds:.1f} s ({rows / max(seconds, 1e-9):.0f} rows/s)" if rows
+        else "already embedded, nothing to do")
+    return {"name": job["name"], "shard": job["shard"], "rows_embedded": rows, "seconds": round(seconds, 3),
+            "host": socket.gethostname()}
