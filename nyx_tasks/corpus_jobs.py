@@ -30,7 +30,10 @@ def stage_corpora(stage_name: str, cfg) -> list[tuple]:
 
 
 def embeds_on_gpu(stage_name: str, cfg) -> bool:
-    """Whether the stage's corpus embedders are set to run on a GPU (`device: cuda...`)."""
+    """Whether the stage's embedding shards go to the `gpu` queue: `corpora.queue`, or under
+    `auto` a corpus embedder set to a CUDA device."""
+    if cfg.corpora.queue != "auto":
+        return cfg.corpora.queue == "gpu"
     return any(str(emb.device).startswith("cuda") for emb, _ in stage_corpora(stage_name, cfg))
 
 

@@ -51,3 +51,6 @@ def test_gpu_route_follows_the_corpus_embedders_device(tmp_path):
     assert not embeds_on_gpu("mine", demo(tmp_path))
     assert embeds_on_gpu("mine", demo(tmp_path, mine={"text_embedder": {"device": "cuda"}}))
     assert not embeds_on_gpu("feedback", demo(tmp_path))
+    assert embeds_on_gpu("mine", demo(tmp_path, corpora={"queue": "gpu"}))  # the operator's choice wins
+    assert not embeds_on_gpu("mine", demo(tmp_path, corpora={"queue": "default"},
+                                          mine={"text_embedder": {"device": "cuda"}}))

@@ -166,14 +166,17 @@ def marked_processes(marker_value: str) -> list:
 
 
 class CeleryCluster:
-    """Postgres + Redis + Airflow (CeleryExecutor) with a `default` and a `gpu` worker."""
+    """Postgres + Redis + Airflow (CeleryExecutor) with a `default` worker and `gpu_workers` `gpu` workers."""
 
     def __init__(self, *, heartbeat_timeout: int = 15, default_concurrency: int = 2, gpu_concurrency: int = 1,
-                 gpu_pool_slots: int = 2, extra_env: dict | None = None, keep: bool | None = None):
+                 gpu_pool_slots: int = 2, gpu_workers: int = 1, extra_env: dict | None = None,
+                 keep: bool | None = None):
         self.heartbeat_timeout = heartbeat_timeout
         self.default_concurrency = default_concurrency
         self.gpu_concurrency = gpu_concurrency
         self.gpu_pool_slots = gpu_pool_slots
+        # the gpu queue's workers: worker-gpu, worker-gpu-2, ... (a GPU queue with several machines)
+        self.gpu_names = ["worker-gpu"] + [f"worker-gpu-{n}" for n in range(2, gpu_workers + 1)]
         self.extra_env = extra_env or {}
         self.keep = os.environ.get("NYX_CELERY_KEEP") == "1" if keep is None else keep
         self.id = uuid.uuid4().hex
@@ -231,7 +234,7 @@ class CeleryCluster:
         self._add("scheduler", [AIRFLOW, "scheduler"]).start()
         self._add("dag-processor", [AIRFLOW, "dag-processor"]).start()
         for name, queue, conc in (("worker-default", "default", self.default_concurrency),
-                                  ("worker-gpu", "gpu", self.gpu_concurrency)):
+                                  *((g, "gpu", self.gpu_concurrency) for g in self.gpu_names)):
             # Threads per task so that `conc` tasks at once fit the cores (torch would start one
             # thread per core in every task, and its OpenMP threads spin when oversubscribed).
             threads = str(max(1, (os.cpu_count() or 1) // conc))
@@ -384,8 +387,8 @@ class CeleryCluster:
     def wait_ready(self, timeout: float = 240) -> None:
         comps = list(self.components.values())
         self._wait(lambda: self._api_ok("/api/v2/version"), timeout, "the api-server", *comps, every=1)
-        self._wait(lambda: all(self.worker_ready(w) for w in ("worker-default", "worker-gpu")), timeout,
-                   "both Celery workers ready", *comps, every=1)
+        self._wait(lambda: all(self.worker_ready(w) for w in ("worker-default", *self.gpu_names)), timeout,
+                   "every Celery worker ready", *comps, every=1)
 
     def _api_ok(self, path: str) -> bool:
         import httpx
@@ -492,7 +495,7 @@ class CeleryCluster:
 
     def close(self) -> None:
         # Airflow first (workers before the api-server they report to), the databases last.
-        order = ["worker-default", "worker-gpu", "scheduler", "dag-processor", "api-server", "redis", "postgres"]
+        order = ["worker-default", *self.gpu_names, "scheduler", "dag-processor", "api-server", "redis", "postgres"]
         for name in order + [n for n in self.components if n not in order]:
             comp = self.components.get(name)
             if comp is None:

@@ -3,23 +3,33 @@ with Postgres and Redis on loopback, a `default` and a `gpu` Celery worker
 (tests/integration/celery_cluster.py; `bash scripts/celery_env.sh` installs what it needs).
 
 1. A clean run: every stage's manifest is written and every task ran on the
-   default-queue worker (the demo profile skips the `shard_gpu*` variants).
+   default-queue worker (the demo profile skips the `shard_gpu*` variants and
+   the two `gpu` workers receive nothing).
 2. A worker dies mid-task: while `train_stage1.shard` of a second partition is
    training (just after its first checkpoint), the default worker's whole process
    tree is SIGKILLed and the worker restarted. The scheduler finds the silent
    task through its heartbeat timeout, retries it (try 2 resumes from the
    checkpoint) and the run succeeds with the same training log as the clean run.
+3. Embedding shards spread over the gpu queue (issue 17): `nyx_stage_mine` on a
+   generated 12,000-passage text set in shards of 1,500 rows, routed to the `gpu`
+   queue (`corpora.queue: gpu`, the embedder itself on the CPU here) that two
+   workers consume: both run shards, one is SIGKILLed mid-shard, and that shard
+   alone runs again; `mine` then finds every shard embedded and embeds nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from nyx_tasks.stages import STAGE_NAMES
+from tests.conftest import REPO
 from tests.integration.celery_cluster import CeleryCluster, missing_requirements
 
 pytestmark = [pytest.mark.airflow,
@@ -40,14 +50,47 @@ def demo_save_steps() -> int:
 RUNS: dict[str, str] = {}  # partition -> run id of the runs that succeeded
 
 
+SCALE_PROFILE = "celery-scale"
+SCALE_PASSAGES, SCALE_SHARD = 12_000, 1_500
+
+
+def scale_configs(folder: Path) -> Path:
+    """The repo's profiles plus `celery-scale`: the demo with a generated text set whose corpus
+    embeds in 8 shards, each its own task on the gpu queue."""
+    configs = folder / "configs"
+    shutil.copytree(REPO / "configs", configs)
+    data = folder / "scale_set"
+    data.mkdir()
+    words = ["river", "mountain", "city", "history", "music", "science", "garden", "library", "station", "harbor",
+             "theatre", "museum", "bridge", "forest", "island", "valley", "market", "castle", "temple", "festival"]
+    with open(data / "corpus.jsonl", "w") as f:
+        for i in range(SCALE_PASSAGES):
+            text = " ".join(words[(i * k + k * k) % len(words)] for k in range(1, 40))
+            f.write(json.dumps({"id": f"p{i}", "contents": f"passage {i}: {text}"}) + "\n")
+    with open(data / "questions.jsonl", "w") as f:
+        for i in range(24):
+            f.write(json.dumps({"id": f"q{i}", "question": f"what is passage {i * 97} about?",
+                                "golden_answers": [words[i % len(words)]]}) + "\n")
+    (configs / f"{SCALE_PROFILE}.yaml").write_text(
+        "extends: demo\n"
+        "mine:\n  text_sets:\n"
+        f"    - {{name: scale, questions: [{data / 'questions.jsonl'}], corpus: [{data / 'corpus.jsonl'}]}}\n"
+        f"corpora: {{shard_rows: {SCALE_SHARD}, queue: gpu}}\n"
+        "airflow: {max_shard_tasks: null}\n")
+    return configs
+
+
 @pytest.fixture(scope="module")
 def cluster():
     started = time.monotonic()
-    with CeleryCluster(heartbeat_timeout=15) as c:
+    folder = Path(tempfile.mkdtemp(prefix="nyx-celery-configs-"))
+    env = {"NYX_CONFIG_DIR": str(scale_configs(folder))}
+    with CeleryCluster(heartbeat_timeout=15, gpu_workers=2, extra_env=env) as c:
         c.wait_for_dag(DAG)
         c.unpause(DAG)
         c.timings["cluster ready"] = time.monotonic() - started
         yield c
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -104,8 +147,9 @@ def clean_run(c: CeleryCluster):
     worker_log = c.log_path("worker-default").read_text(errors="replace")
     for t in ran:
         assert f"task_id='{t['task_id']}'" in worker_log, f"{t['task_id']} not in the default worker's log"
-    gpu_log = c.log_path("worker-gpu").read_text(errors="replace")
-    assert ".> gpu " in gpu_log and "Executing workload" not in gpu_log
+    for name in c.gpu_names:
+        gpu_log = c.log_path(name).read_text(errors="replace")
+        assert ".> gpu " in gpu_log and "Executing workload" not in gpu_log, name
     RUNS["celery"] = run_id
 
 
@@ -190,3 +234,69 @@ def fault_run(c: CeleryCluster):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4), (a, b)
         assert dict(b["loss_per_dim"]) == pytest.approx(dict(a["loss_per_dim"]), rel=1e-3, abs=1e-4)
         assert a["run"].startswith("celery-") and b["run"].startswith("fault-")
+
+
+STAGE_DAG, VECTORS = "nyx_stage_mine", "mine.vectors_gpu"
+
+
+def test_embedding_shards_spread_over_the_gpu_queue_and_a_kill_costs_one_shard(cluster):
+    if "celery" not in RUNS:
+        pytest.skip("needs the partition of test_clean_run_on_celery_workers")
+    with logs_on_failure(cluster):
+        vectors_run(cluster)
+
+
+def wait_for_both_gpu_workers(c: CeleryCluster, run_id: str) -> dict:
+    """The shard task worker-gpu-2 runs while worker-gpu runs another: the kill's victim."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        running = [t for t in c.task_instances(STAGE_DAG, run_id) if t["task_id"] == VECTORS
+                   and t["state"] == "running"]
+        hosts = {t["hostname"] for t in running}
+        if {"nyx-worker-gpu", "nyx-worker-gpu-2"} <= hosts:
+            return next(t for t in running if t["hostname"] == "nyx-worker-gpu-2")
+        if c.run_state(STAGE_DAG, run_id) in ("success", "failed"):
+            break
+        time.sleep(0.3)
+    pytest.fail("never saw both gpu workers embedding a shard at once")
+
+
+def vectors_run(c: CeleryCluster):
+    t0 = time.monotonic()
+    c.unpause(STAGE_DAG)  # its gate skips the daily run that unpausing fires
+    run_id = c.trigger(STAGE_DAG, {"profile": SCALE_PROFILE, "partition": "celery"})
+    victim = wait_for_both_gpu_workers(c, run_id)
+    shard = victim["map_index"]  # one job per task, shards in order: map index = shard
+    vector_dirs = list(c.artifacts.glob(f"cache/vectors/*/*/s{SCALE_SHARD}"))
+    assert not any((d / f"shard-{shard:05d}.npy").exists() for d in vector_dirs)  # really mid-shard
+    pids = c.kill_worker("worker-gpu-2")
+    c.timings["vectors: killed mid-shard after"] = time.monotonic() - t0
+    c.restart("worker-gpu-2")
+    state = c.wait_for_run(STAGE_DAG, run_id, RUN_TIMEOUT)
+    c.timings["vectors run"] = time.monotonic() - t0
+    tis = c.task_instances(STAGE_DAG, run_id)
+    if state != "success":
+        pytest.fail(f"vectors run ended {state}: " + ", ".join(
+            f"{t['task_id']}[{t['map_index']}]={t['state']}" for t in tis if t["state"] != "success"))
+    shards = sorted((t for t in tis if t["task_id"] == VECTORS), key=lambda t: t["map_index"])
+    assert len(shards) == SCALE_PASSAGES // SCALE_SHARD and all(t["state"] == "success" for t in shards)
+    # the killed shard alone ran twice; every other shard once, on one of the two gpu workers
+    assert [t["map_index"] for t in shards if t["try_number"] > 1] == [shard], [
+        (t["map_index"], t["try_number"], t["hostname"]) for t in shards]
+    first_tries = [c.tries(STAGE_DAG, run_id, VECTORS, t["map_index"])[0] for t in shards]
+    assert {t["hostname"] for t in first_tries} == {"nyx-worker-gpu", "nyx-worker-gpu-2"}
+    assert all(t["queue"] == "gpu" and t["pool"] == "gpu" for t in shards)
+    assert victim["pid"] in pids
+    # each shard embedded once into its file; the killed try left no shard behind
+    embedded = {}
+    for t in shards:
+        text = c.task_log(STAGE_DAG, run_id, VECTORS, t["map_index"], t["try_number"]).read_text(errors="replace")
+        embedded[t["map_index"]] = f"{SCALE_SHARD} rows embedded" in text
+    assert all(embedded.values()), embedded
+    (folder,) = vector_dirs or list(c.artifacts.glob(f"cache/vectors/*/*/s{SCALE_SHARD}"))
+    assert sorted(p.name for p in folder.glob("shard-*.npy")) == [f"shard-{i:05d}.npy" for i in range(len(shards))]
+    # mine found every shard and embedded no document itself
+    m = json.loads((c.artifacts / "partitions" / "celery" / "mine" / "_MANIFEST.json").read_text())
+    assert m["config"]["text_sets"][0]["name"] == "scale"
+    assert m["extra"].get("scale_embedded_documents", 0) == 0, m["extra"]
+    assert m["rows_out"] > 0
