@@ -14,7 +14,10 @@ The same stage mines the text-only sets (`mine.text_sets`: HotpotQA,
 2WikiMultiHopQA, MuSiQue as local Parquet/JSONL) against their own corpus with
 the text embedder (E5-v2 in the paper profile): the top-1 retrieved document
 is the positive, negatives come after rank `range_min`. One shard per corpus;
-every row carries its `source`.
+every row carries its `source`. A text set's corpus (Wikipedia: ~21M passages)
+is never held whole: it is a `corpus_table` read by row id, embedded in vector
+shards of `corpora.shard_rows` rows (each written once, also by the DAG's mapped
+embedding tasks) and searched shard by shard (`mine_text_set`).
 
 In small steps (sentence-transformers' mining, taken apart): embed (cached by
 content hash) -> search -> select per query. A query short of negatives keeps
@@ -25,15 +28,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..artifacts import ArtifactStore, image_paths, iter_stage_batches
 from ..base import ShardSpec, StageError
 from ..checkpoints import latest_checkpoint
-from ..config import MineConfig, stable_hash
+from ..config import MineConfig, TextSetConfig, stable_hash
+from ..corpus_table import CorpusTable, corpus_table
 from ..embedding import MixedItem, make_embedder
+from ..embedding.base import Embedder
 from ..embedding.cache import embed_cached
 from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
 from ..search import content_keys, distinct_contents, exact_topk
-from ..text_sets import fingerprint, read_corpus, read_questions
+from ..text_sets import fingerprint, read_questions
+from ..vector_shards import CorpusVectors, corpus_vectors, ensure_embedded, search_shards
 
 
 @dataclass
@@ -95,8 +103,6 @@ def mine_negatives(q_vecs, d_vecs, positives: list[int] | None, doc_keys: list, 
     select per query: (picks, positive indices, positive scores, ranked doc
     indices, each content's first occurrence only). `positives=None` takes each
     query's top-1 retrieved document as its positive (paper: the text-only sets)."""
-    import numpy as np
-
     distinct = distinct_contents(doc_keys)
     scores, ranked = exact_topk(q_vecs, d_vecs, search_depth(cfg), cfg.search, keep=distinct.keep)
     ranked_l, scores_l = ranked.tolist(), scores.tolist()
@@ -177,40 +183,79 @@ class MineStage(Stage):
                 answer=q["answer"], answers=[q["answer"]], split=q["split"], modality=q["modality"]))
         out.write(rows)
 
-    def _mine_text_set(self, ctx: StageContext, ts, out: ShardOutputs) -> None:
-        """Paper, text-only sets: retrieve with the text embedder (E5-v2), the
-        top-1 document is the positive, negatives come after rank `range_min`."""
-        cfg = ctx.cfg.mine
-        questions = read_questions(ts, out.drops.drop)
-        corpus = read_corpus(ts, out.drops.drop)
+    def _mine_text_set(self, ctx: StageContext, ts: TextSetConfig, out: ShardOutputs) -> None:
+        mine_text_set(ctx.store, ctx.cfg.mine, ts, make_embedder(ctx.cfg.mine.text_embedder, ctx.store),
+                      ctx.cfg.corpora.shard_rows, out)
+
+
+def mine_text_set(store: ArtifactStore, cfg: MineConfig, ts: TextSetConfig, embedder: Embedder,
+                  shard_rows: int, out: ShardOutputs) -> None:
+    """Paper, text-only sets: retrieve with the text embedder (E5-v2), the top-1 document is the
+    positive, negatives come after rank `range_min`.
+
+    The corpus is a `corpus_table` (texts by row id) embedded in `shard_rows`-row vector shards
+    (`ensure_embedded`: a shard already there, e.g. from the DAG's mapped embedding tasks, is
+    never recomputed) and searched shard by shard (`search_shards`) over each text's first
+    occurrence; only the texts of the positives and the negatives kept are read back. `out`:
+    the shard's outputs (or anything with their `drops`, `extra`, `rows_in` and `write`)."""
+    questions = read_questions(ts, out.drops.drop)
+    table = corpus_table(store, ts, out.drops.drop)
+    try:
         out.rows_in = len(questions) + sum(v for k, v in out.drops.counts.items() if "_corpus_" not in k)
-        if not questions or not corpus:
+        if not questions or not len(table):
             raise StageError(f"mine: text set {ts.name!r} has {len(questions)} usable questions and "
-                             f"{len(corpus)} corpus documents; check mine.text_sets[{ts.name}] paths and columns.")
-        embedder = make_embedder(cfg.text_embedder, ctx.store)
-        d_vecs, n_new_docs = embed_cached(embedder, [MixedItem(d.text) for d in corpus], "document", ctx.store)
-        q_vecs, n_new_q = embed_cached(embedder, [MixedItem(q.question) for q in questions], "query", ctx.store)
-        out.extra[f"{ts.name}_embedded_documents"] += n_new_docs
+                             f"{len(table)} corpus documents; check mine.text_sets[{ts.name}] paths and columns.")
+        todo = corpus_vectors(embedder, table, shard_rows).missing()
+        vectors = ensure_embedded(embedder, table, shard_rows)
+        out.extra[f"{ts.name}_embedded_documents"] += sum(b - a for a, b in map(vectors.bounds, todo))
+        q_vecs, n_new_q = embed_cached(embedder, [MixedItem(q.question) for q in questions], "query", store)
         out.extra[f"{ts.name}_embedded_queries"] += n_new_q
-        doc_ids, texts = [d.doc_id for d in corpus], [d.text for d in corpus]
-        mined = Mined(doc_ids, texts, [[] for _ in doc_ids], embedder.model_id, content_keys(texts))
-        out.extra[f"{ts.name}_duplicate_documents"] += len(texts) - len(set(mined.keys))
-        picks, positives, pos_scores, ranked = mine_negatives(q_vecs, d_vecs, None, mined.keys, texts, cfg)
-        out.write([_triplet(out, cfg, mined, p, (pos, pos_score, hits),
+        out.extra[f"{ts.name}_duplicate_documents"] += len(table) - int(table.manifest["distinct"])
+        scores, ranked = search_shards(q_vecs, vectors, search_depth(cfg), cfg.search, exclude=table.repeats()[0])
+        picks, pos_scores = select_top1(q_vecs, scores, ranked, vectors, table, cfg)
+        mined = _fetch_mined(table, ranked[:, 0], picks, embedder.model_id)
+        out.write([_triplet(out, cfg, mined, p, (hits[0], pos_score, hits),
                             source=ts.name, qa_id=q.qid, query=q.question, query_image_ids=[],
                             answer=q.answers[0], answers=q.answers, split="train", modality="text_only")
-                   for q, p, pos, pos_score, hits in zip(questions, picks, positives, pos_scores, ranked, strict=True)])
+                   for q, p, pos_score, hits in zip(questions, picks, pos_scores, ranked.tolist(), strict=True)])
+    finally:
+        table.close()
+
+
+def select_top1(q_vecs, scores, ranked, vectors: CorpusVectors, table: CorpusTable,
+                cfg: MineConfig) -> tuple[list[Picked], list[float]]:
+    """Each query's top-1 row is its positive; (picks, positive scores). `ranked`: (Q, k) corpus
+    rows best first over the first occurrences (-1 past the corpus's end). A document's content
+    key is the row of its text's first occurrence (`table.rep`), which also stands for its text:
+    equal keys, equal texts. Works one query's candidates at a time (no whole-corpus lists)."""
+    reps = np.where(ranked >= 0, table.rep(np.maximum(ranked, 0)), -1)
+    pos_scores = np.einsum("ij,ij->i", q_vecs, vectors.take(ranked[:, 0])).tolist()
+    picks = []
+    for hits, rep, s, pos_score in zip(ranked.tolist(), reps.tolist(), scores.tolist(), pos_scores, strict=True):
+        keys = dict(zip(hits, rep, strict=True))
+        picks.append(select_negatives(hits, s, hits[0], keys, keys, cfg, pos_score))
+    return picks, pos_scores
+
+
+def _fetch_mined(table: CorpusTable, positives, picks: list[Picked], miner_id: str) -> Mined:
+    """A `Mined` over the rows the output names (the positives and the negatives kept), read by
+    row id from the table: its fields are dicts by corpus row."""
+    rows = np.unique(np.concatenate([np.asarray(positives, np.int64).reshape(-1)]
+                                    + [np.asarray(p.indices, np.int64) for p in picks])).tolist()
+    keys = table.rep(rows).tolist()
+    return Mined(dict(zip(rows, table.doc_ids(rows), strict=True)), dict(zip(rows, table.texts(rows), strict=True)),
+                 {r: [] for r in rows}, miner_id, dict(zip(rows, keys, strict=True)))
 
 
 @dataclass(frozen=True)
 class Mined:
     """The corpus the negatives were mined from, and by which embedder."""
 
-    ids: list[str]
-    texts: list[str]
-    image_ids: list[list[str]]
+    ids: list[str] | dict[int, str]  # indexed by document: corpus index (NyxQA) or row (a text set's table)
+    texts: list[str] | dict[int, str]
+    image_ids: list[list[str]] | dict[int, list[str]]
     miner_id: str
-    keys: list  # each document's content key: equal keys are one document
+    keys: list | dict  # each document's content key: equal keys are one document
 
 
 def _triplet(out: ShardOutputs, cfg: MineConfig, mined: Mined, p: Picked, positive: tuple[int, float, list[int]],
