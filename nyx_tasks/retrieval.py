@@ -11,18 +11,28 @@ of every question's top-k passages by another retriever (`union_corpus`).
 Identical documents count once: `search` with `distinct=` (the corpus's
 `Corpus.distinct()`) ranks each content (text plus ordered image ids) once, at
 its first occurrence, and `Corpus.representative_id` maps any document id to
-that occurrence's id, so a gold id and its retrieved copy compare equal."""
+that occurrence's id, so a gold id and its retrieved copy compare equal.
+
+A text set's corpus (Wikipedia: millions of passages) is never held whole: it is a
+`CorpusTable` (`text_table`) whose vectors lie in shards under the retrieving embedder
+(`search_table`: embed the missing shards, then exact search shard by shard, each text's
+first occurrence only), and a stage fetches the texts and ids of the rows it retrieved
+(`fetch_rows`), as a small `Corpus` over those rows. Identical texts count once there as
+here (`CorpusTable.rep` maps a row to its text's first occurrence, as `Distinct.rep` does)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .artifacts import ArtifactStore, image_paths, iter_stage_batches
+from .corpus_table import CorpusTable, corpus_table
 from .embedding import MixedItem, make_embedder
 from .embedding.base import matryoshka
 from .embedding.cache import embed_cached
 from .search import Distinct, content_keys, distinct_contents, exact_topk
-from .text_sets import read_corpus
+from .vector_shards import SHARD_ROWS, corpus_vectors, ensure_embedded, search_shards
 
 
 @dataclass
@@ -55,36 +65,64 @@ def nyxqa_corpus(store: ArtifactStore, partition: str) -> Corpus:
                   [r["image_ids"] for r in rows], image_paths(store, partition))
 
 
-def text_corpus(ts, drop=lambda *a: None) -> Corpus:
-    docs = read_corpus(ts, drop)
-    return Corpus(ts.name, [d.doc_id for d in docs], [d.text for d in docs], [[] for _ in docs], {})
+def text_table(store: ArtifactStore, ts, drop=None) -> CorpusTable:
+    """A text set's corpus as a table read by row id (built once); `drop` hears its dropped
+    source rows, as `text_sets.read_corpus` reports them."""
+    return corpus_table(store, ts, drop)
 
 
-def union_corpus(embedder, pools: list[tuple[Corpus, list[str]]], top_k: int, search_cfg,
-                 store: ArtifactStore, name: str = "text_union") -> Corpus:
-    """The union of each question's top `top_k` documents by `embedder`: `pools` pairs a corpus with
-    the questions that search it. A text (passage contents) enters once, with the id of its first
-    entry; documents enter in pool order, then question order, then rank order, so the union is the
-    same on every run. Released code: the set of FlashRAG's E5 top-20 passage strings over all the
-    sets' questions (make_t2t_corpus.py)."""
+def search_table(embedder, table: CorpusTable, q_vecs, k: int, search_cfg, dim: int | None = None,
+                 shard_rows: int = SHARD_ROWS) -> tuple[np.ndarray, np.ndarray, int]:
+    """(scores, rows, rows embedded now): each query's top-k rows of `table` by `embedder`, best
+    first by (score desc, row asc), -1 past the corpus's end; identical texts take one rank, at
+    their first occurrence. The table's missing vector shards are embedded first; then one
+    shard is in memory at a time."""
+    vectors = corpus_vectors(embedder, table, shard_rows)
+    new = sum(b - a for a, b in map(vectors.bounds, vectors.missing()))
+    vectors = ensure_embedded(embedder, table, shard_rows)
+    scores, rows = search_shards(q_vecs, vectors, k, search_cfg, dim, exclude=table.repeats()[0])
+    return scores, rows, new
+
+
+def fetch_rows(table: CorpusTable, name: str, *ranked) -> tuple[Corpus, list[np.ndarray]]:
+    """The rows that `ranked` (row arrays, -1 pads) name as a `Corpus` of those rows only (ids and
+    texts read by row, ascending), and each array in that corpus's indices (-1 pads kept). Rows
+    ascending keep their order, so a ranking's ties stay by row."""
+    ranked = [np.asarray(r, dtype=np.int64) for r in ranked]
+    rows = np.unique(np.concatenate([r[r >= 0] for r in ranked])) if ranked else np.zeros(0, np.int64)
+    local = [np.where(r >= 0, np.searchsorted(rows, np.maximum(r, 0)), -1) for r in ranked]
+    corpus = Corpus(name, table.doc_ids(rows), table.texts(rows), [[] for _ in range(len(rows))], {})
+    return corpus, local
+
+
+def union_corpus(embedder, pools: list[tuple[CorpusTable, list[str]]], top_k: int, search_cfg,
+                 store: ArtifactStore, name: str = "text_union", shard_rows: int = SHARD_ROWS) -> Corpus:
+    """The union of each question's top `top_k` documents by `embedder`: `pools` pairs a corpus table
+    with the questions that search it. Each table is searched shard by shard and only the retrieved
+    rows' texts are read. A text (passage contents) enters once, with the id of its first entry;
+    documents enter in pool order, then question order, then rank order, so the union is the same
+    on every run. Released code: the set of FlashRAG's E5 top-20 passage strings over all the sets'
+    questions (make_t2t_corpus.py)."""
     ids: list[str] = []
     texts: dict[str, int] = {}
     taken: set[str] = set()
-    for corpus, questions in pools:
-        if not questions or not corpus.ids:
+    for table, questions in pools:
+        if not questions or not len(table):
             continue
-        d_vecs, _ = embed_cached(embedder, corpus.items(), "document", store)
         q_vecs, _ = embed_cached(embedder, [MixedItem(q) for q in questions], "query", store)
-        _, ranked = search(q_vecs, d_vecs, min(top_k, len(corpus.ids)), search_cfg, None, corpus.distinct())
-        for row in ranked:
+        _, ranked, _ = search_table(embedder, table, q_vecs, min(top_k, len(table)), search_cfg,
+                                    shard_rows=shard_rows)
+        found, (local,) = fetch_rows(table, name, ranked)
+        table.close()  # its open files (a later read reopens them)
+        for row in local:
             for d in row:
-                if d < 0 or corpus.texts[d] in texts:
+                if d < 0 or found.texts[d] in texts:
                     continue
-                doc_id = corpus.ids[d]
+                doc_id = found.ids[d]
                 while doc_id in taken:  # another corpus's document under the same id
                     doc_id = f"{doc_id}#"
                 taken.add(doc_id)
-                texts[corpus.texts[d]] = len(ids)
+                texts[found.texts[d]] = len(ids)
                 ids.append(doc_id)
     return Corpus(name, ids, list(texts), [[] for _ in ids], {})
 

@@ -193,7 +193,7 @@ def run_text_sets(ctx, monkeypatch, sets):
     union = stage._union(ctx, read, out) if cfg.protocol == "paper" else None
     vlm, rows = VLM(lambda text: "Orlen"), []
     for ts, questions, _ in read:
-        corpus = union if union is not None else ev.text_corpus(ts, out.drops.drop)
+        corpus = union if union is not None else ev.text_table(ctx.store, ts, out.drops.drop)
         rows += stage._text_set(ctx, ModelRun("stage1", nyx_text_model(), vlm), ts, corpus, questions, out)
     return union, vlm, rows, out
 

@@ -9,7 +9,8 @@ gold chunk counts as retrieving the gold.
 `evaluate.protocol` picks how (the report and every results row name it):
 - strict: the NyxQA query is the question; the VLM's answer is constrained by a
   JSON schema to the option texts (`answer_mc`) and judged by `option_match`;
-  the text-only sets retrieve over their full corpus (`answer_free`).
+  the text-only sets retrieve over their full corpus (`answer_free`): a table read
+  by row id, its vectors searched shard by shard (`retrieval.search_table`).
 - paper: the released code's protocol. NyxQA (experiments/nyxqa/exp1.py,
   nyx_rag.py, generator.py, eval_utils.py): the retrieval query is
   "Question: <q>\nChoices: <option texts joined by ', '>", the VLM answers
@@ -39,11 +40,22 @@ from ..artifacts import iter_stage_batches
 from ..base import ShardSpec, StageError
 from ..checkpoints import stage_checkpoint
 from ..embedding import MixedItem, make_embedder
+from ..embedding.cache import embed_cached
 from ..evaluation.metrics import aggregate, bootstrap_ci, retrieval_scores
 from ..evaluation.report import render_report
 from ..inference import GenerationError, make_backend
 from ..judges import exact_match, option_match, token_f1
-from ..retrieval import checkpoint_embedder, embed, nyxqa_corpus, search, text_corpus, union_corpus
+from ..retrieval import (
+    Corpus,
+    checkpoint_embedder,
+    embed,
+    fetch_rows,
+    nyxqa_corpus,
+    search,
+    search_table,
+    text_table,
+    union_corpus,
+)
 from ..runner import ShardOutputs, Stage, StageContext
 from ..text_sets import fingerprint, read_questions, sample_questions
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
@@ -164,7 +176,7 @@ class EvaluateStage(Stage):
                 rows += self._nyxqa(ctx, run, corpus, qa, out)
             for ts, questions in text_sets:
                 if questions:
-                    set_corpus = union if union is not None else text_corpus(ts, out.drops.drop)
+                    set_corpus = union if union is not None else text_table(ctx.store, ts, out.drops.drop)
                     rows += self._text_set(ctx, run, ts, set_corpus, questions, out)
         backend.close()
         out.write(rows)
@@ -183,8 +195,8 @@ class EvaluateStage(Stage):
             pools[source][1].extend(q.question for q in (everything if cfg.union_questions == "all" else evaluated))
         emb_cfg = union_embedder_cfg(ctx.cfg)
         embedder = make_embedder(emb_cfg, ctx.store)
-        union = union_corpus(embedder, [(text_corpus(ts, out.drops.drop), qs) for ts, qs in pools.values()],
-                             cfg.union_top_k, cfg.search, ctx.store)
+        union = union_corpus(embedder, [(text_table(ctx.store, ts, out.drops.drop), qs) for ts, qs in pools.values()],
+                             cfg.union_top_k, cfg.search, ctx.store, shard_rows=ctx.cfg.corpora.shard_rows)
         n_q = sum(len(qs) for _, qs in pools.values())
         ctx.log.info("evaluate: text-only union corpus of %d passages: the top %d of %d questions by %s",
                      len(union.ids), cfg.union_top_k, n_q, emb_cfg.model)
@@ -235,13 +247,23 @@ class EvaluateStage(Stage):
 
     # -- text-only sets: top-1 retrieval, free-form answer, F1 / EM
     def _text_set(self, ctx, run: ModelRun, ts, corpus, questions, out) -> list[dict]:
+        """`corpus`: the paper protocol's union (a small `Corpus`), or the set's full corpus as a table
+        (strict), searched over its vector shards under this model; only the retrieved texts are read."""
         cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
+        queries = [MixedItem(q.question) for q in questions]
+        if isinstance(corpus, Corpus):
+            d_vecs, q_vecs, _ = embed(embedder, corpus, queries, ctx.store)
+            distinct = corpus.distinct()
+            by_dim = [search(q_vecs, d_vecs, 1, cfg.search, dim, distinct)[1] for dim in cfg.dims]
+        else:
+            q_vecs, _ = embed_cached(embedder, queries, "query", ctx.store)
+            rows = [search_table(embedder, corpus, q_vecs, 1, cfg.search, dim, ctx.cfg.corpora.shard_rows)[1]
+                    for dim in cfg.dims]
+            table, (corpus, by_dim) = corpus, fetch_rows(corpus, ts.name, *rows)  # the top-1 passages' texts only
+            table.close()
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, 0)
-        d_vecs, q_vecs, _ = embed(embedder, corpus, [MixedItem(q.question) for q in questions], ctx.store)
-        distinct = corpus.distinct()
         reqs, where = [], []
-        for dim in cfg.dims:
-            _, ranked = search(q_vecs, d_vecs, 1, cfg.search, dim, distinct)
+        for dim, ranked in zip(cfg.dims, by_dim, strict=True):
             for i, q in enumerate(questions):
                 reqs.append(asking.request(q.question, [], [int(ranked[i][0])], protocol=cfg.protocol))
                 where.append((dim, i))

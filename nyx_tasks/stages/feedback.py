@@ -23,15 +23,25 @@ from ..base import ShardSpec, StageError
 from ..checkpoints import stage_checkpoint
 from ..config import stable_hash
 from ..embedding import MixedItem
+from ..embedding.cache import embed_cached
 from ..inference import GenerationError, make_backend
 from ..judges import option_match, token_f1
-from ..retrieval import checkpoint_embedder, embed, nyxqa_corpus, search, text_corpus
+from ..retrieval import (
+    Corpus,
+    checkpoint_embedder,
+    embed,
+    fetch_rows,
+    nyxqa_corpus,
+    search,
+    search_table,
+    text_table,
+)
 from ..runner import ShardOutputs, Stage, StageContext
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 
 if TYPE_CHECKING:
     from ..config import FeedbackConfig
-    from ..retrieval import Corpus
+    from ..corpus_table import CorpusTable
 
 Id = TypeVar("Id", bound=Hashable)
 
@@ -155,7 +165,9 @@ class FeedbackShard:
 
     name: str  # the shard's name, for the log
     rows: list[dict]  # mine's train rows of one source, in order
-    corpus: Corpus  # the documents they are ranked over
+    # the documents they are ranked over; a text set's corpus table until `rank`, which replaces it
+    # with the retrieved rows (the steps after it index `corpus` by the ranking's indices)
+    corpus: Corpus | CorpusTable
     mc: dict[str, dict]  # qa_id -> {"options", "correct_index"}: NyxQA's multiple choice; {} for text sets
 
     def options(self, qi: int) -> dict | None:
@@ -198,8 +210,9 @@ def shard_rows(ctx: StageContext, shard: ShardSpec) -> list[dict]:
             if r["source"] == shard["source"] and r["split"] == "train"][shard["start"]:shard["stop"]]
 
 
-def source_corpus(ctx: StageContext, source: str) -> tuple[Corpus, dict[str, dict]]:
-    """The corpus `source`'s queries are ranked over, and NyxQA's options by qa_id ({} for a text set)."""
+def source_corpus(ctx: StageContext, source: str) -> tuple[Corpus | CorpusTable, dict[str, dict]]:
+    """The corpus `source`'s queries are ranked over, and NyxQA's options by qa_id ({} for a text set):
+    NyxQA's chunks in memory, a text set's corpus as a table read by row id (never whole)."""
     if source == "nyxqa":
         mc = {r["qa_id"]: r for b in iter_stage_batches(ctx.store, ctx.partition, "filter",
                                                          columns=["qa_id", "options", "correct_index"])
@@ -208,19 +221,31 @@ def source_corpus(ctx: StageContext, source: str) -> tuple[Corpus, dict[str, dic
     ts = next((t for t in ctx.cfg.mine.text_sets if t.name == source), None)
     if ts is None:
         raise StageError(f"feedback: source {source!r} is not among mine.text_sets")
-    return text_corpus(ts), {}
+    return text_table(ctx.store, ts), {}
 
 
 def rank(ctx: StageContext, data: FeedbackShard, out: ShardOutputs) -> Ranking:
-    """Step 1: the top-K documents of every query with the stage-1 checkpoint (counts `embedded`);
-    identical documents (same text and images) take one rank, at their first occurrence."""
+    """Step 1: the top-K documents of every query with the stage-1 checkpoint (counts `embedded`: items
+    embedded now, for a text set the queries and the rows of its newly embedded vector shards);
+    identical documents (same text and images) take one rank, at their first occurrence. A text
+    set's table is searched over its vector shards under this checkpoint, and `data.corpus`
+    becomes the retrieved rows only (`fetch_rows`; the ranking indexes them)."""
     cfg, corpus = ctx.cfg.feedback, data.corpus
     ckpt = stage_checkpoint(ctx.store, ctx.partition, "train_stage1")
     embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
-    queries = [MixedItem(r["query"], tuple((i, corpus.paths[i]) for i in r["query_image_ids"])) for r in data.rows]
-    d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
-    out.extra["embedded"] += n_new
-    scores, ranked = search(q_vecs, d_vecs, cfg.top_k, cfg.search, distinct=corpus.distinct())  # a content ranks once
+    if not isinstance(corpus, Corpus):  # a text set: text-only queries over its corpus table
+        q_vecs, n_q = embed_cached(embedder, [MixedItem(r["query"]) for r in data.rows], "query", ctx.store)
+        scores, rows, n_docs = search_table(embedder, corpus, q_vecs, cfg.top_k, cfg.search,
+                                            shard_rows=ctx.cfg.corpora.shard_rows)  # a text ranks once
+        out.extra["embedded"] += n_docs + n_q
+        data.corpus, (ranked,) = fetch_rows(corpus, data.name, rows)
+        corpus.close()
+    else:
+        queries = [MixedItem(r["query"], tuple((i, corpus.paths[i]) for i in r["query_image_ids"]))
+                   for r in data.rows]
+        d_vecs, q_vecs, n_new = embed(embedder, corpus, queries, ctx.store)
+        out.extra["embedded"] += n_new
+        scores, ranked = search(q_vecs, d_vecs, cfg.top_k, cfg.search, distinct=corpus.distinct())  # ranks once
     hits = [[int(d) for d in ranked[qi] if d >= 0] for qi in range(len(data.rows))]
     return Ranking(scores, ranked, hits, embedder.model_id)
 
