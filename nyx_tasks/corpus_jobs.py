@@ -1,7 +1,9 @@
 """A stage's large corpora embedded as mapped work (issue 17 item 1).
 
-Before a stage that searches a text set's corpus (mine: the text sets under
-`mine.text_embedder`), its Airflow task group plans one job per embedding shard of
+Before a stage that searches a text set's whole corpus (mine: the text sets under
+`mine.text_embedder`; feedback: its text-set sources under the stage-1 checkpoint;
+evaluate: its text sets under each evaluated checkpoint, or under the union embedder
+for the paper protocol), its Airflow task group plans one job per embedding shard of
 each distinct (embedder, corpus) and maps them: each job embeds one shard of
 `corpora.shard_rows` rows into its vector file (`vector_shards.embed_shard`), so
 shards spread over workers, a finished shard is never redone, and a crash costs
@@ -15,26 +17,42 @@ import socket
 import time
 
 from .artifacts import ArtifactStore
+from .checkpoints import stage_checkpoint
 from .config import stable_hash
 from .corpus_table import corpus_table
 from .embedding import make_embedder
 from .log import get_logger
+from .retrieval import checkpoint_embedder_cfg
 from .vector_shards import embed_shard
 
 
-def stage_corpora(stage_name: str, cfg) -> list[tuple]:
-    """(embedder config, text set) pairs whose corpora the stage searches in full."""
+def stage_corpora(stage_name: str, cfg, store: ArtifactStore | None = None) -> list[tuple]:
+    """(embedder config, text set) pairs whose corpora the stage searches in full. Feedback and
+    evaluate search under published checkpoints, read from the partition's training manifests."""
     if stage_name == "mine":
         return [(cfg.mine.text_embedder, ts) for ts in cfg.mine.text_sets]
+    if stage_name == "feedback":
+        wanted = set(cfg.feedback.sources)
+        sets = [ts for ts in cfg.mine.text_sets if not wanted or ts.name in wanted]
+        if not sets:
+            return []
+        emb = checkpoint_embedder_cfg(cfg.feedback.embedder, stage_checkpoint(store, cfg.partition, "train_stage1"))
+        return [(emb, ts) for ts in sets]
+    if stage_name == "evaluate":
+        ev = cfg.evaluate
+        if ev.protocol == "paper":  # the union of each question's top passages by the union embedder
+            return [(ev.union_embedder or cfg.mine.text_embedder, ts) for ts in ev.text_sets]
+        return [(checkpoint_embedder_cfg(ev.embedder, stage_checkpoint(store, cfg.partition, f"train_{m}")), ts)
+                for m in ev.models for ts in ev.text_sets] if ev.text_sets else []
     return []
 
 
-def embeds_on_gpu(stage_name: str, cfg) -> bool:
+def embeds_on_gpu(stage_name: str, cfg, store: ArtifactStore | None = None) -> bool:
     """Whether the stage's embedding shards go to the `gpu` queue: `corpora.queue`, or under
     `auto` a corpus embedder set to a CUDA device."""
     if cfg.corpora.queue != "auto":
         return cfg.corpora.queue == "gpu"
-    return any(str(emb.device).startswith("cuda") for emb, _ in stage_corpora(stage_name, cfg))
+    return any(str(emb.device).startswith("cuda") for emb, _ in stage_corpora(stage_name, cfg, store))
 
 
 def plan_vector_jobs(stage_name: str, cfg, store: ArtifactStore) -> list[dict]:
@@ -43,7 +61,7 @@ def plan_vector_jobs(stage_name: str, cfg, store: ArtifactStore) -> list[dict]:
     nothing is embedded here. Sets sharing corpus files (wiki18) share one corpus."""
     log = get_logger(stage_name)
     jobs, seen = [], set()
-    for n, (emb, ts) in enumerate(stage_corpora(stage_name, cfg)):
+    for n, (emb, ts) in enumerate(stage_corpora(stage_name, cfg, store)):
         table = corpus_table(store, ts)
         ident = (stable_hash(emb.model_dump(mode="json")), table.key)
         if ident in seen:
@@ -58,7 +76,7 @@ def plan_vector_jobs(stage_name: str, cfg, store: ArtifactStore) -> list[dict]:
 
 def run_vector_job(stage_name: str, cfg, store: ArtifactStore, job: dict) -> dict:
     """Embed one shard (nothing when its file exists); returns what the task reports."""
-    emb, ts = stage_corpora(stage_name, cfg)[job["corpus"]]
+    emb, ts = stage_corpora(stage_name, cfg, store)[job["corpus"]]
     table = corpus_table(store, ts)
     embedder = make_embedder(emb, store)
     t0 = time.monotonic()

@@ -127,10 +127,14 @@ def union_corpus(embedder, pools: list[tuple[CorpusTable, list[str]]], top_k: in
     return Corpus(name, ids, list(texts), [[] for _ in ids], {})
 
 
+def checkpoint_embedder_cfg(emb_cfg, checkpoint: dict):
+    """The embedder config of a published checkpoint: `nyx` on its merged export."""
+    return emb_cfg.model_copy(update={"kind": "nyx", "model": checkpoint["merged"], "adapter": None, "dim": None})
+
+
 def checkpoint_embedder(emb_cfg, checkpoint: dict, store: ArtifactStore):
     """The `nyx` embedder loading a published checkpoint's merged export."""
-    return make_embedder(emb_cfg.model_copy(update={"kind": "nyx", "model": checkpoint["merged"], "adapter": None,
-                                                    "dim": None}), store)
+    return make_embedder(checkpoint_embedder_cfg(emb_cfg, checkpoint), store)
 
 
 def embed(embedder, corpus: Corpus, queries, store: ArtifactStore):

@@ -24,7 +24,7 @@ def test_one_job_per_shard_of_each_distinct_corpus(tmp_path):
     sizes = {ts.name: len(corpus_table(store, ts)) for _, ts in stage_corpora("mine", cfg)}
     assert len(jobs) == sum(-(-n // 20) for n in sizes.values()) and len(sizes) == 3
     assert jobs[0] == {"shard": 0, "corpus": 0, "name": f"hotpotqa:1/{-(-sizes['hotpotqa'] // 20)}"}
-    assert plan_vector_jobs("evaluate", cfg, store) == []  # only stages that search a whole corpus
+    assert plan_vector_jobs("chunk", cfg, store) == []  # only stages that search a whole corpus
     # two sets over the same corpus files (wiki18 for all three in the paper) embed it once
     sets = [{"name": n, "questions": [f"pkgdata:text_sets/{n}/questions.jsonl"], "corpus": [SHARED]}
             for n in ("hotpotqa", "musique")]
@@ -50,7 +50,45 @@ def test_a_job_embeds_its_shard_once_and_the_stage_finds_it(tmp_path):
 def test_gpu_route_follows_the_corpus_embedders_device(tmp_path):
     assert not embeds_on_gpu("mine", demo(tmp_path))
     assert embeds_on_gpu("mine", demo(tmp_path, mine={"text_embedder": {"device": "cuda"}}))
-    assert not embeds_on_gpu("feedback", demo(tmp_path))
+    assert not embeds_on_gpu("chunk", demo(tmp_path))
     assert embeds_on_gpu("mine", demo(tmp_path, corpora={"queue": "gpu"}))  # the operator's choice wins
     assert not embeds_on_gpu("mine", demo(tmp_path, corpora={"queue": "default"},
                                           mine={"text_embedder": {"device": "cuda"}}))
+
+
+def publish_checkpoint(root, partition, stage, model):
+    """A training stage's manifest naming its published checkpoint (what feedback/evaluate read)."""
+    import json
+
+    folder = root / "partitions" / partition / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "_MANIFEST.json").write_text(json.dumps({"status": "complete", "checkpoint": {"merged": model}}))
+
+
+def test_feedback_and_evaluate_embed_under_the_checkpoints_they_search_with(tmp_path):
+    from nyx_tasks.inference import resolve_model
+    from nyx_tasks.retrieval import checkpoint_embedder
+
+    tiny = resolve_model("tiny:qwen2_5_vl")
+    for stage in ("train_stage1", "train_stage2"):
+        publish_checkpoint(tmp_path, "p", stage, tiny)
+    cfg = demo(tmp_path, partition="p")
+    store = ArtifactStore(str(tmp_path))
+    fb = stage_corpora("feedback", cfg, store)
+    assert [ts.name for _, ts in fb] == [ts.name for ts in cfg.mine.text_sets]
+    assert {(e.kind, e.model) for e, _ in fb} == {("nyx", tiny)}
+    only = demo(tmp_path, partition="p", feedback={"sources": ["musique"]})
+    assert [ts.name for _, ts in stage_corpora("feedback", only, store)] == ["musique"]
+    # strict evaluation: every evaluated model's checkpoint over the held-out sets (one corpus here:
+    # both checkpoints are the same model, so one set of jobs); the paper protocol: the union embedder
+    ev = stage_corpora("evaluate", cfg, store)
+    assert [(e.model, ts.name) for e, ts in ev] == [(tiny, "hotpotqa"), (tiny, "hotpotqa")]
+    assert len({j["corpus"] for j in plan_vector_jobs("evaluate", cfg, store)}) == 1
+    paper = demo(tmp_path, partition="p", evaluate={"protocol": "paper"})
+    assert {e.model for e, _ in stage_corpora("evaluate", paper, store)} == {cfg.mine.text_embedder.model}
+    # a job's shard is the file feedback's own search looks up
+    job = plan_vector_jobs("feedback", cfg, store)[0]
+    assert run_vector_job("feedback", cfg, store, job)["rows_embedded"] == 20
+    table = corpus_table(store, fb[0][1])
+    emb = checkpoint_embedder(cfg.feedback.embedder, {"merged": tiny}, store)
+    assert corpus_vectors(emb, table, 20).exists(0)

@@ -250,7 +250,7 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
 
 
 # Stages that search a text set's whole corpus: its embedding shards are mapped tasks first.
-VECTOR_STAGES = ("mine",)
+VECTOR_STAGES = ("mine", "feedback", "evaluate")
 
 
 def vector_tasks(stage_name: str) -> list:
@@ -274,7 +274,8 @@ def vector_tasks(stage_name: str) -> list:
     @task.branch(task_id="vectors_route", doc_md="Embed on the `gpu` queue (one `gpu` pool slot per shard task) "
                  "when the corpus embedder is set to a CUDA device; else on the default queue.")
     def vectors_route() -> str:
-        on_gpu = embeds_on_gpu(stage_name, config_from_context())
+        cfg = config_from_context()
+        on_gpu = embeds_on_gpu(stage_name, cfg, ArtifactStore(cfg.artifact_root()))
         return f"{stage_name}.vectors_gpu" if on_gpu else f"{stage_name}.vectors"
 
     jobs = vectors_plan()
