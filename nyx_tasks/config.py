@@ -571,6 +571,8 @@ class CorporaConfig(_Model):
     changes how the work is split, never a result."""
 
     shard_rows: int = Field(65536, ge=1, description="Rows per embedding shard (one mapped task, one vector file).")
+    query_rows: int = Field(65536, ge=1, description="Questions of a text set per `mine` task: a larger set's "
+                            "questions are split over several mapped tasks, each searching every shard.")
     queue: Literal["auto", "default", "gpu"] = Field(
         "auto", description="Where the mapped embedding shards run: auto = the `gpu` queue (one `gpu` pool slot "
         "each) when the corpus embedder's device is cuda, else the default queue; or name the queue.")

@@ -134,14 +134,22 @@ class MineStage(Stage):
         return {**super().input_fingerprint(ctx), **sets}
 
     def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
-        # one shard per corpus: each search needs its whole corpus
-        return [{"shard": 0, "name": "nyxqa"}] + [
-            {"shard": i, "name": f"text:{t.name}", "text_set": t.name}
-            for i, t in enumerate(ctx.cfg.mine.text_sets, start=1)]
+        # NyxQA in one shard (its chunks); a text set in one shard per `corpora.query_rows` questions,
+        # each searching the set's whole corpus shard by shard
+        shards: list[ShardSpec] = [{"shard": 0, "name": "nyxqa"}]
+        for t in ctx.cfg.mine.text_sets:
+            n = len(read_questions(t, lambda *a, **k: None))
+            spans = [(a, min(a + ctx.cfg.corpora.query_rows, n)) for a in range(0, max(n, 1), ctx.cfg.corpora.query_rows)]
+            for a, b in spans:
+                name = f"text:{t.name}" if len(spans) == 1 else f"text:{t.name}:{a}-{b}"
+                shards.append({"shard": len(shards), "name": name, "text_set": t.name, "start": a, "stop": b})
+        return shards
 
     def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         if "text_set" in shard:
-            self._mine_text_set(ctx, next(t for t in ctx.cfg.mine.text_sets if t.name == shard["text_set"]), out)
+            ts = next(t for t in ctx.cfg.mine.text_sets if t.name == shard["text_set"])
+            mine_text_set(ctx.store, ctx.cfg.mine, ts, make_embedder(ctx.cfg.mine.text_embedder, ctx.store),
+                          ctx.cfg.corpora.shard_rows, out, span=(shard.get("start", 0), shard.get("stop")))
         else:
             self._mine_nyxqa(ctx, out)
 
@@ -183,13 +191,9 @@ class MineStage(Stage):
                 answer=q["answer"], answers=[q["answer"]], split=q["split"], modality=q["modality"]))
         out.write(rows)
 
-    def _mine_text_set(self, ctx: StageContext, ts: TextSetConfig, out: ShardOutputs) -> None:
-        mine_text_set(ctx.store, ctx.cfg.mine, ts, make_embedder(ctx.cfg.mine.text_embedder, ctx.store),
-                      ctx.cfg.corpora.shard_rows, out)
-
 
 def mine_text_set(store: ArtifactStore, cfg: MineConfig, ts: TextSetConfig, embedder: Embedder,
-                  shard_rows: int, out: ShardOutputs) -> None:
+                  shard_rows: int, out: ShardOutputs, span: tuple[int, int | None] = (0, None)) -> None:
     """Paper, text-only sets: retrieve with the text embedder (E5-v2), the top-1 document is the
     positive, negatives come after rank `range_min`.
 
@@ -197,9 +201,13 @@ def mine_text_set(store: ArtifactStore, cfg: MineConfig, ts: TextSetConfig, embe
     (`ensure_embedded`: a shard already there, e.g. from the DAG's mapped embedding tasks, is
     never recomputed) and searched shard by shard (`search_shards`) over each text's first
     occurrence; only the texts of the positives and the negatives kept are read back. `out`:
-    the shard's outputs (or anything with their `drops`, `extra`, `rows_in` and `write`)."""
-    questions = read_questions(ts, out.drops.drop)
-    table = corpus_table(store, ts, out.drops.drop)
+    the shard's outputs (or anything with their `drops`, `extra`, `rows_in` and `write`). `span`:
+    the questions [start, stop) this task mines; the set's drops and corpus counts are reported by
+    the task that starts at 0 only, so a set split over tasks counts them once."""
+    first = span[0] == 0
+    drop = out.drops.drop if first else (lambda *a, **k: None)
+    questions = read_questions(ts, drop)[span[0]:span[1]]
+    table = corpus_table(store, ts, drop)
     try:
         out.rows_in = len(questions) + sum(v for k, v in out.drops.counts.items() if "_corpus_" not in k)
         if not questions or not len(table):
@@ -210,7 +218,8 @@ def mine_text_set(store: ArtifactStore, cfg: MineConfig, ts: TextSetConfig, embe
         out.extra[f"{ts.name}_embedded_documents"] += sum(b - a for a, b in map(vectors.bounds, todo))
         q_vecs, n_new_q = embed_cached(embedder, [MixedItem(q.question) for q in questions], "query", store)
         out.extra[f"{ts.name}_embedded_queries"] += n_new_q
-        out.extra[f"{ts.name}_duplicate_documents"] += len(table) - int(table.manifest["distinct"])
+        if first:
+            out.extra[f"{ts.name}_duplicate_documents"] += len(table) - int(table.manifest["distinct"])
         scores, ranked = search_shards(q_vecs, vectors, search_depth(cfg), cfg.search, exclude=table.repeats()[0])
         picks, pos_scores = select_top1(q_vecs, scores, ranked, vectors, table, cfg)
         mined = _fetch_mined(table, ranked[:, 0], picks, embedder.model_id)

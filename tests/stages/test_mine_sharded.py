@@ -196,3 +196,30 @@ def test_an_empty_corpus_is_a_clear_error(tmp_path):
     ts = TextSetConfig(name="empty", questions=[str(tmp_path / "q.jsonl")], corpus=[str(tmp_path / "c.jsonl")])
     with pytest.raises(StageError, match="1 usable questions and 0 corpus documents"):
         sharded(tmp_path, MineConfig(), ts, WordsEmbedder(), 8)
+
+
+def test_a_text_set_split_over_query_tasks_mines_the_same_rows(built, tmp_path):
+    """corpora.query_rows maps the query side: each task mines a slice of a set's questions against
+    the whole corpus; together they write the rows, drops and counts of one task per set."""
+    import shutil
+
+    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.runner import run_stage
+    from nyx_tasks.stages import get_stage
+    from tests.conftest import demo_cfg
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(built, root)
+    store = ArtifactStore(str(root))
+    before = read_stage_table(store, "demo", "mine").to_pylist()
+    one = store.read_json("partitions/demo/mine/_MANIFEST.json")
+    cfg = demo_cfg(root, "corpora.query_rows=5", "force=true")
+    assert [s["name"] for s in get_stage("mine").plan_shards(type("C", (), {"cfg": cfg})())][:5] == \
+        ["nyxqa", "text:hotpotqa:0-5", "text:hotpotqa:5-10", "text:hotpotqa:10-15", "text:hotpotqa:15-16"]
+    m = run_stage(get_stage("mine"), cfg, store).manifest
+    after = read_stage_table(store, "demo", "mine").to_pylist()
+    key = lambda r: (r["source"], r["qa_id"])  # noqa: E731
+    assert sorted(after, key=key) == sorted(before, key=key) and len(after) == len(before)
+    assert m["rows_in"] == one["rows_in"] and m["rows_out"] == one["rows_out"] and m["drops"] == one["drops"]
+    same = {k: v for k, v in one["extra"].items() if "embedded_" not in k}  # the rerun embeds nothing
+    assert {k: m["extra"].get(k) for k in same} == same
