@@ -1,13 +1,16 @@
-"""Embeddings cached as an artifact, keyed by model and content hash:
+"""Embeddings of an item list cached as an artifact, looked up by key, never scanned:
 
-    <root>/cache/embeddings/<hash(model_id)>/emb-<uuid>.parquet   (key, vector)
+    <root>/cache/embeddings/<hash(model_id)>/<role>-<hash(the list's distinct item keys)>.npy
 
-A later run (or stage) with the same model embeds only content it has not
-seen; files are written atomically, so concurrent writers never corrupt it."""
+The key is the content hash of every distinct item in order, so the same list (a
+partition's chunks, a shard's queries) embedded again by the same model is one file
+read, whichever stage or run asks; a different list is embedded anew. Files are written
+under a temporary name and moved into place, so concurrent writers never corrupt one.
+A large corpus does not come here: it is embedded in shards (`nyx_tasks.vector_shards`)."""
 
 from __future__ import annotations
 
-import uuid
+import io
 
 import numpy as np
 
@@ -19,33 +22,30 @@ from .base import Embedder, MixedItem
 PREFIX = "cache/embeddings"
 
 
+def cache_rel(embedder: Embedder, role: str, keys: list[str]) -> str:
+    return f"{PREFIX}/{stable_hash(embedder.model_id)}/{role}-{stable_hash(keys, 32)}.npy"
+
+
 def embed_cached(embedder: Embedder, items: list[MixedItem], role: str, store: ArtifactStore) -> tuple[np.ndarray, int]:
     """(vectors, number embedded now). Identical items are embedded once."""
-    import pyarrow as pa
-
     log = get_logger("embed")
-    folder = f"{PREFIX}/{stable_hash(embedder.model_id)}"
     keys = [it.key(role) for it in items]
-    wanted = set(keys)
-    found: dict[str, np.ndarray] = {}
-    for name in store.listdir(folder):
-        if name.endswith(".parquet"):
-            for batch in store.read_parquet(f"{folder}/{name}"):
-                for k, v in zip(batch.column("key").to_pylist(), batch.column("vector").to_numpy(zero_copy_only=False), strict=True):
-                    if k in wanted:
-                        found[k] = v
-    todo = list(dict.fromkeys(k for k in keys if k not in found))
-    if todo:
+    if not keys:
+        return np.zeros((0, embedder.dim), np.float32), 0
+    distinct = list(dict.fromkeys(keys))
+    rel = cache_rel(embedder, role, distinct)
+    if store.exists(rel):
+        with store.fs.open(store.path(rel), "rb") as f:
+            vecs = np.load(io.BytesIO(f.read()))
+        todo = 0
+    else:
         first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        vecs = embedder.embed([items[first[k]] for k in todo], role)
-        found.update(zip(todo, vecs, strict=True))
-        rel = f"{folder}/emb-{uuid.uuid4().hex[:12]}.parquet"
-        table = pa.table({"key": pa.array(todo), "vector": pa.FixedSizeListArray.from_arrays(
-            pa.array(vecs.reshape(-1), pa.float32()), vecs.shape[1])})
-        with store.parquet_writer(rel, table.schema, name="embeddings") as w:
-            w.write_table(table)
-            w.close()
-    log.info("embed %s: %d items, %d from cache, %d embedded (%s)", role, len(items),
-             len(items) - len(todo), len(todo), embedder.model_id[:80])
-    return np.stack([np.asarray(found[k], dtype=np.float32) for k in keys]) if keys else \
-        np.zeros((0, embedder.dim), np.float32), len(todo)
+        vecs = np.asarray(embedder.embed([items[first[k]] for k in distinct], role), dtype=np.float32)
+        buf = io.BytesIO()
+        np.save(buf, vecs)
+        store.write_bytes_atomic(rel, buf.getvalue())
+        todo = len(distinct)
+    log.info("embed %s: %d items, %d from cache, %d embedded (%s)", role, len(items), len(items) - todo, todo,
+             embedder.model_id[:80])
+    index = {k: i for i, k in enumerate(distinct)}
+    return vecs[[index[k] for k in keys]], todo
