@@ -32,7 +32,7 @@ from .embedding import MixedItem, make_embedder
 from .embedding.base import matryoshka
 from .embedding.cache import embed_cached
 from .search import Distinct, content_keys, distinct_contents, exact_topk
-from .vector_shards import SHARD_ROWS, corpus_vectors, ensure_embedded, search_shards
+from .vector_shards import SHARD_ROWS, embed_missing, search_shards
 
 
 @dataclass
@@ -77,9 +77,7 @@ def search_table(embedder, table: CorpusTable, q_vecs, k: int, search_cfg, dim: 
     first by (score desc, row asc), -1 past the corpus's end; identical texts take one rank, at
     their first occurrence. The table's missing vector shards are embedded first; then one
     shard is in memory at a time."""
-    vectors = corpus_vectors(embedder, table, shard_rows)
-    new = sum(b - a for a, b in map(vectors.bounds, vectors.missing()))
-    vectors = ensure_embedded(embedder, table, shard_rows)
+    vectors, new = embed_missing(embedder, table, shard_rows)
     scores, rows = search_shards(q_vecs, vectors, k, search_cfg, dim, exclude=table.repeats()[0])
     return scores, rows, new
 

@@ -166,6 +166,13 @@ def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int
 
 def ensure_embedded(embedder: Embedder, corpus: CorpusTable, shard_rows: int = SHARD_ROWS) -> CorpusVectors:
     """Every shard of the corpus embedded (the missing ones now, one log line each)."""
+    return embed_missing(embedder, corpus, shard_rows)[0]
+
+
+def embed_missing(embedder: Embedder, corpus: CorpusTable,
+                  shard_rows: int = SHARD_ROWS) -> tuple[CorpusVectors, int]:
+    """`ensure_embedded`, and the rows embedded now (a shard another task finished meanwhile
+    counts 0)."""
     log = get_logger("embed")
     vectors = corpus_vectors(embedder, corpus, shard_rows)
     todo = vectors.missing()
@@ -178,7 +185,7 @@ def ensure_embedded(embedder: Embedder, corpus: CorpusTable, shard_rows: int = S
         total += rows
         log.info("vectors %s: shard %d (%d/%d): %d rows in %.1f s (%.0f rows/s overall)", corpus.key[:8], i, n,
                  len(todo), rows, time.monotonic() - t, total / max(time.monotonic() - t0, 1e-9))
-    return vectors
+    return vectors, total
 
 
 # --------------------------------------------------------------------------------- search

@@ -41,7 +41,7 @@ from ..embedding.cache import embed_cached
 from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
 from ..search import content_keys, distinct_contents, exact_topk
 from ..text_sets import fingerprint, read_questions
-from ..vector_shards import CorpusVectors, corpus_vectors, ensure_embedded, search_shards
+from ..vector_shards import CorpusVectors, embed_missing, search_shards
 
 
 @dataclass
@@ -198,7 +198,7 @@ def mine_text_set(store: ArtifactStore, cfg: MineConfig, ts: TextSetConfig, embe
     positive, negatives come after rank `range_min`.
 
     The corpus is a `corpus_table` (texts by row id) embedded in `shard_rows`-row vector shards
-    (`ensure_embedded`: a shard already there, e.g. from the DAG's mapped embedding tasks, is
+    (`embed_missing`: a shard already there, e.g. from the DAG's mapped embedding tasks, is
     never recomputed) and searched shard by shard (`search_shards`) over each text's first
     occurrence; only the texts of the positives and the negatives kept are read back. `out`:
     the shard's outputs (or anything with their `drops`, `extra`, `rows_in` and `write`). `span`:
@@ -213,9 +213,8 @@ def mine_text_set(store: ArtifactStore, cfg: MineConfig, ts: TextSetConfig, embe
         if not questions or not len(table):
             raise StageError(f"mine: text set {ts.name!r} has {len(questions)} usable questions and "
                              f"{len(table)} corpus documents; check mine.text_sets[{ts.name}] paths and columns.")
-        todo = corpus_vectors(embedder, table, shard_rows).missing()
-        vectors = ensure_embedded(embedder, table, shard_rows)
-        out.extra[f"{ts.name}_embedded_documents"] += sum(b - a for a, b in map(vectors.bounds, todo))
+        vectors, embedded = embed_missing(embedder, table, shard_rows)
+        out.extra[f"{ts.name}_embedded_documents"] += embedded
         q_vecs, n_new_q = embed_cached(embedder, [MixedItem(q.question) for q in questions], "query", store)
         out.extra[f"{ts.name}_embedded_queries"] += n_new_q
         if first:
