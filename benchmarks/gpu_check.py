@@ -10,6 +10,9 @@ Paths (each runs in its own process, so one failure or OOM never hides the other
 - `search`: the torch search backend (`nyx_tasks.search`, bf16 shortlist + fp32 re-score)
   over 1M x 2048 vectors, 8192 queries, k=30: seconds, GFLOP/s, and agreement of its
   top-k with an fp32 reference.
+- `vectors`: one mapped embedding shard (`vector_shards.embed_shard`, what each `vectors` task
+  runs) of 65,536 100-word passages with an E5-base-v2-shaped BERT, then 8192 queries top-30
+  over it: passages/s, tokens/s, the GPU-hours wiki18 (21M passages) would take.
 - `mme5`: the mmE5 miner (`MmE5Embedder`) on a random-weight Llama-3.2-11B-Vision-shaped
   Mllama, the paper profile's 4 tiles and batch 16, documents of ~200 tokens, a third
   with an image: items/s, tokens/s.
@@ -42,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_mfu import LOREM, noise_image  # noqa: E402  (the training benchmark's text and image)
 
-CHECKS = ("search", "mme5", "train", "vllm")
+CHECKS = ("search", "mme5", "vectors", "train", "vllm")
 VLLM_CPU_PYTHON = ROOT / os.environ.get("NYX_VLLM_VENV", ".venv-vllm") / "bin" / "python"
 
 
@@ -184,6 +187,92 @@ def check_train(smoke: bool) -> None:
         raise SystemExit(out.returncode)
     lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()][-3:]
     _line("train", " | ".join(lines))
+
+
+# ------------------------------------------------------------------ vector shards
+
+
+def e5_base_dir(out: Path, smoke: bool) -> str:
+    """A sentence-transformers folder of E5-base-v2's shape (BERT-base, 768-d, mean pooling,
+    normalised) with random weights and a WordPiece vocabulary of the benchmark's words."""
+    import warnings
+
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers import SentenceTransformer, models
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = out / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(LOREM))) + "\n")
+    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if smoke
+             else dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072))
+    hf = out / "hf"
+    BertModel(BertConfig(vocab_size=30522, max_position_embeddings=512, **shape)).save_pretrained(hf)
+    BertTokenizerFast(vocab=str(vocab)).save_pretrained(hf)
+    st = SentenceTransformer(modules=[models.Transformer(str(hf), max_seq_length=512),
+                                      models.Pooling(shape["hidden_size"], "mean"), models.Normalize()])
+    st.save(str(out / "st"))
+    return str(out / "st")
+
+
+def check_vectors(smoke: bool) -> None:
+    """One mapped embedding shard of a wiki-sized text corpus (`vector_shards.embed_shard`, what
+    each `vectors` / `vectors_gpu` task runs) with E5-base-v2's shape on the GPU, then the exact
+    top-k of the paper's queries over it."""
+    import random
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from nyx_tasks.artifacts import ArtifactStore
+    from nyx_tasks.config import EmbedderConfig, SearchConfig, TextSetConfig
+    from nyx_tasks.corpus_table import corpus_table
+    from nyx_tasks.embedding.base import MixedItem
+    from nyx_tasks.embedding.st import SentenceTransformerEmbedder
+    from nyx_tasks.vector_shards import corpus_vectors, embed_shard, search_shards
+
+    n, nq, batch = (300, 40, 32) if smoke else (65536, 8192, 256)
+    device = "cpu" if smoke or not torch.cuda.is_available() else "cuda"
+    work = Path(tempfile.mkdtemp(prefix="nyx-gpucheck-vectors-"))
+    rng = random.Random(0)
+    passages = [" ".join(rng.choice(LOREM) for _ in range(100)) for _ in range(n)]  # FlashRAG's 100-word passages
+    pq.write_table(pa.table({"id": [str(i) for i in range(n)], "contents": passages}), work / "corpus.parquet")
+    pq.write_table(pa.table({"id": [f"q{i}" for i in range(nq)], "question": passages[:nq],
+                             "golden_answers": [["x"]] * nq}), work / "questions.parquet")
+    ts = TextSetConfig(name="wiki", questions=[str(work / "questions.parquet")], corpus=[str(work / "corpus.parquet")])
+    store = ArtifactStore(str(work / "artifacts"))
+    t0 = time.perf_counter()
+    table = corpus_table(store, ts)
+    build = time.perf_counter() - t0
+    cfg = EmbedderConfig(kind="sentence-transformers", model="e5-base-shape", query_prefix="query: ",
+                         document_prefix="passage: ", batch_size=batch, device=device)
+    emb = SentenceTransformerEmbedder(cfg, e5_base_dir(work / "e5", smoke))
+    emb.embed([MixedItem(t) for t in passages[:batch]], "document")  # warm-up
+    t0 = time.perf_counter()
+    rows = embed_shard(emb, table, 0, shard_rows=n)
+    secs = time.perf_counter() - t0
+    vectors = corpus_vectors(emb, table, shard_rows=n)
+    docs = vectors.load(0)
+    queries = emb.embed([MixedItem(t) for t in passages[:nq]], "query")
+    t0 = time.perf_counter()
+    _, idx = search_shards(queries, vectors, 30, search_cfg=SearchConfig(backend="torch" if device == "cuda" else "faiss"))
+    search = time.perf_counter() - t0
+    tokens = sum(len(emb.model.tokenizer("passage: " + t)["input_ids"]) for t in passages)
+    ref = SentenceTransformerEmbedder(cfg.model_copy(update={"device": "cpu"}), str(work / "e5" / "st"))
+    ref.model.to(device)  # the same weights in float32
+    sample = min(n, 2048)
+    cos = (ref.embed([MixedItem(t) for t in passages[:sample]], "document") * docs[:sample]).sum(1)
+    _line("vectors", f"E5-base-v2 shape ({emb.dim}-d) on {device}, batch {batch}: one {n:,}-passage shard "
+                     f"embedded in {secs:.1f} s, {rows / secs:,.0f} passages/s, {tokens / secs:,.0f} tokens/s "
+                     f"(corpus table built in {build:.1f} s; shard {docs.shape}, finite: {bool(np.isfinite(docs).all())}, "
+                     f"{next(emb.model.parameters()).dtype} vs float32 cosine min {cos.min():.4f}); "
+                     f"{nq:,} queries top-30 over it in {search:.2f} s; "
+                     f"wiki18's 21M passages: {21_015_324 / (rows / secs) / 3600:.1f} GPU-hours at this rate")
 
 
 # ------------------------------------------------------------------ vLLM

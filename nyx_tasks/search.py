@@ -35,6 +35,7 @@ import numpy as np
 from .config import SearchConfig
 
 FAISS_MIN_QUERY_DIMS = 131072
+RESCORE_BYTES = 1 << 30  # the torch backend's per-batch candidate memory (shortlist, re-score gather)
 
 
 def content_key(text: str, image_ids: Iterable[str] = ()) -> tuple[str, tuple[str, ...]]:
@@ -131,9 +132,13 @@ def _torch_topk(queries, docs, k, cfg):
     cand = min(n, 2 * k if fast != torch.float32 else k)  # bf16 shortlists twice as many, then re-scores
     docs32 = torch.from_numpy(np.ascontiguousarray(docs, dtype=np.float32)).to(device)  # (N, D)
     docs_fast = docs32.to(fast)
+    # a deep shortlist (tied scores fetched again, k in the thousands) takes fewer queries at a time:
+    # each query's candidates (score + index) stay under the budget, whatever k grows to
+    batch = max(1, min(cfg.query_batch, RESCORE_BYTES // (12 * cand)))
+    rescore = max(1, RESCORE_BYTES // (4 * cand * docs.shape[1]))  # queries per fp32 re-score gather
     out_s, out_i = [], []
-    for s in range(0, queries.shape[0], cfg.query_batch):
-        q32 = torch.from_numpy(np.ascontiguousarray(queries[s:s + cfg.query_batch], dtype=np.float32)).to(device)
+    for s in range(0, queries.shape[0], batch):
+        q32 = torch.from_numpy(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32)).to(device)
         q_fast = q32.to(fast)
         best_s, best_i = None, None
         for c in range(0, n, cfg.doc_chunk):
@@ -146,7 +151,10 @@ def _torch_topk(queries, docs, k, cfg):
                 top_s, top_i = top_s.gather(1, keep), top_i.gather(1, keep)
             best_s, best_i = top_s, top_i
         # fp32 re-score of the shortlist, then order by (score desc, index asc) like FAISS
-        exact = torch.einsum("qd,qcd->qc", q32, docs32[best_i])  # (q, cand)
+        # a product and a sum along D, not a batched matmul: bmm's result for a (query, doc) pair can
+        # move by an ulp with the doc's place in the shortlist, and identical documents must tie
+        exact = torch.cat([(q32[r:r + rescore, None, :] * docs32[best_i[r:r + rescore]]).sum(-1)
+                           for r in range(0, q32.shape[0], rescore)])  # (q, cand), the gather in slices
         order = _order(exact, best_i)[:, :k]
         out_s.append(exact.gather(1, order).cpu().numpy())
         out_i.append(best_i.gather(1, order).cpu().numpy())

@@ -16,11 +16,13 @@ def test_gpu_check_cpu_smoke_runs_every_path_and_prints_figures():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = {m.group(1): m.group(2) for m in re.finditer(r"^\[gpu_check\] (\w+): (.*)$", out.stdout, re.M)}
-    assert set(lines) >= {"search", "mme5", "train", "vllm"}
-    assert "4/4 checks passed" in out.stdout
+    assert set(lines) >= {"search", "mme5", "vectors", "train", "vllm"}
+    assert "5/5 checks passed" in out.stdout
     assert float(re.search(r"agreement with fp32: ([\d.]+)", lines["search"]).group(1)) == 1.0
     assert float(re.search(r"([\d.]+) items/s", lines["mme5"]).group(1)) > 0
     assert "vectors finite: True" in lines["mme5"]
+    assert float(re.search(r"([\d,.]+) passages/s", lines["vectors"]).group(1).replace(",", "")) > 0
+    assert "finite: True" in lines["vectors"]
     assert float(re.search(r"([\d.]+) samples/s", lines["train"]).group(1)) > 0
     assert "load_format=dummy" in lines["vllm"] and float(re.search(r"([\d.]+) req/s", lines["vllm"]).group(1)) > 0
 

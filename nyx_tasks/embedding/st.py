@@ -8,6 +8,7 @@ import numpy as np
 
 from ..inference.hf_backend import model_fingerprint
 from .base import MixedItem, l2_normalise
+from .vlm import device_and_dtype
 
 
 class SentenceTransformerEmbedder:
@@ -15,7 +16,9 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         self.cfg = cfg
-        self.model = SentenceTransformer(path, device=None if cfg.device == "auto" else cfg.device)
+        device, dtype = device_and_dtype(cfg.device)  # bf16 on a GPU, like the VLM embedders
+        self.model = SentenceTransformer(path, device=device,
+                                         model_kwargs={"dtype": dtype} if device.startswith("cuda") else None)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.model_id = f"st:{model_fingerprint(path)}:q={cfg.query_prefix!r}:d={cfg.document_prefix!r}"
@@ -26,4 +29,4 @@ class SentenceTransformerEmbedder:
         vecs = self.model.encode([prefix + it.text for it in items], batch_size=self.cfg.batch_size,
                                  convert_to_numpy=True, normalize_embeddings=True,
                                  show_progress_bar=len(items) > 1000)
-        return l2_normalise(vecs)
+        return l2_normalise(np.asarray(vecs, dtype=np.float32))
