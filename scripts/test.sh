@@ -9,4 +9,4 @@ bash scripts/browser_env.sh    # Debian chromium + playwright, for tests/e2e/tes
 bash scripts/celery_env.sh     # Postgres, Redis, the Celery provider: tests/integration/test_celery_scaleout.py
 export PYTHONHASHSEED=0
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=30 "$@"   # the slowest 30 listed: the suite must stay under 40 min
