@@ -11,6 +11,11 @@ against it (`iter_stage_batches`, `snapshot_problems`).
     <root>/partitions/<partition>/<stage>/_PLAN.json                     the current attempt's plan
     <root>/partitions/<partition>/<stage>/attempts/<attempt>/<kind>-<shard:05d>.parquet
     <root>/partitions/<partition>/<stage>/attempts/<attempt>/_shards/<shard>.json   per-shard marker
+    <root>/partitions/<partition>/_EXPERIMENT.json                       a variant partition's base (experiments)
+
+A manifest lists its files by path from the root, so a variant partition of an experiment
+(`nyx_tasks.experiments`) can hold a manifest that adopts its base partition's snapshot by
+reference (`adopted_manifest`): every reader resolves it to the base's files unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .base import StageError
 
 TMP_PREFIX = "_tmp."
 MANIFEST = "_MANIFEST.json"
+EXPERIMENT = "_EXPERIMENT.json"  # in a variant partition: {experiment, variant, base, overrides}
 
 
 class SnapshotError(StageError):
@@ -255,6 +261,28 @@ def read_manifest(store: ArtifactStore, partition: str, stage: str, missing_ok: 
             f"run `nyx {stage} --partition {partition}` first"
         )
     return manifest
+
+
+def experiment_base(store: ArtifactStore, partition: str) -> str | None:
+    """The base partition a variant partition adopts unchanged snapshots from (its `_EXPERIMENT.json`),
+    or None for an ordinary partition."""
+    marker = store.read_json(f"partitions/{partition}/{EXPERIMENT}")
+    return marker.get("base") if marker else None
+
+
+def missing_files(store: ArtifactStore, manifest: dict) -> list[str]:
+    """The listed output files that are not there (a cheap existence check, no footer read)."""
+    return [e["path"] for entries in manifest.get("outputs", {}).values() for e in entries
+            if not store.exists(e["path"])]
+
+
+def adopted_manifest(found: dict, partition: str, adopted_at: str) -> dict:
+    """`found` (the base partition's manifest) as `partition`'s: the same key, files, hashes and
+    location (where the files are), plus `adopted_from`. Readers follow the listed paths, so
+    nothing is copied and the variant never writes into the base's folder."""
+    return {**found, "partition": partition,
+            "adopted_from": {"partition": found["partition"], "attempt": found.get("attempt", ""),
+                             "location": found.get("location", ""), "adopted_at": adopted_at}}
 
 
 def stage_files(store: ArtifactStore, partition: str, stage: str, kind: str = "part") -> list[str]:

@@ -19,7 +19,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .artifacts import MANIFEST, ArtifactStore, SnapshotError, read_manifest, snapshot_problems
+from .artifacts import (
+    MANIFEST,
+    ArtifactStore,
+    SnapshotError,
+    adopted_manifest,
+    experiment_base,
+    missing_files,
+    read_manifest,
+    snapshot_problems,
+)
 from .attempts import attempt_rel, remove_dead_attempts, write_attempt_owner
 from .base import ShardSpec, StageError, check_shard_specs, code_version
 from .config import NyxConfig, stable_hash
@@ -289,7 +298,7 @@ def plan_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = None,
             verify_inputs(ctx, inputs, opts.verify)
             key = stable_hash({"config": config_hash, "inputs": inputs})
             ctx.log.info("%s: root=%s inputs=%s", stage.name, ctx.store.root, inputs or "-")
-            if _complete(ctx, key):
+            if _complete(ctx, key) or _adopted(ctx, key):
                 return []
             ctx.key, ctx.inputs = key, inputs
             ctx.attempt = f"{key}-{uuid.uuid4().hex[:8]}" if cfg.force else key
@@ -315,6 +324,11 @@ def _complete(ctx: StageContext, key: str) -> bool:
     by an abandoned attempt is dropped then, so the commit step finds nothing to do."""
     manifest = _committed(ctx)
     stage = ctx.stage.name
+    if manifest and manifest.get("adopted_from") and (gone := missing_files(ctx.store, manifest)):
+        ctx.log.warning("%s: the snapshot partition %s adopted from %s lost %d file(s) (e.g. %s: the base was "
+                        "recomputed since); adopting again or recomputing", stage, ctx.partition,
+                        manifest["adopted_from"].get("partition"), len(gone), gone[0])
+        manifest = None
     if manifest and manifest.get("key") == key and not ctx.cfg.force:
         ctx.log.info("%s: already complete for partition %s with the same config and inputs "
                      "(key %s, %s rows); nothing to do. Use --force to recompute.",
@@ -329,6 +343,32 @@ def _complete(ctx: StageContext, key: str) -> bool:
                      "stays readable until the new one is committed", stage, ctx.partition, why,
                      manifest.get("key"), key)
     return False
+
+
+def _adopted(ctx: StageContext, key: str) -> bool:
+    """In an experiment's variant partition (`_EXPERIMENT.json` names its base): when the base
+    partition's committed snapshot has this very key (same config hash, same input hashes), write a
+    manifest here that adopts it by reference (`artifacts.adopted_manifest`) instead of recomputing.
+    Nothing is written under the base; force never adopts."""
+    base = None if ctx.cfg.force else experiment_base(ctx.store, ctx.partition)
+    if not base or base == ctx.partition:
+        return False
+    stage = ctx.stage.name
+    try:
+        found = read_manifest(ctx.store, base, ctx.stage.output, missing_ok=True)
+    except SnapshotError as e:
+        ctx.log.warning("%s: base partition %s: %s; computing in %s", stage, base, e, ctx.partition)
+        return False
+    if not found or found.get("key") != key or missing_files(ctx.store, found):
+        ctx.log.info("%s: computing in variant partition %s: base partition %s has %s", stage, ctx.partition, base,
+                     "no snapshot" if not found else f"key {found.get('key')} (this variant's is {key})"
+                     if found.get("key") != key else "lost files of its snapshot")
+        return False
+    ctx.store.write_json_atomic(ctx.stage_rel(MANIFEST), adopted_manifest(found, ctx.partition, _now()))
+    ctx.store.remove(ctx.stage_rel(PLAN))  # an abandoned attempt's plan: the commit finds nothing to do
+    ctx.log.info("%s: adopted base partition %s's snapshot (key %s, %s rows, %s) into partition %s; nothing "
+                 "recomputed", stage, base, key, found["rows_out"], found.get("location", ""), ctx.partition)
+    return True
 
 
 def _marker_rel(ctx: StageContext, shard: ShardSpec) -> str:
@@ -410,7 +450,8 @@ def commit_stage(stage: Stage, cfg: NyxConfig, store: ArtifactStore | None = Non
         lease = _lease(ctx, opts)
         existing = _committed(ctx)
         plan = ctx.store.read_json(ctx.stage_rel(PLAN))
-        if existing and (plan is None or plan.get("attempt", "") == existing.get("attempt", "")):
+        if existing and (plan is None or (plan.get("attempt", "") == existing.get("attempt", "")
+                                          and not existing.get("adopted_from"))):  # adopted: the base's attempt
             ctx.log.info("%s: partition %s unchanged since its last commit; nothing committed", stage.name, ctx.partition)
             lease.release()
             return StageResult(stage.name, ctx.partition, "skipped", existing)

@@ -28,20 +28,21 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("sources", "what comes from outside: OBELICS shards, image fetching, text sets, imported datasets (whose "
                 "layout training reads)",
      ("nyx_tasks.obelics", "nyx_tasks.fetch", "nyx_tasks.text_sets", "nyx_tasks.importers",
-      "nyx_tasks.corpus_table")),
+      "nyx_tasks.importers_eval", "nyx_tasks.corpus_table")),
     ("models", "model backends and plain computation: generation and structured output, the tiny offline models, "
                "embedders, tokenizers, chunking, search, judges, metrics",
      ("nyx_tasks.inference", "nyx_tasks.models", "nyx_tasks.embedding", "nyx_tasks.tokenizer", "nyx_tasks.chunking",
       "nyx_tasks.search", "nyx_tasks.judges", "nyx_tasks.evaluation")),
     ("jobs", "what a stage composes from models and sources: training, the checkpoint marker, retrieval, answering",
      ("nyx_tasks.training", "nyx_tasks.checkpoints", "nyx_tasks.retrieval", "nyx_tasks.answering",
-      "nyx_tasks.vector_shards", "nyx_tasks.corpus_jobs")),
+      "nyx_tasks.vector_shards", "nyx_tasks.corpus_jobs", "nyx_tasks.benchmarks")),
     ("runner", "plans, shards, skips and manifests for any stage; knows no concrete stage",
      ("nyx_tasks.runner",)),
     ("stages", "the concrete stages: the runner's Stage on top of the jobs",
      ("nyx_tasks.stages",)),
     ("entry points", "what people and Airflow call: the CLI, the NyxQA export, Airflow setup, the warm-import list",
-     ("nyx_tasks.cli", "nyx_tasks.__main__", "nyx_tasks.export", "nyx_tasks.airflow_setup", "nyx_tasks.warm")),
+     ("nyx_tasks.cli", "nyx_tasks.__main__", "nyx_tasks.export", "nyx_tasks.airflow_setup", "nyx_tasks.warm",
+      "nyx_tasks.experiments")),
 ]
 
 
