@@ -293,6 +293,10 @@ class TextSetConfig(_Model):
     corpus_id_column: str = "id"
     corpus_text_column: str = "contents"
     max_questions: int | None = Field(None, ge=1, description="Mine at most this many questions (in file order).")
+    gold_id_column: str | None = Field(
+        None, description="evaluate: the questions file's column holding the corpus id of the passage each "
+        "question was written from; when set the set also gets recall@k / MRR (by corpus id) and the `golden` "
+        "retriever answers from that passage.")
 
 
 class MineConfig(_Model):
@@ -523,9 +527,39 @@ class FeedbackConfig(_Model):
     shard_queries: int = Field(256, ge=1, description="Queries per feedback shard (one mapped task each).")
 
 
+EMBEDDER_REFS = ("mine.embedder", "mine.text_embedder")  # a retriever may name these instead of a config
+
+
+def _get(obj, key):
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+class RetrieverConfig(_Model):
+    """One retriever the evaluation compares; its name is the results' `model` column.
+    checkpoint: a published Nyx checkpoint (`stage`) through `evaluate.embedder`; embedder: any
+    `EmbedderConfig` (mmE5, E5 / any sentence-transformers model, a Nyx base model), or the name of
+    one configured elsewhere (`mine.embedder`, `mine.text_embedder`); none: no retrieval, the VLM
+    answers from the question alone; golden: the gold passage given as the top-1. none and golden
+    have answer metrics only."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    kind: Literal["checkpoint", "embedder", "none", "golden"]
+    stage: Literal["stage1", "stage2"] | None = Field(None, description="checkpoint: the trained stage.")
+    embedder: EmbedderConfig | Literal["mine.embedder", "mine.text_embedder"] | None = Field(
+        None, description="embedder: its config, or `mine.embedder` / `mine.text_embedder` to use that one.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> RetrieverConfig:
+        if (self.kind == "checkpoint") != (self.stage is not None):
+            raise ValueError(f"retriever {self.name!r}: `stage` is for kind checkpoint, which needs it")
+        if (self.kind == "embedder") != (self.embedder is not None):
+            raise ValueError(f"retriever {self.name!r}: `embedder` is for kind embedder, which needs it")
+        return self
+
+
 class EvaluateConfig(_Model):
-    """NyxQA dev/test retrieval and RAG accuracy at every Matryoshka dim, stage 1
-    vs stage 2; the text-only sets by answer F1 / EM."""
+    """NyxQA dev/test retrieval and RAG accuracy at every Matryoshka dim, for each of
+    `retrievers` side by side; the text-only sets by answer F1 / EM."""
 
     generation: GenerationConfig = GenerationConfig()
     embedder: EmbedderConfig = EmbedderConfig(kind="nyx")
@@ -533,7 +567,17 @@ class EvaluateConfig(_Model):
     splits: list[str] = Field(default_factory=lambda: ["dev", "test"], min_length=1)
     dims: list[int] = Field(default_factory=lambda: [2048, 1024, 512, 256], min_length=1)
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
-    models: list[Literal["stage1", "stage2"]] = Field(default_factory=lambda: ["stage1", "stage2"], min_length=1)
+    models: list[Literal["stage1", "stage2"]] = Field(
+        default_factory=lambda: ["stage1", "stage2"], description="The checkpoints evaluated. Without `retrievers`: "
+        "one checkpoint retriever each (named stage1 / stage2); with them: keeps only the checkpoint retrievers of "
+        "these stages (naming a stage none of them has is refused); unset: the checkpoint retrievers' stages.")
+    retrievers: list[RetrieverConfig] = Field(
+        default_factory=list, min_length=1, description="The retrievers compared in one report (unique names; "
+        "each name is the results' `model` column). Unset: one checkpoint retriever per `models` entry.")
+    baseline: str | None = Field(None, description="The retriever every other is compared with in the report's "
+                                 "delta tables; null: the first retriever.")
+    latency_queries: int = Field(200, ge=0, description="Queries timed one at a time (after one warm-up) per "
+                                 "retriever, dataset and dim for the latency rows; 0: no latency rows.")
     text_sets: list[TextSetConfig] = Field(default_factory=list, description="Held-out text-only QA (FlashRAG dev).")
     max_images: int = Field(10, ge=0)
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
@@ -562,6 +606,43 @@ class EvaluateConfig(_Model):
         None, description="Draw each text set's `max_questions` at random with this seed instead of taking the "
         "first ones in file order (paper: 250 random dev questions per set; the released code ships the sample, "
         "not how it was drawn); null: file order.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retrievers_from_models(cls, data):
+        """Unset `retrievers`: one checkpoint retriever per `models` entry; with both set, `models`
+        keeps the checkpoint retrievers of its stages; unset `models`: their stages."""
+        if not isinstance(data, dict) or not isinstance(data.get("retrievers", []), list):
+            return data
+        data, models = dict(data), data.get("models")
+        if data.get("retrievers") is None:
+            stages = models if models is not None else ["stage1", "stage2"]
+            data["retrievers"] = [{"name": s, "kind": "checkpoint", "stage": s} for s in stages] \
+                if isinstance(stages, list) else stages
+            return data
+        stages = [_get(r, "stage") for r in data["retrievers"] if _get(r, "kind") == "checkpoint"]
+        if models is None:
+            data["models"] = list(dict.fromkeys(stages))
+        elif isinstance(models, list):
+            if missing := [m for m in models if m not in stages]:
+                raise ValueError(f"evaluate.models names {missing}, which no checkpoint retriever in "
+                                 f"evaluate.retrievers evaluates (their stages: {stages}); drop evaluate.models or "
+                                 "add the retriever")
+            data["retrievers"] = [r for r in data["retrievers"]
+                                  if _get(r, "kind") != "checkpoint" or _get(r, "stage") in models]
+        return data
+
+    @model_validator(mode="after")
+    def _retriever_names(self) -> EvaluateConfig:
+        names = [r.name for r in self.retrievers]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"evaluate.retrievers: names must be unique, {dup} repeat")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"evaluate.baseline {self.baseline!r} is not a retriever's name ({names})")
+        return self
+
+    def baseline_name(self) -> str:
+        return self.baseline or self.retrievers[0].name
 
 
 class CorporaConfig(_Model):

@@ -18,10 +18,16 @@ A text set's corpus (Wikipedia: millions of passages) is never held whole: it is
 (`search_table`: embed the missing shards, then exact search shard by shard, each text's
 first occurrence only), and a stage fetches the texts and ids of the rows it retrieved
 (`fetch_rows`), as a small `Corpus` over those rows. Identical texts count once there as
-here (`CorpusTable.rep` maps a row to its text's first occurrence, as `Distinct.rep` does)."""
+here (`CorpusTable.rep` maps a row to its text's first occurrence, as `Distinct.rep` does).
+
+`search_cost` measures what a Matryoshka dim costs (evaluate's cost rows): the bytes of the
+float32 vectors searched at that dim and the latency of single-query searches with the
+configured backend (the vectors truncated and resident first, one shard at a time for a table:
+a query's latency is its search time summed over the shards)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +38,7 @@ from .embedding import MixedItem, make_embedder
 from .embedding.base import matryoshka
 from .embedding.cache import embed_cached
 from .search import Distinct, content_keys, distinct_contents, exact_topk
-from .vector_shards import SHARD_ROWS, embed_missing, search_shards
+from .vector_shards import SHARD_ROWS, CorpusVectors, embed_missing, search_shards, topk_ties_by_row
 
 
 @dataclass
@@ -147,3 +153,54 @@ def search(q_vecs, d_vecs, k: int, search_cfg, dim: int | None = None, distinct:
     with `distinct`, over each content's first occurrence only (identical documents count once)."""
     keep = None if distinct is None else distinct.keep
     return exact_topk(matryoshka(q_vecs, dim), matryoshka(d_vecs, dim), k, search_cfg, keep=keep)
+
+
+def rows_of_ids(table: CorpusTable, ids: list[str | None]) -> np.ndarray:
+    """The row of each corpus id in `table` (-1: not in it, or None), reading the id column one
+    row group at a time until every id is found."""
+    want: dict[str, list[int]] = {}
+    for i, doc_id in enumerate(ids):
+        if doc_id is not None:
+            want.setdefault(doc_id, []).append(i)
+    out = np.full(len(ids), -1, np.int64)
+    step = table.row_group
+    for lo in range(0, len(table), step):
+        if not want:
+            break
+        rows = np.arange(lo, min(lo + step, len(table)))
+        for row, doc_id in zip(rows.tolist(), table.doc_ids(rows), strict=True):
+            for i in want.pop(doc_id, ()):
+                out[i] = row
+    return out
+
+
+def search_cost(q_vecs, docs, k: int, search_cfg, dim: int, n_queries: int,
+                keep: np.ndarray | None = None, exclude: np.ndarray | None = None) -> dict:
+    """{"index_bytes", "n_docs", "p50_ms", "p95_ms", "n_timed"} of searching `docs` at `dim` one
+    query at a time: the first `n_queries` queries, after one untimed warm-up search. `docs`: an
+    in-memory array (`keep`: the rows searched, as `search`'s `distinct.keep`) or a table's
+    `CorpusVectors` (`exclude`: rows left out, as `search_table`'s). Index bytes: the float32
+    vectors searched, n_docs x dim x 4. Latencies are None when no query is timed."""
+    q = matryoshka(np.asarray(q_vecs, np.float32), dim)[: max(n_queries, 0)]
+    if isinstance(docs, CorpusVectors):
+        shards = [(docs.bounds(i)[0], lambda i=i: docs.load(i, "c")) for i in range(docs.n_shards)]
+    else:
+        shards = [(0, lambda: np.asarray(docs)[keep] if keep is not None else np.asarray(docs))]
+    total_ms = np.zeros(len(q))
+    n_docs = 0
+    for offset, load in shards:
+        shard = matryoshka(load(), dim)
+        kept = None
+        if exclude is not None and len(exclude):
+            kept = np.setdiff1d(np.arange(shard.shape[0]), np.asarray(exclude) - offset)
+        n_docs += shard.shape[0] if kept is None else len(kept)
+        if not len(q) or not shard.shape[0]:
+            continue
+        topk_ties_by_row(q[:1], shard, k, search_cfg, kept)  # warm-up: backend init, caches
+        for j in range(len(q)):
+            t0 = time.perf_counter()
+            topk_ties_by_row(q[j:j + 1], shard, k, search_cfg, kept)
+            total_ms[j] += (time.perf_counter() - t0) * 1000.0
+        del shard
+    p50, p95 = (float(x) for x in np.percentile(total_ms, [50, 95])) if len(q) else (None, None)
+    return {"index_bytes": n_docs * dim * 4, "n_docs": n_docs, "p50_ms": p50, "p95_ms": p95, "n_timed": len(q)}

@@ -23,6 +23,7 @@ class TextQuestion:
     qid: str
     question: str
     answers: list[str]
+    gold_id: str | None = None  # the corpus id of the passage it was written from (`gold_id_column`)
 
 
 @dataclass
@@ -72,7 +73,8 @@ def read_questions(ts: TextSetConfig, drop: Drop, capped: bool = True) -> list[T
                 drop(f"{ts.name}_duplicate_question", qid)
             else:
                 seen.add(qid)
-                out.append(TextQuestion(qid, question.strip(), answers))
+                gold = row.get(ts.gold_id_column) if ts.gold_id_column else None
+                out.append(TextQuestion(qid, question.strip(), answers, None if gold is None else str(gold)))
                 if capped and ts.max_questions and len(out) >= ts.max_questions:
                     return out
     return out

@@ -3,10 +3,27 @@ RAG accuracy at every Matryoshka dimension, Nyx stage 1 vs stage 2, text-only QA
 
 The table is long: one dict row per (model, dataset, split, dim, metric) with the columns of
 `RESULT_COLUMNS` and optionally `protocol` (the evaluation protocol that produced it, one per
-table: the report states it); the stage writes it to Parquet. `render_report` turns it into `report.md` (one
-section per dataset/split: a metric x model by dim table, a stage 2 - stage 1 delta table, plot
-links) plus one PNG plot per metric against the dimension (a line per model, its interval as a
-band), and returns compact summary lines for the task log.
+table: the report states it); the stage writes it to Parquet. Columns, for readers of that Parquet:
+
+    model     the retriever's name (`evaluate.retrievers[].name`: stage1, stage2, mme5, e5, none,
+              golden, ...; the column keeps its historical name)
+    dataset   nyxqa or a text set's name;  split: dev / test (NyxQA), eval (text sets), all (NyxQA
+              cost rows: one corpus serves every split)
+    dim       the Matryoshka dim (none / golden rows repeat the same value at every dim)
+    metric    accuracy: rag_accuracy, f1, em, recall@k, mrr; cost (`COST_METRICS`): index_bytes
+              (the float32 vectors searched at that dim: n_docs x dim x 4), latency_ms_p50 /
+              latency_ms_p95 (single-query search time, median / 95th percentile, ms)
+    value     the mean over the n queries (accuracy) or the cost figure
+    n         queries scored (accuracy), queries timed (cost rows; index_bytes without timing: documents)
+    ci_low, ci_high   the 95% percentile bootstrap interval of the mean; None for cost rows
+    protocol  evaluate.protocol (strict / paper), the same in every row
+
+`render_report` turns it into `report.md` (one section per dataset/split: a metric x retriever
+by dim table, each retriever minus the baseline retriever (`baseline`, default the first), a
+cost table (dim x retriever: headline accuracy, index bytes, p50 / p95 latency) when the table
+has cost rows for that dataset, plot links) plus one PNG plot per metric against the dimension
+(a line per retriever, its interval as a band) and one of accuracy against latency (a point per
+dim), and returns compact summary lines for the task log.
 
 Ordering, so that the caller decides it and reruns are byte-identical: datasets, splits and models
 in order of first appearance in `rows`; dims largest first in tables; metrics as rag_accuracy,
@@ -25,7 +42,7 @@ from pathlib import Path
 RESULT_COLUMNS = ("model", "dataset", "split", "dim", "metric", "value", "n", "ci_low", "ci_high")
 OPTIONAL_COLUMNS = ("protocol",)  # the evaluation protocol (evaluate.protocol), the same in every row
 HEADLINE_METRICS = ("rag_accuracy", "f1", "em")  # the first one present is a section's headline
-BASELINE_MODEL, CANDIDATE_MODEL = "stage1", "stage2"  # the delta table is candidate - baseline
+COST_METRICS = ("index_bytes", "latency_ms_p50", "latency_ms_p95")  # per (model, dataset, dim); no interval
 PLOT_SIZE, PLOT_DPI = (6.4, 4.0), 120  # inches, dots per inch: 768 x 480 px, one figure per metric
 _TEXT_COLUMNS = ("model", "dataset", "split", "metric")
 _KEY_COLUMNS = ("model", "dataset", "split", "dim", "metric")  # one row per key
@@ -171,17 +188,19 @@ def _signed(delta: float) -> str:
     return f"{delta:+.3f}"
 
 
-def _deltas(by_metric: Mapping, dims: list[int]) -> dict[str, dict[int, float]]:
-    """metric -> dim -> candidate - baseline, where both models have that cell."""
-    out: dict[str, dict[int, float]] = {}
+def _deltas(by_metric: Mapping, dims: list[int], baseline: str) -> dict[tuple[str, str], dict[int, float]]:
+    """(metric, retriever) -> dim -> retriever - baseline, where both have that cell."""
+    out: dict[tuple[str, str], dict[int, float]] = {}
     for metric, by_model in by_metric.items():
-        base, cand = by_model.get(BASELINE_MODEL), by_model.get(CANDIDATE_MODEL)
-        if base and cand:
+        base = by_model.get(baseline)
+        for model, cand in by_model.items():
+            if model == baseline or not base:
+                continue
             common = {
                 d: cand[d]["value"] - base[d]["value"] for d in dims if d in base and d in cand
             }
             if common:
-                out[metric] = common
+                out[(metric, model)] = common
     return out
 
 
@@ -190,8 +209,32 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in body]
 
 
+def _bytes(v: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= size:
+            return f"{v / size:.2f} {unit}"
+    return f"{v:.0f} B"
+
+
+def _cost_table(by_metric: Mapping, cost: Mapping, dims: list[int]) -> list[str]:
+    """dim x retriever: the headline accuracy cell, index bytes, p50 / p95 latency (n timed)."""
+    headline = _headline(by_metric) or next(iter(by_metric))
+    models = _ordered([*by_metric[headline], *cost])
+    body = []
+    for d in dims:
+        for model in models:
+            c = cost.get(model, {})
+            p50, p95, size = (c.get(m, {}).get(d) for m in ("latency_ms_p50", "latency_ms_p95", "index_bytes"))
+            body.append([str(d), _md(model), _cell(by_metric[headline].get(model, {}).get(d)),
+                         _bytes(size["value"]) if size else "–",
+                         f"{p50['value']:.3f}" if p50 else "–",
+                         f"{p95['value']:.3f} (n={p95['n']})" if p95 else "–"])
+    return _table(["dim", "retriever", headline, "index bytes", "p50 ms", "p95 ms"], body)
+
+
 def _section(
-    dataset: str, split: str, by_metric: Mapping, dims: list[int], plots: list[tuple[str, str]]
+    dataset: str, split: str, by_metric: Mapping, dims: list[int], plots: list[tuple[str, str]],
+    baseline: str, cost: Mapping | None = None,
 ) -> list[str]:
     lines = [f"## {_md(dataset)} / {_md(split)}", ""]
     body = [
@@ -199,18 +242,22 @@ def _section(
         for metric, by_model in by_metric.items()
         for model, cells in by_model.items()
     ]
-    lines += _table(["metric", "model", *map(str, dims)], body) + [""]
-    deltas = _deltas(by_metric, dims)
+    lines += _table(["metric", "retriever", *map(str, dims)], body) + [""]
+    deltas = _deltas(by_metric, dims, baseline)
     if deltas:
         lines += [
-            f"**Stage 2 vs stage 1** ({CANDIDATE_MODEL} − {BASELINE_MODEL}; positive: stage 2 is better)",
+            f"**vs {_md(baseline)}** (retriever − {_md(baseline)}, the baseline; positive: better than it)",
             "",
         ]
         body = [
-            [_md(m), *(_signed(per_dim[d]) if d in per_dim else "–" for d in dims)]
-            for m, per_dim in deltas.items()
+            [_md(m), _md(model), *(_signed(per_dim[d]) if d in per_dim else "–" for d in dims)]
+            for (m, model), per_dim in deltas.items()
         ]
-        lines += _table(["metric", *map(str, dims)], body) + [""]
+        lines += _table(["metric", "retriever", *map(str, dims)], body) + [""]
+    if cost:
+        lines += ["**Cost per dimension** (index: the float32 vectors searched, n_docs x dim x 4 bytes; "
+                  "latency: one query at a time, ms)", ""]
+        lines += _cost_table(by_metric, cost, dims) + [""]
     for name, what in plots:
         lines += [f"![{_md(dataset)} / {_md(split)}: {what}]({name})", ""]
     return lines
@@ -266,6 +313,32 @@ def _plot_metric(path: Path, title: str, metric: str, by_model, colours, dims) -
     fig.savefig(path, format="png")
 
 
+def _plot_cost(path: Path, title: str, by_metric: Mapping, cost: Mapping, colours) -> bool:
+    """Headline accuracy against p50 latency: one point per dim (labelled), a line per retriever
+    that has both. False (nothing written) when no retriever has both."""
+    headline = _headline(by_metric) or next(iter(by_metric))
+    fig, ax = _new_figure()
+    drawn = False
+    for model, cells in by_metric[headline].items():
+        lat = cost.get(model, {}).get("latency_ms_p50", {})
+        dims = sorted(d for d in cells if d in lat)
+        if not dims:
+            continue
+        xs, ys = [lat[d]["value"] for d in dims], [cells[d]["value"] for d in dims]
+        ax.plot(xs, ys, marker="o", color=colours[model], label=model)
+        for d, x, y in zip(dims, xs, ys, strict=True):
+            ax.annotate(str(d), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        drawn = True
+    if drawn:
+        ax.set_xlabel("search latency per query, p50 (ms)")
+        ax.set_ylabel(headline)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(title="retriever")
+        fig.savefig(path, format="png")
+    return drawn
+
+
 def _plot_names(stem: str, by_metric: Mapping) -> dict[str, str]:
     """metric -> its plot's file name, in metric order. The headline metric keeps the name it has
     always had (`<stem>-accuracy_vs_dim.png`, linked from earlier reports); every other metric is
@@ -291,10 +364,11 @@ def _plot_names(stem: str, by_metric: Mapping) -> dict[str, str]:
 
 
 def _summary(
-    dataset: str, split: str, by_metric: Mapping, dims: list[int], protocol: str | None = None
+    dataset: str, split: str, by_metric: Mapping, dims: list[int], protocol: str | None = None,
+    baseline: str = "stage1",
 ) -> list[str]:
     """One line per model (the headline metric, em beside f1, and recall@1, each at every dim)
-    plus a stage 2 - stage 1 line; each names the protocol when the rows carry one."""
+    plus a line per retriever minus the baseline; each names the protocol when the rows carry one."""
     named = f"protocol {protocol}, " if protocol else ""
     wanted = (_headline(by_metric), "em", "recall@1")
     shown = [m for m in by_metric if m in wanted] or [next(iter(by_metric))]
@@ -312,14 +386,27 @@ def _summary(
                 parts.append(f"{m} " + fmt({d: f"{r['value']:.3f}" for d, r in cells.items()}))
                 ns += [r["n"] for r in cells.values()]
         lines.append(f"{dataset}/{split} {model} ({named}n={max(ns)}): " + " | ".join(parts))
-    deltas = _deltas({m: by_metric[m] for m in shown}, dims)
-    if deltas:
+    deltas = _deltas({m: by_metric[m] for m in shown}, dims, baseline)
+    for model in models:
         parts = [
             f"{m} " + fmt({d: _signed(v) for d, v in per_dim.items()})
-            for m, per_dim in deltas.items()
+            for (m, cand), per_dim in deltas.items() if cand == model
         ]
-        where = f" ({named[:-2]})" if protocol else ""
-        lines.append(f"{dataset}/{split} {CANDIDATE_MODEL}-{BASELINE_MODEL}{where}: " + " | ".join(parts))
+        if parts:
+            where = f" ({named[:-2]})" if protocol else ""
+            lines.append(f"{dataset}/{split} {model}-{baseline}{where}: " + " | ".join(parts))
+    return lines
+
+
+def _cost_summary(dataset: str, cost: Mapping) -> list[str]:
+    """One line per retriever with cost rows: bytes and p50 latency at each dim."""
+    lines = []
+    for model, by in cost.items():
+        dims = sorted({d for cells in by.values() for d in cells}, reverse=True)
+        parts = [f"{d}={_bytes(by['index_bytes'][d]['value']) if d in by.get('index_bytes', {}) else '–'}"
+                 f"/{by['latency_ms_p50'][d]['value']:.3f}ms" if d in by.get("latency_ms_p50", {}) else
+                 f"{d}={_bytes(by['index_bytes'][d]['value'])}" for d in dims]
+        lines.append(f"{dataset} cost {model} (index bytes/p50 latency): " + " ".join(parts))
     return lines
 
 
@@ -327,18 +414,21 @@ def _summary(
 
 
 def render_report(
-    rows: Sequence[Mapping], out_dir: str, title: str, notes: Sequence[str] = ()
+    rows: Sequence[Mapping], out_dir: str, title: str, notes: Sequence[str] = (),
+    baseline: str | None = None,
 ) -> dict:
     """Write the evaluation report of a results table into `out_dir` (created if needed).
 
     rows: result rows with `RESULT_COLUMNS` (checked by `validate_rows`; at least one).
     Writes `report.md` (title, the protocol when the rows carry one, notes as bullets, then per
-    dataset/split: the metric x model table
-    by dim with "value [ci] (n=...)" cells, the stage 2 - stage 1 delta table when both models
-    are present, image links) and, per dataset/split, one plot per metric (`PLOT_SIZE` inches at
+    dataset/split: the metric x retriever table
+    by dim with "value [ci] (n=...)" cells, each retriever minus `baseline` (default: the first
+    retriever in `rows`) where both are present, the cost table when rows with `COST_METRICS`
+    name the dataset, image links) and, per dataset/split, one plot per metric (`PLOT_SIZE` inches at
     `PLOT_DPI`): `<dataset>-<split>-accuracy_vs_dim.png` for the headline metric (rag_accuracy,
     else f1, else em) and `<dataset>-<split>-<metric>_vs_dim.png` for every other one (recall@k as
-    `recall_at_k`), in the tables' metric order. Returns {"markdown": path, "plots": [paths],
+    `recall_at_k`), in the tables' metric order, and `<dataset>-<split>-cost.png` (headline accuracy
+    against p50 latency) when there are latency rows. Returns {"markdown": path, "plots": [paths],
     "summary_lines": [str]}; the summary lines are for the task log.
     """
     validate_rows(rows)
@@ -347,6 +437,12 @@ def render_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colours = {m: f"C{i % 10}" for i, m in enumerate(_ordered(r["model"] for r in rows))}
+    cost: dict = {}  # dataset -> model -> metric -> dim -> row
+    for r in rows:
+        if r["metric"] in COST_METRICS:
+            cost.setdefault(r["dataset"], {}).setdefault(r["model"], {}).setdefault(r["metric"], {})[int(r["dim"])] = r
+    scored = [r for r in rows if r["metric"] not in COST_METRICS]
+    baseline = baseline or next((r["model"] for r in scored), None)
 
     protocol = rows[0].get("protocol")  # validate_rows: the same in every row, or absent
     lines = [f"# {title}", ""]
@@ -355,12 +451,14 @@ def render_report(
     if notes:
         lines += ["## Notes", "", *(f"- {' '.join(str(n).splitlines())}" for n in notes), ""]
     lines += [
-        "Columns are Matryoshka embedding dims; cells are `value [ci_low, ci_high] (n=queries)`.",
+        "Columns are Matryoshka embedding dims; cells are `value [ci_low, ci_high] (n=queries)`: the mean, "
+        "its 95% bootstrap interval, and the queries it is over. The `model` column of the results table "
+        "holds the retriever's name.",
         "",
     ]
     plots: list[Path] = []
     summary: list[str] = []
-    for (dataset, split), by_metric in _group(rows).items():
+    for (dataset, split), by_metric in _group(scored).items():
         dims = _dims(by_metric)
         stem = f"{_slug(dataset)}-{_slug(split)}"
         names: list[tuple[str, str]] = []  # (file name, what it shows)
@@ -374,9 +472,15 @@ def render_report(
                 dims,
             )
             names.append((name, f"{metric} vs dim"))
+        ds_cost = cost.get(dataset, {})
+        if ds_cost and _plot_cost(out / f"{stem}-cost.png", f"{dataset} / {split}: accuracy vs latency",
+                                  by_metric, ds_cost, colours):
+            names.append((f"{stem}-cost.png", "accuracy vs search latency (a point per dim)"))
         plots += [out / name for name, _ in names]
-        lines += _section(dataset, split, by_metric, dims, names)
-        summary += _summary(dataset, split, by_metric, dims, protocol)
+        lines += _section(dataset, split, by_metric, dims, names, baseline, ds_cost)
+        summary += _summary(dataset, split, by_metric, dims, protocol, baseline)
+    for dataset, ds_cost in cost.items():
+        summary += _cost_summary(dataset, ds_cost)
 
     markdown = out / "report.md"
     markdown.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")

@@ -1,10 +1,21 @@
 """`evaluate` (paper: results): NyxQA dev and test, retrieval (recall@1/5/10,
 MRR against the positive chunk) and RAG accuracy (retrieve top-1, the VLM
 answers the multiple-choice question, constrained to the options), at every
-Matryoshka dimension, for the stage-1 and stage-2 models side by side; the
-held-out text-only sets by answer F1 / EM after top-1 retrieval. Identical
-documents (same text and images) take one rank, and retrieving a copy of the
-gold chunk counts as retrieving the gold.
+Matryoshka dimension, for every retriever of `evaluate.retrievers` side by side;
+the held-out text-only sets by answer F1 / EM after top-1 retrieval (and recall@k
+/ MRR by corpus id when the set names its gold passage, `gold_id_column`).
+Identical documents (same text and images) take one rank, and retrieving a copy
+of the gold chunk counts as retrieving the gold.
+
+Retrievers (each name is the results' `model` column): `checkpoint` (the stage-1 /
+stage-2 model), `embedder` (any embedder: mmE5, E5, a base model; dims above its
+width are skipped with a note in the report), `none` (the VLM answers from the
+question alone) and `golden` (the gold passage as the top-1; a text set without
+a gold column is skipped with a note). none / golden do not depend on the dim:
+their rows repeat the same value at every dim. Every retrieving retriever also
+gets cost rows per (dataset, dim): `index_bytes`, `latency_ms_p50`,
+`latency_ms_p95` (`retrieval.search_cost`: single-query searches over the
+evaluation corpus with the configured backend, `latency_queries` of them).
 
 `evaluate.protocol` picks how (the report and every results row name it):
 - strict: the NyxQA query is the question; the VLM's answer is constrained by a
@@ -51,11 +62,14 @@ from ..retrieval import (
     embed,
     fetch_rows,
     nyxqa_corpus,
+    rows_of_ids,
     search,
+    search_cost,
     search_table,
     text_table,
     union_corpus,
 )
+from ..vector_shards import corpus_vectors
 from ..runner import ShardOutputs, Stage, StageContext
 from ..text_sets import fingerprint, read_questions, sample_questions
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
@@ -64,11 +78,36 @@ from .train import run_name
 
 @dataclass(frozen=True)
 class ModelRun:
-    """The model under evaluation (`stage1` / `stage2`), its embedder, and the answering backend."""
+    """The retriever under evaluation (its name, the results' `model`), its embedder (None for
+    none / golden), the answering backend, its kind, and the dims it is evaluated at (None: all)."""
 
     model: str
     embedder: Any
     backend: Any
+    kind: str = "checkpoint"
+    dims: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TextGold:
+    """A text set's gold passages (`gold_id_column`), per evaluated question: the corpus row of its
+    text's first occurrence (-1: the id is not in the corpus) and the passage text (None likewise)."""
+
+    rows: Any
+    texts: list
+
+
+def retriever_embedder_cfg(cfg, r):
+    """The EmbedderConfig of an `embedder` retriever, a name (`mine.embedder`, ...) resolved."""
+    if isinstance(r.embedder, str):
+        section, field = r.embedder.split(".")
+        return getattr(getattr(cfg, section), field)
+    return r.embedder
+
+
+DIM_FREE_NOTE = ("retrievers none (no document: the VLM answers from the question alone) and golden (the gold "
+                 "passage as the top-1) do not depend on the dim: their rows repeat one value at every dim; golden's "
+                 "recall is 1 by construction")
 
 
 def content_scores(ids: list[str], gold_of: dict[str, str], ranked, gold_ids: list[str], ks) -> dict:
@@ -118,12 +157,14 @@ def select_questions(ts, cfg, drop):
 class EvaluateStage(Stage):
     name = "evaluate"
     # 2: identical documents take one rank, a copy of the gold counts as a hit; 3: results rows name
-    # their protocol (a `protocol` column)
-    version = 3
+    # their protocol (a `protocol` column); 4: retrievers (checkpoint, embedder, none, golden), cost rows
+    # (index bytes, search latency) per dim, text sets' retrieval metrics by their gold passage
+    version = 4
     inputs = ("filter", "chunk", "ingest", "train_stage1", "train_stage2")
     outputs = {"part": "eval_results"}
     execution_only = (*GENERATION_TUNING, *RETRIEVAL_TUNING)
-    doc = "Recall@k, MRR and RAG accuracy at every Matryoshka dim, stage 1 vs stage 2; a report with plots."
+    doc = ("Recall@k, MRR and RAG accuracy at every Matryoshka dim for each configured retriever, with index bytes "
+           "and search latency per dim; a report with plots.")
 
     def config_payload(self, cfg):
         paper = cfg.evaluate.protocol == "paper"
@@ -135,6 +176,14 @@ class EvaluateStage(Stage):
             emb = union_embedder_cfg(cfg).model_dump(mode="json")
             payload["union"] = {"top_k": cfg.evaluate.union_top_k, "questions": cfg.evaluate.union_questions,
                                 "embedder": {k: v for k, v in emb.items() if k not in ("batch_size", "device")}}
+        retrievers = []
+        for r in cfg.evaluate.retrievers:  # a retriever naming mine's embedder hashes that embedder
+            d = r.model_dump(mode="json")
+            if r.kind == "embedder":
+                emb = retriever_embedder_cfg(cfg, r).model_dump(mode="json")
+                d["embedder"] = {k: v for k, v in emb.items() if k not in ("batch_size", "device")}
+            retrievers.append(d)
+        payload["retrievers"] = retrievers
         return payload
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
@@ -162,25 +211,71 @@ class EvaluateStage(Stage):
             raise StageError(f"evaluate: {e}") from e
         corpus = nyxqa_corpus(ctx.store, ctx.partition) if qa else None
         union = self._union(ctx, read, out) if cfg.protocol == "paper" and any(q for _, q in text_sets) else None
+        golds = {ts.name: self._text_gold(ctx, ts, questions, out) for ts, questions in text_sets
+                 if questions and ts.gold_id_column}
         rows: list[dict] = []
-        for model in cfg.models:
-            ckpt = stage_checkpoint(ctx.store, ctx.partition, f"train_{model}")
-            embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
-            too_big = [d for d in cfg.dims if d > embedder.dim]
-            if too_big:
-                raise StageError(f"evaluate: dims {too_big} exceed the {model} model's {embedder.dim} dims; "
-                                 "set evaluate.dims to dims the model has.")
-            ctx.log.info("evaluate %s: checkpoint %s (run %s), dims %s", model, ckpt["merged"], ckpt["run"], cfg.dims)
-            run = ModelRun(model, embedder, backend)
+        notes: list[str] = []
+        for r in cfg.retrievers:
+            run = self._retriever_run(ctx, r, backend, notes)
+            if run is None:
+                continue
             if qa:
                 rows += self._nyxqa(ctx, run, corpus, qa, out)
             for ts, questions in text_sets:
-                if questions:
-                    set_corpus = union if union is not None else text_table(ctx.store, ts, out.drops.drop)
-                    rows += self._text_set(ctx, run, ts, set_corpus, questions, out)
+                if not questions:
+                    continue
+                if run.kind == "golden" and ts.name not in golds:
+                    notes.append(f"golden skipped on {ts.name}: the set names no gold passage (gold_id_column)")
+                    continue
+                set_corpus = union if union is not None or run.embedder is None else \
+                    text_table(ctx.store, ts, out.drops.drop)
+                rows += self._text_set(ctx, run, ts, set_corpus, questions, out, golds.get(ts.name))
         backend.close()
         out.write(rows)
-        self._report(ctx, rows)
+        if any(r.kind in ("none", "golden") for r in cfg.retrievers):
+            notes.append(DIM_FREE_NOTE)
+        self._report(ctx, rows, notes)
+
+    def _retriever_run(self, ctx, r, backend, notes: list[str]) -> ModelRun | None:
+        """The retriever's embedder (a checkpoint's, or its own config) and the dims it has; dims above
+        its width are skipped with a note (None: it has none of the dims)."""
+        cfg = ctx.cfg.evaluate
+        if r.kind in ("none", "golden"):
+            ctx.log.info("evaluate %s: %s (no retrieval), dims %s", r.name, r.kind, cfg.dims)
+            return ModelRun(r.name, None, backend, r.kind, tuple(cfg.dims))
+        if r.kind == "checkpoint":
+            ckpt = stage_checkpoint(ctx.store, ctx.partition, f"train_{r.stage}")
+            embedder = checkpoint_embedder(cfg.embedder, ckpt, ctx.store)
+            what = f"checkpoint {ckpt['merged']} (run {ckpt['run']})"
+        else:
+            emb_cfg = retriever_embedder_cfg(ctx.cfg, r)
+            embedder = make_embedder(emb_cfg, ctx.store)
+            what = f"embedder {emb_cfg.kind}:{emb_cfg.model}"
+        dims = tuple(d for d in cfg.dims if d <= embedder.dim)
+        if skipped := [d for d in cfg.dims if d > embedder.dim]:
+            notes.append(f"{r.name}: dims {skipped} skipped, above its {embedder.dim} dims")
+        ctx.log.info("evaluate %s: %s, dims %s (skipped: %s)", r.name, what, list(dims), skipped)
+        if not dims:
+            return None
+        return ModelRun(r.name, embedder, backend, r.kind, dims)
+
+    def _text_gold(self, ctx, ts, questions, out) -> TextGold:
+        """The evaluated questions' gold passages; an id missing from the corpus is a named drop
+        (`<set>_gold_not_in_corpus`: the question keeps its answer metrics, not its retrieval ones)."""
+        table = text_table(ctx.store, ts)
+        rows = rows_of_ids(table, [q.gold_id for q in questions])
+        found = rows >= 0
+        texts: list = [None] * len(questions)
+        for i, t in zip(found.nonzero()[0].tolist(), table.texts(rows[found]), strict=True):
+            texts[i] = t
+        rows[found] = table.rep(rows[found])
+        table.close()
+        for q, ok in zip(questions, found.tolist(), strict=True):
+            if not ok:
+                out.drops.drop(f"{ts.name}_gold_not_in_corpus", q.qid)
+        ctx.log.info("evaluate %s: %d of %d questions name a gold passage in the corpus", ts.name,
+                     int(found.sum()), len(questions))
+        return TextGold(rows, texts)
 
     # -- paper protocol: the text-only sets' corpus, the union of each question's top passages
     def _union(self, ctx, read, out):
@@ -207,7 +302,9 @@ class EvaluateStage(Stage):
 
     # -- NyxQA: retrieval + multiple-choice RAG accuracy, per split and dim
     def _nyxqa(self, ctx, run: ModelRun, corpus, qa, out) -> list[dict]:
-        cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
+        cfg, model, embedder = ctx.cfg.evaluate, run.model, run.embedder
+        if embedder is None:
+            return self._nyxqa_fixed(ctx, run, corpus, qa, out)
         paper = cfg.protocol == "paper"
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, cfg.max_images)
         queries = [MixedItem(paper_query(q["query"], q["options"]) if paper else q["query"],
@@ -217,8 +314,10 @@ class EvaluateStage(Stage):
         distinct = corpus.distinct()  # identical documents take one rank; a copy of the gold is the gold
         gold_of = corpus.representative_id(distinct)
         rows, reqs, where = [], [], []
-        for dim in cfg.dims:
+        for dim in run.dims or cfg.dims:
             _, ranked = search(q_vecs, d_vecs, max(cfg.ks), cfg.search, dim, distinct)
+            cost = search_cost(q_vecs, d_vecs, max(cfg.ks), cfg.search, dim, cfg.latency_queries, keep=distinct.keep)
+            rows += self._cost_rows(cfg, model, "nyxqa", "all", dim, cost)
             for split in cfg.splits:
                 idx = [i for i, q in enumerate(qa) if q["split"] == split]
                 if not idx:
@@ -231,7 +330,39 @@ class EvaluateStage(Stage):
                     reqs.append(asking.request(qa[i]["query"], qa[i]["query_image_ids"], [int(ranked[i][0])],
                                                options=qa[i]["options"], protocol=cfg.protocol))
                     where.append((dim, split, i))
-        scores = self._answers(ctx, backend, reqs, [qa[i]["options"] for _, _, i in where], out)
+        return rows + self._judged_rows(ctx, run, qa, reqs, where, out)
+
+    def _nyxqa_fixed(self, ctx, run: ModelRun, corpus, qa, out) -> list[dict]:
+        """none: the question alone; golden: its positive chunk as the top-1 (recall 1 by
+        construction, computed as any retriever's). Asked once, the rows repeated at every dim."""
+        cfg, model, golden = ctx.cfg.evaluate, run.model, run.kind == "golden"
+        asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, cfg.max_images)
+        index = {cid: i for i, cid in reversed(list(enumerate(corpus.ids)))}  # each id's first row
+        gold_of = corpus.representative_id(corpus.distinct())
+        rows, reqs, where = [], [], []
+        for split in cfg.splits:
+            idx = [i for i, q in enumerate(qa) if q["split"] == split]
+            if not idx:
+                continue
+            if golden:
+                ranked = [[index[qa[i]["pos_chunk_id"]]] if qa[i]["pos_chunk_id"] in index else [] for i in idx]
+                scored = content_scores(corpus.ids, gold_of, ranked, [qa[i]["pos_chunk_id"] for i in idx], cfg.ks)
+                rows += [self._row(cfg, model, "nyxqa", split, d, m, v) for m, v in scored.items()
+                         for d in run.dims or cfg.dims]
+            for i in idx:
+                pos = index.get(qa[i]["pos_chunk_id"])
+                docs = [pos] if golden and pos is not None else []
+                reqs.append(asking.request(qa[i]["query"], qa[i]["query_image_ids"], docs,
+                                           options=qa[i]["options"], protocol=cfg.protocol))
+                where.append((None, split, i))
+        judged = self._judged_rows(ctx, run, qa, reqs, where, out)
+        return rows + [{**r, "dim": int(d)} for r in judged for d in run.dims or cfg.dims]
+
+    def _judged_rows(self, ctx, run: ModelRun, qa, reqs, where, out) -> list[dict]:
+        """rag_accuracy rows per (dim, split) from the answers to `reqs` (`where`: (dim, split, qa
+        index) each; dim None: one row per split, its dim 0 until the caller sets it)."""
+        cfg, paper = ctx.cfg.evaluate, ctx.cfg.evaluate.protocol == "paper"
+        scores = self._answers(ctx, run.backend, reqs, [qa[i]["options"] for _, _, i in where], out)
         judged: dict[tuple, list[float]] = {}
         for (dim, split, i), answer in zip(where, scores, strict=True):
             opts, right = qa[i]["options"], qa[i]["correct_index"]
@@ -242,39 +373,107 @@ class EvaluateStage(Stage):
             else:
                 ok = option_match(answer, opts, right)
             judged.setdefault((dim, split), []).append(ok)
-        rows += [self._row(cfg, model, "nyxqa", split, dim, "rag_accuracy", v) for (dim, split), v in judged.items()]
-        return rows
+        return [self._row(cfg, run.model, "nyxqa", split, dim or 1, "rag_accuracy", v)
+                for (dim, split), v in judged.items()]
 
     # -- text-only sets: top-1 retrieval, free-form answer, F1 / EM
-    def _text_set(self, ctx, run: ModelRun, ts, corpus, questions, out) -> list[dict]:
+    def _text_set(self, ctx, run: ModelRun, ts, corpus, questions, out, gold: TextGold | None = None) -> list[dict]:
         """`corpus`: the paper protocol's union (a small `Corpus`), or the set's full corpus as a table
-        (strict), searched over its vector shards under this model; only the retrieved texts are read."""
-        cfg, model, embedder, backend = ctx.cfg.evaluate, run.model, run.embedder, run.backend
+        (strict), searched over its vector shards under this model; only the retrieved texts are read.
+        With `gold` (the set's `gold_id_column`), recall@k / MRR over the questions whose gold is in the
+        corpus: by row (strict; a copy of the gold's text is the gold) or by text (the union)."""
+        cfg, model, embedder = ctx.cfg.evaluate, run.model, run.embedder
+        if embedder is None:
+            return self._text_set_fixed(ctx, run, ts, questions, out, gold)
+        dims = run.dims or cfg.dims
+        k = max(cfg.ks) if gold is not None else 1
         queries = [MixedItem(q.question) for q in questions]
+        rows: list[dict] = []
         if isinstance(corpus, Corpus):
             d_vecs, q_vecs, _ = embed(embedder, corpus, queries, ctx.store)
             distinct = corpus.distinct()
-            by_dim = [search(q_vecs, d_vecs, 1, cfg.search, dim, distinct)[1] for dim in cfg.dims]
+            ranked = top1 = [search(q_vecs, d_vecs, k, cfg.search, dim, distinct)[1] for dim in dims]
+            costs = [search_cost(q_vecs, d_vecs, k, cfg.search, dim, cfg.latency_queries, keep=distinct.keep)
+                     for dim in dims]
+            if gold is not None:  # the union holds each text once: the gold is its text's index, if there
+                at = {t: i for i, t in enumerate(corpus.texts)}
+                gold_keys = [at.get(t, -2) if t is not None else -1 for t in gold.texts]
         else:
             q_vecs, _ = embed_cached(embedder, queries, "query", ctx.store)
-            rows = [search_table(embedder, corpus, q_vecs, 1, cfg.search, dim, ctx.cfg.corpora.shard_rows)[1]
-                    for dim in cfg.dims]
-            table, (corpus, by_dim) = corpus, fetch_rows(corpus, ts.name, *rows)  # the top-1 passages' texts only
+            ranked = [search_table(embedder, corpus, q_vecs, k, cfg.search, dim, ctx.cfg.corpora.shard_rows)[1]
+                      for dim in dims]
+            vectors = corpus_vectors(embedder, corpus, ctx.cfg.corpora.shard_rows)
+            costs = [search_cost(q_vecs, vectors, k, cfg.search, dim, cfg.latency_queries,
+                                 exclude=corpus.repeats()[0]) for dim in dims]
+            if gold is not None:
+                gold_keys = [int(r) for r in gold.rows]
+            table, (corpus, top1) = corpus, fetch_rows(corpus, ts.name, *[r[:, :1] for r in ranked])
             table.close()
+        for dim, cost in zip(dims, costs, strict=True):
+            rows += self._cost_rows(cfg, model, ts.name, "eval", dim, cost)
+        if gold is not None:
+            has = [i for i, g in enumerate(gold_keys) if g != -1]  # -1: the gold id is not in the corpus
+            for d, ranked_d in zip(dims, ranked, strict=True):
+                if has:
+                    scored = retrieval_scores([[str(x) for x in ranked_d[i] if x >= 0] for i in has],
+                                              [str(gold_keys[i]) for i in has], cfg.ks)
+                    rows += [self._row(cfg, model, ts.name, "eval", d, m, v) for m, v in scored.items()]
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, 0)
         reqs, where = [], []
-        for dim, ranked in zip(cfg.dims, by_dim, strict=True):
+        for dim, ranked_d in zip(dims, top1, strict=True):  # indices in `corpus`, best first
             for i, q in enumerate(questions):
-                reqs.append(asking.request(q.question, [], [int(ranked[i][0])], protocol=cfg.protocol))
+                reqs.append(asking.request(q.question, [], [int(ranked_d[i][0])], protocol=cfg.protocol))
                 where.append((dim, i))
-        answers = self._answers(ctx, backend, reqs, [None] * len(reqs), out)
-        f1: dict[int, list[float]] = {}
-        em: dict[int, list[float]] = {}
+        return rows + self._free_rows(ctx, run, ts, questions, reqs, where, out)
+
+    def _text_set_fixed(self, ctx, run: ModelRun, ts, questions, out, gold: TextGold | None) -> list[dict]:
+        """none: the question alone; golden: the gold passage as the top-1, over the questions whose
+        gold is in the corpus. Asked once, the rows repeated at every dim."""
+        cfg, golden = ctx.cfg.evaluate, run.kind == "golden"
+        if golden:
+            keep = [i for i, t in enumerate(gold.texts) if t is not None]
+            questions = [questions[i] for i in keep]
+            docs = Corpus(ts.name, [q.gold_id for q in questions], [gold.texts[i] for i in keep],
+                          [[] for _ in keep], {})
+        else:
+            docs = Corpus(ts.name, [], [], [], {})
+        if not questions:
+            return []
+        asking = Answering(cfg.generation, cfg.prompt_version, docs, ctx.cfg.chunk.image_placeholder, 0)
+        reqs = [asking.request(q.question, [], [i] if golden else [], protocol=cfg.protocol)
+                for i, q in enumerate(questions)]
+        rows = self._free_rows(ctx, run, ts, questions, reqs, [(None, i) for i in range(len(questions))], out)
+        if golden:
+            rows += [self._row(cfg, run.model, ts.name, "eval", 1, m, v) for m, v in
+                     retrieval_scores([[q.gold_id] for q in questions], [q.gold_id for q in questions],
+                                      cfg.ks).items()]
+        return [{**r, "dim": int(d)} for r in rows for d in run.dims or cfg.dims]
+
+    def _free_rows(self, ctx, run: ModelRun, ts, questions, reqs, where, out) -> list[dict]:
+        """f1 / em rows per dim from the answers to `reqs` (`where`: (dim, question index) each)."""
+        cfg = ctx.cfg.evaluate
+        answers = self._answers(ctx, run.backend, reqs, [None] * len(reqs), out)
+        f1: dict = {}
+        em: dict = {}
         for (dim, i), a in zip(where, answers, strict=True):
             f1.setdefault(dim, []).append(0.0 if a is None else token_f1(a, questions[i].answers))
             em.setdefault(dim, []).append(0.0 if a is None else exact_match(a, questions[i].answers))
-        return ([self._row(cfg, model, ts.name, "eval", d, "f1", v) for d, v in f1.items()]
-                + [self._row(cfg, model, ts.name, "eval", d, "em", v) for d, v in em.items()])
+        return ([self._row(cfg, run.model, ts.name, "eval", d or 1, "f1", v) for d, v in f1.items()]
+                + [self._row(cfg, run.model, ts.name, "eval", d or 1, "em", v) for d, v in em.items()])
+
+    @staticmethod
+    def _cost_rows(cfg, model, dataset, split, dim, cost: dict) -> list[dict]:
+        """index_bytes and, when queries were timed, latency p50 / p95; n: the queries timed (for
+        index_bytes without timing: the documents searched); no interval."""
+        base = {"model": model, "dataset": dataset, "split": split, "dim": int(dim), "ci_low": None,
+                "ci_high": None, "protocol": cfg.protocol}
+        rows = [{**base, "metric": "index_bytes", "value": float(cost["index_bytes"]),
+                  "n": cost["n_timed"] or cost["n_docs"]}] \
+            if cost["n_docs"] else []
+        if cost["n_timed"]:
+            rows += [{**base, "metric": f"latency_ms_{p}", "value": cost[f"{p}_ms"], "n": cost["n_timed"]}
+                     for p in ("p50", "p95")]
+        return rows
 
     def _answers(self, ctx, backend, reqs, options, out) -> list[str | None]:
         """Answers in request order; identical requests (the same top-1 at several dims) are sent once.
@@ -304,7 +503,7 @@ class EvaluateStage(Stage):
         return {"model": model, "dataset": dataset, "split": split, "dim": int(dim), "metric": metric,
                 "value": agg["mean"], "n": agg["n"], "ci_low": lo, "ci_high": hi, "protocol": cfg.protocol}
 
-    def _report(self, ctx, rows: list[dict]) -> None:
+    def _report(self, ctx, rows: list[dict], extra_notes=()) -> None:
         rel = f"reports/{run_name(ctx.partition, ctx.key)}"
         local = ctx.store.is_local
         out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.mkdtemp(prefix="nyx-report-"))
@@ -313,8 +512,13 @@ class EvaluateStage(Stage):
         notes = [f"partition {ctx.partition}; profile {cfg.profile}; dims {cfg.evaluate.dims}",
                  f"answering VLM: {cfg.evaluate.generation.model} ({cfg.evaluate.generation.backend})",
                  PROTOCOL_NOTES[protocol].format(embedder=union_embedder_cfg(cfg).model, k=cfg.evaluate.union_top_k),
-                 "intervals: 95% percentile bootstrap over queries"]
-        rendered = render_report(rows, str(out_dir), f"Nyx evaluation: {ctx.partition}", notes)
+                 "intervals: 95% percentile bootstrap over queries",
+                 "retrievers: " + ", ".join(f"{r.name} ({r.kind}{':' + r.stage if r.stage else ''})"
+                                            for r in cfg.evaluate.retrievers)
+                 + f"; baseline {cfg.evaluate.baseline_name()}; the results' `model` column holds the retriever",
+                 *extra_notes]
+        rendered = render_report(rows, str(out_dir), f"Nyx evaluation: {ctx.partition}", notes,
+                                 baseline=cfg.evaluate.baseline_name())
         if not local:
             ctx.store.fs.put(str(out_dir), ctx.store.path(rel), recursive=True)
         for line in rendered["summary_lines"]:

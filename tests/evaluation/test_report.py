@@ -109,7 +109,7 @@ def test_tables_hold_every_value_formatted(rendered):
         ("hotpotqa", "dev", TEXT_METRICS),
     ]:
         body = section(markdown, dataset, split)
-        assert "| metric | model | 128 | 64 | 32 | 16 |" in body
+        assert "| metric | retriever | 128 | 64 | 32 | 16 |" in body
         for metric in metrics:
             for model in MODELS:
                 cells = [
@@ -133,18 +133,18 @@ def test_delta_table_signs(rendered):
                 - find(rows, model="stage1", **key)["value"]
             )
             values.append(f"{diff:+.3f}")
-        return f"| {metric} | " + " | ".join(values) + " |"
+        return f"| {metric} | stage2 | " + " | ".join(values) + " |"
 
     test = section(markdown, "nyxqa", "test")
-    assert "**Stage 2 vs stage 1**" in test
+    assert "**vs stage1** (retriever − stage1, the baseline" in test
     assert (
         delta_line("nyxqa", "test", "rag_accuracy")
-        == "| rag_accuracy | +0.051 | +0.051 | +0.051 | +0.051 |"
+        == "| rag_accuracy | stage2 | +0.051 | +0.051 | +0.051 | +0.051 |"
     )
     assert delta_line("nyxqa", "test", "rag_accuracy") in test
     hotpot = section(markdown, "hotpotqa", "dev")
     assert delta_line("hotpotqa", "dev", "f1") in hotpot
-    assert delta_line("hotpotqa", "dev", "em") == "| em | -0.051 | -0.051 | -0.051 | -0.051 |"
+    assert delta_line("hotpotqa", "dev", "em") == "| em | stage2 | -0.051 | -0.051 | -0.051 | -0.051 |"
     assert delta_line("hotpotqa", "dev", "em") in hotpot
 
 
@@ -238,7 +238,7 @@ def test_single_model_and_unsafe_names(tmp_path):
     ]
     result = render_report(rows, str(tmp_path), "only stage 2")
     markdown = Path(result["markdown"]).read_text()
-    assert "Stage 2 vs stage 1" not in markdown and "## Notes" not in markdown
+    assert "**vs " not in markdown and "## Notes" not in markdown
     assert not any("stage2-stage1" in x for x in result["summary_lines"])
     for path in result["plots"]:
         assert Path(path).parent == tmp_path and re.fullmatch(
