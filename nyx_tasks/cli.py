@@ -287,7 +287,8 @@ def export_nyxqa_cmd(out_dir: Annotated[str, typer.Argument(help="Output folder 
 
 
 import_app = typer.Typer(no_args_is_help=True,
-                         help="Import public training sets into the triplet schema (<root>/datasets/<name>/).")
+                         help="Import public training sets into the triplet schema (<root>/datasets/<name>/), "
+                              "evaluation benchmarks into <root>/benchmarks/<name>/.")
 app.add_typer(import_app, name="import")
 
 ImportSources = Annotated[list[str], typer.Argument(help="Parquet or JSONL files (globs and fsspec URLs allowed).")]
@@ -329,6 +330,63 @@ def import_mme5_cmd(sources: ImportSources, name: ImportName, image_root: ImageR
                     placeholder: Placeholder = None) -> None:
     """Import intfloat/mmE5-synthetic files (MMEB's columns, lists as Python-literal strings)."""
     _import("mme5", sources, name, image_root, profile, sets, root, placeholder)
+
+
+def _import_benchmark(layout: str, name: str, profile: str, sets: list[str] | None, root: str | None,
+                      placeholder: str | None, **files) -> None:
+    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from .importers_eval import (  # fsspec, pyarrow: kept out of `nyx --help`
+        ImportFailed,
+        import_benchmark,
+    )
+
+    cfg = _config(profile, None, sets, root)
+    setup_cli_logging()
+    try:
+        manifest = import_benchmark(layout, name, ArtifactStore(cfg.artifact_root()),
+                                    placeholder=placeholder or cfg.chunk.image_placeholder, fetch=cfg.ingest.fetch,
+                                    **files)
+    except (ImportFailed, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(json.dumps({k: manifest.get(k) for k in ("dataset", "layout", "benchmark", "rows_in", "rows_out",
+                                                        "drops", "corpus_docs", "location")}, indent=2))
+
+
+@import_app.command("mmqa")
+def import_mmqa_cmd(folder: Annotated[str, typer.Argument(help="Folder holding MMQA_<split>.jsonl and MMQA_texts / "
+                                                               "_tables / _images.jsonl (.gz too; any prefix).")],
+                    name: ImportName, image_root: ImageRoots = None,
+                    split: Annotated[str, typer.Option("--split", help="Questions file: MMQA_<split>.jsonl.")] = "dev",
+                    profile: Profile = "demo", sets: Sets = None, root: Root = None,
+                    placeholder: Placeholder = None) -> None:
+    """Import MultiModalQA (questions, answers, supporting docs; one corpus of texts, tables, images) for evaluate."""
+    base = folder.rstrip("/")
+    files = {k: [f"{base}/*MMQA_{part}.jsonl*"]  # .jsonl, or .jsonl.gz as the repository ships them
+             for k, part in (("questions", split), ("texts", "texts"), ("tables", "tables"), ("image_lists", "images"))}
+    _import_benchmark("mmqa", name, profile, sets, root, placeholder, **files,
+                      image_roots=image_root or [f"{base}/final_dataset_images"])
+
+
+@import_app.command("mmeb-eval")
+def import_mmeb_eval_cmd(sources: ImportSources, name: ImportName, image_root: ImageRoots = None,
+                         profile: Profile = "demo", sets: Sets = None, root: Root = None,
+                         placeholder: Placeholder = None) -> None:
+    """Import TIGER-Lab/MMEB-eval subsets (<subset>/test-*.parquet; qry_text, tgt_text, the positive first)."""
+    _import_benchmark("mmeb-eval", name, profile, sets, root, placeholder, sources=sources,
+                      image_roots=image_root or [])
+
+
+@import_app.command("flashrag")
+def import_flashrag_cmd(questions: Annotated[list[str], typer.Argument(
+                            help="FlashRAG <set>/dev.jsonl or test.jsonl (id, question, golden_answers).")],
+                        name: ImportName,
+                        corpus: Annotated[list[str] | None, typer.Option(
+                            "--corpus", help="The retrieval corpus (id, contents), e.g. wiki18_100w.jsonl; "
+                                             "named, not copied.")] = None,
+                        profile: Profile = "demo", sets: Sets = None, root: Root = None) -> None:
+    """Import a FlashRAG question set (Bamboogle, HotpotQA, 2Wiki, MuSiQue): a validated copy evaluate reads."""
+    _import_benchmark("flashrag", name, profile, sets, root, None, questions=questions, corpus=corpus or [])
 
 
 def main() -> None:  # pragma: no cover

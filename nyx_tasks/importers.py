@@ -102,6 +102,7 @@ class _Images:
     rows: list[dict] = field(default_factory=list)  # IMAGES rows not yet written
     _seen: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (image_id | "", reason)
     _stored: set[str] = field(default_factory=set)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # image_id -> (width, height)
 
     def __post_init__(self):
         import fsspec
@@ -138,6 +139,7 @@ class _Images:
         img = decode_image(url, data, self.fetch)
         if not img.ok:
             return "", "unreadable_image"
+        self.sizes[img.image_id] = (img.width, img.height)
         if img.image_id not in self._stored:
             rel = self.store.put_image(img.image_id, img.ext, data)
             self._stored.add(img.image_id)
