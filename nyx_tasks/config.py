@@ -612,7 +612,7 @@ class EvaluateConfig(_Model):
     def _retrievers_from_models(cls, data):
         """Unset `retrievers`: one checkpoint retriever per `models` entry; with both set, `models`
         keeps the checkpoint retrievers of its stages; unset `models`: their stages."""
-        if not isinstance(data, dict) or not isinstance(data.get("retrievers", []), list):
+        if not isinstance(data, dict) or not isinstance(data.get("retrievers") or [], list):
             return data
         data, models = dict(data), data.get("models")
         if data.get("retrievers") is None:

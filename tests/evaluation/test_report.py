@@ -322,3 +322,50 @@ def test_rows_round_trip_through_parquet(rendered, tmp_path):
     back = table.to_pylist()
     validate_rows(back)
     assert back == rows
+
+
+def cost_rows() -> list[dict]:
+    """stage1 and an embedder `e5` (dims 64, 16 only: its wider dims were skipped) with cost rows;
+    none and golden at every dim with one value; NyxQA dev."""
+    rows = []
+    for model, dims in (("stage1", DIMS), ("e5", [64, 16]), ("none", DIMS), ("golden", DIMS)):
+        for d in dims:
+            v = {"stage1": 0.4 + d / 1000, "e5": 0.3 + d / 1000, "none": 0.25, "golden": 0.9}[model]
+            rows.append({"model": model, "dataset": "nyxqa", "split": "dev", "dim": d, "metric": "rag_accuracy",
+                         "value": v, "n": 40, "ci_low": v - 0.1, "ci_high": v + 0.1})
+            if model in ("stage1", "e5"):
+                base = {"model": model, "dataset": "nyxqa", "split": "all", "dim": d, "ci_low": None,
+                        "ci_high": None, "n": 30}
+                rows += [base | {"metric": "index_bytes", "value": float(500 * d * 4)},
+                         base | {"metric": "latency_ms_p50", "value": d / 100},
+                         base | {"metric": "latency_ms_p95", "value": d / 50}]
+    return rows
+
+
+def test_cost_table_and_every_retriever_at_every_dim(tmp_path):
+    rows = cost_rows()
+    result = render_report(rows, str(tmp_path), "costs", notes=["e5: dims [128, 32] skipped"])
+    markdown = Path(result["markdown"]).read_text()
+    body = section(markdown, "nyxqa", "dev")
+    # every value with its interval and n; a skipped dim is a dash
+    assert "| rag_accuracy | e5 | – | 0.364 [0.264, 0.464] (n=40) | – | 0.316 [0.216, 0.416] (n=40) |" in body
+    assert "| rag_accuracy | none | " + " | ".join(["0.250 [0.150, 0.350] (n=40)"] * 4) + " |" in body
+    assert "## nyxqa / all" not in markdown  # cost rows are a table of their own, not a section
+    assert "**Cost per dimension**" in body
+    assert "| dim | retriever | rag_accuracy | index bytes | p50 ms | p95 ms |" in body
+    assert "| 64 | stage1 | 0.464 [0.364, 0.564] (n=40) | 128.00 kB | 0.640 | 1.280 (n=30) |" in body
+    assert "| 128 | e5 | – | – | – | – |" in body and "| 16 | golden | 0.900 [0.800, 1.000] (n=40) | – | – | – |" in body
+    # deltas against the first retriever (stage1), one line per other retriever
+    assert "**vs stage1**" in body and "| rag_accuracy | golden | +0.372 | +0.436 | +0.468 | +0.484 |" in body
+    assert "- e5: dims [128, 32] skipped" in markdown
+    cost_png = tmp_path / "nyxqa-dev-cost.png"
+    assert str(cost_png) in result["plots"] and "(nyxqa-dev-cost.png)" in body
+    with Image.open(cost_png) as im:
+        assert im.format == "PNG"
+    lines = result["summary_lines"]
+    assert "nyxqa cost stage1 (index bytes/p50 latency): 128=256.00 kB/1.280ms 64=128.00 kB/0.640ms " \
+           "32=64.00 kB/0.320ms 16=32.00 kB/0.160ms" in lines
+    assert any(x.startswith("nyxqa/dev e5-stage1: rag_accuracy 64=-0.100 16=-0.100") for x in lines)
+    # another baseline
+    again = render_report(rows, str(tmp_path / "b"), "costs", baseline="none")
+    assert "**vs none**" in Path(again["markdown"]).read_text()
