@@ -11,6 +11,9 @@
                                        count), filterable by reason; the reasons with the manifest's counts
     /p/<partition>/evaluation          report.md rendered (tables, plots in a grid), the results table
     /p/<partition>/report/<plot>.png   a plot of the report
+    /experiments                       the experiment reports (nyx_experiments): name, base, variants
+    /experiments/<name>                an experiment's comparison report.md rendered, its plots
+    /experiments/<name>/<plot>.png     a plot of that report
     /images/<aa>/<sha>.<ext>           an image of the root's content-addressed store
 
 Every list reads only the rows of the page it shows (`tables`). Every route requires an Airflow user (`auth.require_explorer_access`). Mounted by the plugin under
@@ -176,6 +179,36 @@ def report_plot(request: Request, partition: str, name: str):
         raise HTTPException(404, "no such plot")
     return Response(body, media_type="image/png",
                     headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+
+@router.get("/experiments", response_class=HTMLResponse, name="experiments")
+def experiments(request: Request):
+    st = store(request)
+    return render(request, "experiments.html", root=st.root, experiments=data.experiment_reports(st))
+
+
+@router.get("/experiments/{name}", response_class=HTMLResponse, name="experiment")
+def experiment(request: Request, name: str):
+    st = store(request)
+    text = data.experiment_text(st, name)
+    if text is None:
+        raise HTTPException(404, f"no experiment report {name!r} under {st.root}")
+    plots = data.experiment_plots(st, name)
+    plot_base = f"{request.scope.get('root_path', '').rstrip('/')}/experiments/{quote(name, safe='')}/"
+    report, _ = render_report(text, lambda p: plot_base + quote(p) if p in plots else None)
+    return render(request, "experiment.html", experiment=name, report=report,
+                  report_url=st.url(f"{data.experiment_dir(st, name)}/report.md"))
+
+
+@router.get("/experiments/{name}/{plot}", name="experiment_plot")
+def experiment_plot(request: Request, name: str, plot: str):
+    st = store(request)
+    rel = data.experiment_file(st, name, plot)
+    body = data.read_regular(st, rel) if rel else None
+    if body is None:
+        raise HTTPException(404, "no such plot")
+    return Response(body, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+
 
 @router.get("/images/{tail:path}", name="image")
 def image(request: Request, tail: str):

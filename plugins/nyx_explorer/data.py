@@ -1,6 +1,6 @@
 """What the explorer reads from an artifact root, Airflow-agnostic: partitions, stage manifests,
 stage outputs (a page or the looked-up rows at a time, through `tables`), image locations, the
-evaluation report.
+evaluation report, the experiment reports (`reports/experiments/<name>/`).
 
 Every read goes through `nyx_tasks.artifacts` (manifests list the files, so a half-written stage
 is never seen). Paths that come from a URL or a manifest are checked here: `image_rel` and
@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.config import load_config
+from nyx_tasks.experiments import REPORTS, experiments
 from nyx_tasks.stages import STAGE_NAMES
 
 from .tables import (
@@ -343,3 +344,39 @@ def rows_for(out: Output | None, keys: list[tuple[str, str]]) -> list[dict]:
         return []
     wanted = set(keys)
     return [r for r in find_rows(out, "qa_id", {qa for _, qa in keys}) if (r["source"], r["qa_id"]) in wanted]
+
+
+# ----------------------------------------------------------------- experiments
+
+
+def experiment_reports(store) -> list[dict]:
+    """The experiment reports under reports/experiments/ (name, base, variants), each a regular
+    report.md of the root (`nyx_tasks.experiments.experiments`)."""
+    return [e for e in experiments(store) if is_regular(store, e["report"])]
+
+
+def experiment_dir(store, name: str) -> str | None:
+    """reports/experiments/<name> when `name` is a valid name and its report.md a regular file."""
+    if not PARTITION_RE.match(name):
+        return None
+    rel = f"{REPORTS}/{name}"
+    return rel if is_regular(store, f"{rel}/report.md") else None
+
+
+def experiment_text(store, name: str) -> str | None:
+    rel = experiment_dir(store, name)
+    body = read_regular(store, f"{rel}/report.md") if rel else None
+    return None if body is None else body.decode("utf-8", "replace")
+
+
+def experiment_plots(store, name: str) -> list[str]:
+    """The experiment report's plots: PNG names in its folder that are regular files of the root."""
+    rel = experiment_dir(store, name)
+    if rel is None or not is_regular_dir(store, rel):
+        return []
+    return [n for n in store.listdir(rel) if PLOT_RE.match(n) and is_regular(store, f"{rel}/{n}")]
+
+
+def experiment_file(store, name: str, plot: str) -> str | None:
+    """`<experiment dir>/<plot>` when plot is one of its plots (listed, not built from the URL)."""
+    return f"{experiment_dir(store, name)}/{plot}" if plot in experiment_plots(store, name) else None

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 # Every DAG the folder defines; test_the_dag_folder_defines_exactly_these fails when one is added
 # or dropped, so a new DAG cannot miss the checks below (the ids are known at collection time, the
 # DagBag is parsed once, when the first test needs it).
-DAG_IDS = ["nyxqa_to_model", "nyx_remine_negatives", *(f"nyx_stage_{s}" for s in STAGE_NAMES)]
+DAG_IDS = ["nyxqa_to_model", "nyx_remine_negatives", "nyx_experiments", *(f"nyx_stage_{s}" for s in STAGE_NAMES)]
 EVERY_DAG = pytest.mark.parametrize("dag_id", DAG_IDS)
 
 # Tasks that deliberately have no retries, each with its reason.
@@ -409,3 +409,23 @@ def test_max_shard_tasks_changes_no_stage_config_hash():
     one, many = load_config("demo", {"airflow": {"max_shard_tasks": 1}}), load_config("demo", {"airflow": {"max_shard_tasks": None}})
     for name in STAGE_NAMES:
         assert stage_config_hash(get_stage(name), one) == stage_config_hash(get_stage(name), many), name
+
+
+def test_experiments_dag_checks_then_maps_one_variant_task_per_variant(dagbag):
+    """check (no retries) -> base (shared stages) -> variant (mapped over check's variants) -> report."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    dag = dagbag.dags["nyx_experiments"]
+    assert {t.task_id for t in dag.tasks} == {"check", "base", "variant", "report"}
+    variant = dag.get_task("variant")
+    assert variant.upstream_task_ids == {"check", "base"} and dag.get_task("base").upstream_task_ids == {"check"}
+    assert dag.get_task("report").upstream_task_ids == {"variant"} and dag.get_task("check").retries == 0
+    assert type(variant).__name__.endswith("MappedOperator")  # .expand over the variants
+    assert "redo" not in dag.params and {"experiment", "grid", "variants", "partition"} <= set(dag.params)
+    defaults = ParamsDict(copy.deepcopy(dag.params)).validate()
+    from nyx_tasks.config import load_config
+    from nyx_tasks.experiments import check_variants, expand
+
+    variants = expand(defaults["grid"], defaults["variants"])  # the form's example grid is a valid experiment
+    assert [v.name for v in variants] == ["bootstrap=200", "bootstrap=1000"]
+    check_variants(load_config("demo", {"partition": "demo"}), variants)
