@@ -35,6 +35,7 @@ import numpy as np
 from .artifacts import ArtifactStore
 from .config import SearchConfig, TextSetConfig
 from .embedding.base import MixedItem, matryoshka
+from .embedding.cache import embed_cached
 from .evaluation.metrics import DEFAULT_KS, bootstrap_ci, retrieval_scores
 from .importers_eval import bench_rel
 from .judges import exact_match, normalize_answer, token_f1
@@ -174,15 +175,21 @@ def _marked(bench: Benchmark, ranked: np.ndarray) -> list[list[str]]:
 def score_benchmark(bench: Benchmark, embedder, model: str, *, dims: Sequence[int | None] = (None,),
                     ks: Sequence[int] = DEFAULT_KS, answer_fn: AnswerFn | None = None,
                     context_k: int | None = None, search: SearchConfig | None = None, n_boot: int = 1000,
-                    seed: int = 0) -> list[dict]:
+                    seed: int = 0, store: ArtifactStore | None = None) -> list[dict]:
     """Result rows (evaluation/report.py's RESULT_COLUMNS) of `embedder` on `bench` at each dim
     (None: the embedder's full dim). `answer_fn(query, top docs)` -> an answer string, called once
-    per query and dim with the top `context_k` documents (default: the benchmark's, 1 for MMQA)."""
+    per query and dim with the top `context_k` documents (default: the benchmark's, 1 for MMQA).
+    With `store`, vectors go through the embedding cache (embedding/cache.py), so a rerun with the
+    same model embeds nothing."""
     if not bench.queries:
         raise ValueError(f"benchmark {bench.name!r} has no queries")
     log = get_logger("benchmarks")
-    q_all = embedder.embed([q.item() for q in bench.queries], "query")
-    d_all = embedder.embed([d.item() for d in bench.corpus], "document") if bench.corpus else None
+
+    def vectors(items: list[MixedItem], role: str) -> np.ndarray:
+        return embed_cached(embedder, items, role, store)[0] if store is not None else embedder.embed(items, role)
+
+    q_all = vectors([q.item() for q in bench.queries], "query")
+    d_all = vectors([d.item() for d in bench.corpus], "document") if bench.corpus else None
     rows: list[dict] = []
     for dim in dims:
         q = matryoshka(q_all, dim)

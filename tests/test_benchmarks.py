@@ -177,8 +177,10 @@ def test_flashrag_import_is_a_validated_copy_text_sets_read(tmp_path, embedder):
                                                 ("bamboogle:test_1", ["Titan IIIE"])]
     b = load_benchmark(store, "bamboogle")
     assert len(b.corpus) == 4 and b.queries[0].gold_ids == ()
-    rows = score_benchmark(b, embedder, "minilm", ks=(1, 2), n_boot=50)
+    rows = score_benchmark(b, embedder, "minilm", ks=(1, 2), n_boot=50, store=store)
     validate_rows(rows)
+    assert len(store.fs.glob(store.path("cache/embeddings/*/*.npy"))) == 2  # queries and corpus, cached
+    assert score_benchmark(b, embedder, "minilm", ks=(1, 2), n_boot=50, store=store) == rows
     by = {r["metric"]: r for r in rows}
     # FlashRAG's retrieval recall: a retrieved passage holding a gold answer; MiniLM finds both
     assert by["recall@1"]["value"] == 1.0 and by["mrr"]["value"] == 1.0 and by["recall@1"]["n"] == 2
