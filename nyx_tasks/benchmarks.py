@@ -191,9 +191,13 @@ def score_benchmark(bench: Benchmark, embedder, model: str, *, dims: Sequence[in
     q_all = vectors([q.item() for q in bench.queries], "query")
     d_all = vectors([d.item() for d in bench.corpus], "document") if bench.corpus else None
     rows: list[dict] = []
+    sizes: set[int] = set()
     for dim in dims:
         q = matryoshka(q_all, dim)
         size = int(q.shape[1])
+        if size in sizes:  # a dim at or above the embedder's is its full dim, scored once
+            continue
+        sizes.add(size)
         if bench.per_query_candidates:
             hits = candidate_hits(bench, q, matryoshka(d_all, dim))
             subsets = list(dict.fromkeys(x.subset for x in bench.queries))

@@ -92,7 +92,7 @@ def test_mmqa_scored_end_to_end_with_minilm(tmp_path, embedder):
         seen.append((query.qid, [d.doc_id for d in docs]))
         return next((a for a in query.answers if a.lower() in docs[0].text.lower()), "unknown")
 
-    rows = score_benchmark(b, embedder, "minilm", dims=(None, 64), ks=(1, 3), answer_fn=answer, n_boot=50)
+    rows = score_benchmark(b, embedder, "minilm", dims=(2048, None, 64), ks=(1, 3), answer_fn=answer, n_boot=50)
     validate_rows(rows)
     by = {(r["dim"], r["metric"]): r for r in rows}
     assert set(by) == {(d, m) for d in (384, 64) for m in ("recall@1", "recall@3", "mrr", "f1", "em")}
