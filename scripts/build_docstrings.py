@@ -34,6 +34,8 @@ without a docstring are counted (`no_docstring`) but not named.
 
 The split is by module: `EVAL_MODULES` hold-out, `TRAIN_MODULES` train; no
 module, id or text is in both (duplicates are dropped across the whole build).
+Rows are ordered by the SHA-1 of their id, so the first N questions (a text
+set's `max_questions`) are a sample across modules.
 The evaluation corpus holds the evaluation passages only (no training passages
 as distractors): chance recall@1 is 1 / (evaluation passages).
 
@@ -50,6 +52,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
+import hashlib
 import importlib
 import inspect
 import io
@@ -105,12 +108,20 @@ def boilerplate_docs() -> set[str]:
     return docs
 
 
+# Hooks a debugger or a test runner replaces with its own (pytest does): never read.
+REPLACEABLE = {"sys.breakpointhook", "sys.displayhook", "sys.excepthook", "sys.unraisablehook",
+               "threading.excepthook", "pdb.set_trace"}
+
+
 def owned(obj, module: str) -> bool:
-    """Defined by `module` (or its private implementation: `_io` for io, `posix` for os)."""
+    """Defined by `module`, a submodule, or its C implementation (`_io` for io, `_thread` for
+    threading, `posix` for os)."""
     owner = getattr(obj, "__module__", None)
     if not isinstance(owner, str):
         return False
-    return owner == module or owner.startswith(module + ".") or owner.startswith("_") or owner == "posix"
+    top, impl = module.split(".")[0], owner.lstrip("_")
+    return (owner == module or owner.startswith(module + ".") or owner == "posix" and top == "os"
+            or owner.startswith("_") and bool(impl) and (impl.startswith(top) or top.startswith(impl)))
 
 
 def documented(obj) -> bool:
@@ -124,7 +135,7 @@ def candidates(module: str):
     names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
     for name in sorted(set(names)):
         obj = getattr(mod, name, None)
-        if not documented(obj) or not owned(obj, module):
+        if f"{module}.{name}" in REPLACEABLE or not documented(obj) or not owned(obj, module):
             continue
         yield f"{module}.{name}", obj
         if inspect.isclass(obj):
@@ -174,6 +185,8 @@ def build() -> dict:
                     drops[reason].append(qid)
                 else:
                     splits[split].append({**pair, "module": module})
+    for pairs in splits.values():  # a prefix (`max_questions`) is a sample of every module, not the first ones
+        pairs.sort(key=lambda p: hashlib.sha1(p["id"].encode()).hexdigest())
     return {"splits": splits, "drops": {k: drops[k] for k in sorted(drops)}, "no_docstring": no_docstring}
 
 
