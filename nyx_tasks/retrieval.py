@@ -174,14 +174,14 @@ def rows_of_ids(table: CorpusTable, ids: list[str | None]) -> np.ndarray:
     return out
 
 
-def search_cost(q_vecs, docs, k: int, search_cfg, dim: int, n_queries: int,
+def search_cost(q_vecs, docs, k: int, search_cfg, dim: int,
                 keep: np.ndarray | None = None, exclude: np.ndarray | None = None) -> dict:
     """{"index_bytes", "n_docs", "p50_ms", "p95_ms", "n_timed"} of searching `docs` at `dim` one
-    query at a time: the first `n_queries` queries, after one untimed warm-up search. `docs`: an
+    query at a time: each of `q_vecs` (pass the sample to time), after one untimed warm-up search. `docs`: an
     in-memory array (`keep`: the rows searched, as `search`'s `distinct.keep`) or a table's
     `CorpusVectors` (`exclude`: rows left out, as `search_table`'s). Index bytes: the float32
     vectors searched, n_docs x dim x 4. Latencies are None when no query is timed."""
-    q = matryoshka(np.asarray(q_vecs, np.float32), dim)[: max(n_queries, 0)]
+    q = matryoshka(np.asarray(q_vecs, np.float32), dim)
     if isinstance(docs, CorpusVectors):
         shards = [(docs.bounds(i)[0], lambda i=i: docs.load(i, "c")) for i in range(docs.n_shards)]
     else:

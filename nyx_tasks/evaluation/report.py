@@ -413,6 +413,15 @@ def _cost_summary(dataset: str, cost: Mapping) -> list[str]:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _split_cost(rows: Sequence[Mapping]) -> tuple[list[Mapping], dict]:
+    """(the accuracy rows, the cost rows as dataset -> model -> metric -> dim -> row)."""
+    cost: dict = {}
+    for r in rows:
+        if r["metric"] in COST_METRICS:
+            cost.setdefault(r["dataset"], {}).setdefault(r["model"], {}).setdefault(r["metric"], {})[int(r["dim"])] = r
+    return [r for r in rows if r["metric"] not in COST_METRICS], cost
+
+
 def render_report(
     rows: Sequence[Mapping], out_dir: str, title: str, notes: Sequence[str] = (),
     baseline: str | None = None,
@@ -437,11 +446,7 @@ def render_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colours = {m: f"C{i % 10}" for i, m in enumerate(_ordered(r["model"] for r in rows))}
-    cost: dict = {}  # dataset -> model -> metric -> dim -> row
-    for r in rows:
-        if r["metric"] in COST_METRICS:
-            cost.setdefault(r["dataset"], {}).setdefault(r["model"], {}).setdefault(r["metric"], {})[int(r["dim"])] = r
-    scored = [r for r in rows if r["metric"] not in COST_METRICS]
+    scored, cost = _split_cost(rows)
     baseline = baseline or next((r["model"] for r in scored), None)
 
     protocol = rows[0].get("protocol")  # validate_rows: the same in every row, or absent
@@ -450,12 +455,9 @@ def render_report(
         lines += [f"**Protocol: {_md(protocol)}** (evaluate.protocol; every number below comes from it)", ""]
     if notes:
         lines += ["## Notes", "", *(f"- {' '.join(str(n).splitlines())}" for n in notes), ""]
-    lines += [
-        "Columns are Matryoshka embedding dims; cells are `value [ci_low, ci_high] (n=queries)`: the mean, "
-        "its 95% bootstrap interval, and the queries it is over. The `model` column of the results table "
-        "holds the retriever's name.",
-        "",
-    ]
+    lines += ["Columns are Matryoshka embedding dims; cells are `value [ci_low, ci_high] (n=queries)`: the mean, "
+              "its 95% bootstrap interval, and the queries it is over. The `model` column of the results table "
+              "holds the retriever's name.", ""]
     plots: list[Path] = []
     summary: list[str] = []
     for (dataset, split), by_metric in _group(scored).items():
@@ -463,14 +465,7 @@ def render_report(
         stem = f"{_slug(dataset)}-{_slug(split)}"
         names: list[tuple[str, str]] = []  # (file name, what it shows)
         for metric, name in _plot_names(stem, by_metric).items():
-            _plot_metric(
-                out / name,
-                f"{dataset} / {split}: {metric} vs dim",
-                metric,
-                by_metric[metric],
-                colours,
-                dims,
-            )
+            _plot_metric(out / name, f"{dataset} / {split}: {metric} vs dim", metric, by_metric[metric], colours, dims)
             names.append((name, f"{metric} vs dim"))
         ds_cost = cost.get(dataset, {})
         if ds_cost and _plot_cost(out / f"{stem}-cost.png", f"{dataset} / {split}: accuracy vs latency",

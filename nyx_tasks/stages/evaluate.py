@@ -69,9 +69,9 @@ from ..retrieval import (
     text_table,
     union_corpus,
 )
-from ..vector_shards import corpus_vectors
 from ..runner import ShardOutputs, Stage, StageContext
 from ..text_sets import fingerprint, read_questions, sample_questions
+from ..vector_shards import corpus_vectors
 from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
 from .train import run_name
 
@@ -316,7 +316,8 @@ class EvaluateStage(Stage):
         rows, reqs, where = [], [], []
         for dim in run.dims or cfg.dims:
             _, ranked = search(q_vecs, d_vecs, max(cfg.ks), cfg.search, dim, distinct)
-            cost = search_cost(q_vecs, d_vecs, max(cfg.ks), cfg.search, dim, cfg.latency_queries, keep=distinct.keep)
+            cost = search_cost(q_vecs[: cfg.latency_queries], d_vecs, max(cfg.ks), cfg.search, dim,
+                               keep=distinct.keep)
             rows += self._cost_rows(cfg, model, "nyxqa", "all", dim, cost)
             for split in cfg.splits:
                 idx = [i for i, q in enumerate(qa) if q["split"] == split]
@@ -393,7 +394,7 @@ class EvaluateStage(Stage):
             d_vecs, q_vecs, _ = embed(embedder, corpus, queries, ctx.store)
             distinct = corpus.distinct()
             ranked = top1 = [search(q_vecs, d_vecs, k, cfg.search, dim, distinct)[1] for dim in dims]
-            costs = [search_cost(q_vecs, d_vecs, k, cfg.search, dim, cfg.latency_queries, keep=distinct.keep)
+            costs = [search_cost(q_vecs[: cfg.latency_queries], d_vecs, k, cfg.search, dim, keep=distinct.keep)
                      for dim in dims]
             if gold is not None:  # the union holds each text once: the gold is its text's index, if there
                 at = {t: i for i, t in enumerate(corpus.texts)}
@@ -403,7 +404,7 @@ class EvaluateStage(Stage):
             ranked = [search_table(embedder, corpus, q_vecs, k, cfg.search, dim, ctx.cfg.corpora.shard_rows)[1]
                       for dim in dims]
             vectors = corpus_vectors(embedder, corpus, ctx.cfg.corpora.shard_rows)
-            costs = [search_cost(q_vecs, vectors, k, cfg.search, dim, cfg.latency_queries,
+            costs = [search_cost(q_vecs[: cfg.latency_queries], vectors, k, cfg.search, dim,
                                  exclude=corpus.repeats()[0]) for dim in dims]
             if gold is not None:
                 gold_keys = [int(r) for r in gold.rows]

@@ -153,3 +153,23 @@ def test_a_text_set_with_gold_passages_gets_retrieval_metrics_and_golden(tmp_pat
         [PASSAGES[2], PASSAGES[1]]
     g = {(r["dim"], r["metric"]): r["value"] for r in rows}
     assert g[(128, "recall@1")] == g[(16, "recall@1")] == 1.0 and g[(128, "em")] == g[(16, "em")] == 0.5
+
+
+def test_the_paper_protocols_union_scores_a_gold_passage_by_its_text(tmp_path, monkeypatch):
+    ctx, out = make_ctx(tmp_path, "evaluate.protocol=paper", "evaluate.union_top_k=1"), make_out()
+    ts = gold_set(tmp_path)
+    # the union retriever finds each person's passage: the union holds Ada's (once) and Bo's, not the catch-all
+    monkeypatch.setattr(ev, "make_embedder", lambda cfg, store: Embedder("e5", [
+        (lambda role, t: "Ada" in t, 0), (lambda role, t: "Bo" in t, 1), (lambda role, t: role == "document", 3),
+        (lambda role, t: True, 2)]))  # Cy's question ties everywhere: the first row, Ada's again
+    read = [(ts, *ev.select_questions(ts, ctx.cfg.evaluate, out.drops.drop))]
+    union = STAGE._union(ctx, read, out)
+    assert union.texts == [PASSAGES[0], PASSAGES[1]]
+    questions = read[0][1]
+    gold = STAGE._text_gold(ctx, ts, questions, out)
+    model = Embedder("nyx", [(lambda role, t: "Bo" in t, 1), (lambda role, t: True, 0)])  # everything -> Ada's
+    vlm = VLM(lambda text: "Estmark")
+    rows = STAGE._text_set(ctx, ModelRun("m", model, vlm, "embedder", (128,)), ts, union, questions, out, gold)
+    got = {r["metric"]: r for r in rows}
+    assert got["recall@1"]["value"] == 1.0 and got["recall@1"]["n"] == 2  # Ada's by text (gold d2 = d0's text)
+    assert got["index_bytes"]["value"] == 2 * 128 * 4 and got["em"]["n"] == 3

