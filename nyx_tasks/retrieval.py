@@ -180,7 +180,10 @@ def search_cost(q_vecs, docs, k: int, search_cfg, dim: int,
     query at a time: each of `q_vecs` (pass the sample to time), after one untimed warm-up search. `docs`: an
     in-memory array (`keep`: the rows searched, as `search`'s `distinct.keep`) or a table's
     `CorpusVectors` (`exclude`: rows left out, as `search_table`'s). Index bytes: the float32
-    vectors searched, n_docs x dim x 4. Latencies are None when no query is timed."""
+    vectors searched, n_docs x dim x 4. Latencies are None when no query is timed. A call is what the
+    stages' own searches do in a batch: `exact_topk` builds its FAISS index / uploads the vectors to
+    the GPU per call, so a single query's time includes that setup (linear in n_docs x dim, like
+    the search itself); a server holding the index resident would answer faster."""
     q = matryoshka(np.asarray(q_vecs, np.float32), dim)
     if isinstance(docs, CorpusVectors):
         shards = [(docs.bounds(i)[0], lambda i=i: docs.load(i, "c")) for i in range(docs.n_shards)]

@@ -256,7 +256,8 @@ def _section(
         lines += _table(["metric", "retriever", *map(str, dims)], body) + [""]
     if cost:
         lines += ["**Cost per dimension** (index: the float32 vectors searched, n_docs x dim x 4 bytes; "
-                  "latency: one query at a time, ms)", ""]
+                  "latency: one query per search call to the configured backend, its per-call setup included, "
+                  "ms; compare within this report only)", ""]
         lines += _cost_table(by_metric, cost, dims) + [""]
     for name, what in plots:
         lines += [f"![{_md(dataset)} / {_md(split)}: {what}]({name})", ""]
