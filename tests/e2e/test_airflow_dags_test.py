@@ -65,7 +65,8 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     for stage in ("synthesize", "train_stage1"):  # hf backend / num_gpus 0: default queue, no gpu variant runs
         assert all(f"('{stage}.shard_gpu{n}', -1)" in skipped for n in (1, 2, 4, 8)), (stage, skipped)
     mine, train = manifests["mine"], manifests["train_stage1"]
-    assert {s["name"] for s in mine["shards"]} == {"nyxqa", "text:hotpotqa", "text:2wikimultihopqa", "text:musique"}
+    assert {s["name"] for s in mine["shards"]} == {"nyxqa", "text:hotpotqa", "text:2wikimultihopqa", "text:musique",
+                                                  "text:docstrings_train"}
     assert mine["rows_out"] > 0 and train["inputs"] == {"mine": mine["output_hash"]}
     assert train["rows_out"] == train["extra"]["steps"] > 0 and train["checkpoint"]["merged"]
     assert "train_stage1: launching" in log and "nyx.train: step 1/" in log  # the trainer's lines, streamed
