@@ -115,3 +115,48 @@ def test_bad_trigger_param_is_refused_before_anything_runs(airflow_env):
     assert typo.returncode != 0
     assert "refused: unknown conf key 'sample-size': did you mean 'sample_size'?" in typo.stdout + typo.stderr
     assert not (root / "partitions/refused").exists()
+
+
+def test_experiment_grid_shares_the_base_and_recomputes_only_what_differs(airflow_env):
+    """nyx_experiments over the partition the full-DAG test computed: two variants of a late, cheap knob
+    (evaluate.bootstrap: the demo's 200, and 50). Every stage but 50's evaluate is adopted from the
+    base (nothing recomputed, the base untouched); 50's evaluate computes in its own partition; one
+    report compares both. A grid with a bad value is refused before anything runs."""
+    root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
+    base_dir = root / "partitions/e2e"
+    if not (base_dir / "evaluate/_MANIFEST.json").exists():  # run alone: the base first, as the module does
+        assert dags_test(airflow_env, {"partition": "e2e"}).returncode == 0
+    before = {s: json.loads((base_dir / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
+    conf = {"partition": "e2e", "experiment": "e2e-bootstrap", "grid": {"evaluate.bootstrap": [200, 50]}}
+    out = subprocess.run([AIRFLOW, "dags", "test", "nyx_experiments", "-c", json.dumps(conf)],
+                         env=airflow_env, capture_output=True, text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-5000:]
+    assert "rendered_map_index='bootstrap=200'" in log and "rendered_map_index='bootstrap=50'" in log
+    # the base: every stage found complete by the base task, none recomputed, nothing rewritten
+    assert {s: json.loads((base_dir / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES} == before
+    assert log.count("adopted base partition e2e's snapshot") == 2 * len(STAGE_NAMES) - 1
+    for variant in ("bootstrap=200", "bootstrap=50"):
+        for s in STAGE_NAMES:
+            m = json.loads((root / f"partitions/e2e--{variant}" / s / "_MANIFEST.json").read_text())
+            if (variant, s) == ("bootstrap=50", "evaluate"):  # the one stage that differs: its own output
+                assert "adopted_from" not in m and m["config"]["bootstrap"] == 50
+                assert m["inputs"] == before["evaluate"]["inputs"]  # on the base's (adopted) upstream outputs
+                assert all(f"partitions/e2e--{variant}/evaluate/attempts/" in e["path"] for e in m["outputs"]["part"])
+                assert m["output_hash"] != before["evaluate"]["output_hash"]
+            else:
+                assert m["adopted_from"]["partition"] == "e2e" and m["outputs"] == before[s]["outputs"], (variant, s)
+    report = (root / "reports/experiments/e2e-bootstrap/report.md").read_text()
+    assert "| bootstrap=200 | `e2e--bootstrap=200` | `evaluate.bootstrap: 200` | – |" in report
+    assert "| bootstrap=50 | `e2e--bootstrap=50` | `evaluate.bootstrap: 50` | evaluate |" in report
+    header = next(line for line in report.splitlines() if line.startswith("| model |"))
+    assert header.endswith("| bootstrap=200 | bootstrap=50 |"), header
+    assert list((root / "reports/experiments/e2e-bootstrap").glob("*.png"))
+
+    bad = {**conf, "grid": {"feedback.threshold": [0.5, 1.5]}}
+    refused = subprocess.run([AIRFLOW, "dags", "test", "nyx_experiments", "-c", json.dumps(bad)],
+                             env=airflow_env, capture_output=True, text=True, timeout=900)
+    assert refused.returncode != 0
+    assert ("refused: variant 'threshold=1.5': feedback.threshold: Input should be less than 1"
+            in refused.stdout + refused.stderr)
+    assert not (root / "partitions/e2e--threshold=0.5").exists()
