@@ -51,3 +51,9 @@ def test_experiment_reports_are_listed_linked_and_rendered_with_their_plots(clie
     assert client.get("/experiments/nope").status_code == 404
     assert client.get("/experiments/cmp/results.csv").status_code == 404  # only the report's plots are served
     assert client.get("/experiments/..%2Fcmp").status_code == 404
+    from fastapi.testclient import TestClient
+
+    anonymous = TestClient(client.app)  # the same app without the login cookie: nothing of it is shown
+    for url in ("/experiments", "/experiments/cmp", "/experiments/cmp/recall_1.png"):
+        r = anonymous.get(url, follow_redirects=False)
+        assert r.status_code == 401 and r.json() == {"detail": "Not authenticated"}, url
