@@ -37,8 +37,8 @@ from .corpus_table import CorpusTable, corpus_table
 from .embedding import MixedItem, make_embedder
 from .embedding.base import matryoshka
 from .embedding.cache import embed_cached
-from .search import Distinct, content_keys, distinct_contents, exact_topk
-from .vector_shards import SHARD_ROWS, CorpusVectors, embed_missing, search_shards, topk_ties_by_row
+from .search import Distinct, FlatIndex, content_keys, distinct_contents, exact_topk
+from .vector_shards import SHARD_ROWS, CorpusVectors, embed_missing, search_shards
 
 
 @dataclass
@@ -180,10 +180,10 @@ def search_cost(q_vecs, docs, k: int, search_cfg, dim: int,
     query at a time: each of `q_vecs` (pass the sample to time), after one untimed warm-up search. `docs`: an
     in-memory array (`keep`: the rows searched, as `search`'s `distinct.keep`) or a table's
     `CorpusVectors` (`exclude`: rows left out, as `search_table`'s). Index bytes: the float32
-    vectors searched, n_docs x dim x 4. Latencies are None when no query is timed. A call is what the
-    stages' own searches do in a batch: `exact_topk` builds its FAISS index / uploads the vectors to
-    the GPU per call, so a single query's time includes that setup (linear in n_docs x dim, like
-    the search itself); a server holding the index resident would answer faster."""
+    vectors searched, n_docs x dim x 4. Latencies are None when no query is timed. Each shard's
+    index is built once (`search.FlatIndex`: FAISS IndexFlatIP, or the vectors resident on the GPU)
+    and a query's time is its `k`-nearest search, as a serving index answers; a sharded corpus's
+    query time is the sum over its shards (one resident at a time here)."""
     q = matryoshka(np.asarray(q_vecs, np.float32), dim)
     if isinstance(docs, CorpusVectors):
         shards = [(docs.bounds(i)[0], lambda i=i: docs.load(i, "c")) for i in range(docs.n_shards)]
@@ -199,11 +199,12 @@ def search_cost(q_vecs, docs, k: int, search_cfg, dim: int,
         n_docs += shard.shape[0] if kept is None else len(kept)
         if not len(q) or not shard.shape[0]:
             continue
-        topk_ties_by_row(q[:1], shard, k, search_cfg, kept)  # warm-up: backend init, caches
+        index = FlatIndex(shard, search_cfg, kept)  # built once, outside the timing
+        index.search(q[:1], k)  # warm-up: backend init, caches
         for j in range(len(q)):
             t0 = time.perf_counter()
-            topk_ties_by_row(q[j:j + 1], shard, k, search_cfg, kept)
+            index.search(q[j:j + 1], k)
             total_ms[j] += (time.perf_counter() - t0) * 1000.0
-        del shard
+        del shard, index
     p50, p95 = (float(x) for x in np.percentile(total_ms, [50, 95])) if len(q) else (None, None)
     return {"index_bytes": n_docs * dim * 4, "n_docs": n_docs, "p50_ms": p50, "p95_ms": p95, "n_timed": len(q)}

@@ -86,79 +86,108 @@ def exact_topk(queries: np.ndarray, docs: np.ndarray, k: int, cfg=None,
     """(scores (Q, k) float32, doc indices (Q, k) int64), best first. `cfg` is a
     SearchConfig (None: the defaults). `keep` (e.g. `distinct_contents(...).keep`):
     search only these rows of `docs`; the indices returned are still rows of `docs`."""
-    cfg = cfg or SearchConfig()
-    if keep is not None and len(keep) < docs.shape[0]:
-        scores, ids = exact_topk(queries, docs[keep], k, cfg)
-        return scores, np.where(ids >= 0, np.asarray(keep, dtype=np.int64)[np.maximum(ids, 0)], -1)
-    k_eff = min(k, docs.shape[0])
-    if queries.shape[0] == 0 or k_eff == 0:
-        scores, ids = np.zeros((queries.shape[0], k_eff), np.float32), np.zeros((queries.shape[0], k_eff), np.int64)
-    elif resolve_backend(cfg.backend) == "torch":
-        scores, ids = _torch_topk(queries, docs, k_eff, cfg)
-    else:
-        scores, ids = _faiss_topk(queries, docs, k_eff, cfg)
-    if k_eff < k:  # the FAISS convention for a short corpus, whatever the backend
-        pad = k - k_eff
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-    return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+    return FlatIndex(docs, cfg, keep).search(queries, k)
 
 
-def _faiss_topk(queries, docs, k, cfg):
-    import faiss
+class FlatIndex:
+    """The documents held by the configured backend, searched many times: FAISS IndexFlatIP built
+    once, or the torch vectors on the device once (fp32 and the bf16 copy that shortlists). What
+    `exact_topk` builds per call; a caller timing single queries (the evaluation's latency per
+    Matryoshka dim) keeps one resident, as a serving index would."""
 
-    d = docs.shape[1]
-    index = faiss.IndexFlatIP(d)
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        co = faiss.GpuMultipleClonerOptions()
-        co.shard = True  # split the corpus across GPUs instead of copying it to each
-        index = faiss.index_cpu_to_all_gpus(index, co=co)
-    index.add(np.ascontiguousarray(docs, dtype=np.float32))
-    batch = max(cfg.query_batch, -(-FAISS_MIN_QUERY_DIMS // d))
-    scores, ids = [], []
-    for s in range(0, queries.shape[0], batch):
-        sc, ix = index.search(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32), k)
-        scores.append(sc)
-        ids.append(ix)
-    return np.concatenate(scores), np.concatenate(ids)
+    def __init__(self, docs: np.ndarray, cfg=None, keep: np.ndarray | None = None):
+        self.cfg = cfg or SearchConfig()
+        self.rows = None
+        if keep is not None and len(keep) < docs.shape[0]:
+            docs, self.rows = docs[keep], np.asarray(keep, dtype=np.int64)
+        self.n, self.backend = docs.shape[0], resolve_backend(self.cfg.backend)
+        self._index = None
+        if self.n:
+            self._index = (_TorchIndex if self.backend == "torch" else _FaissIndex)(docs, self.cfg)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k_eff = min(k, self.n)
+        if queries.shape[0] == 0 or k_eff == 0:
+            scores = np.zeros((queries.shape[0], k_eff), np.float32)
+            ids = np.zeros((queries.shape[0], k_eff), np.int64)
+        else:
+            scores, ids = self._index.search(queries, k_eff)
+        if k_eff < k:  # the FAISS convention for a short corpus, whatever the backend
+            pad = k - k_eff
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        ids = ids.astype(np.int64, copy=False)
+        if self.rows is not None:
+            ids = np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)
+        return scores.astype(np.float32, copy=False), ids
 
 
-def _torch_topk(queries, docs, k, cfg):
-    import torch
+class _FaissIndex:
+    def __init__(self, docs, cfg):
+        import faiss
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    fast = torch.bfloat16 if device == "cuda" else torch.float32
-    n = docs.shape[0]
-    cand = min(n, 2 * k if fast != torch.float32 else k)  # bf16 shortlists twice as many, then re-scores
-    docs32 = torch.from_numpy(np.ascontiguousarray(docs, dtype=np.float32)).to(device)  # (N, D)
-    docs_fast = docs32.to(fast)
-    # a deep shortlist (tied scores fetched again, k in the thousands) takes fewer queries at a time:
-    # each query's candidates (score + index) stay under the budget, whatever k grows to
-    batch = max(1, min(cfg.query_batch, RESCORE_BYTES // (12 * cand)))
-    rescore = max(1, RESCORE_BYTES // (4 * cand * docs.shape[1]))  # queries per fp32 re-score gather
-    out_s, out_i = [], []
-    for s in range(0, queries.shape[0], batch):
-        q32 = torch.from_numpy(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32)).to(device)
-        q_fast = q32.to(fast)
-        best_s, best_i = None, None
-        for c in range(0, n, cfg.doc_chunk):
-            sc = q_fast @ docs_fast[c:c + cfg.doc_chunk].T  # (q, chunk)
-            top_s, top_i = sc.float().topk(min(cand, sc.shape[1]), dim=1)  # (q, cand)
-            top_i += c
-            if best_s is not None:
-                top_s, top_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i], 1)
-                keep = top_s.topk(min(cand, top_s.shape[1]), dim=1).indices
-                top_s, top_i = top_s.gather(1, keep), top_i.gather(1, keep)
-            best_s, best_i = top_s, top_i
-        # fp32 re-score of the shortlist, then order by (score desc, index asc) like FAISS
-        # a product and a sum along D, not a batched matmul: bmm's result for a (query, doc) pair can
-        # move by an ulp with the doc's place in the shortlist, and identical documents must tie
-        exact = torch.cat([(q32[r:r + rescore, None, :] * docs32[best_i[r:r + rescore]]).sum(-1)
-                           for r in range(0, q32.shape[0], rescore)])  # (q, cand), the gather in slices
-        order = _order(exact, best_i)[:, :k]
-        out_s.append(exact.gather(1, order).cpu().numpy())
-        out_i.append(best_i.gather(1, order).cpu().numpy())
-    return np.concatenate(out_s), np.concatenate(out_i)
+        self.d, self.cfg = docs.shape[1], cfg
+        index = faiss.IndexFlatIP(self.d)
+        if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+            co = faiss.GpuMultipleClonerOptions()
+            co.shard = True  # split the corpus across GPUs instead of copying it to each
+            index = faiss.index_cpu_to_all_gpus(index, co=co)
+        index.add(np.ascontiguousarray(docs, dtype=np.float32))
+        self.index = index
+
+    def search(self, queries, k):
+        batch = max(self.cfg.query_batch, -(-FAISS_MIN_QUERY_DIMS // self.d))
+        scores, ids = [], []
+        for s in range(0, queries.shape[0], batch):
+            sc, ix = self.index.search(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32), k)
+            scores.append(sc)
+            ids.append(ix)
+        return np.concatenate(scores), np.concatenate(ids)
+
+
+class _TorchIndex:
+    def __init__(self, docs, cfg):
+        import torch
+
+        self.cfg = cfg
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.fast = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.docs32 = torch.from_numpy(np.ascontiguousarray(docs, dtype=np.float32)).to(self.device)  # (N, D)
+        self.docs_fast = self.docs32.to(self.fast)
+
+    def search(self, queries, k):
+        import torch
+
+        cfg, docs32, docs_fast = self.cfg, self.docs32, self.docs_fast
+        n, dim = docs32.shape
+        cand = min(n, 2 * k if self.fast != torch.float32 else k)  # bf16 shortlists twice as many, then re-scores
+        # a deep shortlist (tied scores fetched again, k in the thousands) takes fewer queries at a time:
+        # each query's candidates (score + index) stay under the budget, whatever k grows to
+        batch = max(1, min(cfg.query_batch, RESCORE_BYTES // (12 * cand)))
+        rescore = max(1, RESCORE_BYTES // (4 * cand * dim))  # queries per fp32 re-score gather
+        out_s, out_i = [], []
+        for s in range(0, queries.shape[0], batch):
+            q32 = torch.from_numpy(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32)).to(self.device)
+            q_fast = q32.to(self.fast)
+            best_s, best_i = None, None
+            for c in range(0, n, cfg.doc_chunk):
+                sc = q_fast @ docs_fast[c:c + cfg.doc_chunk].T  # (q, chunk)
+                top_s, top_i = sc.float().topk(min(cand, sc.shape[1]), dim=1)  # (q, cand)
+                top_i += c
+                if best_s is not None:
+                    top_s, top_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i], 1)
+                    keep = top_s.topk(min(cand, top_s.shape[1]), dim=1).indices
+                    top_s, top_i = top_s.gather(1, keep), top_i.gather(1, keep)
+                best_s, best_i = top_s, top_i
+            # fp32 re-score of the shortlist, then order by (score desc, index asc) like FAISS; a
+            # product and a sum along D, not a batched matmul: bmm's result for a (query, doc) pair can
+            # move by an ulp with the doc's place in the shortlist, and identical documents must tie
+            exact = torch.cat([(q32[r:r + rescore, None, :] * docs32[best_i[r:r + rescore]]).sum(-1)
+                               for r in range(0, q32.shape[0], rescore)])  # (q, cand), the gather in slices
+            order = _order(exact, best_i)[:, :k]
+            out_s.append(exact.gather(1, order).cpu().numpy())
+            out_i.append(best_i.gather(1, order).cpu().numpy())
+        return np.concatenate(out_s), np.concatenate(out_i)
 
 
 def _order(scores, ids):
