@@ -88,7 +88,7 @@ class Benchmark:
     manifest: dict = field(default_factory=dict, repr=False)
 
 
-AnswerFn = Callable[[BenchQuery, list[BenchDoc]], str]
+AnswerFn = Callable[[list[tuple[BenchQuery, list[BenchDoc]]]], list[str | None]]  # one batch: (query, top docs) each
 
 
 def _rows(store: ArtifactStore, manifest: dict, kind: str) -> list[dict]:
@@ -134,7 +134,7 @@ def load_benchmark(store: ArtifactStore, name: str) -> Benchmark:
 
 def _row(model: str, dataset: str, split: str, dim: int, metric: str, values: np.ndarray, n_boot: int,
          seed: int) -> dict:
-    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed) if n_boot else (None, None)
     return {"model": model, "dataset": dataset, "split": split, "dim": int(dim), "metric": metric,
             "value": float(np.mean(values)), "n": int(len(values)), "ci_low": lo, "ci_high": hi}
 
@@ -172,13 +172,21 @@ def _marked(bench: Benchmark, ranked: np.ndarray) -> list[list[str]]:
     return out
 
 
+def answer_scores(bench: Benchmark, preds: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query answer F1 and EM (the best over the gold answers; no answer scores 0)."""
+    f1 = np.array([0.0 if p is None else token_f1(p, x.answers) for p, x in zip(preds, bench.queries, strict=True)])
+    em = np.array([0.0 if p is None else exact_match(p, x.answers) for p, x in zip(preds, bench.queries, strict=True)])
+    return f1, em
+
+
 def score_benchmark(bench: Benchmark, embedder, model: str, *, dims: Sequence[int | None] = (None,),
                     ks: Sequence[int] = DEFAULT_KS, answer_fn: AnswerFn | None = None,
                     context_k: int | None = None, search: SearchConfig | None = None, n_boot: int = 1000,
                     seed: int = 0, store: ArtifactStore | None = None) -> list[dict]:
     """Result rows (evaluation/report.py's RESULT_COLUMNS) of `embedder` on `bench` at each dim
-    (None: the embedder's full dim). `answer_fn(query, top docs)` -> an answer string, called once
-    per query and dim with the top `context_k` documents (default: the benchmark's, 1 for MMQA).
+    (None: the embedder's full dim). `answer_fn([(query, top docs), ...])` -> the answers (None: no
+    answer), called once per dim with every query and its top `context_k` documents (default: the
+    benchmark's, 1 for MMQA), so a generation backend gets the whole batch.
     With `store`, vectors go through the embedding cache (embedding/cache.py), so a rerun with the
     same model embeds nothing."""
     if not bench.queries:
@@ -218,10 +226,9 @@ def score_benchmark(bench: Benchmark, embedder, model: str, *, dims: Sequence[in
             rows += [_row(model, bench.name, bench.split, size, m, v, n_boot, seed) for m, v in scores.items()]
         if answer_fn is not None:
             k = context_k or bench.context_k
-            preds = [answer_fn(x, [bench.corpus[j] for j in ranked[i][:k] if j >= 0] if ranked is not None else [])
-                     for i, x in enumerate(bench.queries)]
-            f1 = np.array([token_f1(p, x.answers) for p, x in zip(preds, bench.queries, strict=True)])
-            em = np.array([exact_match(p, x.answers) for p, x in zip(preds, bench.queries, strict=True)])
+            preds = answer_fn([(x, [bench.corpus[j] for j in ranked[i][:k] if j >= 0] if ranked is not None else [])
+                               for i, x in enumerate(bench.queries)])
+            f1, em = answer_scores(bench, preds)
             rows += [_row(model, bench.name, bench.split, size, "f1", f1, n_boot, seed),
                      _row(model, bench.name, bench.split, size, "em", em, n_boot, seed)]
     log.info("benchmark %s, %s: %s", bench.name, model,

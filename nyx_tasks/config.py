@@ -579,6 +579,10 @@ class EvaluateConfig(_Model):
     latency_queries: int = Field(200, ge=0, description="Queries timed one at a time (after one warm-up) per "
                                  "retriever, dataset and dim for the latency rows; 0: no latency rows.")
     text_sets: list[TextSetConfig] = Field(default_factory=list, description="Held-out text-only QA (FlashRAG dev).")
+    benchmarks: list[str] = Field(
+        default_factory=list, description="Benchmarks imported with `nyx import mmqa|mmeb-eval|flashrag` (their "
+        "--name), scored for every retriever: MMQA by recall@k / MRR over its supporting documents and answer "
+        "F1 / EM from the top document; MMEB-eval by precision@1 over each query's own candidates.")
     max_images: int = Field(10, ge=0)
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
     prompt_version: str = Field("v1", pattern=r"^v\d+$")

@@ -88,9 +88,10 @@ def test_mmqa_scored_end_to_end_with_minilm(tmp_path, embedder):
     b = load_benchmark(store, "mmqa")
     seen = []
 
-    def answer(query, docs):  # reads the answer off the retrieved document, if it is there
-        seen.append((query.qid, [d.doc_id for d in docs]))
-        return next((a for a in query.answers if a.lower() in docs[0].text.lower()), "unknown")
+    def answer(batch):  # reads each answer off the retrieved document, if it is there
+        seen.extend((query.qid, [d.doc_id for d in docs]) for query, docs in batch)
+        return [next((a for a in query.answers if a.lower() in docs[0].text.lower()), "unknown")
+                for query, docs in batch]
 
     rows = score_benchmark(b, embedder, "minilm", dims=(2048, None, 64), ks=(1, 3), answer_fn=answer, n_boot=50)
     validate_rows(rows)

