@@ -123,13 +123,35 @@ def image_server():
     srv.httpd.server_close()
 
 
+def stand_in_sets() -> tuple[str, ...]:
+    """Overrides that leave the demo's real-text `docstrings_*` sets (1,032 training pairs mined and
+    trained on, 440 held out) out of mine, stage 1 and evaluate: the unit tests exercise those paths on
+    the tiny stand-ins; tests/test_docstrings.py and the e2e run cover the docstrings sets."""
+    import json
+
+    from nyx_tasks.config import load_config
+
+    cfg = load_config("demo")
+
+    def real(names) -> bool:
+        return any(n.startswith("docstrings") for n in names)
+
+    def keep(items) -> str:
+        return json.dumps([x.model_dump(mode="json", exclude_defaults=True) for x in items])
+
+    return (f"mine.text_sets={keep(t for t in cfg.mine.text_sets if not real([t.name]))}",
+            f"train_stage1.sources={keep(s for s in cfg.train_stage1.sources if not real(s.select))}",
+            f"evaluate.text_sets={keep(t for t in cfg.evaluate.text_sets if not real([t.name]))}")
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
-    """Build a demo config rooted in tmp_path, with extra dotted overrides."""
+    """Build a demo config rooted in tmp_path (the stand-in text sets only), with extra dotted overrides."""
     from nyx_tasks.config import load_config
 
     def make(*overrides: str, root: Path | None = None):
-        return load_config("demo", [f"artifacts.root={root or tmp_path / 'artifacts'}", *overrides])
+        return load_config("demo", [f"artifacts.root={root or tmp_path / 'artifacts'}", *stand_in_sets(),
+                                    *overrides])
 
     return make
 
@@ -227,7 +249,7 @@ BUILD = ("sample.size=30", "synthesize.max_qa_per_chunk=4", "filter.eval_per_gro
 def demo_cfg(root, *overrides):
     from nyx_tasks.config import load_config
 
-    return load_config("demo", [f"artifacts.root={root}", *BUILD, *overrides])  # what make_cfg builds
+    return load_config("demo", [f"artifacts.root={root}", *stand_in_sets(), *BUILD, *overrides])  # what make_cfg builds
 
 
 @pytest.fixture(scope="session")
