@@ -8,8 +8,8 @@ the corpus is the files the import named (wiki18: 21M passages), read with text_
 that only suits a small corpus in one process, and a full wiki18 belongs to evaluate.text_sets
 (the manifest's `text_set` block), which embeds it in mapped vector shards.
 
-`score_benchmark(bench, embedder, model)` embeds queries and corpus once (`embed(items, role)`),
-then at each Matryoshka dim:
+`score_benchmark(bench, embedder, model, Scoring(...))` embeds queries and corpus once
+(`embed(items, role)`), then at each of the `Scoring`'s Matryoshka dims:
 
 - per-query candidates (MMEB-eval): `precision@1`, the share of queries whose positive scores
   above each of its other candidates (MMEB's protocol; a tie is a miss), one row per subset plus the benchmark's row, the
@@ -132,9 +132,28 @@ def load_benchmark(store: ArtifactStore, name: str) -> Benchmark:
                      b["candidates"] == "per_query", int(b.get("generate_top_k", 1)), manifest)
 
 
-def _row(model: str, dataset: str, split: str, dim: int, metric: str, values: np.ndarray, n_boot: int,
-         seed: int) -> dict:
-    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed) if n_boot else (None, None)
+@dataclass(frozen=True)
+class Scoring:
+    """How score_benchmark scores: the Matryoshka dims (None: the embedder's full dim), the recall@k
+    cut-offs, the search backend (search.exact_topk; None: its default), the bootstrap resamples (0:
+    no interval) and their seed, and the documents an answer is generated from (None: the
+    benchmark's `context_k`, 1 for MMQA)."""
+
+    dims: Sequence[int | None] = (None,)
+    ks: Sequence[int] = DEFAULT_KS
+    search: SearchConfig | None = None
+    n_boot: int = 1000
+    seed: int = 0
+    context_k: int | None = None
+
+
+RowKey = tuple[str, str, str, int]  # a result row's (model, dataset, split, dim)
+
+
+def _row(key: RowKey, metric: str, values: np.ndarray, scoring: Scoring) -> dict:
+    model, dataset, split, dim = key
+    n_boot = scoring.n_boot
+    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=scoring.seed) if n_boot else (None, None)
     return {"model": model, "dataset": dataset, "split": split, "dim": int(dim), "metric": metric,
             "value": float(np.mean(values)), "n": int(len(values)), "ci_low": lo, "ci_high": hi}
 
@@ -179,18 +198,31 @@ def answer_scores(bench: Benchmark, preds: Sequence[str | None]) -> tuple[np.nda
     return f1, em
 
 
-def score_benchmark(bench: Benchmark, embedder, model: str, *, dims: Sequence[int | None] = (None,),
-                    ks: Sequence[int] = DEFAULT_KS, answer_fn: AnswerFn | None = None,
-                    context_k: int | None = None, search: SearchConfig | None = None, n_boot: int = 1000,
-                    seed: int = 0, store: ArtifactStore | None = None) -> list[dict]:
-    """Result rows (evaluation/report.py's RESULT_COLUMNS) of `embedder` on `bench` at each dim
-    (None: the embedder's full dim). `answer_fn([(query, top docs), ...])` -> the answers (None: no
-    answer), called once per dim with every query and its top `context_k` documents (default: the
-    benchmark's, 1 for MMQA), so a generation backend gets the whole batch.
+def _candidate_rows(bench: Benchmark, key: RowKey, hits: np.ndarray, scoring: Scoring) -> list[dict]:
+    """MMEB-eval's precision@1 rows at one dim: one per subset, then the benchmark's, the mean over
+    subsets (no interval), as MMEB reports its overall score."""
+    model, _, split, size = key
+    rows, means = [], []
+    for s in dict.fromkeys(x.subset for x in bench.queries):
+        mask = np.array([x.subset == s for x in bench.queries])
+        rows.append(_row((model, f"{bench.name}/{s}", split, size), "precision@1", hits[mask], scoring))
+        means.append(float(hits[mask].mean()))
+    rows.append({"model": model, "dataset": bench.name, "split": split, "dim": size, "metric": "precision@1",
+                 "value": float(np.mean(means)), "n": len(hits), "ci_low": None, "ci_high": None})
+    return rows
+
+
+def score_benchmark(bench: Benchmark, embedder, model: str, scoring: Scoring | None = None, *,
+                    answer_fn: AnswerFn | None = None, store: ArtifactStore | None = None) -> list[dict]:
+    """Result rows (evaluation/report.py's RESULT_COLUMNS) of `embedder` on `bench` at each of
+    `scoring`'s dims (default Scoring(): the embedder's full dim). `answer_fn([(query, top docs), ...])`
+    -> the answers (None: no answer), called once per dim with every query and its top `context_k`
+    documents (default: the benchmark's, 1 for MMQA), so a generation backend gets the whole batch.
     With `store`, vectors go through the embedding cache (embedding/cache.py), so a rerun with the
     same model embeds nothing."""
     if not bench.queries:
         raise ValueError(f"benchmark {bench.name!r} has no queries")
+    scoring = scoring or Scoring()
     log = get_logger("benchmarks")
 
     def vectors(items: list[MixedItem], role: str) -> np.ndarray:
@@ -200,37 +232,27 @@ def score_benchmark(bench: Benchmark, embedder, model: str, *, dims: Sequence[in
     d_all = vectors([d.item() for d in bench.corpus], "document") if bench.corpus else None
     rows: list[dict] = []
     sizes: set[int] = set()
-    for dim in dims:
+    for dim in scoring.dims:
         q = matryoshka(q_all, dim)
         size = int(q.shape[1])
         if size in sizes:  # a dim at or above the embedder's is its full dim, scored once
             continue
         sizes.add(size)
+        key = (model, bench.name, bench.split, size)
         if bench.per_query_candidates:
-            hits = candidate_hits(bench, q, matryoshka(d_all, dim))
-            subsets = list(dict.fromkeys(x.subset for x in bench.queries))
-            means = []
-            for s in subsets:
-                mask = np.array([x.subset == s for x in bench.queries])
-                rows.append(_row(model, f"{bench.name}/{s}", bench.split, size, "precision@1", hits[mask], n_boot,
-                                 seed))
-                means.append(float(hits[mask].mean()))
-            rows.append({"model": model, "dataset": bench.name, "split": bench.split, "dim": size,
-                         "metric": "precision@1", "value": float(np.mean(means)), "n": len(hits),
-                         "ci_low": None, "ci_high": None})
+            rows += _candidate_rows(bench, key, candidate_hits(bench, q, matryoshka(d_all, dim)), scoring)
             continue
         ranked = None
         if d_all is not None:
-            _, ranked = exact_topk(q, matryoshka(d_all, dim), max(ks), search)
-            scores = retrieval_scores(_marked(bench, ranked), [_HIT] * len(bench.queries), ks)
-            rows += [_row(model, bench.name, bench.split, size, m, v, n_boot, seed) for m, v in scores.items()]
+            _, ranked = exact_topk(q, matryoshka(d_all, dim), max(scoring.ks), scoring.search)
+            scores = retrieval_scores(_marked(bench, ranked), [_HIT] * len(bench.queries), scoring.ks)
+            rows += [_row(key, m, v, scoring) for m, v in scores.items()]
         if answer_fn is not None:
-            k = context_k or bench.context_k
+            k = scoring.context_k or bench.context_k
             preds = answer_fn([(x, [bench.corpus[j] for j in ranked[i][:k] if j >= 0] if ranked is not None else [])
                                for i, x in enumerate(bench.queries)])
             f1, em = answer_scores(bench, preds)
-            rows += [_row(model, bench.name, bench.split, size, "f1", f1, n_boot, seed),
-                     _row(model, bench.name, bench.split, size, "em", em, n_boot, seed)]
+            rows += [_row(key, "f1", f1, scoring), _row(key, "em", em, scoring)]
     log.info("benchmark %s, %s: %s", bench.name, model,
              ", ".join(f"{r['dataset']}@{r['dim']} {r['metric']} {r['value']:.4f}" for r in rows))
     return rows

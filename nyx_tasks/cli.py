@@ -4,8 +4,11 @@ the command bodies so that `nyx --help` answers at once."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -56,6 +59,37 @@ Wait = Annotated[bool, typer.Option("--wait", help="When another run is writing 
                                     "instead of refusing.")]
 Verify = Annotated[bool, typer.Option("--verify", help="Check the inputs' sha256 against their manifests too "
                                       "(file list, bytes and rows are always checked).")]
+
+
+@dataclass(frozen=True)
+class ConfigOptions:
+    """--profile, --set and --root as one parameter (see _config_options)."""
+
+    profile: str = "demo"
+    sets: list[str] | None = None
+    root: str | None = None
+
+
+_CONFIG_OPTIONS = (("profile", Profile, "demo"), ("sets", Sets, None), ("root", Root, None))
+
+
+def _config_options(command):
+    """For a command whose options pass the code-shape limit of 7 parameters: its `config:
+    ConfigOptions` parameter is shown to typer (which reads the signature) as the --profile, --set
+    and --root options in its place, the same flags and help as every other command's; the command
+    gets them back as one ConfigOptions."""
+    sig = inspect.signature(command, eval_str=True)
+    params = [q for p in sig.parameters.values()
+              for q in ([inspect.Parameter(n, p.kind, default=d, annotation=a) for n, a, d in _CONFIG_OPTIONS]
+                        if p.name == "config" else [p])]
+
+    @functools.wraps(command)
+    def call(**options):
+        config = ConfigOptions(*(options.pop(n) for n, _, _ in _CONFIG_OPTIONS))
+        return command(**options, config=config)
+
+    call.__signature__ = sig.replace(parameters=params)
+    return call
 
 
 def _config(profile: str, partition: str | None, sets: list[str] | None, root: str | None, force: bool = False):
@@ -336,6 +370,7 @@ def _import_benchmark(layout: str, name: str, profile: str, sets: list[str] | No
                       placeholder: str | None, **files) -> None:
     from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
     from .importers_eval import (  # fsspec, pyarrow: kept out of `nyx --help`
+        BenchmarkFiles,
         ImportFailed,
         import_benchmark,
     )
@@ -343,9 +378,8 @@ def _import_benchmark(layout: str, name: str, profile: str, sets: list[str] | No
     cfg = _config(profile, None, sets, root)
     setup_cli_logging()
     try:
-        manifest = import_benchmark(layout, name, ArtifactStore(cfg.artifact_root()),
-                                    placeholder=placeholder or cfg.chunk.image_placeholder, fetch=cfg.ingest.fetch,
-                                    **files)
+        manifest = import_benchmark(layout, name, ArtifactStore(cfg.artifact_root()), BenchmarkFiles(**files),
+                                    placeholder=placeholder or cfg.chunk.image_placeholder, fetch=cfg.ingest.fetch)
     except (ImportFailed, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
@@ -354,17 +388,17 @@ def _import_benchmark(layout: str, name: str, profile: str, sets: list[str] | No
 
 
 @import_app.command("mmqa")
+@_config_options
 def import_mmqa_cmd(folder: Annotated[str, typer.Argument(help="Folder holding MMQA_<split>.jsonl and MMQA_texts / "
                                                                "_tables / _images.jsonl (.gz too; any prefix).")],
                     name: ImportName, image_root: ImageRoots = None,
                     split: Annotated[str, typer.Option("--split", help="Questions file: MMQA_<split>.jsonl.")] = "dev",
-                    profile: Profile = "demo", sets: Sets = None, root: Root = None,
-                    placeholder: Placeholder = None) -> None:
+                    config: ConfigOptions = ConfigOptions(), placeholder: Placeholder = None) -> None:
     """Import MultiModalQA (questions, answers, supporting docs; one corpus of texts, tables, images) for evaluate."""
     base = folder.rstrip("/")
     files = {k: [f"{base}/*MMQA_{part}.jsonl*"]  # .jsonl, or .jsonl.gz as the repository ships them
              for k, part in (("questions", split), ("texts", "texts"), ("tables", "tables"), ("image_lists", "images"))}
-    _import_benchmark("mmqa", name, profile, sets, root, placeholder, **files,
+    _import_benchmark("mmqa", name, config.profile, config.sets, config.root, placeholder, **files,
                       image_roots=image_root or [f"{base}/final_dataset_images"])
 
 

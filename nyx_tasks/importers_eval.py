@@ -52,6 +52,7 @@ import datetime as dt
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -99,6 +100,36 @@ def _schemas():
     return queries, corpus, flashrag
 
 
+@dataclass(frozen=True)
+class BenchmarkFiles:
+    """The files an import reads (globs and fsspec URLs allowed), by layout: mmqa: `questions`
+    (MMQA_dev.jsonl), `texts`, `tables`, `image_lists` (MMQA_images.jsonl) and `image_roots`
+    (final_dataset_images/); mmeb-eval: `sources` (<subset>/*.parquet) and `image_roots`
+    (eval_images/); flashrag: `questions` and `corpus`."""
+
+    questions: Sequence[str] = ()
+    texts: Sequence[str] = ()
+    tables: Sequence[str] = ()
+    image_lists: Sequence[str] = ()
+    sources: Sequence[str] = ()
+    corpus: Sequence[str] = ()
+    image_roots: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class _Import:
+    """One import in progress: its name and layout, where it writes, its drops and extra counts
+    (both go to the manifest) and when it started."""
+
+    name: str
+    layout: str
+    store: ArtifactStore
+    drops: DropCounter
+    extra: Counter
+    started: str
+    t0: float
+
+
 @dataclass
 class _Out:
     """What one layout's reader produced; drops and extra counts go to the manifest."""
@@ -136,7 +167,7 @@ def table_text(table: dict) -> str:
     return tabulate(rows, headers=headers, tablefmt="grid")
 
 
-def _mmqa_corpus(texts, tables, image_files, images: _Images, placeholder: str, drops: DropCounter,
+def _mmqa_corpus(files: BenchmarkFiles, images: _Images, placeholder: str, drops: DropCounter,
                  max_pixels: int) -> list[dict]:
     docs, seen = [], set()
 
@@ -148,7 +179,7 @@ def _mmqa_corpus(texts, tables, image_files, images: _Images, placeholder: str, 
         docs.append({"doc_id": did, "text": text, "image_ids": image_ids, "kind": kind})
 
     # The released corpus's order: images, tables, texts.
-    for url, i, r in _rows(image_files, drops, "corpus_"):
+    for url, i, r in _rows(list(files.image_lists), drops, "corpus_"):
         did, path = str(r.get("id") or ""), str(r.get("path") or "")
         if not did or not path:
             drops.drop("corpus_image_no_id_or_path", f"{url}#{i}")
@@ -160,13 +191,13 @@ def _mmqa_corpus(texts, tables, image_files, images: _Images, placeholder: str, 
             drops.drop("corpus_image_too_large", f"{url}#{i}: {path} {images.sizes[iid]}")
         else:
             add(did, f"{r.get('title') or ''}\n{placeholder}", [iid], "image", f"{url}#{i}")
-    for url, i, r in _rows(tables, drops, "corpus_"):
+    for url, i, r in _rows(list(files.tables), drops, "corpus_"):
         did, table = str(r.get("id") or ""), r.get("table")
         if not did or not isinstance(table, dict):
             drops.drop("corpus_table_malformed", f"{url}#{i}")
             continue
         add(did, f"{r.get('title') or ''}\n{table_text(table)}", [], "table", f"{url}#{i}")
-    for url, i, r in _rows(texts, drops, "corpus_"):
+    for url, i, r in _rows(list(files.texts), drops, "corpus_"):
         did, text = str(r.get("id") or ""), r.get("text")
         if not did or not isinstance(text, str) or not text.strip():
             drops.drop("corpus_empty_text", f"{url}#{i}")
@@ -184,12 +215,14 @@ def _mmqa_answers(value) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def read_mmqa(questions, texts, tables, image_files, images: _Images, placeholder: str, drops: DropCounter,
-              extra: Counter, max_pixels: int = MMQA_MAX_PIXELS) -> _Out:
-    corpus = _mmqa_corpus(texts, tables, image_files, images, placeholder, drops, max_pixels)
+def read_mmqa(files: BenchmarkFiles, images: _Images, placeholder: str, drops: DropCounter, extra: Counter,
+              max_pixels: int = MMQA_MAX_PIXELS) -> _Out:
+    """MMQA's questions and its one corpus from `files` (questions, texts, tables, image_lists: URLs
+    already expanded); images through `images`."""
+    corpus = _mmqa_corpus(files, images, placeholder, drops, max_pixels)
     ids = {d["doc_id"] for d in corpus}
     out, seen, rows_in, subsets = [], set(), 0, Counter()
-    for url, i, r in _rows(questions, drops):
+    for url, i, r in _rows(list(files.questions), drops):
         rows_in += 1
         qid, question, answers = str(r.get("qid") or ""), r.get("question"), _mmqa_answers(r.get("answers"))
         if not isinstance(question, str) or not question.strip():
@@ -258,17 +291,15 @@ def read_mmeb_eval(sources, images: _Images, placeholder: str, drops: DropCounte
 # ----------------------------------------------------------------------------- the import
 
 
-def _manifest(name: str, layout: str, benchmark: dict, urls: dict, outputs: dict, rows_in: int, rows_out: int,
-              drops: DropCounter, extra: Counter, subsets: Counter, started: str, t0: float,
-              store: ArtifactStore, **more) -> dict:
+def _manifest(run: _Import, benchmark: dict, urls: dict, outputs: dict, got: _Out, **more) -> dict:
     return {
-        "benchmark": benchmark, "dataset": name, "layout": layout, "status": "complete",
-        "code_version": code_version(), "sources": urls, "rows_in": rows_in, "rows_out": rows_out,
-        "drops": drops.as_dict(), "extra": dict(sorted(extra.items())), "subsets": dict(sorted(subsets.items())),
-        "outputs": outputs, "location": store.url(bench_rel(name)),
+        "benchmark": benchmark, "dataset": run.name, "layout": run.layout, "status": "complete",
+        "code_version": code_version(), "sources": urls, "rows_in": got.rows_in, "rows_out": len(got.queries),
+        "drops": run.drops.as_dict(), "extra": dict(sorted(run.extra.items())),
+        "subsets": dict(sorted(got.subsets.items())), "outputs": outputs, "location": run.store.url(bench_rel(run.name)),
         "output_hash": stable_hash([(k, f["path"], f["sha256"]) for k, fs in outputs.items() for f in fs], 32),
-        "timings": {"started_at": started, "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                    "seconds": round(time.monotonic() - t0, 3)}, **more}
+        "timings": {"started_at": run.started, "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "seconds": round(time.monotonic() - run.t0, 3)}, **more}
 
 
 def _write(store: ArtifactStore, rel: str, schema, rows: list[dict], what: str) -> dict:
@@ -281,50 +312,46 @@ def _write(store: ArtifactStore, rel: str, schema, rows: list[dict], what: str) 
         raise
 
 
-def import_benchmark(layout: str, name: str, store: ArtifactStore, *, questions: list[str] = (),
-                     texts: list[str] = (), tables: list[str] = (), image_lists: list[str] = (),
-                     sources: list[str] = (), corpus: list[str] = (), image_roots: list[str] = (),
+def import_benchmark(layout: str, name: str, store: ArtifactStore, files: BenchmarkFiles | None = None, *,
                      placeholder: str = "<image>", fetch: FetchConfig | None = None,
                      max_pixels: int = MMQA_MAX_PIXELS) -> dict:
-    """Import one benchmark into `<root>/benchmarks/<name>/`; returns the manifest. Files by layout:
-    mmqa: `questions` (MMQA_dev.jsonl), `texts`, `tables`, `image_lists` (MMQA_images.jsonl) and
-    `image_roots` (final_dataset_images/); mmeb-eval: `sources` (<subset>/*.parquet) and
-    `image_roots` (eval_images/); flashrag: `questions` and `corpus`. Raises ImportFailed when no
-    question is usable."""
+    """Import one benchmark from `files` (BenchmarkFiles: which ones each layout reads) into
+    `<root>/benchmarks/<name>/`; returns the manifest. Raises ImportFailed when no question is
+    usable."""
     from .schema import IMAGES  # pyarrow, only once rows are written
 
     if layout not in BENCH_LAYOUTS:
         raise ValueError(f"unknown benchmark layout {layout!r}; layouts: {', '.join(BENCH_LAYOUTS)}")
     _check_name(name)
-    log, base = get_logger("import"), bench_rel(name)
+    files, log, base = files or BenchmarkFiles(), get_logger("import"), bench_rel(name)
     store.remove(f"{base}/_MANIFEST.json")  # readers see "not imported" until the new manifest lands
-    drops, extra = DropCounter(log), Counter()
-    started, t0 = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), time.monotonic()
+    run = _Import(name, layout, store, DropCounter(log), Counter(),
+                  dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), time.monotonic())
     q_schema, c_schema, f_schema = _schemas()
     if layout == "flashrag":
-        return _import_flashrag(name, store, list(questions), list(corpus), drops, started, t0, f_schema)
-    images = _Images(store, list(image_roots), fetch or FetchConfig())
+        return _import_flashrag(run, files, f_schema)
+    images = _Images(store, list(files.image_roots), fetch or FetchConfig())
     if layout == "mmqa":
-        urls = {"questions": expand_urls(list(questions), "MMQA questions"),
-                "texts": expand_urls(list(texts), "MMQA texts"), "tables": expand_urls(list(tables), "MMQA tables"),
-                "images": expand_urls(list(image_lists), "MMQA images")}
-        got = read_mmqa(urls["questions"], urls["texts"], urls["tables"], urls["images"], images, placeholder,
-                        drops, extra, max_pixels)
+        urls = {"questions": expand_urls(list(files.questions), "MMQA questions"),
+                "texts": expand_urls(list(files.texts), "MMQA texts"),
+                "tables": expand_urls(list(files.tables), "MMQA tables"),
+                "images": expand_urls(list(files.image_lists), "MMQA images")}
+        got = read_mmqa(BenchmarkFiles(urls["questions"], urls["texts"], urls["tables"], urls["images"]), images,
+                        placeholder, run.drops, run.extra, max_pixels)
         bench = {"kind": "mmqa", "metric": "f1", "candidates": "global", "split": "dev", "generate_top_k": 1}
     else:
-        urls = {"sources": expand_urls(list(sources), "MMEB-eval source")}
-        got = read_mmeb_eval(urls["sources"], images, placeholder, drops, extra)
+        urls = {"sources": expand_urls(list(files.sources), "MMEB-eval source")}
+        got = read_mmeb_eval(urls["sources"], images, placeholder, run.drops, run.extra)
         bench = {"kind": "mmeb-eval", "metric": "precision@1", "candidates": "per_query", "split": "test"}
     if not got.queries:
-        what = "no rows" if got.rows_in == 0 else f"{got.rows_in} rows, all dropped ({drops.as_dict()})"
+        what = "no rows" if got.rows_in == 0 else f"{got.rows_in} rows, all dropped ({run.drops.as_dict()})"
         raise ImportFailed(f"nyx import {layout}: {what} in {urls}; check the files and --image-root "
-                           f"{list(image_roots)}")
+                           f"{list(files.image_roots)}")
     outputs = {"queries": [_write(store, f"{base}/queries-00000.parquet", q_schema, got.queries, f"{name}/queries")],
                "corpus": [_write(store, f"{base}/corpus-00000.parquet", c_schema, got.corpus, f"{name}/corpus")],
                "images": [_write(store, f"{base}/images-00000.parquet", IMAGES, images.rows, f"{name}/images")]}
-    manifest = _manifest(name, layout, bench, urls, outputs, got.rows_in, len(got.queries), drops, extra,
-                         got.subsets, started, t0, store, placeholder=placeholder, image_roots=list(image_roots),
-                         corpus_docs=len(got.corpus), images=len(images.rows))
+    manifest = _manifest(run, bench, urls, outputs, got, placeholder=placeholder,
+                         image_roots=list(files.image_roots), corpus_docs=len(got.corpus), images=len(images.rows))
     store.write_json_atomic(f"{base}/_MANIFEST.json", manifest)  # last: the import is complete
     log.info("import %s (%s): %d questions in, %d out (by subset %s), %d corpus documents, %d images, "
              "drops %s -> %s", name, layout, got.rows_in, len(got.queries), manifest["subsets"], len(got.corpus),
@@ -332,11 +359,11 @@ def import_benchmark(layout: str, name: str, store: ArtifactStore, *, questions:
     return manifest
 
 
-def _import_flashrag(name: str, store: ArtifactStore, questions: list[str], corpus: list[str], drops: DropCounter,
-                     started: str, t0: float, schema) -> dict:
+def _import_flashrag(run: _Import, files: BenchmarkFiles, schema) -> dict:
+    name, store, drops = run.name, run.store, run.drops
     log, base = get_logger("import"), bench_rel(name)
-    q_urls = expand_urls(questions, "FlashRAG questions")
-    c_urls = expand_urls(corpus, "FlashRAG corpus") if corpus else []
+    q_urls = expand_urls(list(files.questions), "FlashRAG questions")
+    c_urls = expand_urls(list(files.corpus), "FlashRAG corpus") if files.corpus else []
     ts = TextSetConfig(name=name, questions=q_urls, corpus=c_urls or q_urls)
     rows_in = sum(1 for u in q_urls for _ in iter_file_rows(u))
     got = read_questions(ts, drops.drop, capped=False)
@@ -352,8 +379,8 @@ def _import_flashrag(name: str, store: ArtifactStore, questions: list[str], corp
     split = PurePosixPath(q_urls[0]).stem.split("-")[0] or "dev"  # FlashRAG's dev.jsonl / test.jsonl
     bench = {"kind": "flashrag", "metric": "f1", "candidates": "global", "split": split,
              "corpus_fingerprint": fingerprint_urls(c_urls) if c_urls else ""}
-    manifest = _manifest(name, "flashrag", bench, {"questions": q_urls, "corpus": c_urls}, outputs, rows_in,
-                         len(rows), drops, Counter(), Counter(), started, t0, store, text_set=text_set)
+    manifest = _manifest(run, bench, {"questions": q_urls, "corpus": c_urls}, outputs,
+                         _Out(rows, [], rows_in, Counter()), text_set=text_set)
     store.write_json_atomic(f"{base}/_MANIFEST.json", manifest)  # last: the import is complete
     log.info("import %s (flashrag): %d questions in, %d out, drops %s; corpus %d file(s), read when evaluated "
              "-> %s", name, rows_in, len(rows), manifest["drops"] or "none", len(c_urls), manifest["location"])

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.benchmarks import BenchmarkMissing, load_benchmark, score_benchmark
+from nyx_tasks.benchmarks import BenchmarkMissing, Scoring, load_benchmark, score_benchmark
 from nyx_tasks.config import EmbedderConfig, TextSetConfig
 from nyx_tasks.evaluation.report import validate_rows
-from nyx_tasks.importers_eval import ImportFailed, import_benchmark, table_text
+from nyx_tasks.importers_eval import BenchmarkFiles, ImportFailed, import_benchmark, table_text
 from nyx_tasks.log import DropCounter, get_logger
 from nyx_tasks.text_sets import read_questions
 from tests.conftest import REPO, png_bytes, write_jsonl
@@ -43,10 +43,10 @@ def mmqa_folder(tmp_path, big=False):
 
 
 def import_mmqa(folder, store, **kw):
-    return import_benchmark("mmqa", "mmqa", store, questions=[str(folder / "MMQA_dev.jsonl")],
-                            texts=[str(folder / "MMQA_texts.jsonl")], tables=[str(folder / "MMQA_tables.jsonl")],
-                            image_lists=[str(folder / "MMQA_images.jsonl")],
-                            image_roots=[str(folder / "final_dataset_images")], **kw)
+    files = BenchmarkFiles(questions=[str(folder / "MMQA_dev.jsonl")], texts=[str(folder / "MMQA_texts.jsonl")],
+                           tables=[str(folder / "MMQA_tables.jsonl")], image_lists=[str(folder / "MMQA_images.jsonl")],
+                           image_roots=[str(folder / "final_dataset_images")])
+    return import_benchmark("mmqa", "mmqa", store, files, **kw)
 
 
 def test_mmqa_import_corpus_drops_and_tables(tmp_path):
@@ -93,7 +93,8 @@ def test_mmqa_scored_end_to_end_with_minilm(tmp_path, embedder):
         return [next((a for a in query.answers if a.lower() in docs[0].text.lower()), "unknown")
                 for query, docs in batch]
 
-    rows = score_benchmark(b, embedder, "minilm", dims=(2048, None, 64), ks=(1, 3), answer_fn=answer, n_boot=50)
+    rows = score_benchmark(b, embedder, "minilm", Scoring(dims=(2048, None, 64), ks=(1, 3), n_boot=50),
+                           answer_fn=answer)
     validate_rows(rows)
     by = {(r["dim"], r["metric"]): r for r in rows}
     assert set(by) == {(d, m) for d in (384, 64) for m in ("recall@1", "recall@3", "mrr", "f1", "em")}
@@ -131,7 +132,7 @@ def mmeb_sources(tmp_path):
 def test_mmeb_eval_import_and_precision_at_1(tmp_path, embedder):
     sources, images = mmeb_sources(tmp_path)
     store = ArtifactStore(str(tmp_path / "art"))
-    m = import_benchmark("mmeb-eval", "mmeb_eval", store, sources=sources, image_roots=[str(images)])
+    m = import_benchmark("mmeb-eval", "mmeb_eval", store, BenchmarkFiles(sources=sources, image_roots=[str(images)]))
     assert m["rows_in"] == 6 and m["rows_out"] == 3
     assert m["drops"] == {"candidate_missing_image_file": 1, "empty_candidate": 1, "empty_query": 1}
     assert m["subsets"] == {"MSCOCO_t2i": 1, "N24News": 2} and m["benchmark"]["metric"] == "precision@1"
@@ -143,7 +144,7 @@ def test_mmeb_eval_import_and_precision_at_1(tmp_path, embedder):
     assert sport.text.startswith("<image>\nRepresent") and len(sport.images) == 1
     assert [next(d.text for d in b.corpus if d.doc_id == c) for c in food.candidate_ids] == [
         "food", "sports", "science", "music"]
-    rows = score_benchmark(b, embedder, "minilm", n_boot=50)
+    rows = score_benchmark(b, embedder, "minilm", Scoring(n_boot=50))
     validate_rows(rows)
     by = {r["dataset"]: r for r in rows}
     assert set(by) == {"mmeb_eval", "mmeb_eval/MSCOCO_t2i", "mmeb_eval/N24News"}
@@ -166,8 +167,8 @@ def test_mmeb_eval_import_and_precision_at_1(tmp_path, embedder):
 def test_flashrag_import_is_a_validated_copy_text_sets_read(tmp_path, embedder):
     store = ArtifactStore(str(tmp_path / "art"))
     corpus = str(DATA / "flashrag" / "retrieval-corpus" / "wiki18_100w.jsonl")
-    m = import_benchmark("flashrag", "bamboogle", store, questions=[str(DATA / "flashrag" / "bamboogle" / "test.jsonl")],
-                         corpus=[corpus])
+    m = import_benchmark("flashrag", "bamboogle", store,
+                         BenchmarkFiles(questions=[str(DATA / "flashrag" / "bamboogle" / "test.jsonl")], corpus=[corpus]))
     assert m["rows_in"] == 5 and m["rows_out"] == 2
     assert m["drops"] == {"bamboogle_duplicate_question": 1, "bamboogle_no_answers": 1, "bamboogle_no_question": 1}
     assert m["benchmark"]["split"] == "test" and m["text_set"]["corpus"] == [corpus]
@@ -178,14 +179,15 @@ def test_flashrag_import_is_a_validated_copy_text_sets_read(tmp_path, embedder):
                                                 ("bamboogle:test_1", ["Titan IIIE"])]
     b = load_benchmark(store, "bamboogle")
     assert len(b.corpus) == 4 and b.queries[0].gold_ids == ()
-    rows = score_benchmark(b, embedder, "minilm", ks=(1, 2), n_boot=50, store=store)
+    rows = score_benchmark(b, embedder, "minilm", Scoring(ks=(1, 2), n_boot=50), store=store)
     validate_rows(rows)
     assert len(store.fs.glob(store.path("cache/embeddings/*/*.npy"))) == 2  # queries and corpus, cached
-    assert score_benchmark(b, embedder, "minilm", ks=(1, 2), n_boot=50, store=store) == rows
+    assert score_benchmark(b, embedder, "minilm", Scoring(ks=(1, 2), n_boot=50), store=store) == rows
     by = {r["metric"]: r for r in rows}
     # FlashRAG's retrieval recall: a retrieved passage holding a gold answer; MiniLM finds both
     assert by["recall@1"]["value"] == 1.0 and by["mrr"]["value"] == 1.0 and by["recall@1"]["n"] == 2
-    m = import_benchmark("flashrag", "hotpotqa", store, questions=[str(DATA / "flashrag" / "hotpotqa" / "dev.jsonl")])
+    m = import_benchmark("flashrag", "hotpotqa", store,
+                         BenchmarkFiles(questions=[str(DATA / "flashrag" / "hotpotqa" / "dev.jsonl")]))
     assert m["rows_out"] == 2 and m["benchmark"]["split"] == "dev" and m["text_set"]["corpus"] == []
 
 
@@ -193,11 +195,11 @@ def test_bad_input_is_a_clear_error(tmp_path):
     store = ArtifactStore(str(tmp_path / "art"))
     bad = write_jsonl(tmp_path / "dev.jsonl", [{"id": "1", "question": "", "golden_answers": ["a"]}])
     with pytest.raises(ImportFailed, match="all dropped.*no_question"):
-        import_benchmark("flashrag", "x", store, questions=[str(bad)])
+        import_benchmark("flashrag", "x", store, BenchmarkFiles(questions=[str(bad)]))
     with pytest.raises(BenchmarkMissing, match="nyx import"):
         load_benchmark(store, "x")
     with pytest.raises(FileNotFoundError):
-        import_benchmark("mmeb-eval", "x", store, sources=[str(tmp_path / "nope-*.parquet")])
+        import_benchmark("mmeb-eval", "x", store, BenchmarkFiles(sources=[str(tmp_path / "nope-*.parquet")]))
     with pytest.raises(ValueError, match="benchmark name"):
         import_benchmark("mmqa", "../evil", store)
     with pytest.raises(ValueError, match="unknown benchmark layout"):

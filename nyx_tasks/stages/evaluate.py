@@ -49,7 +49,14 @@ from typing import Any
 from ..answering import ANSWER_PROMPTS, PAPER_ANSWER_PROMPTS, Answering, free_answer, parsed_answer
 from ..artifacts import iter_stage_batches
 from ..base import ShardSpec, StageError
-from ..benchmarks import Benchmark, BenchmarkMissing, answer_scores, load_benchmark, score_benchmark
+from ..benchmarks import (
+    Benchmark,
+    BenchmarkMissing,
+    Scoring,
+    answer_scores,
+    load_benchmark,
+    score_benchmark,
+)
 from ..checkpoints import stage_checkpoint
 from ..embedding import MixedItem, make_embedder
 from ..embedding.cache import embed_cached
@@ -429,7 +436,7 @@ class EvaluateStage(Stage):
         asking = Answering(cfg.generation, cfg.prompt_version, corpus, ctx.cfg.chunk.image_placeholder, 0)
         reqs, where = [], []
         for dim, ranked_d in zip(dims, top1, strict=True):  # indices in `corpus`, best first
-            for i, q in enumerate(questions):
+            for i, q in enumerate(questions[:ts.max_answered]):
                 reqs.append(asking.request(q.question, [], [int(ranked_d[i][0])], protocol=cfg.protocol))
                 where.append((dim, i))
         return rows + self._free_rows(ctx, run, ts, questions, reqs, where, out)
@@ -438,6 +445,7 @@ class EvaluateStage(Stage):
         """none: the question alone; golden: the gold passage as the top-1, over the questions whose
         gold is in the corpus. Asked once, the rows repeated at every dim."""
         cfg, golden = ctx.cfg.evaluate, run.kind == "golden"
+        questions = questions[:ts.max_answered]  # answers only: golden's recall is 1 by construction
         if golden:
             keep = [i for i, t in enumerate(gold.texts) if t is not None]
             questions = [questions[i] for i in keep]
@@ -501,8 +509,9 @@ class EvaluateStage(Stage):
 
         answers = bench.metric == "f1"
         if run.embedder is not None:
-            rows = score_benchmark(bench, run.embedder, run.model, dims=run.dims, ks=cfg.ks, search=cfg.search,
-                                   n_boot=cfg.bootstrap, store=ctx.store, answer_fn=answer if answers else None)
+            scoring = Scoring(dims=run.dims, ks=cfg.ks, search=cfg.search, n_boot=cfg.bootstrap)
+            rows = score_benchmark(bench, run.embedder, run.model, scoring, store=ctx.store,
+                                   answer_fn=answer if answers else None)
             return [{**r, "protocol": cfg.protocol} for r in rows]
         if not answers:
             notes.append(f"{run.model} skipped on {bench.name}: its metric ({bench.metric}) ranks candidates")
