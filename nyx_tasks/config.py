@@ -294,9 +294,13 @@ class TextSetConfig(_Model):
     corpus_text_column: str = "contents"
     max_questions: int | None = Field(None, ge=1, description="Mine at most this many questions (in file order).")
     gold_id_column: str | None = Field(
-        None, description="evaluate: the questions file's column holding the corpus id of the passage each "
-        "question was written from; when set the set also gets recall@k / MRR (by corpus id) and the `golden` "
-        "retriever answers from that passage.")
+        None, description="The questions file's column holding the corpus id of the passage each question was "
+        "written from. evaluate: the set also gets recall@k / MRR (by corpus id) and the `golden` retriever "
+        "answers from that passage. mine: that passage is the positive (instead of the top-1 retrieved); a "
+        "question whose gold id is not in the corpus is a named drop.")
+    max_answered: int | None = Field(
+        None, ge=0, description="evaluate: answer (F1 / EM, one VLM request per question, retriever and dim) only "
+        "the first this-many evaluated questions; retrieval metrics use every evaluated question. null: all.")
 
 
 class MineConfig(_Model):

@@ -38,6 +38,7 @@ from ..corpus_table import CorpusTable, corpus_table
 from ..embedding import MixedItem, make_embedder
 from ..embedding.base import Embedder
 from ..embedding.cache import embed_cached
+from ..retrieval import rows_of_ids
 from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
 from ..search import content_keys, distinct_contents, exact_topk
 from ..text_sets import fingerprint, read_questions
@@ -115,8 +116,11 @@ def mine_negatives(q_vecs, d_vecs, positives: list[int] | None, doc_keys: list, 
 
 
 def positive_rank(hits: list[int], pos: int, doc_keys: list) -> int:
-    """The rank of the positive's content among a query's hits, -1 when it is not there."""
-    return next((r for r, d in enumerate(hits) if d >= 0 and doc_keys[d] == doc_keys[pos]), -1)
+    """The rank of the positive's content among a query's hits, -1 when it is not there. `doc_keys`:
+    a list over the corpus, or a dict over some rows (a text set's, whose other hits are first
+    occurrences: their own key)."""
+    key = doc_keys.get if isinstance(doc_keys, dict) else (lambda d, _: doc_keys[d])
+    return next((r for r, d in enumerate(hits) if d >= 0 and key(d, d) == key(pos, pos)), -1)
 
 
 class MineStage(Stage):
@@ -220,28 +224,49 @@ def mine_text_set(store: ArtifactStore, cfg: MineConfig, ts: TextSetConfig, embe
         if first:
             out.extra[f"{ts.name}_duplicate_documents"] += len(table) - int(table.manifest["distinct"])
         scores, ranked = search_shards(q_vecs, vectors, search_depth(cfg), cfg.search, exclude=table.repeats()[0])
-        picks, pos_scores = select_top1(q_vecs, scores, ranked, vectors, table, cfg)
-        mined = _fetch_mined(table, ranked[:, 0], picks, embedder.model_id)
-        out.write([_triplet(out, cfg, mined, p, (hits[0], pos_score, hits),
+        positives = gold_rows(table, questions, drop, ts.name) if ts.gold_id_column else ranked[:, 0]
+        keep = np.flatnonzero(positives >= 0)  # a gold id not in the corpus: dropped above
+        questions, q_vecs, scores, ranked, positives = ([questions[i] for i in keep], q_vecs[keep], scores[keep],
+                                                        ranked[keep], positives[keep])
+        picks, pos_scores = select_positive(q_vecs, scores, ranked, vectors, table, cfg, positives)
+        mined = _fetch_mined(table, positives, picks, embedder.model_id)
+        out.write([_triplet(out, cfg, mined, p, (pos, pos_score, hits),
                             source=ts.name, qa_id=q.qid, query=q.question, query_image_ids=[],
                             answer=q.answers[0], answers=q.answers, split="train", modality="text_only")
-                   for q, p, pos_score, hits in zip(questions, picks, pos_scores, ranked.tolist(), strict=True)])
+                   for q, p, pos, pos_score, hits in zip(questions, picks, positives.tolist(), pos_scores,
+                                                         ranked.tolist(), strict=True)])
     finally:
         table.close()
 
 
-def select_top1(q_vecs, scores, ranked, vectors: CorpusVectors, table: CorpusTable,
-                cfg: MineConfig) -> tuple[list[Picked], list[float]]:
-    """Each query's top-1 row is its positive; (picks, positive scores). `ranked`: (Q, k) corpus
-    rows best first over the first occurrences (-1 past the corpus's end). A document's content
-    key is the row of its text's first occurrence (`table.rep`), which also stands for its text:
-    equal keys, equal texts. Works one query's candidates at a time (no whole-corpus lists)."""
+def gold_rows(table: CorpusTable, questions, drop, name: str) -> np.ndarray:
+    """Each question's gold passage (`gold_id_column`) as the row of its text's first occurrence;
+    -1 where the id is not in the corpus (a named drop, `<set>_gold_not_in_corpus`)."""
+    rows = rows_of_ids(table, [q.gold_id for q in questions])
+    for q, row in zip(questions, rows.tolist(), strict=True):
+        if row < 0:
+            drop(f"{name}_gold_not_in_corpus", f"question {q.qid}: gold id {q.gold_id!r} is not in the corpus")
+    found = rows >= 0
+    rows[found] = table.rep(rows[found])
+    return rows
+
+
+def select_positive(q_vecs, scores, ranked, vectors: CorpusVectors, table: CorpusTable,
+                    cfg: MineConfig, positives) -> tuple[list[Picked], list[float]]:
+    """(picks, positive scores) for each query's positive row: its top-1 (the paper's text sets)
+    or its gold passage. `ranked`: (Q, k) corpus rows best first over the first occurrences (-1
+    past the corpus's end). A document's content key is the row of its text's first occurrence
+    (`table.rep`), which also stands for its text: equal keys, equal texts. Works one query's
+    candidates at a time (no whole-corpus lists)."""
     reps = np.where(ranked >= 0, table.rep(np.maximum(ranked, 0)), -1)
-    pos_scores = np.einsum("ij,ij->i", q_vecs, vectors.take(ranked[:, 0])).tolist()
+    positives = np.asarray(positives, np.int64)
+    pos_scores = np.einsum("ij,ij->i", q_vecs, vectors.take(positives)).tolist() if len(positives) else []
     picks = []
-    for hits, rep, s, pos_score in zip(ranked.tolist(), reps.tolist(), scores.tolist(), pos_scores, strict=True):
+    for hits, rep, s, pos, pos_score in zip(ranked.tolist(), reps.tolist(), scores.tolist(), positives.tolist(),
+                                            pos_scores, strict=True):
         keys = dict(zip(hits, rep, strict=True))
-        picks.append(select_negatives(hits, s, hits[0], keys, keys, cfg, pos_score))
+        keys.setdefault(pos, pos)  # a gold ranked below the search depth: its own first occurrence
+        picks.append(select_negatives(hits, s, pos, keys, keys, cfg, pos_score))
     return picks, pos_scores
 
 
