@@ -445,24 +445,22 @@ class EvaluateStage(Stage):
         """none: the question alone; golden: the gold passage as the top-1, over the questions whose
         gold is in the corpus. Asked once, the rows repeated at every dim."""
         cfg, golden = ctx.cfg.evaluate, run.kind == "golden"
-        questions = questions[:ts.max_answered]  # answers only: golden's recall is 1 by construction
+        asked = questions[:ts.max_answered]  # answered; golden's recall (1 by construction) counts them all
         if golden:
-            keep = [i for i, t in enumerate(gold.texts) if t is not None]
-            questions = [questions[i] for i in keep]
-            docs = Corpus(ts.name, [q.gold_id for q in questions], [gold.texts[i] for i in keep],
-                          [[] for _ in keep], {})
+            keep = [i for i, t in enumerate(gold.texts[:len(asked)]) if t is not None]
+            asked = [asked[i] for i in keep]
+            docs = Corpus(ts.name, [q.gold_id for q in asked], [gold.texts[i] for i in keep], [[] for _ in keep], {})
         else:
             docs = Corpus(ts.name, [], [], [], {})
-        if not questions:
-            return []
         asking = Answering(cfg.generation, cfg.prompt_version, docs, ctx.cfg.chunk.image_placeholder, 0)
         reqs = [asking.request(q.question, [], [i] if golden else [], protocol=cfg.protocol)
-                for i, q in enumerate(questions)]
-        rows = self._free_rows(ctx, run, ts, questions, reqs, [(None, i) for i in range(len(questions))], out)
+                for i, q in enumerate(asked)]
+        rows = self._free_rows(ctx, run, ts, asked, reqs, [(None, i) for i in range(len(asked))], out) if asked else []
         if golden:
-            rows += [self._row(cfg, run.model, ts.name, "eval", 1, m, v) for m, v in
-                     retrieval_scores([[q.gold_id] for q in questions], [q.gold_id for q in questions],
-                                      cfg.ks).items()]
+            found = [q.gold_id for q, t in zip(questions, gold.texts, strict=True) if t is not None]
+            if found:
+                rows += [self._row(cfg, run.model, ts.name, "eval", 1, m, v) for m, v in
+                         retrieval_scores([[g] for g in found], found, cfg.ks).items()]
         return [{**r, "dim": int(d)} for r in rows for d in run.dims or cfg.dims]
 
     def _free_rows(self, ctx, run: ModelRun, ts, questions, reqs, where, out) -> list[dict]:
