@@ -583,6 +583,9 @@ class EvaluateConfig(_Model):
     latency_queries: int = Field(200, ge=0, description="Queries timed one at a time (after one warm-up) per "
                                  "retriever, dataset and dim for the latency rows; 0: no latency rows.")
     text_sets: list[TextSetConfig] = Field(default_factory=list, description="Held-out text-only QA (FlashRAG dev).")
+    report_notes: list[str] = Field(
+        default_factory=list, description="Lines added to the report's notes: what a reader must know about this "
+        "profile's numbers (the demo: which are noise by construction).")
     benchmarks: list[str] = Field(
         default_factory=list, description="Benchmarks imported with `nyx import mmqa|mmeb-eval|flashrag` (their "
         "--name), scored for every retriever: MMQA by recall@k / MRR over its supporting documents and answer "

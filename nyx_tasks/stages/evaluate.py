@@ -562,6 +562,7 @@ class EvaluateStage(Stage):
                  "retrievers: " + ", ".join(f"{r.name} ({r.kind}{':' + r.stage if r.stage else ''})"
                                             for r in cfg.evaluate.retrievers)
                  + f"; baseline {cfg.evaluate.baseline_name()}; the results' `model` column holds the retriever",
+                 *cfg.evaluate.report_notes,
                  *extra_notes]
         rendered = render_report(rows, str(out_dir), f"Nyx evaluation: {ctx.partition}", notes,
                                  baseline=cfg.evaluate.baseline_name())

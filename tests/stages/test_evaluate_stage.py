@@ -99,6 +99,7 @@ def test_golden_recalls_the_gold_and_none_asks_without_a_document(evaluated):
 def test_the_report_shows_retrievers_costs_and_notes(evaluated):
     cfg, store, manifest, _, _ = evaluated
     text = Path(store.path(manifest["report"])).read_text()
+    assert "noise by construction: every rag_accuracy" in text  # the profile's report_notes
     assert "**Cost per dimension**" in text and "| dim | retriever | rag_accuracy | index bytes |" in text
     assert "**vs stage1**" in text and "| rag_accuracy | golden |" in text
     assert "golden skipped on hotpotqa: the set names no gold passage" in text
