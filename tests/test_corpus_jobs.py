@@ -9,12 +9,20 @@ from nyx_tasks.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_jo
 from nyx_tasks.corpus_table import corpus_table
 from nyx_tasks.embedding import MixedItem, make_embedder
 from nyx_tasks.vector_shards import corpus_vectors
+from tests.conftest import stand_in_sets
 
 SHARED = "pkgdata:text_sets/hotpotqa/corpus.jsonl"
 
 
 def demo(tmp_path, **over):
-    return load_config("demo", {"artifacts": {"root": str(tmp_path)}, "corpora": {"shard_rows": 20}, **over})
+    """The demo on its tiny stand-in text sets (tests.conftest.stand_in_sets), with `over` merged per section."""
+    base = load_config("demo", list(stand_in_sets()))
+    tree = {"artifacts": {"root": str(tmp_path)}, "corpora": {"shard_rows": 20},
+            "mine": {"text_sets": [t.model_dump(mode="json") for t in base.mine.text_sets]},
+            "evaluate": {"text_sets": [t.model_dump(mode="json") for t in base.evaluate.text_sets]}}
+    for key, value in over.items():
+        tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_config("demo", tree)
 
 
 def test_one_job_per_shard_of_each_distinct_corpus(tmp_path):

@@ -97,8 +97,9 @@ def test_rebuild_writes_the_shipped_bytes(built, builder, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
-    for name, data in files.items():
-        assert (SET / name).read_bytes() == (tmp_path / name).read_bytes() == data, name
+    for name in files:  # not against this process's build: earlier tests in a long pytest run may
+        # have replaced stdlib attributes whose docstrings the builder reads
+        assert (SET / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
 
 def test_every_gold_id_is_in_the_eval_corpus_through_the_text_set_reader():

@@ -60,19 +60,18 @@ def test_torch_splits_deep_shortlists_under_its_memory_budget(monkeypatch):
     whole = exact_topk(q, d, 250, cfg)
     ties = topk_ties_by_row(q, d, 20, cfg)
     sizes = []
-    real_take = torch.Tensor.__getitem__
+    real_cat = torch.cat
 
-    def getitem(self, idx):  # the re-score gathers docs32[best_i[r:r + n]]: record n
-        if isinstance(idx, torch.Tensor) and idx.dim() == 2:
-            sizes.append(idx.shape[0])
-        return real_take(self, idx)
+    def cat(pieces, *args, **kwargs):  # the shortlist merge and the sliced re-score: queries per piece
+        sizes.extend(int(x.shape[0]) for x in pieces)
+        return real_cat(pieces, *args, **kwargs)
 
-    monkeypatch.setattr(search, "RESCORE_BYTES", 12 * 500 * 7)  # 7 queries of 500 candidates
-    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    monkeypatch.setattr(search, "RESCORE_BYTES", 12 * 250 * 7)  # 7 queries of 250 candidates (k on a CPU)
+    monkeypatch.setattr(torch, "cat", cat)  # a module attribute (never a Tensor slot: those leak)
     split = exact_topk(q, d, 250, cfg)
     assert sizes and max(sizes) <= 7 and len(sizes) >= 90 // 7
-    np.testing.assert_array_equal(split[1], whole[1])
-    np.testing.assert_array_equal(split[0], whole[0])
+    np.testing.assert_array_equal(split[0], whole[0])  # the same scores at every rank (which of the docs
+    # tied at the 250th is kept is the backend's choice: topk_ties_by_row below fixes it by row)
     s, i = topk_ties_by_row(q, d, 20, cfg)
     np.testing.assert_array_equal(i, ties[1])
     assert i[:30].tolist() == [list(range(100, 120))] * 30  # the 200 tied: the lowest rows first
