@@ -278,18 +278,26 @@ def report_dir(store, partition: str) -> str | None:
     return report.rsplit("/", 1)[0]
 
 
-def report_text(store, partition: str) -> str | None:
-    rel = report_dir(store, partition)
+def _markdown(store, rel: str | None) -> str | None:
+    """`<rel>/report.md` as text, when it is a regular file of the root."""
     body = read_regular(store, f"{rel}/report.md") if rel else None
     return None if body is None else body.decode("utf-8", "replace")
 
 
-def report_plots(store, partition: str) -> list[str]:
-    """The report's plots: PNG names in its folder that are regular files of the root."""
-    rel = report_dir(store, partition)
+def _plots(store, rel: str | None) -> list[str]:
+    """PNG names in a report folder that are regular files of the root."""
     if rel is None or not is_regular_dir(store, rel):
         return []
     return [n for n in store.listdir(rel) if PLOT_RE.match(n) and is_regular(store, f"{rel}/{n}")]
+
+
+def report_text(store, partition: str) -> str | None:
+    return _markdown(store, report_dir(store, partition))
+
+
+def report_plots(store, partition: str) -> list[str]:
+    """The report's plots: PNG names in its folder that are regular files of the root."""
+    return _plots(store, report_dir(store, partition))
 
 
 def is_regular_dir(store, rel: str) -> bool:
@@ -364,17 +372,12 @@ def experiment_dir(store, name: str) -> str | None:
 
 
 def experiment_text(store, name: str) -> str | None:
-    rel = experiment_dir(store, name)
-    body = read_regular(store, f"{rel}/report.md") if rel else None
-    return None if body is None else body.decode("utf-8", "replace")
+    return _markdown(store, experiment_dir(store, name))
 
 
 def experiment_plots(store, name: str) -> list[str]:
     """The experiment report's plots: PNG names in its folder that are regular files of the root."""
-    rel = experiment_dir(store, name)
-    if rel is None or not is_regular_dir(store, rel):
-        return []
-    return [n for n in store.listdir(rel) if PLOT_RE.match(n) and is_regular(store, f"{rel}/{n}")]
+    return _plots(store, experiment_dir(store, name))
 
 
 def experiment_file(store, name: str, plot: str) -> str | None:
