@@ -164,7 +164,7 @@ class _TorchIndex:
         # a deep shortlist (tied scores fetched again, k in the thousands) takes fewer queries at a time:
         # each query's candidates (score + index) stay under the budget, whatever k grows to
         batch = max(1, min(cfg.query_batch, RESCORE_BYTES // (12 * cand)))
-        rescore = max(1, RESCORE_BYTES // (8 * cand * dim))  # queries per re-score gather (float64)
+        rescore = max(1, RESCORE_BYTES // (4 * cand * dim))  # queries per fp32 re-score gather
         out_s, out_i = [], []
         for s in range(0, queries.shape[0], batch):
             q32 = torch.from_numpy(np.ascontiguousarray(queries[s:s + batch], dtype=np.float32)).to(self.device)
@@ -179,12 +179,11 @@ class _TorchIndex:
                     keep = top_s.topk(min(cand, top_s.shape[1]), dim=1).indices
                     top_s, top_i = top_s.gather(1, keep), top_i.gather(1, keep)
                 best_s, best_i = top_s, top_i
-            # exact re-score of the shortlist, then order by (score desc, index asc) like FAISS: float32
-            # products summed in float64, then rounded to float32, so a (query, doc) score does not move
-            # with the doc's place in the shortlist or the slicing (a float32 bmm or sum can, by an ulp),
-            # and identical documents tie
-            exact = torch.cat([(q32[r:r + rescore, None, :].double() * docs32[best_i[r:r + rescore]].double())
-                               .sum(-1).float() for r in range(0, q32.shape[0], rescore)])  # (q, cand), in slices
+            # fp32 re-score of the shortlist, then order by (score desc, index asc) like FAISS; a
+            # product and a sum along D, not a batched matmul: bmm's result for a (query, doc) pair can
+            # move by an ulp with the doc's place in the shortlist, and identical documents must tie
+            exact = torch.cat([(q32[r:r + rescore, None, :] * docs32[best_i[r:r + rescore]]).sum(-1)
+                               for r in range(0, q32.shape[0], rescore)])  # (q, cand), the gather in slices
             order = _order(exact, best_i)[:, :k]
             out_s.append(exact.gather(1, order).cpu().numpy())
             out_i.append(best_i.gather(1, order).cpu().numpy())
