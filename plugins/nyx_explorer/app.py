@@ -60,6 +60,15 @@ def render(request: Request, name: str, **context) -> HTMLResponse:
                                       headers={"Cache-Control": "no-store"})
 
 
+def plot_response(st, rel: str | None) -> Response:
+    """A report's PNG (a regular file of the root), or 404."""
+    body = data.read_regular(st, rel) if rel else None
+    if body is None:
+        raise HTTPException(404, "no such plot")
+    return Response(body, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+
+
 def partition_or_404(st, partition: str) -> str:
     if not data.PARTITION_RE.match(partition) or not st.exists(f"partitions/{partition}"):
         raise HTTPException(404, f"no partition {partition!r} under {st.root}")
@@ -173,12 +182,7 @@ def evaluation(request: Request, partition: str):
 def report_plot(request: Request, partition: str, name: str):
     st = store(request)
     partition_or_404(st, partition)
-    rel = data.report_file(st, partition, name)
-    body = data.read_regular(st, rel) if rel else None
-    if body is None:
-        raise HTTPException(404, "no such plot")
-    return Response(body, media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+    return plot_response(st, data.report_file(st, partition, name))
 
 @router.get("/experiments", response_class=HTMLResponse, name="experiments")
 def experiments(request: Request):
@@ -202,12 +206,7 @@ def experiment(request: Request, name: str):
 @router.get("/experiments/{name}/{plot}", name="experiment_plot")
 def experiment_plot(request: Request, name: str, plot: str):
     st = store(request)
-    rel = data.experiment_file(st, name, plot)
-    body = data.read_regular(st, rel) if rel else None
-    if body is None:
-        raise HTTPException(404, "no such plot")
-    return Response(body, media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+    return plot_response(st, data.experiment_file(st, name, plot))
 
 
 @router.get("/images/{tail:path}", name="image")
