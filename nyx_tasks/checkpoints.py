@@ -32,12 +32,14 @@ MARKER = "_CHECKPOINT.json"
 
 
 def write_checkpoint_marker(store: ArtifactStore, rel: str, *, base_model: str, stage: str, run: str,
-                            partition: str, metrics: dict) -> dict:
+                            partition: str, metrics: dict, recipe: dict | None = None) -> dict:
     """Publish the checkpoint trained under `rel` (`models/<run>/<stage>`, with `adapter/` and
-    `merged/` in place): its marker, written last. Returns the record."""
+    `merged/` in place): its marker, written last. `recipe`: how it embeds (family, pooling,
+    prefixes, dims; `family` missing means vlm). Returns the record."""
     record = {"base_model": base_model, "adapter": store.url(f"{rel}/adapter"), "merged": store.url(f"{rel}/merged"),
               "stage": stage, "run": run, "partition": partition,
-              "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "metrics": metrics}
+              "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "metrics": metrics,
+              "family": (recipe or {}).get("family", "vlm"), "recipe": recipe or {}}
     store.write_json_atomic(f"{rel}/{MARKER}", record)
     return record
 

@@ -431,8 +431,22 @@ class NegativeSettings(_Model):
 class TrainConfig(_Model):
     """Contrastive training of the Nyx embedder (paper: stage 1 / stage 2)."""
 
-    base_model: str = Field("tiny:qwen2_5_vl", description="Qwen2.5-VL path or hub id (paper: "
-                            "Qwen/Qwen2.5-VL-3B-Instruct), or tiny:qwen2_5_vl.")
+    base_model: str = Field("tiny:qwen2_5_vl", description="The pretrained backbone: a path, hub id, "
+                            "pkg:<package> or tiny:<name> (paper: Qwen/Qwen2.5-VL-3B-Instruct).")
+    family: Literal["vlm", "encoder"] = Field(
+        "vlm", description="vlm: an image-text-to-text model (Qwen2.5-VL), images in place, end-of-text pooling "
+        "(the paper); encoder: a text encoder (BERT-like, a sentence-transformers folder), text only: rows "
+        "whose query or positive carries an image are dropped by name, image negatives are left out.")
+    pooling: Literal["auto", "last", "mean", "cls"] = Field(
+        "auto", description="auto: last token for a VLM; for an encoder its sentence-transformers pooling "
+        "(1_Pooling/config.json), else mean.")
+    max_length: int | None = Field(None, ge=8, description="encoder: tokens per text in training (null: the "
+                                   "model's own max_seq_length).")
+    query_prefix: str = Field("", description="encoder: put before every query (e.g. 'query: ' for E5); "
+                              "an encoder uses no instruction.")
+    document_prefix: str = Field("", description="encoder: put before every document (e.g. 'passage: ').")
+    frozen_layers: int = Field(0, ge=0, description="encoder, full fine-tuning: the embeddings and the first N "
+                               "layers stay frozen (less compute on a CPU).")
     init_from: Literal["base", "stage1"] = Field(
         "base", description="stage 2 only: start from the base model or from the stage-1 model.")
     sources: list[TrainSource] = Field(default_factory=lambda: [TrainSource(name="nyxqa", kind="mine")], min_length=1)
@@ -586,6 +600,11 @@ class EvaluateConfig(_Model):
     report_notes: list[str] = Field(
         default_factory=list, description="Lines added to the report's notes: what a reader must know about this "
         "profile's numbers (the demo: which are noise by construction).")
+    headline_sets: list[str] = Field(
+        default_factory=list, description="The datasets whose numbers carry information: the report opens with "
+        "their summary (retrieval metrics with intervals and paired differences against the baseline, at the "
+        "largest dim and at every dim) and their sections come first; the others follow under 'Other results'. "
+        "Names: nyxqa, text sets, benchmarks. Empty: every text set with a gold_id_column (none: every dataset).")
     benchmarks: list[str] = Field(
         default_factory=list, description="Benchmarks imported with `nyx import mmqa|mmeb-eval|flashrag` (their "
         "--name), scored for every retriever: MMQA by recall@k / MRR over its supporting documents and answer "
@@ -650,10 +669,18 @@ class EvaluateConfig(_Model):
             raise ValueError(f"evaluate.retrievers: names must be unique, {dup} repeat")
         if self.baseline is not None and self.baseline not in names:
             raise ValueError(f"evaluate.baseline {self.baseline!r} is not a retriever's name ({names})")
+        known = ["nyxqa", *(t.name for t in self.text_sets), *self.benchmarks]
+        if unknown := [h for h in self.headline_sets if h not in known]:
+            raise ValueError(f"evaluate.headline_sets names {unknown}, which are not evaluated datasets ({known})")
         return self
 
     def baseline_name(self) -> str:
         return self.baseline or self.retrievers[0].name
+
+    def headline_names(self) -> list[str]:
+        """`headline_sets`, or the text sets naming their gold passage (empty: the report's summary
+        covers every dataset)."""
+        return self.headline_sets or [t.name for t in self.text_sets if t.gold_id_column]
 
 
 class CorporaConfig(_Model):

@@ -132,7 +132,14 @@ def union_corpus(embedder, pools: list[tuple[CorpusTable, list[str]]], top_k: in
 
 
 def checkpoint_embedder_cfg(emb_cfg, checkpoint: dict):
-    """The embedder config of a published checkpoint: `nyx` on its merged export."""
+    """The embedder config of a published checkpoint: `nyx` on a VLM's merged export;
+    `sentence-transformers` on an encoder's (with the prefixes it was trained with)."""
+    if checkpoint.get("family", "vlm") == "encoder":
+        recipe = checkpoint.get("recipe", {})
+        return emb_cfg.model_copy(update={"kind": "sentence-transformers", "model": checkpoint["merged"],
+                                          "adapter": None, "dim": None,
+                                          "query_prefix": recipe.get("query_prefix", ""),
+                                          "document_prefix": recipe.get("document_prefix", "")})
     return emb_cfg.model_copy(update={"kind": "nyx", "model": checkpoint["merged"], "adapter": None, "dim": None})
 
 

@@ -119,6 +119,10 @@ class TrainStage(Stage):
         """An adapter to fold in before training (stage 2 from the stage-1 model)."""
         return None
 
+    def init_model(self, ctx: StageContext) -> str | None:
+        """Weights to start from instead of `base_model` (stage 2 from a fully fine-tuned stage 1)."""
+        return None
+
     def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
         cfg = ctx.cfg.stage_config(self.name)
         run = planned_run(ctx, ctx.key)
@@ -127,13 +131,14 @@ class TrainStage(Stage):
         out_dir = Path(ctx.store.path(rel)) if local else Path(tempfile.gettempdir()) / "nyx-runs" / run / self.name
         out_dir.mkdir(parents=True, exist_ok=True)
         spec = {"stage": self.name, "partition": ctx.partition, "root": ctx.store.root, "run": run,
-                "out_dir": str(out_dir), "train": cfg.model_dump(mode="json"), "init_adapter": self.init_adapter(ctx)}
+                "out_dir": str(out_dir), "train": cfg.model_dump(mode="json"), "init_adapter": self.init_adapter(ctx),
+                "init_model": self.init_model(ctx)}
         spec_path = out_dir / "run_spec.json"
         spec_path.write_text(json.dumps(spec, indent=1))
         cmd = launch_command(cfg.num_gpus, str(spec_path))
-        ctx.log.info("%s: run %s, base %s, %s, LoRA r=%d, loss dims %s, batch %d x %d accum, lr %g -> %s",
-                     self.name, run, cfg.base_model, f"{cfg.num_gpus} GPU(s)" if cfg.num_gpus else "CPU",
-                     cfg.lora.r, cfg.loss.dims, cfg.per_device_batch_size, cfg.accumulation,
+        ctx.log.info("%s: run %s, base %s (%s), %s, %s, loss dims %s, batch %d x %d accum, lr %g -> %s",
+                     self.name, run, cfg.base_model, cfg.family, f"{cfg.num_gpus} GPU(s)" if cfg.num_gpus else "CPU",
+                     f"LoRA r={cfg.lora.r}" if cfg.lora.enabled else "full fine-tuning", cfg.loss.dims, cfg.per_device_batch_size, cfg.accumulation,
                      cfg.learning_rate, ctx.store.url(rel))
         ctx.log.info("%s: launching %s", self.name, " ".join(cmd))
         code, tail = stream_subprocess(cmd, ctx.log, env=launch_env(os.environ))
@@ -148,6 +153,7 @@ class TrainStage(Stage):
         out.extra["steps"] = metrics["total_steps"]
         for source, counts in metrics["mix"].items():  # what the training mix kept and dropped, in the manifest
             out.extra["rows_with_images"] += counts.get("rows_with_images", 0)
+            out.extra["image_negatives_left_out"] += counts.get("image_negatives_left_out", 0)
             for subset, n in counts.get("subsets", {}).items():
                 out.extra[f"rows:{source}:{subset}"] = n
             for reason, n in counts["dropped"].items():
@@ -161,7 +167,7 @@ class TrainStage(Stage):
                  "last_loss": hist[-1]["loss"] if hist else None, "steps": metrics["total_steps"],
                  "samples_per_second": metrics["train"].get("train_samples_per_second")}
         write_checkpoint_marker(ctx.store, rel, base_model=cfg.base_model, stage=self.name, run=run,
-                                partition=ctx.partition, metrics=final)
+                                partition=ctx.partition, metrics=final, recipe=metrics.get("recipe"))
 
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
         rel = f"models/{planned_run(ctx, manifest['key'])}/{self.name}"

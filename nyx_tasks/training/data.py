@@ -194,11 +194,20 @@ def _doc(text: str, ids: list[str], images: dict[str, str], placeholder: str, si
     return Doc(text, tuple(images[i] for i in ids))
 
 
-def _prepare(r: dict, images: dict[str, str], placeholder: str) -> _Row | str:
+TEXT_ENCODER_IMAGE_ROW = "text_encoder_image_row"  # an encoder backbone sees no images
+
+
+def _prepare(r: dict, images: dict[str, str], placeholder: str, text_only: bool = False) -> _Row | str:
+    """The row's Docs, or its drop reason. `text_only` (an encoder backbone): a row whose query or
+    positive carries an image is dropped by name; its image negatives are left out."""
+    negatives = list(zip(r["neg_texts"], r["neg_image_ids"], strict=True))
+    if text_only:
+        if r["query_image_ids"] or r["pos_image_ids"]:
+            return TEXT_ENCODER_IMAGE_ROW
+        negatives = [(t, ids) for t, ids in negatives if not ids]
     docs = [_doc(r["query"], r["query_image_ids"], images, placeholder, "query"),
             _doc(r["pos_text"], r["pos_image_ids"], images, placeholder, "positive")]
-    docs += [_doc(t, ids, images, placeholder, "negative")
-             for t, ids in zip(r["neg_texts"], r["neg_image_ids"], strict=True)]
+    docs += [_doc(t, ids, images, placeholder, "negative") for t, ids in negatives]
     bad = next((d for d in docs if isinstance(d, str)), None)
     return bad or _Row(r["qa_id"], docs[0], docs[1], tuple(docs[2:]))
 
@@ -217,7 +226,8 @@ class TrainingMix:
     `counts[source]`: rows (kept), rows_per_epoch, dropped (by reason), subsets (kept rows by their
     `source` value: an imported subset, a text set, nyxqa), rows_short_of_negatives
     (every example of such a row has fewer than `negatives.per_query` negatives), rows_with_images
-    (a query, positive or negative of the row carries an image)."""
+    (a query, positive or negative of the row carries an image), image_negatives_left_out (an
+    encoder backbone: negatives with an image, left out of their rows)."""
 
     def __init__(self, rows_by_source: dict[str, list[dict]], cfg: TrainConfig, images: dict[str, str]):
         self.cfg = cfg
@@ -228,8 +238,11 @@ class TrainingMix:
         k = cfg.negatives.per_query
         for name, rows in rows_by_source.items():
             kept, dropped, subsets = [], Counter(), Counter()
+            text_only, left_out = cfg.family == "encoder", 0
             for r in rows:
-                row = _prepare(r, images, cfg.image_placeholder)
+                row = _prepare(r, images, cfg.image_placeholder, text_only)
+                if text_only and not isinstance(row, str):
+                    left_out += sum(1 for ids in r["neg_image_ids"] if ids)
                 if isinstance(row, str):
                     dropped[row] += 1
                 else:
@@ -242,6 +255,7 @@ class TrainingMix:
                 "dropped": dict(sorted(dropped.items())), "subsets": dict(sorted(subsets.items())),
                 "rows_short_of_negatives": sum(1 for x in kept if len(x.negatives) < k),
                 "rows_with_images": sum(1 for x in kept if any(d.images for d in (x.query, x.positive, *x.negatives))),
+                "image_negatives_left_out": left_out,
             }
 
     def __len__(self) -> int:

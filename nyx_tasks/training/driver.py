@@ -20,12 +20,12 @@ from pathlib import Path
 from ..artifacts import ArtifactStore
 from ..checkpoints import resume_checkpoint
 from ..config import TrainConfig
-from ..inference import resolve_model
+from ..embedding import resolve_model_path
 from ..log import get_logger
 from .collator import TripletCollator
 from .data import TrainingMix, image_index, load_sources
 from .deepspeed_config import zero2_config
-from .model import export_merged, load_trainable
+from .model import Backbone, export_merged, load_trainable, resolve_pooling
 
 
 def _world() -> tuple[int, int]:
@@ -55,13 +55,18 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
 
     on_gpu = torch.cuda.is_available() and cfg.num_gpus > 0
     bf16 = on_gpu if cfg.bf16 == "auto" else bool(cfg.bf16)
-    model, processor = load_trainable(resolve_model(cfg.base_model), cfg, bf16, spec.get("init_adapter"))
+    path = resolve_model_path(spec.get("init_model") or cfg.base_model)
+    model, processor = load_trainable(path, cfg, bf16, spec.get("init_adapter"))
+    cfg, recipe = with_recipe(cfg, path, processor)
+    log.info("backbone %s (%s), pooling %s%s", cfg.base_model, cfg.family, recipe["pooling"],
+             f", {recipe['max_seq_length']} tokens per text" if cfg.family == "encoder" else "")
 
     ckpt_dir = out / "checkpoints"  # every save_steps: model (adapter), optimizer, scheduler, rng and step
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")  # where transformers 5 looks for it
     trainer = NyxTrainer(model=model, args=training_args(cfg, ckpt_dir, plan["total_steps"], world, on_gpu, bf16),
                          train_dataset=ExampleDataset(plan["examples"]),
                          data_collator=TripletCollator(processor, cfg, store), loss_cfg=cfg.loss,
+                         backbone=Backbone(cfg.family, recipe["pooling"]),
                          callbacks=[LogLines(plan["global_batch"]), SaveSpec(ckpt_dir, spec), *callbacks,
                                     CompleteCheckpoints(ckpt_dir, cfg.save_total_limit)])  # last: marks the save
     trainer.remove_callback(PrinterCallback)  # LogLines says it once, readably
@@ -69,10 +74,26 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
 
     metrics = {"train": result.metrics, "total_steps": plan["total_steps"], "examples": len(plan["examples"]),
-               "mix": plan["mix"].counts, "log_history": trainer.state.log_history, "world_size": world, "bf16": bf16}
+               "mix": plan["mix"].counts, "log_history": trainer.state.log_history, "world_size": world, "bf16": bf16,
+               "recipe": recipe}
     if trainer.is_world_process_zero():
         publish(model, processor, out, metrics, log)
     return metrics
+
+
+def with_recipe(cfg: TrainConfig, path: str, processor) -> tuple[TrainConfig, dict]:
+    """The embedding recipe the checkpoint carries (family, pooling, prefixes, max length) and the
+    config with an encoder's max length resolved: `max_length`, else the sentence-transformers
+    folder's `max_seq_length`, else the tokenizer's limit."""
+    recipe = {"family": cfg.family, "pooling": resolve_pooling(cfg, path), "dims": list(cfg.loss.dims)}
+    if cfg.family != "encoder":
+        return cfg, recipe
+    st = Path(path) / "sentence_bert_config.json"
+    own = json.loads(st.read_text()).get("max_seq_length") if st.is_file() else None
+    max_length = cfg.max_length or own or min(processor.model_max_length, 512)
+    recipe.update(max_seq_length=own or max_length, query_prefix=cfg.query_prefix,
+                  document_prefix=cfg.document_prefix)
+    return cfg.model_copy(update={"max_length": max_length}), recipe
 
 
 def resume_point(ckpt_dir: Path, main: bool, log) -> Path | None:
@@ -127,7 +148,7 @@ def publish(model, processor, out: Path, metrics: dict, log) -> None:
     """Rank 0: the adapter, the merged export and the metrics under `out`."""
     model.save_pretrained(str(out / "adapter"))
     processor.save_pretrained(str(out / "adapter"))
-    export_merged(model, processor, str(out / "merged"))
+    export_merged(model, processor, str(out / "merged"), metrics["recipe"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
     log.info("wrote adapter, merged export and metrics under %s", out)
 

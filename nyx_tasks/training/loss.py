@@ -11,6 +11,10 @@ positives (and, with `share_negatives`, the hard negatives) of every rank are al
 gradient, so each query competes against the global batch; its target is `rank * B + i`. Each rank's
 loss is the mean over its local queries, so under DDP's gradient averaging the gradients equal the
 single-process gradients of the full batch. Gathering assumes the same B (and K) on every rank.
+
+Examples with fewer hard negatives than others: `negatives` is padded to K per row and
+`negative_mask` (B, K) marks the real ones; a padded slot scores -inf, so it adds nothing to the
+softmax and each example's loss equals the one it would have alone with its own negatives.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ DEFAULT_WEIGHTS = (1.0, 1.0, 0.2, 0.2)
 
 
 def _check_inputs(
-    query: Tensor, positive: Tensor, negatives: Tensor | None, temperature: float
+    query: Tensor, positive: Tensor, negatives: Tensor | None, temperature: float,
+    mask: Tensor | None = None,
 ) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -44,6 +49,8 @@ def _check_inputs(
             f"negatives must be (B, K, D) = ({query.shape[0]}, K, {query.shape[1]}); "
             f"got {tuple(negatives.shape)}"
         )
+    if mask is not None and (negatives is None or tuple(mask.shape) != tuple(negatives.shape[:2])):
+        raise ValueError(f"negative_mask must be (B, K) like the negatives; got {tuple(mask.shape)}")
 
 
 def _world() -> tuple[int, int]:
@@ -66,16 +73,19 @@ def _all_gather(x: Tensor) -> Tensor:
 
 
 def _gather(
-    positive: Tensor, negatives: Tensor | None, share_negatives: bool, gather: bool
-) -> tuple[Tensor, Tensor | None, int]:
-    """Candidates of the global batch and this rank's target offset (rank * B)."""
+    positive: Tensor, negatives: Tensor | None, share_negatives: bool, gather: bool,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None, int]:
+    """Candidates of the global batch (and their negatives' mask) and this rank's target offset (rank * B)."""
     rank, world = _world()
     if not gather or world == 1:
-        return positive, negatives, 0
+        return positive, negatives, mask, 0
     positive = _all_gather(positive)  # (W*B, D)
     if share_negatives and negatives is not None:
         negatives = _all_gather(negatives)  # (W*B, K, D)
-    return positive, negatives, rank * (positive.shape[0] // world)
+        if mask is not None:
+            mask = _all_gather(mask.to(torch.uint8)).bool()  # (W*B, K)
+    return positive, negatives, mask, rank * (positive.shape[0] // world)
 
 
 def _infonce(
@@ -85,15 +95,20 @@ def _infonce(
     temperature: float,
     share_negatives: bool,
     offset: int,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Core InfoNCE on normalised, already-gathered candidates: query (B, D), positive (N, D),
-    negatives (B, K, D) own or (N, K, D) shared; query i's target column is offset + i."""
+    negatives (B, K, D) own or (N, K, D) shared, `mask` (B|N, K) their real slots (None: all);
+    query i's target column is offset + i."""
     scores = [query @ positive.T]  # (B, N) in-batch negatives
     if negatives is not None and negatives.shape[1] > 0:
         if share_negatives:
-            scores.append(query @ negatives.flatten(0, 1).T)  # (B, N*K) every hard negative
+            hard = query @ negatives.flatten(0, 1).T  # (B, N*K) every hard negative
+            keep = None if mask is None else mask.flatten()[None, :]  # (1, N*K)
         else:
-            scores.append(torch.einsum("bd,bkd->bk", query, negatives))  # (B, K) own negatives
+            hard = torch.einsum("bd,bkd->bk", query, negatives)  # (B, K) own negatives
+            keep = mask
+        scores.append(hard if keep is None else hard.masked_fill(~keep, float("-inf")))
     logits = torch.cat(scores, dim=1) / temperature  # (B, N + K) or (B, N + N*K)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # log-softmax of logits up to 1/temperature needs float32
@@ -108,6 +123,7 @@ def infonce_from_embeddings(
     temperature: float = 0.02,
     share_negatives: bool = False,
     gather: bool = True,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE with in-batch and hard negatives on L2-normalised embeddings.
 
@@ -117,9 +133,9 @@ def infonce_from_embeddings(
     cross-entropy with target i on scores / temperature. Output: scalar loss, the mean over the
     local queries. Paper: the InfoNCE term of the Matryoshka InfoNCE objective (stage 1).
     """
-    _check_inputs(query, positive, negatives, temperature)
-    positive, negatives, offset = _gather(positive, negatives, share_negatives, gather)
-    return _infonce(query, positive, negatives, temperature, share_negatives, offset)
+    _check_inputs(query, positive, negatives, temperature, negative_mask)
+    positive, negatives, mask, offset = _gather(positive, negatives, share_negatives, gather, negative_mask)
+    return _infonce(query, positive, negatives, temperature, share_negatives, offset, mask)
 
 
 def mrl_infonce_losses(
@@ -131,10 +147,12 @@ def mrl_infonce_losses(
     temperature: float = 0.02,
     share_negatives: bool = False,
     gather: bool = True,
+    negative_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """Matryoshka InfoNCE (paper: Matryoshka InfoNCE objective; stage 1), with per-dim losses.
 
-    Inputs: query (B, D), positive (B, D), negatives (B, K, D) or None, not normalised.
+    Inputs: query (B, D), positive (B, D), negatives (B, K, D) or None, not normalised;
+    `negative_mask` (B, K) bool marks real negatives when rows have fewer than K (None: all real).
     For each d in dims the three are truncated to their first d features, renormalised and scored
     as `infonce_from_embeddings` scores them (same core); the total is the weighted sum with
     weights normalised to sum to 1.
@@ -143,7 +161,7 @@ def mrl_infonce_losses(
     or a non-positive weight sum, or temperature <= 0. The all-gather (see module docstring) runs
     once on the full-width embeddings, not once per dim.
     """
-    _check_inputs(query, positive, negatives, temperature)
+    _check_inputs(query, positive, negatives, temperature, negative_mask)
     dims, weights, full = [int(d) for d in dims], [float(w) for w in weights], query.shape[1]
     if len(dims) != len(weights):
         raise ValueError(f"dims and weights differ in length: {len(dims)} vs {len(weights)}")
@@ -155,13 +173,13 @@ def mrl_infonce_losses(
     if any(w < 0 for w in weights) or not sum(weights) > 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
 
-    positive, negatives, offset = _gather(positive, negatives, share_negatives, gather)
+    positive, negatives, mask, offset = _gather(positive, negatives, share_negatives, gather, negative_mask)
     total, per_dim = query.new_zeros(()), {}
     for d, w in zip(dims, weights, strict=True):
         q = F.normalize(query[:, :d], dim=-1)  # (B, d)
         p = F.normalize(positive[:, :d], dim=-1)  # (N, d)
         n = None if negatives is None else F.normalize(negatives[..., :d], dim=-1)  # (B|N, K, d)
-        per_dim[d] = _infonce(q, p, n, temperature, share_negatives, offset)
+        per_dim[d] = _infonce(q, p, n, temperature, share_negatives, offset, mask)
         total = total + (w / sum(weights)) * per_dim[d]
     return total, per_dim
 
@@ -175,8 +193,9 @@ def mrl_infonce_loss(
     temperature: float = 0.02,
     share_negatives: bool = False,
     gather: bool = True,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """The scalar Matryoshka InfoNCE loss; see `mrl_infonce_losses` for inputs and errors."""
     return mrl_infonce_losses(
-        query, positive, negatives, dims, weights, temperature, share_negatives, gather
+        query, positive, negatives, dims, weights, temperature, share_negatives, gather, negative_mask
     )[0]

@@ -1,16 +1,22 @@
-"""The trainable Nyx embedder (paper: Nyx, stage 1 / stage 2): a Qwen2.5-VL
-backbone whose embedding is the last layer's hidden state at the final token
-(right padding, the end-of-text token appended by the prompt), with LoRA on the
-language model's decoder layers, gradient checkpointing and bf16.
+"""The trainable Nyx embedder (paper: Nyx, stage 1 / stage 2). Two backbone families:
 
-The prompt, the pixel cap and the pooling are the inference embedder's own
-(`nyx_tasks.embedding.nyx`), so a trained checkpoint embeds exactly as it was
-trained.
+- `vlm` (the paper): a Qwen2.5-VL whose embedding is the last layer's hidden state at the final
+  token (right padding, the end-of-text token appended by the prompt), with LoRA on the language
+  model's decoder layers, gradient checkpointing and bf16. The prompt, the pixel cap and the
+  pooling are the inference embedder's own (`nyx_tasks.embedding.nyx`).
+- `encoder`: a pretrained text encoder (a sentence-transformers folder such as MiniLM or E5, or
+  any BERT-like transformers model), pooled by mean / CLS / last token; LoRA on the named
+  projections or full fine-tuning. Its merged export is a sentence-transformers folder, which the
+  `sentence-transformers` embedder loads, so a trained checkpoint embeds exactly as it was trained.
 """
 
 from __future__ import annotations
 
 import re
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import LoraSettings, TrainConfig
 from ..embedding.nyx import cap_image_pixels
@@ -89,12 +95,67 @@ def apply_lora(model, cfg: LoraSettings):
     return model
 
 
+def apply_encoder_lora(model, cfg: LoraSettings):
+    """LoRA (or DoRA) on every linear layer of a text encoder whose name ends with one of
+    `target_modules` (BERT: query key value dense); refuses a list that matches nothing."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    names = tuple(cfg.target_modules)
+    expected = sum(1 for key, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and key.split(".")[-1] in names)
+    if not expected:
+        raise ValueError(f"LoRA target modules {list(names)} match no linear layer of this encoder; BERT's are "
+                         "query key value dense. Fix train.lora.target_modules.")
+    peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_dora=cfg.use_dora,
+                          init_lora_weights="gaussian" if cfg.init == "gaussian" else True,
+                          target_modules=list(names), bias="none")
+    model = get_peft_model(model, peft_cfg)
+    get_logger("train").info("LoRA r=%d alpha=%d on %d encoder projections (%s)", cfg.r, cfg.alpha, expected,
+                             " ".join(names))
+    return model
+
+
+def freeze_lower_layers(model, n: int) -> None:
+    """Full fine-tuning of an encoder with its embeddings and first `n` layers frozen."""
+    if n <= 0:
+        return
+    layer = re.compile(r"(?:.*\.)?layers?\.(\d+)\.")
+    for key, p in model.named_parameters():
+        m = layer.match(key)
+        if "embeddings" in key or (m and int(m.group(1)) < n):
+            p.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    get_logger("train").info("full fine-tuning, embeddings and the first %d layers frozen: %d of %d parameters "
+                             "train", n, trainable, sum(p.numel() for p in model.parameters()))
+
+
+def load_encoder(path: str, cfg: TrainConfig, use_bf16: bool):
+    """A text encoder (its transformers model under a sentence-transformers folder) and its
+    tokenizer, LoRA-wrapped or partly frozen. Returns (model, tokenizer)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
+    if cfg.lora.enabled:
+        model = apply_encoder_lora(model, cfg.lora)
+    else:
+        freeze_lower_layers(model, cfg.frozen_layers)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "right"
+    return model, tokenizer
+
+
 def load_trainable(path: str, cfg: TrainConfig, use_bf16: bool, adapter: str | None = None):
     """The base model (plus an adapter to continue from, merged in), LoRA-wrapped
     when enabled, gradient checkpointing on. Returns (model, processor)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if cfg.family == "encoder":
+        return load_encoder(path, cfg, use_bf16)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
     if adapter:  # stage 2 from the stage-1 model: fold its adapter in, then train a fresh one
         from peft import PeftModel
@@ -111,21 +172,86 @@ def load_trainable(path: str, cfg: TrainConfig, use_bf16: bool, adapter: str | N
     return model, processor
 
 
+def _unwrapped(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def backbone(model):
     """The Qwen2.5-VL backbone (vision + language model, no LM head) under any peft wrapping."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model
+    return _unwrapped(model).model
+
+
+def mean_pool(hidden, attention_mask):
+    """(B, T, D), (B, T) -> (B, D): the mean over each row's real tokens (sentence-transformers' mean)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+POOLS = {"last": last_token_pool, "mean": mean_pool, "cls": lambda hidden, _mask: hidden[:, 0]}
+
+
+def st_pooling(path: str) -> str | None:
+    """The pooling a sentence-transformers folder declares (mean / cls / last), or None."""
+    modules = Path(path) / "modules.json"
+    if not modules.is_file():
+        return None
+    for m in json.loads(modules.read_text()):
+        cfg = Path(path) / m.get("path", "") / "config.json"
+        if m.get("type", "").endswith("Pooling") and cfg.is_file():
+            p = json.loads(cfg.read_text())
+            for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                              ("pooling_mode_lasttoken", "last")):
+                if p.get(key):
+                    return name
+    return None
+
+
+def resolve_pooling(cfg: TrainConfig, path: str) -> str:
+    """`pooling: auto` -> last token for a VLM; an encoder's declared pooling, else mean."""
+    if cfg.pooling != "auto":
+        return cfg.pooling
+    return "last" if cfg.family == "vlm" else (st_pooling(path) or "mean")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How a batch becomes (B, D) un-normalised embeddings: the family's forward, then the pooling."""
+
+    family: str = "vlm"
+    pooling: str = "last"
+
+    def encode(self, model, inputs):
+        if self.family == "vlm":
+            hidden = backbone(model)(**inputs, use_cache=False).last_hidden_state  # (B, T, D)
+        else:
+            hidden = _unwrapped(model)(**inputs).last_hidden_state
+        return POOLS[self.pooling](hidden, inputs["attention_mask"])
 
 
 def encode(model, inputs):
-    """(B, D) un-normalised embeddings: the hidden state at each row's last real token."""
-    hidden = backbone(model)(**inputs, use_cache=False).last_hidden_state  # (B, T, D)
-    return last_token_pool(hidden, inputs["attention_mask"])
+    """(B, D) un-normalised embeddings of a VLM: the hidden state at each row's last real token."""
+    return Backbone().encode(model, inputs)
 
 
-def export_merged(model, processor, out: str) -> None:
-    """A plain Qwen2.5-VL checkpoint with the adapter merged in, loadable by the
-    embedder. Merges in place (no second copy of the weights): save the adapter first."""
+def export_merged(model, processor, out: str, recipe: dict | None = None) -> None:
+    """A plain checkpoint with the adapter merged in, loadable by the embedder. Merges in place (no
+    second copy of the weights): save the adapter first. An encoder's export is a
+    sentence-transformers folder (its pooling, max length and normalisation) for `recipe`
+    (`pooling`, `max_seq_length`)."""
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     merged.save_pretrained(out)
     processor.save_pretrained(out)
+    if recipe and recipe.get("family") == "encoder":
+        write_sentence_transformer(out, recipe)
+
+
+def write_sentence_transformer(out: str, recipe: dict) -> None:
+    """Make the transformers folder `out` a sentence-transformers model: Transformer (the folder
+    itself), Pooling (`recipe['pooling']`), Normalize."""
+    from sentence_transformers import SentenceTransformer, models
+
+    word = models.Transformer(out, max_seq_length=recipe.get("max_seq_length"))
+    mode = {"last": "lasttoken"}.get(recipe["pooling"], recipe["pooling"])
+    st = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), mode),
+                                      models.Normalize()], device="cpu")
+    st.save(out)

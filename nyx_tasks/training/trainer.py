@@ -20,24 +20,27 @@ from ..checkpoints import mark_step_complete, rotate_step_checkpoints
 from ..config import LossSettings
 from ..log import get_logger
 from .loss import mrl_infonce_losses
-from .model import encode
+from .collator import split_docs
+from .model import Backbone
 
 
 class NyxTrainer(Trainer):
-    def __init__(self, *args, loss_cfg: LossSettings, **kwargs):
+    def __init__(self, *args, loss_cfg: LossSettings, backbone: Backbone, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_cfg = loss_cfg
+        self.loss_cfg, self.backbone = loss_cfg, backbone
         self._dim_sums: dict[int, float] = defaultdict(float)
         self._dim_calls = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        q = encode(model, inputs["query"])  # (B, D)
-        docs = encode(model, inputs["docs"])  # (B * (1 + K), D)
-        b, k = q.shape[0], int(inputs["num_negatives"])
-        docs = docs.view(b, 1 + k, -1)  # (B, 1 + K, D): positive first
+        q = self.backbone.encode(model, inputs["query"])  # (B, D)
+        docs = self.backbone.encode(model, inputs["docs"])  # (B + real negatives, D): positives first
+        mask = inputs["negative_mask"]  # (B, K): which negative slots are real
+        positives, negatives = split_docs(docs, mask)
+        k = mask.shape[1]
         c = self.loss_cfg
-        total, per_dim = mrl_infonce_losses(q, docs[:, 0], docs[:, 1:] if k else None, c.dims, c.weights,
-                                            c.temperature, c.share_negatives, c.gather_across_devices)
+        total, per_dim = mrl_infonce_losses(q, positives, negatives, c.dims, c.weights, c.temperature,
+                                            c.share_negatives, c.gather_across_devices,
+                                            mask if k else None)  # every rank passes one (a collective)
         for d, v in per_dim.items():
             self._dim_sums[d] += float(v.detach())
         self._dim_calls += 1
