@@ -7,7 +7,8 @@ end, recomputing only the stages its overrides change, then one comparison repor
                                                             adopted (lists the base's files, `adopted_from`)
                                                             or computed here, in the variant's own folder
     <root>/reports/experiments/<name>/report.md             the comparison: overrides, results with
-    <root>/reports/experiments/<name>/<metric>.png          intervals, one plot per metric
+    <root>/reports/experiments/<name>/<metric>.png          intervals and each variant minus the first,
+                                                            one plot per metric
     <root>/reports/experiments/<name>/results.csv           every variant's eval_results rows, tagged
     <root>/reports/experiments/<name>/experiment.json       variants, partitions, shared/own stages
 
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 
 from .artifacts import EXPERIMENT, ArtifactStore, read_manifest, read_stage_table
 from .config import NyxConfig, _deep_merge, describe
+from .evaluation.report import DELTA_COLUMNS
 from .log import get_logger
 from .runner import RunOptions, Stage, run_stage, stage_config_hash
 from .stages import STAGE_NAMES, get_stage
@@ -43,7 +45,9 @@ from .stages import STAGE_NAMES, get_stage
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")  # a partition name (the DAG form's rule)
 SEPARATOR = "--"  # <base>--<variant>
 REFUSED_KEYS = ("partition", "profile", "force", "artifacts")  # what a variant may not move
-STAT_COLUMNS = ("value", "n", "ci_low", "ci_high")  # eval_results' numbers; every other column names a row
+# eval_results' numbers and each row's paired difference from its variant's baseline retriever; every other
+# column names a row
+STAT_COLUMNS = ("value", "n", "ci_low", "ci_high", *DELTA_COLUMNS)
 REPORTS = "reports/experiments"
 MAX_PLOTS = 12
 
@@ -312,10 +316,49 @@ def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _diff(r: dict | None, ref: dict | None) -> str:
+    """r's value minus the reference variant's, – without both (an unpaired difference of means)."""
+    if r is None or ref is None:
+        return "–"
+    return f"{r['value'] - ref['value'] + 0.0:+.4g}"
+
+
+def _results_table(ident: list[str], keyed: dict[tuple, dict[str, dict]], names: list[str]) -> list[str]:
+    """A row per identity, a column per variant (value [interval] (n)), then a column per other variant
+    minus the first (the reference)."""
+    ref, rest = names[0], names[1:]
+    header = [*ident, *map(_md, names), *(f"{_md(n)} − {_md(ref)}" for n in rest)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k, by_variant in keyed.items():
+        cells = [*(_md(x) for x in k), *(_cell(by_variant.get(n)) for n in names),
+                 *(_diff(by_variant.get(n), by_variant.get(ref)) for n in rest)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _results_section(ident: list[str], top: list[dict], names: list[str], stage: str) -> list[str]:
+    """## Results: the headline rows side by side (`_results_table`), or a line saying there are none."""
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in top:
+        keyed.setdefault(tuple(r.get(c) for c in ident), {})[r["variant"]] = r
+    lines = ["", f"## Results ({stage}: value [CI low, CI high] (n)" + (", at each row's largest dim)"
+                                                                     if "dim" in ident else ")"), ""]
+    if not keyed:
+        return [*lines, f"No variant has `{stage}` results yet."]
+    if len(names) > 1:
+        lines += [f"`<variant> − {_md(names[0])}`: that variant's value minus the reference variant's "
+                  f"({_md(names[0])}, the first): an unpaired difference of means (each variant scored its "
+                  "queries in its own partition; no per-query pairing across variants). The paired difference "
+                  "from each variant's baseline retriever is in results.csv (`delta`, `delta_ci_low`, "
+                  "`delta_ci_high`) and in each variant's evaluation report.", ""]
+    return lines + _results_table(ident, keyed, names)
+
+
 def write_report(store: ArtifactStore, experiment: str, base: str, records: list[dict],
                  stage: str = "evaluate") -> str:
     """reports/experiments/<name>/: report.md (variants and their overrides, what each shared and
-    computed; the headline results side by side with intervals), one PNG per metric, results.csv
+    computed; the headline results side by side with intervals, then each other variant minus the
+    first, an unpaired difference of the aggregated means), one PNG per metric, results.csv
     and experiment.json. Returns report.md's path relative to the root."""
     import csv
     import io
@@ -339,17 +382,7 @@ def write_report(store: ArtifactStore, experiment: str, base: str, records: list
         lines.append(f"| {_md(rec['name'])} | `{rec['partition']}` | {_md(over)} | {', '.join(own) or '–'} | "
                      f"{', '.join(shared) or '–'} |")
     top = headline(ident, rows)
-    keyed: dict[tuple, dict[str, dict]] = {}
-    for r in top:
-        keyed.setdefault(tuple(r.get(c) for c in ident), {})[r["variant"]] = r
-    lines += ["", f"## Results ({stage}: value [CI low, CI high] (n)" + (", at each row's largest dim)"
-                                                                      if "dim" in ident else ")"), ""]
-    if keyed:
-        lines += ["| " + " | ".join([*ident, *map(_md, names)]) + " |", "|" + "---|" * (len(ident) + len(names))]
-        for k, by_variant in keyed.items():
-            lines.append("| " + " | ".join([*(_md(x) for x in k), *(_cell(by_variant.get(n)) for n in names)]) + " |")
-    else:
-        lines.append(f"No variant has `{stage}` results yet.")
+    lines += _results_section(ident, top, names, stage)
     plots = _plots(top, ident, names)
     if plots:
         lines += ["", "## Plots", ""]

@@ -201,6 +201,12 @@ EVAL_RESULTS = pa.schema(
         pa.field("ci_low", pa.float64()),
         pa.field("ci_high", pa.float64()),
         pa.field("protocol", pa.string()),  # evaluate.protocol (paper / strict); the stage always sets it
+        # the paired difference from the baseline retriever on the same queries (evaluation/report.py's
+        # DELTA_COLUMNS): its name, value minus the baseline's, the 95% paired bootstrap interval; null where none
+        pa.field("baseline", pa.string()),
+        pa.field("delta", pa.float64()),
+        pa.field("delta_ci_low", pa.float64()),
+        pa.field("delta_ci_high", pa.float64()),
     ]
 )
 

@@ -293,8 +293,39 @@ def test_the_report_and_its_summary_lines_name_the_protocol(tmp_path, caplog):
 
 def test_results_rows_fit_the_table_schema():
     from nyx_tasks.schema import EVAL_RESULTS, to_table
+    from nyx_tasks.stages.evaluate import paired_deltas
 
-    row = STAGE._row(load_config("demo", ["evaluate.protocol=paper", "evaluate.bootstrap=0"]).evaluate,
-                     "stage1", "bamboogle", "eval", 128, "em", [1.0, 0.0])
-    table = to_table([row], EVAL_RESULTS, "eval_results")
-    assert table.column("protocol").to_pylist() == ["paper"] and set(row) == set(EVAL_RESULTS.names)
+    cfg = load_config("demo", ["evaluate.protocol=paper", "evaluate.bootstrap=0"]).evaluate
+    rows = paired_deltas([STAGE._row(cfg, m, "bamboogle", "eval", 128, "em", v)
+                          for m, v in (("stage1", [1.0, 0.0]), ("stage2", [1.0, 1.0]))], "stage1", 0)
+    table = to_table(rows, EVAL_RESULTS, "eval_results")
+    assert table.column("protocol").to_pylist() == ["paper"] * 2 and all(set(r) == set(EVAL_RESULTS.names) for r in rows)
+    assert table.column("delta").to_pylist() == [None, 0.5] and table.column("baseline").to_pylist() == [None, "stage1"]
+    assert table.column("delta_ci_low").to_pylist() == [None, None]  # no bootstrap: no interval
+
+
+def test_paired_deltas_pair_only_the_same_queries():
+    from nyx_tasks.stages.evaluate import paired_deltas
+
+    cfg = load_config("demo", ["evaluate.bootstrap=50"]).evaluate
+    a, b = [1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]
+    rows = [STAGE._row(cfg, "base", "docs", "eval", 16, "recall@1", b),  # before its baseline: order is kept
+            STAGE._row(cfg, "stage1", "docs", "eval", 16, "recall@1", a),
+            STAGE._row(cfg, "none", "docs", "eval", 16, "recall@1", [1.0, 0.0]),  # other queries (n = 2)
+            STAGE._row(cfg, "base", "docs", "eval", 32, "recall@1", b),  # no baseline row at dim 32
+            {**STAGE._row(cfg, "base", "docs", "eval", 16, "index_bytes", [8.0]), "ci_low": None, "ci_high": None}]
+    out = paired_deltas(rows, "stage1", 50)
+    assert [r["model"] for r in out] == ["base", "stage1", "none", "base", "base"]
+    assert out[0]["baseline"] == "stage1" and out[0]["delta"] == 0.25
+    assert 0.0 <= out[0]["delta_ci_low"] <= 0.25 <= out[0]["delta_ci_high"] <= 1.0
+    assert all(r["delta"] is None and r["baseline"] is None for r in out[1:])
+    assert not any("_values" in r for r in out)
+
+
+def test_headline_sets_name_evaluated_datasets():
+    cfg = load_config("demo").evaluate
+    assert cfg.headline_sets == [] and cfg.headline_names() == ["docstrings_eval"]  # the set naming its gold
+    assert load_config("demo", ["evaluate.headline_sets=[nyxqa, hotpotqa]"]).evaluate.headline_names() == \
+        ["nyxqa", "hotpotqa"]
+    with pytest.raises(ValueError, match="evaluate.headline_sets names \\['nope'\\]"):
+        load_config("demo", ["evaluate.headline_sets=[nope]"])

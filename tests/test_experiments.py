@@ -180,12 +180,19 @@ def test_report_compares_variants_with_intervals_over_whatever_rows_exist(base):
     r100, r300 = (read_stage_table(store, r["partition"], "late").to_pylist() for r in records)
     recall = [r for r in r100 if r["metric"] == "recall@1"][0]
     assert f"{recall['value']:.4g} [{recall['ci_low']:.4g}, {recall['ci_high']:.4g}] (n=10)" in text
-    assert "| bm25 | nyxqa | test | 8 | latency_ms_p50 | strict | 4 (n=10) | 6 (n=10) |" in text  # no CI: the value
+    assert "| bm25 | nyxqa | test | 8 | latency_ms_p50 | strict | 4 (n=10) | 6 (n=10) | +2 |" in text  # no CI: the value
+    # each variant but the first minus the first: an unpaired difference of the aggregated means, said so
+    assert "| model | dataset | split | dim | metric | protocol | bootstrap=100 | bootstrap=300 | " \
+           "bootstrap=300 − bootstrap=100 |" in text and "an unpaired difference of means" in text
+    recall300 = [r for r in r300 if r["metric"] == "recall@1"][0]
+    assert f"| {recall300['value'] - recall['value']:+.4g} |" in text
+    assert "delta" not in text.split("## Results")[1].split("\n| model |")[1].split("\n")[0]  # not a row key
     assert "![recall@1](recall_1.png)" in text and "![latency_ms_p50](latency_ms_p50.png)" in text
     png = store.fs.cat(store.path("reports/experiments/cmp/recall_1.png"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     csv_rows = store.fs.cat(store.path("reports/experiments/cmp/results.csv")).decode().splitlines()
     assert len(csv_rows) == 1 + len(r100) + len(r300) and csv_rows[0].startswith("variant,model,")
+    assert csv_rows[0].endswith(",value,n,ci_low,ci_high,baseline,delta,delta_ci_low,delta_ci_high")
     listed = ex.experiments(store)
     assert listed == [{"name": "cmp", "base": "exp", "variants": ["bootstrap=100", "bootstrap=300"],
                        "report": "reports/experiments/cmp/report.md"}]

@@ -17,8 +17,18 @@ table: the report states it); the stage writes it to Parquet. Columns, for reade
     n         queries scored (accuracy), queries timed (cost rows; index_bytes without timing: documents)
     ci_low, ci_high   the 95% percentile bootstrap interval of the mean; None for cost rows
     protocol  evaluate.protocol (strict / paper), the same in every row
+    baseline  the retriever `delta` is against (evaluate.baseline); None where there is no delta
+    delta     value minus the baseline's value on the same queries (same dataset, split, dim, metric
+              and n): the mean of the per-query differences; None for the baseline's own rows, cost
+              rows, and rows whose baseline row is missing or was scored on other queries
+    delta_ci_low, delta_ci_high   its 95% paired bootstrap interval (one resample of the queries
+              for both retrievers, `metrics.paired_bootstrap_ci`); None without a bootstrap
 
-`render_report` turns it into `report.md` (one section per dataset/split: a metric x retriever
+`render_report` turns it into `report.md`: first a summary of the headline datasets (`headline`;
+per dataset/split the retrieval metrics at the largest dim and the headline metric at every dim,
+each retriever with its interval and each retriever minus the baseline with its paired interval),
+then one section per dataset/split (the headline datasets' first, the others after a heading that
+points at the notes): a metric x retriever
 by dim table, each retriever minus the baseline retriever (`baseline`, default the first), a
 cost table (dim x retriever: headline accuracy, index bytes, p50 / p95 latency) when the table
 has cost rows for that dataset, plot links) plus one PNG plot per metric against the dimension
@@ -40,7 +50,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 RESULT_COLUMNS = ("model", "dataset", "split", "dim", "metric", "value", "n", "ci_low", "ci_high")
-OPTIONAL_COLUMNS = ("protocol",)  # the evaluation protocol (evaluate.protocol), the same in every row
+# the paired difference against the baseline retriever on the same queries (None where there is none)
+DELTA_COLUMNS = ("baseline", "delta", "delta_ci_low", "delta_ci_high")
+# the evaluation protocol (evaluate.protocol, the same in every row), then the paired difference
+OPTIONAL_COLUMNS = ("protocol", *DELTA_COLUMNS)
 HEADLINE_METRICS = ("rag_accuracy", "f1", "em")  # the first one present is a section's headline
 COST_METRICS = ("index_bytes", "latency_ms_p50", "latency_ms_p95")  # per (model, dataset, dim); no interval
 PLOT_SIZE, PLOT_DPI = (6.4, 4.0), 120  # inches, dots per inch: 768 x 480 px, one figure per metric
@@ -61,51 +74,65 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _check_pair(i: int, row: Mapping, lo_col: str, hi_col: str) -> None:
+    """An optional interval: both set or both None, finite, not reversed."""
+    lo, hi = row.get(lo_col), row.get(hi_col)
+    for col, v in ((lo_col, lo), (hi_col, hi)):
+        if v is not None and not _is_real(v):
+            raise ValueError(f"row {i}: column {col!r} must be a finite number or None, got {v!r}")
+    if (lo is None) != (hi is None):
+        raise ValueError(f"row {i}: columns {lo_col!r} and {hi_col!r} must both be set or both None")
+    if lo is not None and lo > hi:
+        raise ValueError(f"row {i}: column {lo_col!r} ({lo}) is above {hi_col!r} ({hi})")
+
+
+def _check_delta(i: int, row: Mapping) -> None:
+    """The optional paired difference: `baseline` names the retriever exactly when `delta` is set,
+    and its interval only with it."""
+    base, delta = row.get("baseline"), row.get("delta")
+    if base is not None and (not isinstance(base, str) or not base):
+        raise ValueError(f"row {i}: column 'baseline' must be a non-empty str or None, got {base!r}")
+    if delta is not None and not _is_real(delta):
+        raise ValueError(f"row {i}: column 'delta' must be a finite number or None, got {delta!r}")
+    if (base is None) != (delta is None):
+        raise ValueError(f"row {i}: columns 'baseline' and 'delta' must both be set or both None")
+    _check_pair(i, row, "delta_ci_low", "delta_ci_high")
+    if delta is None and row.get("delta_ci_low") is not None:
+        raise ValueError(f"row {i}: a delta interval without a 'delta'")
+
+
+def _check_row(i: int, row) -> None:
+    if not isinstance(row, Mapping):
+        raise ValueError(f"row {i}: expected a dict, got {type(row).__name__}")
+    missing = [c for c in RESULT_COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"row {i}: missing column(s) {missing}")
+    unknown = sorted(str(c) for c in row if c not in RESULT_COLUMNS + OPTIONAL_COLUMNS)
+    if unknown:
+        raise ValueError(f"row {i}: unknown column(s) {unknown}; expected {list(RESULT_COLUMNS)}")
+    for col in _TEXT_COLUMNS + (("protocol",) if "protocol" in row else ()):
+        if not isinstance(row[col], str) or not row[col]:
+            raise ValueError(f"row {i}: column {col!r} must be a non-empty str, got {row[col]!r}")
+    for col in ("dim", "n"):
+        if not _is_int(row[col]) or row[col] < 1:
+            raise ValueError(f"row {i}: column {col!r} must be a positive int, got {row[col]!r}")
+    if not _is_real(row["value"]):
+        raise ValueError(f"row {i}: column 'value' must be a finite number, got {row['value']!r}")
+    _check_pair(i, row, "ci_low", "ci_high")
+    _check_delta(i, row)
+
+
 def validate_rows(rows: Sequence[Mapping]) -> None:
     """Check every result row against `RESULT_COLUMNS`; raise ValueError naming the row index and
     column: missing or unknown columns, empty text columns, a non-int or non-positive `dim` or
     `n`, a non-numeric or non-finite `value`, a confidence interval that is half set, non-numeric
-    or reversed, a repeated (model, dataset, split, dim, metric) key, and a `protocol` (optional)
-    that is not a non-empty str or not the same in every row."""
+    or reversed, a repeated (model, dataset, split, dim, metric) key, a `protocol` (optional)
+    that is not a non-empty str or not the same in every row, and optional `DELTA_COLUMNS` that
+    are half set (`baseline` without `delta`, an interval without a delta) or ill-typed."""
     seen: dict[tuple, int] = {}
     protocols: set = set()
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise ValueError(f"row {i}: expected a dict, got {type(row).__name__}")
-        missing = [c for c in RESULT_COLUMNS if c not in row]
-        if missing:
-            raise ValueError(f"row {i}: missing column(s) {missing}")
-        unknown = sorted(str(c) for c in row if c not in RESULT_COLUMNS + OPTIONAL_COLUMNS)
-        if unknown:
-            raise ValueError(
-                f"row {i}: unknown column(s) {unknown}; expected {list(RESULT_COLUMNS)}"
-            )
-        for col in _TEXT_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in row):
-            if not isinstance(row[col], str) or not row[col]:
-                raise ValueError(
-                    f"row {i}: column {col!r} must be a non-empty str, got {row[col]!r}"
-                )
-        for col in ("dim", "n"):
-            if not _is_int(row[col]) or row[col] < 1:
-                raise ValueError(
-                    f"row {i}: column {col!r} must be a positive int, got {row[col]!r}"
-                )
-        if not _is_real(row["value"]):
-            raise ValueError(
-                f"row {i}: column 'value' must be a finite number, got {row['value']!r}"
-            )
-        lo, hi = row["ci_low"], row["ci_high"]
-        for col, v in (("ci_low", lo), ("ci_high", hi)):
-            if v is not None and not _is_real(v):
-                raise ValueError(
-                    f"row {i}: column {col!r} must be a finite number or None, got {v!r}"
-                )
-        if (lo is None) != (hi is None):
-            raise ValueError(
-                f"row {i}: columns 'ci_low' and 'ci_high' must both be set or both None"
-            )
-        if lo is not None and lo > hi:
-            raise ValueError(f"row {i}: column 'ci_low' ({lo}) is above 'ci_high' ({hi})")
+        _check_row(i, row)
         key = tuple(row[c] for c in _KEY_COLUMNS)
         if key in seen:
             raise ValueError(
@@ -262,6 +289,97 @@ def _section(
     for name, what in plots:
         lines += [f"![{_md(dataset)} / {_md(split)}: {what}]({name})", ""]
     return lines
+
+
+# ----------------------------------------------------------------------------- the summary section
+
+
+def _in_headline(dataset: str, headline: Sequence[str]) -> bool:
+    """A benchmark's subsets (`mmeb-eval/<subset>`) go with the benchmark's name."""
+    return dataset in headline or dataset.split("/", 1)[0] in headline
+
+
+def _summary_metrics(by_metric: Mapping) -> list[str]:
+    """The summary table's metrics: the smallest and the largest recall@k, then mrr, those present;
+    a dataset without any shows its headline answer metric (else its first metric)."""
+    recalls = [m for m in by_metric if _RECALL.fullmatch(m)]  # by k: `_group` sorts the metrics
+    shown = _ordered([*recalls[:1], *recalls[-1:], *(["mrr"] if "mrr" in by_metric else [])])
+    return shown or [_headline(by_metric) or next(iter(by_metric))]
+
+
+def _interval(row: Mapping | None) -> str:
+    if row is None:
+        return "–"
+    ci = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row["ci_low"] is not None else ""
+    return f"{row['value']:.3f}{ci}"
+
+
+def _paired(row: Mapping | None, base: Mapping | None, baseline: str) -> str:
+    """row minus the baseline's row: the paired delta the row carries against `baseline`, with its
+    interval; else (rows without one) the difference of the two values over the same number of
+    queries, without an interval; – when there is neither."""
+    if row is not None and row.get("baseline") == baseline and row.get("delta") is not None:
+        lo, hi = row.get("delta_ci_low"), row.get("delta_ci_high")
+        return _signed(row["delta"]) + (f" [{_signed(lo)}, {_signed(hi)}]" if lo is not None else "")
+    if row is None or base is None or row["n"] != base["n"]:
+        return "–"
+    return _signed(row["value"] - base["value"])
+
+
+def _summary_table(by_metric: Mapping, baseline: str) -> list[str]:
+    """Retrievers x the summary metrics, each retriever at its largest dim (`value [ci]`), then a
+    row per retriever minus the baseline at that dim (the paired delta [its interval])."""
+    metrics = _summary_metrics(by_metric)
+    models = _ordered(model for m in metrics for model in by_metric[m])
+    top = {model: max(d for m in metrics for d in by_metric[m].get(model, {})) for model in models}
+    cells = {model: [by_metric[m].get(model, {}).get(top[model]) for m in metrics] for model in models}
+    body = [[_md(model), str(top[model]), str(max(c["n"] for c in cells[model] if c)),
+             *map(_interval, cells[model])] for model in models]
+    for model in models:
+        base = [by_metric[m].get(baseline, {}).get(top[model]) for m in metrics]
+        deltas = [_paired(c, b, baseline) for c, b in zip(cells[model], base, strict=True)]
+        if model != baseline and any(d != "–" for d in deltas):
+            body.append([f"{_md(model)} − {_md(baseline)}", str(top[model]), "", *deltas])
+    return _table(["retriever", "dim", "n", *map(_md, metrics)], body)
+
+
+def _dim_table(by_metric: Mapping, baseline: str) -> tuple[str, list[str]]:
+    """(the metric, its table): mrr (else the first summary metric) at every dim, a row per
+    retriever (`value [ci]`), then a row per retriever minus the baseline (paired delta [interval])."""
+    metric = "mrr" if "mrr" in by_metric else _summary_metrics(by_metric)[0]
+    by_model = by_metric[metric]
+    dims = sorted({d for cells in by_model.values() for d in cells}, reverse=True)
+    base = by_model.get(baseline, {})
+    body = [[_md(model), *(_interval(cells.get(d)) for d in dims)] for model, cells in by_model.items()]
+    for model, cells in by_model.items():
+        deltas = [_paired(cells.get(d), base.get(d), baseline) for d in dims]
+        if model != baseline and any(d != "–" for d in deltas):
+            body.append([f"{_md(model)} − {_md(baseline)}", *deltas])
+    return metric, _table(["retriever", *map(str, dims)], body)
+
+
+def _summary_section(groups: Mapping, chosen: list[tuple[str, str]], baseline: str, others: bool) -> list[str]:
+    """## Summary: per chosen dataset/split its summary table and its Matryoshka view."""
+    named = ", ".join(_ordered(_md(d) for d, _ in chosen))
+    rest = " The other datasets' sections follow under *Other results*." if others else ""
+    lines = ["## Summary", "",
+             f"Datasets: {named}.{rest} Cells: `value [95% bootstrap interval]` at each retriever's largest dim "
+             f"(`dim`) over `n` queries; rows `retriever − {_md(baseline)}`: its difference from the baseline on "
+             "the same queries with the 95% paired bootstrap interval (one resample of the queries for both; "
+             f"positive: better than {_md(baseline)}); a difference without an interval: no bootstrap, or the "
+             "rows carry no paired delta.", ""]
+    for dataset, split in chosen:
+        by_metric = groups[(dataset, split)]
+        metric, table = _dim_table(by_metric, baseline)
+        lines += [f"### {_md(dataset)} / {_md(split)}", "", *_summary_table(by_metric, baseline), "",
+                  f"{_md(metric)} at every dim (Matryoshka: the columns are embedding dims):", "", *table, ""]
+    return lines
+
+
+def _others_heading(notes: Sequence[str]) -> list[str]:
+    see = " (see notes)" if notes else ""
+    return [f"## Other results{see}", "",
+            "Datasets outside the summary's" + (": the notes say what their numbers are worth." if notes else "."), ""]
 
 
 # ----------------------------------------------------------------------------- plots
@@ -423,17 +541,52 @@ def _split_cost(rows: Sequence[Mapping]) -> tuple[list[Mapping], dict]:
     return [r for r in rows if r["metric"] not in COST_METRICS], cost
 
 
+def _dataset_section(out: Path, group: tuple[str, str], by_metric: Mapping, cost: Mapping, colours: Mapping,
+                     baseline: str) -> tuple[list[str], list[Path]]:
+    """One dataset/split's section lines and its plots (written into `out`)."""
+    dataset, split = group
+    dims = _dims(by_metric)
+    stem = f"{_slug(dataset)}-{_slug(split)}"
+    names: list[tuple[str, str]] = []  # (file name, what it shows)
+    for metric, name in _plot_names(stem, by_metric).items():
+        _plot_metric(out / name, f"{dataset} / {split}: {metric} vs dim", metric, by_metric[metric], colours, dims)
+        names.append((name, f"{metric} vs dim"))
+    if cost and _plot_cost(out / f"{stem}-cost.png", f"{dataset} / {split}: accuracy vs latency",
+                           by_metric, cost, colours):
+        names.append((f"{stem}-cost.png", "accuracy vs search latency (a point per dim)"))
+    return _section(dataset, split, by_metric, dims, names, baseline, cost), [out / name for name, _ in names]
+
+
+def _front(title: str, protocol: str | None, notes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the title and protocol lines, the notes and the cell legend)."""
+    head = [f"# {title}", ""]
+    if protocol:
+        head += [f"**Protocol: {_md(protocol)}** (evaluate.protocol; every number below comes from it)", ""]
+    rest = ["## Notes", "", *(f"- {' '.join(str(n).splitlines())}" for n in notes), ""] if notes else []
+    rest += ["Columns are Matryoshka embedding dims; cells are `value [ci_low, ci_high] (n=queries)`: the mean, "
+             "its 95% bootstrap interval, and the queries it is over. The `model` column of the results table "
+             "holds the retriever's name.", ""]
+    return head, rest
+
+
 def render_report(
     rows: Sequence[Mapping], out_dir: str, title: str, notes: Sequence[str] = (),
-    baseline: str | None = None,
+    baseline: str | None = None, headline: Sequence[str] | None = None,
 ) -> dict:
     """Write the evaluation report of a results table into `out_dir` (created if needed).
 
     rows: result rows with `RESULT_COLUMNS` (checked by `validate_rows`; at least one).
-    Writes `report.md` (title, the protocol when the rows carry one, notes as bullets, then per
-    dataset/split: the metric x retriever table
-    by dim with "value [ci] (n=...)" cells, each retriever minus `baseline` (default: the first
-    retriever in `rows`) where both are present, the cost table when rows with `COST_METRICS`
+    Writes `report.md`: the title, the protocol when the rows carry one, then `## Summary` for the
+    headline datasets (`headline`: dataset names, a benchmark's name covering its subsets; None,
+    empty or naming none of the rows' datasets: every dataset): per dataset/split the smallest and
+    largest recall@k and mrr (a dataset without them: its headline metric) at each retriever's
+    largest dim as "value [ci]", each retriever minus `baseline` (default: the first retriever in
+    `rows`) as its paired delta "+d [lo, hi]" from the `DELTA_COLUMNS` (rows without them: the
+    difference of the values), and mrr at every dim likewise; then the notes as bullets; then per
+    dataset/split, the headline datasets' first and the others after `## Other results (see
+    notes)`: the metric x retriever table
+    by dim with "value [ci] (n=...)" cells, each retriever minus `baseline` where both are present,
+    the cost table when rows with `COST_METRICS`
     name the dataset, image links) and, per dataset/split, one plot per metric (`PLOT_SIZE` inches at
     `PLOT_DPI`): `<dataset>-<split>-accuracy_vs_dim.png` for the headline metric (rag_accuracy,
     else f1, else em) and `<dataset>-<split>-<metric>_vs_dim.png` for every other one (recall@k as
@@ -449,32 +602,21 @@ def render_report(
     colours = {m: f"C{i % 10}" for i, m in enumerate(_ordered(r["model"] for r in rows))}
     scored, cost = _split_cost(rows)
     baseline = baseline or next((r["model"] for r in scored), None)
-
     protocol = rows[0].get("protocol")  # validate_rows: the same in every row, or absent
-    lines = [f"# {title}", ""]
-    if protocol:
-        lines += [f"**Protocol: {_md(protocol)}** (evaluate.protocol; every number below comes from it)", ""]
-    if notes:
-        lines += ["## Notes", "", *(f"- {' '.join(str(n).splitlines())}" for n in notes), ""]
-    lines += ["Columns are Matryoshka embedding dims; cells are `value [ci_low, ci_high] (n=queries)`: the mean, "
-              "its 95% bootstrap interval, and the queries it is over. The `model` column of the results table "
-              "holds the retriever's name.", ""]
+    groups = _group(scored)
+    chosen = [g for g in groups if _in_headline(g[0], headline or ())] or list(groups)
+    others = [g for g in groups if g not in chosen]
+    head, rest = _front(title, protocol, notes)
+    lines = head + (_summary_section(groups, chosen, baseline, bool(others)) if groups else []) + rest
     plots: list[Path] = []
-    summary: list[str] = []
-    for (dataset, split), by_metric in _group(scored).items():
-        dims = _dims(by_metric)
-        stem = f"{_slug(dataset)}-{_slug(split)}"
-        names: list[tuple[str, str]] = []  # (file name, what it shows)
-        for metric, name in _plot_names(stem, by_metric).items():
-            _plot_metric(out / name, f"{dataset} / {split}: {metric} vs dim", metric, by_metric[metric], colours, dims)
-            names.append((name, f"{metric} vs dim"))
-        ds_cost = cost.get(dataset, {})
-        if ds_cost and _plot_cost(out / f"{stem}-cost.png", f"{dataset} / {split}: accuracy vs latency",
-                                  by_metric, ds_cost, colours):
-            names.append((f"{stem}-cost.png", "accuracy vs search latency (a point per dim)"))
-        plots += [out / name for name, _ in names]
-        lines += _section(dataset, split, by_metric, dims, names, baseline, ds_cost)
-        summary += _summary(dataset, split, by_metric, dims, protocol, baseline)
+    for group in [*chosen, *others]:
+        if others and group == others[0]:
+            lines += _others_heading(notes)
+        section, figures = _dataset_section(out, group, groups[group], cost.get(group[0], {}), colours, baseline)
+        lines += section
+        plots += figures
+    summary = [line for (dataset, split), by_metric in groups.items()
+               for line in _summary(dataset, split, by_metric, _dims(by_metric), protocol, baseline)]
     for dataset, ds_cost in cost.items():
         summary += _cost_summary(dataset, ds_cost)
 

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..answering import ANSWER_PROMPTS, PAPER_ANSWER_PROMPTS, Answering, free_answer, parsed_answer
 from ..artifacts import iter_stage_batches
 from ..base import ShardSpec, StageError
@@ -60,8 +62,8 @@ from ..benchmarks import (
 from ..checkpoints import stage_checkpoint
 from ..embedding import MixedItem, make_embedder
 from ..embedding.cache import embed_cached
-from ..evaluation.metrics import aggregate, bootstrap_ci, retrieval_scores
-from ..evaluation.report import render_report
+from ..evaluation.metrics import aggregate, bootstrap_ci, paired_bootstrap_ci, retrieval_scores
+from ..evaluation.report import COST_METRICS, DELTA_COLUMNS, render_report
 from ..inference import GenerationError, make_backend
 from ..judges import exact_match, option_match, token_f1
 from ..retrieval import (
@@ -137,6 +139,41 @@ PROTOCOL_NOTES = {
 }
 
 
+PER_QUERY = "_values"  # a row's per-query scores while the stage runs (`EvaluateStage._row`); never written
+
+
+def _pair_key(row: dict) -> tuple:
+    """Rows with the same key were scored on the same queries (in the same order): the stage asks
+    every retriever the same questions of a dataset/split, in one order, at every dim."""
+    return row["dataset"], row["split"], row["dim"], row["metric"], row["n"]
+
+
+def _delta(values, base: dict | None, n_boot: int) -> dict:
+    """The `DELTA_COLUMNS` of a row with per-query `values` against the baseline's row `base`."""
+    if base is None or values is None:
+        return dict.fromkeys(DELTA_COLUMNS)
+    if n_boot:
+        d, lo, hi = paired_bootstrap_ci(values, base[PER_QUERY], n_boot=n_boot)
+    else:  # no bootstrap: the difference of means, without an interval
+        d, lo, hi = float(aggregate(values)["mean"] - aggregate(base[PER_QUERY])["mean"]), None, None
+    return {"baseline": base["model"], "delta": d, "delta_ci_low": lo, "delta_ci_high": hi}
+
+
+def paired_deltas(rows: list[dict], baseline: str, n_boot: int) -> list[dict]:
+    """The rows (same order) with their per-query scores (`PER_QUERY`) dropped and the `DELTA_COLUMNS`
+    set: every accuracy row of a retriever other than `baseline` whose baseline row has the same
+    dataset, split, dim, metric and n gets its paired difference (`metrics.paired_bootstrap_ci`,
+    `n_boot` resamples; 0: no interval); None elsewhere (the baseline's rows, cost rows, rows without
+    per-query scores such as a retrieving retriever's benchmark rows, other queries)."""
+    base = {_pair_key(r): r for r in rows if r["model"] == baseline and PER_QUERY in r}
+    out = []
+    for r in rows:
+        values = r.get(PER_QUERY) if r["model"] != baseline and r["metric"] not in COST_METRICS else None
+        row = {k: v for k, v in r.items() if k != PER_QUERY}
+        out.append({**row, **_delta(values, base.get(_pair_key(r)), n_boot)})
+    return out
+
+
 def paper_query(question: str, options: list[str]) -> str:
     """The paper protocol's NyxQA retrieval query: the question and its choices (exp1.py; the
     retrieval instruction is the embedder's `query_instruction`)."""
@@ -166,8 +203,9 @@ class EvaluateStage(Stage):
     name = "evaluate"
     # 2: identical documents take one rank, a copy of the gold counts as a hit; 3: results rows name
     # their protocol (a `protocol` column); 4: retrievers (checkpoint, embedder, none, golden), cost rows
-    # (index bytes, search latency) per dim, text sets' retrieval metrics by their gold passage
-    version = 4
+    # (index bytes, search latency) per dim, text sets' retrieval metrics by their gold passage; 5: the paired
+    # difference from the baseline retriever (baseline, delta, delta_ci_low, delta_ci_high), the report's summary
+    version = 5
     inputs = ("filter", "chunk", "ingest", "train_stage1", "train_stage2")
     outputs = {"part": "eval_results"}
     execution_only = (*GENERATION_TUNING, *RETRIEVAL_TUNING)
@@ -245,6 +283,7 @@ class EvaluateStage(Stage):
             for bench in benches:
                 rows += self._benchmark(ctx, run, bench, out, notes)
         backend.close()
+        rows = paired_deltas(rows, cfg.baseline_name(), cfg.bootstrap)
         out.write(rows)
         if any(r.kind in ("none", "golden") for r in cfg.retrievers):
             notes.append(DIM_FREE_NOTE)
@@ -544,10 +583,12 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def _row(cfg, model, dataset, split, dim, metric, values) -> dict:
+        """A results row, its per-query `values` kept under `PER_QUERY` until `paired_deltas`."""
         agg = aggregate(values)
         lo, hi = bootstrap_ci(values, n_boot=cfg.bootstrap) if cfg.bootstrap else (None, None)
         return {"model": model, "dataset": dataset, "split": split, "dim": int(dim), "metric": metric,
-                "value": agg["mean"], "n": agg["n"], "ci_low": lo, "ci_high": hi, "protocol": cfg.protocol}
+                "value": agg["mean"], "n": agg["n"], "ci_low": lo, "ci_high": hi, "protocol": cfg.protocol,
+                PER_QUERY: np.asarray(values, dtype=np.float64)}
 
     def _report(self, ctx, rows: list[dict], extra_notes=()) -> None:
         rel = f"reports/{run_name(ctx.partition, ctx.key)}"
@@ -558,14 +599,15 @@ class EvaluateStage(Stage):
         notes = [f"partition {ctx.partition}; profile {cfg.profile}; dims {cfg.evaluate.dims}",
                  f"answering VLM: {cfg.evaluate.generation.model} ({cfg.evaluate.generation.backend})",
                  PROTOCOL_NOTES[protocol].format(embedder=union_embedder_cfg(cfg).model, k=cfg.evaluate.union_top_k),
-                 "intervals: 95% percentile bootstrap over queries",
+                 "intervals: 95% percentile bootstrap over queries; a difference from the baseline: 95% paired "
+                 "bootstrap (the same resampled queries for both retrievers; the results' delta columns)",
                  "retrievers: " + ", ".join(f"{r.name} ({r.kind}{':' + r.stage if r.stage else ''})"
                                             for r in cfg.evaluate.retrievers)
                  + f"; baseline {cfg.evaluate.baseline_name()}; the results' `model` column holds the retriever",
                  *cfg.evaluate.report_notes,
                  *extra_notes]
         rendered = render_report(rows, str(out_dir), f"Nyx evaluation: {ctx.partition}", notes,
-                                 baseline=cfg.evaluate.baseline_name())
+                                 baseline=cfg.evaluate.baseline_name(), headline=cfg.evaluate.headline_names())
         if not local:
             ctx.store.fs.put(str(out_dir), ctx.store.path(rel), recursive=True)
         for line in rendered["summary_lines"]:

@@ -12,6 +12,7 @@ from nyx_tasks.evaluation.metrics import (
     aggregate,
     bootstrap_ci,
     gold_ranks,
+    paired_bootstrap_ci,
     retrieval_metrics,
     retrieval_scores,
 )
@@ -146,3 +147,45 @@ def test_bootstrap_ci_on_a_set_larger_than_one_block():
 def test_bootstrap_ci_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         bootstrap_ci(**kwargs)
+
+
+def test_paired_bootstrap_of_identical_arrays_is_zero():
+    values = np.random.default_rng(5).binomial(1, 0.4, size=200).astype(float)
+    assert paired_bootstrap_ci(values, values.copy(), n_boot=300, seed=0) == (0.0, 0.0, 0.0)
+
+
+def test_paired_bootstrap_of_a_constant_shift_is_that_shift():
+    b = np.random.default_rng(6).integers(0, 5, size=100).astype(float)
+    assert paired_bootstrap_ci(b + 1.0, b, n_boot=300) == (1.0, 1.0, 1.0)
+    assert paired_bootstrap_ci(b, b + 0.5, n_boot=300) == (-0.5, -0.5, -0.5)
+
+
+def test_paired_bootstrap_is_the_difference_of_means_with_a_narrower_interval_when_correlated():
+    # a and b share most of their per-query variance (hard and easy queries): b is a with a few
+    # extra hits, so a - b varies far less than a or b does
+    rng = np.random.default_rng(7)
+    a = rng.binomial(1, 0.4, size=300).astype(float)
+    b = np.maximum(a, rng.binomial(1, 0.1, size=300).astype(float))
+    d, lo, hi = paired_bootstrap_ci(b, a, n_boot=1000, seed=0)
+    assert d == b.mean() - a.mean() and lo <= d <= hi and lo > 0  # b is better, and the pairing shows it
+    (alo, ahi), (blo, bhi) = bootstrap_ci(a, seed=0), bootstrap_ci(b, seed=0)
+    assert blo < ahi  # unpaired, the two intervals overlap: apart, they cannot tell the retrievers apart
+    assert (hi - lo) * 2 < min(ahi - alo, bhi - blo)
+    assert paired_bootstrap_ci(b, a, n_boot=1000, seed=0) == (d, lo, hi)  # reproducible per seed
+    # the same resampled queries for both: the interval of a - b is the bootstrap interval of a - b
+    assert (lo, hi) == bootstrap_ci(b - a, n_boot=1000, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (([1.0, 0.0], [1.0]), {}, "same queries"),
+        (([], []), {}, "no values"),
+        (([1.0, float("nan")], [1.0, 0.0]), {}, "finite"),
+        (([1.0, 0.0], [0.0, 1.0]), {"n_boot": 0}, "n_boot"),
+        (([1.0, 0.0], [0.0, 1.0]), {"alpha": 1.0}, "alpha"),
+    ],
+)
+def test_paired_bootstrap_errors(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        paired_bootstrap_ci(*args, **kwargs)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from nyx_tasks.evaluation.report import (
+    DELTA_COLUMNS,
     PLOT_DPI,
     PLOT_SIZE,
     RESULT_COLUMNS,
@@ -98,7 +99,10 @@ def test_layout(rendered):
     assert sorted(p.name for p in out_dir.iterdir()) == sorted([*names, "report.md"])
     assert markdown.startswith("# Nyx demo evaluation\n")
     headings = re.findall(r"^## (.*)$", markdown, flags=re.M)
-    assert headings == ["Notes", "nyxqa / dev", "nyxqa / test", "hotpotqa / dev"]
+    # no headline sets named: the summary covers every dataset, no section is moved
+    assert headings == ["Summary", "Notes", "nyxqa / dev", "nyxqa / test", "hotpotqa / dev"]
+    summary = markdown.split("\n## Notes\n")[0]
+    assert re.findall(r"^### (.*)$", summary, flags=re.M) == ["nyxqa / dev", "nyxqa / test", "hotpotqa / dev"]
 
 
 def test_tables_hold_every_value_formatted(rendered):
@@ -273,6 +277,10 @@ def test_validate_rows_accepts_good_rows():
     validate_rows(
         [good_row(), good_row(dim=np.int64(32), value=np.float32(0.25), ci_low=0.1, ci_high=0.4)]
     )
+    nones = dict.fromkeys(DELTA_COLUMNS)
+    validate_rows([good_row(**nones), good_row(model="stage2", baseline="stage1", delta=-0.1, delta_ci_low=None,
+                                               delta_ci_high=None),
+                   good_row(model="e5", baseline="stage1", delta=0.2, delta_ci_low=0.1, delta_ci_high=0.3)])
     assert set(good_row()) == set(RESULT_COLUMNS)
 
 
@@ -294,6 +302,13 @@ def test_validate_rows_accepts_good_rows():
         (good_row(ci_low=0.4), "both be set or both None"),
         (good_row(ci_low=0.6, ci_high=0.4), "'ci_low' \\(0.6\\) is above"),
         (good_row() | {"extra": 1}, r"unknown column\(s\) \['extra'\]"),
+        (good_row(baseline="stage2"), "'baseline' and 'delta' must both be set"),
+        (good_row(delta=0.1), "'baseline' and 'delta' must both be set"),
+        (good_row(baseline="", delta=0.1), "'baseline' must be a non-empty str"),
+        (good_row(baseline="stage2", delta=float("inf")), "'delta' must be a finite number"),
+        (good_row(baseline="stage2", delta=0.1, delta_ci_low=0.0), "'delta_ci_low' and 'delta_ci_high'"),
+        (good_row(baseline="stage2", delta=0.1, delta_ci_low=0.2, delta_ci_high=0.0), "'delta_ci_low' \\(0.2\\)"),
+        (good_row(delta_ci_low=0.0, delta_ci_high=0.2), "a delta interval without a 'delta'"),
         (good_row(), "row 1: duplicate of row 0"),
         ("not a row", "row 1: expected a dict"),
     ],
@@ -369,3 +384,79 @@ def test_cost_table_and_every_retriever_at_every_dim(tmp_path):
     # another baseline
     again = render_report(rows, str(tmp_path / "b"), "costs", baseline="none")
     assert "**vs none**" in Path(again["markdown"]).read_text()
+
+
+def with_deltas(rows: list[dict]) -> list[dict]:
+    """make_rows() with stage2's paired delta against stage1 as the evaluate stage writes it: the
+    difference of the values, an interval skewed to tell it from anything the report computes."""
+    out = []
+    for r in rows:
+        if r["model"] != "stage2":
+            out.append(r | dict.fromkeys(DELTA_COLUMNS))
+            continue
+        base = find(rows, model="stage1", dataset=r["dataset"], split=r["split"], dim=r["dim"], metric=r["metric"])
+        d = r["value"] - base["value"]
+        out.append(r | {"baseline": "stage1", "delta": d, "delta_ci_low": d - 0.0123, "delta_ci_high": d + 0.0456})
+    return out
+
+
+def signed(x: float) -> str:
+    return f"{round(x, 3) + 0.0:+.3f}"
+
+
+def test_summary_comes_first_with_the_paired_deltas_the_rows_carry(tmp_path):
+    rows = with_deltas(make_rows())
+    notes = ["hotpotqa: noise"]
+    result = render_report(rows, str(tmp_path), "headline", notes=notes, headline=["nyxqa"])
+    markdown = Path(result["markdown"]).read_text()
+    headings = re.findall(r"^##+ (.*)$", markdown, flags=re.M)
+    # the summary of the headline sets first, then the notes, their sections, and the rest under a heading
+    assert headings == ["Summary", "nyxqa / dev", "nyxqa / test", "Notes", "nyxqa / dev", "nyxqa / test",
+                        "Other results (see notes)", "hotpotqa / dev"]
+    summary = markdown.split("\n## Notes\n")[0]
+    test = summary.split("### nyxqa / test\n")[1]
+    key = {"dataset": "nyxqa", "split": "test", "dim": 128}
+
+    def interval(r):
+        return f"{r['value']:.3f}" + (f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else "")
+
+    def paired(r):
+        return f"{signed(r['delta'])} [{signed(r['delta_ci_low'])}, {signed(r['delta_ci_high'])}]"
+
+    metrics = ["recall@1", "recall@10", "mrr"]  # the smallest and the largest k, then mrr; no rag_accuracy
+    assert "| retriever | dim | n | recall@1 | recall@10 | mrr |" in test
+    for model in MODELS:
+        cells = [interval(find(rows, model=model, metric=m, **key)) for m in metrics]
+        assert f"| {model} | 128 | 120 | " + " | ".join(cells) + " |" in test
+    deltas = [paired(find(rows, model="stage2", metric=m, **key)) for m in metrics]
+    assert "| stage2 − stage1 | 128 |  | " + " | ".join(deltas) + " |" in test
+    assert deltas[0] == "+0.051 [+0.039, +0.097]"  # the interval is the row's, not recomputed
+    # the Matryoshka view: mrr at every dim, each retriever and its paired delta
+    dims = test.split("mrr at every dim (Matryoshka")[1]
+    assert "| retriever | 128 | 64 | 32 | 16 |" in dims
+    mrr = [find(rows, model="stage2", metric="mrr", dataset="nyxqa", split="test", dim=d) for d in DIMS]
+    assert "| stage2 | " + " | ".join(map(interval, mrr)) + " |" in dims
+    assert "| stage2 − stage1 | " + " | ".join(map(paired, mrr)) + " |" in dims
+    assert "hotpotqa" not in summary.split("## Summary")[1]
+    again = render_report(rows, str(tmp_path / "again"), "headline", notes=notes, headline=["nyxqa"])
+    assert Path(again["markdown"]).read_text() == markdown  # byte-identical on a rerun
+
+
+def test_summary_without_carried_deltas_shows_the_plain_difference(tmp_path):
+    # rows without delta columns (or with deltas against another baseline): the difference of the
+    # values, without an interval
+    rows = [r | {"baseline": "stage2", "delta": 0.0, "delta_ci_low": None, "delta_ci_high": None}
+            if r["model"] == "stage1" else r for r in make_rows()]
+    result = render_report(rows, str(tmp_path), "plain", headline=["hotpotqa", "nowhere"])
+    markdown = Path(result["markdown"]).read_text()
+    assert re.findall(r"^##+ (.*)$", markdown, flags=re.M) == [
+        "Summary", "hotpotqa / dev", "hotpotqa / dev", "Other results", "nyxqa / dev", "nyxqa / test"]
+    summary = markdown.split("\n## hotpotqa / dev\n")[0]
+    # no retrieval metric: the dataset's headline answer metric, at the largest dim and at every dim
+    assert "| retriever | dim | n | f1 |" in summary and "\nf1 at every dim (Matryoshka" in summary
+    assert "| stage2 − stage1 | 128 |  | +0.051 |" in summary
+    assert "| stage2 − stage1 | " + " | ".join(["+0.051"] * 4) + " |" in summary
+    # named headline sets that are not in the table: every dataset is in the summary
+    other = render_report(make_rows(), str(tmp_path / "none"), "x", headline=["nowhere"])
+    text = Path(other["markdown"]).read_text()
+    assert "Other results" not in text and text.count("### ") == 3

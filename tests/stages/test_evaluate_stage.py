@@ -122,3 +122,34 @@ def test_an_imported_benchmark_is_scored_for_every_retriever(evaluated):
     assert all(r["split"] == "dev" and r["protocol"] == "strict" and 0 <= r["value"] <= 1 for r in mmqa)
     texts = ["".join(p.get("text", "") for p in r.messages[-1]["content"]) for r in seen]
     assert any("Eiffel" in t for t in texts)  # an MMQA question reached the answering VLM
+
+
+def test_rows_carry_the_paired_difference_from_the_baseline(evaluated):
+    """Every accuracy row of a retriever other than the baseline (stage1, the first) whose baseline row
+    was scored on the same queries holds its paired difference: the difference of the two values, with
+    a paired bootstrap interval; the report's summary (docs: the set naming its gold passages) shows it."""
+    cfg, store, manifest, rows, _ = evaluated
+    keyed = {(r["model"], r["dataset"], r["split"], r["dim"], r["metric"]): r for r in rows}
+    checked = set()
+    for r in rows:
+        base = keyed.get(("stage1", r["dataset"], r["split"], r["dim"], r["metric"]))
+        paired = r["model"] != "stage1" and r["ci_low"] is not None and base is not None and \
+            base["n"] == r["n"] and r["dataset"] != "mmqa"  # mmqa: stage1's benchmark rows keep no per-query scores
+        if not paired:
+            assert r["delta"] is None and r["baseline"] is None and r["delta_ci_low"] is None, r
+            continue
+        assert r["baseline"] == "stage1" and r["delta"] == pytest.approx(r["value"] - base["value"], abs=1e-12), r
+        assert r["delta_ci_low"] <= r["delta_ci_high"], r
+        checked.add((r["model"], r["dataset"], r["metric"]))
+    for model in ("base", "none", "golden"):
+        assert (model, "nyxqa", "rag_accuracy") in checked and (model, "docs", "f1") in checked, model
+    assert ("base", "docs", "recall@1") in checked and ("golden", "docs", "mrr") in checked
+    text = Path(store.path(manifest["report"])).read_text()
+    summary = text.split("\n## Notes\n")[0]
+    assert summary.index("## Summary") < summary.index("### docs / eval") and "### nyxqa" not in summary
+    top = max(cfg.evaluate.dims)
+    got = [keyed[("base", "docs", "eval", top, m)] for m in ("recall@1", "recall@10", "mrr")]
+    cells = [f"{round(r['delta'], 3) + 0.0:+.3f} [{round(r['delta_ci_low'], 3) + 0.0:+.3f}, "
+             f"{round(r['delta_ci_high'], 3) + 0.0:+.3f}]" for r in got]
+    assert f"| base − stage1 | {top} |  | " + " | ".join(cells) + " |" in summary
+    assert "\n## Other results (see notes)\n" in text and text.index("## docs / eval") < text.index("## nyxqa / train")
