@@ -32,14 +32,17 @@ MARKER = "_CHECKPOINT.json"
 
 
 def write_checkpoint_marker(store: ArtifactStore, rel: str, *, base_model: str, stage: str, run: str,
-                            partition: str, metrics: dict, recipe: dict | None = None) -> dict:
+                            partition: str, metrics: dict) -> dict:
     """Publish the checkpoint trained under `rel` (`models/<run>/<stage>`, with `adapter/` and
-    `merged/` in place): its marker, written last. `recipe`: how it embeds (family, pooling,
-    prefixes, dims; `family` missing means vlm). Returns the record."""
+    `merged/` in place): its marker, written last. `metrics` may carry the training's `recipe`
+    (how it embeds: family, pooling, prefixes, dims), which the marker holds at its top level
+    (`family` missing means vlm). Returns the record."""
+    metrics = dict(metrics)
+    recipe = metrics.pop("recipe", None) or {}
     record = {"base_model": base_model, "adapter": store.url(f"{rel}/adapter"), "merged": store.url(f"{rel}/merged"),
               "stage": stage, "run": run, "partition": partition,
               "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "metrics": metrics,
-              "family": (recipe or {}).get("family", "vlm"), "recipe": recipe or {}}
+              "family": recipe.get("family", "vlm"), "recipe": recipe}
     store.write_json_atomic(f"{rel}/{MARKER}", record)
     return record
 

@@ -167,7 +167,7 @@ class TrainStage(Stage):
                  "last_loss": hist[-1]["loss"] if hist else None, "steps": metrics["total_steps"],
                  "samples_per_second": metrics["train"].get("train_samples_per_second")}
         write_checkpoint_marker(ctx.store, rel, base_model=cfg.base_model, stage=self.name, run=run,
-                                partition=ctx.partition, metrics=final, recipe=metrics.get("recipe"))
+                                partition=ctx.partition, metrics={**final, "recipe": metrics.get("recipe")})
 
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
         rel = f"models/{planned_run(ctx, manifest['key'])}/{self.name}"

@@ -59,7 +59,8 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     model, processor = load_trainable(path, cfg, bf16, spec.get("init_adapter"))
     cfg, recipe = with_recipe(cfg, path, processor)
     log.info("backbone %s (%s), pooling %s%s", cfg.base_model, cfg.family, recipe["pooling"],
-             f", {recipe['max_seq_length']} tokens per text" if cfg.family == "encoder" else "")
+             f", {cfg.max_length} tokens per text in training, {recipe['max_seq_length']} in the export"
+             if cfg.family == "encoder" else "")
 
     ckpt_dir = out / "checkpoints"  # every save_steps: model (adapter), optimizer, scheduler, rng and step
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")  # where transformers 5 looks for it
