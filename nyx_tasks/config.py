@@ -600,6 +600,9 @@ class EvaluateConfig(_Model):
     report_notes: list[str] = Field(
         default_factory=list, description="Lines added to the report's notes: what a reader must know about this "
         "profile's numbers (the demo: which are noise by construction).")
+    untrained_dims: bool = Field(
+        False, description="Allow evaluate.dims that a checkpoint was not trained at (the Matryoshka ablation: a "
+        "single-dim loss scored at every dim); off, such a dim is refused.")
     headline_sets: list[str] = Field(
         default_factory=list, description="The datasets whose numbers carry information: the report opens with "
         "their summary (retrieval metrics with intervals and paired differences against the baseline, at the "
@@ -766,10 +769,18 @@ def list_profiles() -> list[str]:
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into `base`, dicts key by key; any other value replaces the base's. A key ending
+    in `+` appends its list to the base's list under the key without the `+` (a profile that `extends`
+    another: `text_sets+: [...]`; an override: `mine.text_sets+=[...]`)."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+        if isinstance(k, str) and k.endswith("+"):
+            name, have = k[:-1], out.get(k[:-1], [])
+            if not isinstance(v, list) or not isinstance(have, list):
+                raise ConfigError(f"{k}: appends a list to a list, got {type(v).__name__} onto {type(have).__name__}")
+            out[name] = [*have, *v]
+        elif isinstance(v, dict):
+            out[k] = _deep_merge(out[k] if isinstance(out.get(k), dict) else {}, v)
         else:
             out[k] = v
     return out
@@ -795,7 +806,8 @@ def parse_override(item: str) -> dict[str, Any]:
 
 def _profile_tree(path: Path) -> dict[str, Any]:
     """The raw tree of the profile file `path`; `extends: <name>` deep-merges it over that profile
-    (in the same folder), and the profile is then named after its own file."""
+    (in the same folder; `key+: [...]` appends to that profile's list), and the profile is then named
+    after its own file."""
     import yaml
 
     data = yaml.safe_load(path.read_text()) or {}
@@ -804,7 +816,7 @@ def _profile_tree(path: Path) -> dict[str, Any]:
         if not base_path.exists():
             raise FileNotFoundError(f"profile {path.stem!r} extends {base!r}, which is not in {path.parent}")
         data = {**_deep_merge(_profile_tree(base_path), data), "profile": path.stem}
-    return data
+    return _deep_merge({}, data)  # `key+` lists of a profile that extends none: plain lists
 
 
 def load_config(

@@ -89,7 +89,7 @@ def check_rules(cfg) -> list[str]:
                           f"({fb.num_negatives}): what feedback keeps per query"))
     for model in ev.models:
         trained = getattr(cfg, f"train_{model}").loss.dims
-        rules.append((set(ev.dims) <= set(trained),
+        rules.append((ev.untrained_dims or set(ev.dims) <= set(trained),
                       f"evaluate.dims ({ev.dims}) are among train_{model}.loss.dims ({trained}): the {model} "
                       "model is evaluated at the Matryoshka dims it was trained at"))
     if fb.embedder.kind == "nyx" and fb.embedder.dim is not None:

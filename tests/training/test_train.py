@@ -12,11 +12,11 @@ from safetensors.numpy import load_file
 from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
-from tests.conftest import demo_cfg
+from tests.conftest import VLM_TRAIN, demo_cfg
 
 
 def spec_for(root, out_dir, **train):
-    cfg = demo_cfg(root, *(f"train_stage1.{k}={v}" for k, v in train.items()))
+    cfg = demo_cfg(root, *VLM_TRAIN, *(f"train_stage1.{k}={v}" for k, v in train.items()))
     return {"stage": "train_stage1", "partition": cfg.partition, "root": str(root), "run": "t",
             "out_dir": str(out_dir), "train": cfg.train_stage1.model_dump(mode="json"), "init_adapter": None}
 
@@ -64,7 +64,7 @@ def test_demo_training_loss_falls_and_the_checkpoint_is_used_by_remining(built, 
 
     root = tmp_path / "artifacts"
     shutil.copytree(built, root)
-    cfg = demo_cfg(root, "train_stage1.epochs=4")
+    cfg = demo_cfg(root, *VLM_TRAIN, "train_stage1.epochs=4")
     store = ArtifactStore(cfg.artifact_root())
     m = run_stage(get_stage("train_stage1"), cfg, store).manifest
     log = read_stage_table(store, cfg.partition, "train_stage1").to_pylist()
@@ -94,7 +94,7 @@ def test_a_retried_attempt_resumes_from_the_newest_checkpoint(built, tmp_path, c
     (no step is trained twice) and publishes."""
     root = tmp_path / "artifacts"
     shutil.copytree(built, root)
-    cfg = demo_cfg(root, "train_stage1.max_steps=4", "train_stage1.save_steps=2")
+    cfg = demo_cfg(root, *VLM_TRAIN, "train_stage1.max_steps=4", "train_stage1.save_steps=2")
     store = ArtifactStore(cfg.artifact_root())
     m = run_stage(get_stage("train_stage1"), cfg, store).manifest
     run_dir = root / "models" / m["checkpoint"]["run"] / "train_stage1"
