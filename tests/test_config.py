@@ -43,6 +43,26 @@ def test_overrides_are_typed_and_deep_merged():
     assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
 
 
+def test_a_key_ending_in_plus_appends_to_the_list(tmp_path):
+    """`key+: [...]` appends to the list under `key` (a profile that extends another, or an override);
+    without a list under the key it starts one; a non-list on either side is refused by name."""
+    demo = load_config("demo")
+    extra = "{name: extra, questions: [/q.jsonl], corpus: [/c.jsonl]}"
+    cfg = load_config("demo", [f"mine.text_sets+=[{extra}]", "evaluate.report_notes+=[one more]"])
+    assert cfg.mine.text_sets[:-1] == demo.mine.text_sets and cfg.mine.text_sets[-1].name == "extra"
+    assert cfg.evaluate.report_notes == [*demo.evaluate.report_notes, "one more"]
+    (tmp_path / "base.yaml").write_text("partition: b\nfeedback: {sources: [a]}\n")
+    (tmp_path / "child.yaml").write_text("extends: base\nfeedback: {sources+: [b]}\nevaluate: {report_notes+: [n]}\n")
+    child = load_config(str(tmp_path / "child.yaml"))
+    assert (child.profile, child.feedback.sources, child.evaluate.report_notes) == ("child", ["a", "b"], ["n"])
+    (tmp_path / "alone.yaml").write_text("feedback: {sources+: [c]}\n")  # extends nothing: a plain list
+    assert load_config(str(tmp_path / "alone.yaml")).feedback.sources == ["c"]
+    with pytest.raises(ConfigError, match=r"partition\+: appends a list to a list, got list onto str"):
+        load_config("demo", ["partition+=[x]"])
+    with pytest.raises(ConfigError, match=r"sources\+: appends a list to a list, got str onto list"):
+        load_config("demo", ["feedback.sources+=x"])
+
+
 @pytest.mark.parametrize("bad", ["ingest.every_nth=0", "ingest.evry_nth=3", "partition=../etc",
                                  "sample.text_only_frac=0.9", "ingest.fetch.allowed_networks=[nonsense]"])
 def test_bad_values_are_refused(bad):

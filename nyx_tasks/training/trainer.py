@@ -19,8 +19,8 @@ from transformers import Trainer, TrainerCallback
 from ..checkpoints import mark_step_complete, rotate_step_checkpoints
 from ..config import LossSettings
 from ..log import get_logger
-from .loss import mrl_infonce_losses
 from .collator import split_docs
+from .loss import mrl_infonce_losses
 from .model import Backbone
 
 
