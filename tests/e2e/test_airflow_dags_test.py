@@ -70,6 +70,7 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     assert mine["rows_out"] > 0 and train["inputs"] == {"mine": mine["output_hash"]}
     assert train["rows_out"] == train["extra"]["steps"] > 0 and train["checkpoint"]["merged"]
     assert "train_stage1: launching" in log and "nyx.train: step 1/" in log  # the trainer's lines, streamed
+    assert train["checkpoint"]["family"] == "encoder" and train["extra"]["steps"] >= 30  # MiniLM, all 1,032 pairs
 
     events = asset_events(airflow_env)
     assert events["nyx_checkpoint"] == 2 and all(events[f"nyx_{s}"] == 1 for s in STAGE_NAMES), events
@@ -117,43 +118,51 @@ def test_bad_trigger_param_is_refused_before_anything_runs(airflow_env):
     assert not (root / "partitions/refused").exists()
 
 
-def test_experiment_grid_shares_the_base_and_recomputes_only_what_differs(airflow_env):
-    """nyx_experiments over the partition the full-DAG test computed: two variants of a late, cheap knob
-    (evaluate.bootstrap: the demo's 200, and 50). Every stage but 50's evaluate is adopted from the
-    base (nothing recomputed, the base untouched); 50's evaluate computes in its own partition; one
-    report compares both. A grid with a bad value is refused before anything runs."""
+def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_env):
+    """nyx_experiments over the partition the full-DAG test computed, with the demo's ablations file
+    (configs/experiments/demo-ablations.yaml): `recipe` (no override) adopts every stage of the base;
+    `in-batch-only` and `single-dim` recompute from train_stage1 on, `threshold-0.5` from feedback on,
+    each in its own partition, the base untouched; one report compares them with intervals. A grid with
+    a bad value is refused before anything runs."""
+    import yaml
+
     root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
     base_dir = root / "partitions/e2e"
     if not (base_dir / "evaluate/_MANIFEST.json").exists():  # run alone: the base first, as the module does
         assert dags_test(airflow_env, {"partition": "e2e"}).returncode == 0
     before = {s: json.loads((base_dir / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
-    conf = {"partition": "e2e", "experiment": "e2e-bootstrap", "grid": {"evaluate.bootstrap": [200, 50]}}
+    variants = yaml.safe_load((REPO / "configs/experiments/demo-ablations.yaml").read_text())["variants"]
+    conf = {"partition": "e2e", "experiment": "demo-ablations", "variants": variants}
     out = subprocess.run([AIRFLOW, "dags", "test", "nyx_experiments", "-c", json.dumps(conf)],
-                         env=airflow_env, capture_output=True, text=True, timeout=900)
+                         env=airflow_env, capture_output=True, text=True, timeout=1800)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-5000:]
-    assert "rendered_map_index='bootstrap=200'" in log and "rendered_map_index='bootstrap=50'" in log
+    assert all(f"rendered_map_index='{v}'" in log for v in variants)
     # the base: every stage found complete by the base task, none recomputed, nothing rewritten
     assert {s: json.loads((base_dir / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES} == before
-    assert log.count("adopted base partition e2e's snapshot") == 2 * len(STAGE_NAMES) - 1
-    for variant in ("bootstrap=200", "bootstrap=50"):
+    first_own = {"recipe": None, "in-batch-only": "train_stage1", "single-dim": "train_stage1",
+                 "threshold-0.5": "feedback"}
+    for variant, own_from in first_own.items():
+        own = STAGE_NAMES[STAGE_NAMES.index(own_from):] if own_from else []
         for s in STAGE_NAMES:
             m = json.loads((root / f"partitions/e2e--{variant}" / s / "_MANIFEST.json").read_text())
-            if (variant, s) == ("bootstrap=50", "evaluate"):  # the one stage that differs: its own output
-                assert "adopted_from" not in m and m["config"]["bootstrap"] == 50
-                assert m["inputs"] == before["evaluate"]["inputs"]  # on the base's (adopted) upstream outputs
-                assert all(f"partitions/e2e--{variant}/evaluate/attempts/" in e["path"] for e in m["outputs"]["part"])
-                assert m["output_hash"] != before["evaluate"]["output_hash"]
+            if s in own:  # computed in the variant's own partition
+                assert "adopted_from" not in m, (variant, s)
+                assert all(f"partitions/e2e--{variant}/{s}/attempts/" in e["path"] for e in m["outputs"]["part"])
             else:
                 assert m["adopted_from"]["partition"] == "e2e" and m["outputs"] == before[s]["outputs"], (variant, s)
-    report = (root / "reports/experiments/e2e-bootstrap/report.md").read_text()
-    assert "| bootstrap=200 | `e2e--bootstrap=200` | `evaluate.bootstrap: 200` | – |" in report
-    assert "| bootstrap=50 | `e2e--bootstrap=50` | `evaluate.bootstrap: 50` | evaluate |" in report
+    assert log.count("adopted base partition e2e's snapshot") == sum(
+        STAGE_NAMES.index(f) if f else len(STAGE_NAMES) for f in first_own.values())
+    single = json.loads((root / "partitions/e2e--single-dim/train_stage1/_MANIFEST.json").read_text())
+    assert single["config"]["loss"]["dims"] == [384]
+    report = (root / "reports/experiments/demo-ablations/report.md").read_text()
+    assert "| in-batch-only | `e2e--in-batch-only` | `train_stage1.negatives.per_query: 0` |" in report
     header = next(line for line in report.splitlines() if line.startswith("| model |"))
-    assert header.endswith("| bootstrap=200 | bootstrap=50 |"), header
-    assert list((root / "reports/experiments/e2e-bootstrap").glob("*.png"))
+    assert "| recipe | in-batch-only | single-dim | threshold-0.5 |" in header, header
+    assert re.search(r"\| stage1 \| docstrings_eval \| eval \| 48 \| mrr \| 0\.\d+ \[0\.\d+, 0\.\d+\]", report)
+    assert list((root / "reports/experiments/demo-ablations").glob("*.png"))
 
-    bad = {**conf, "grid": {"feedback.threshold": [0.5, 1.5]}}
+    bad = {"partition": "e2e", "experiment": "demo-ablations", "grid": {"feedback.threshold": [0.5, 1.5]}}
     refused = subprocess.run([AIRFLOW, "dags", "test", "nyx_experiments", "-c", json.dumps(bad)],
                              env=airflow_env, capture_output=True, text=True, timeout=900)
     assert refused.returncode != 0
