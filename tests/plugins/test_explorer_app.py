@@ -89,7 +89,7 @@ def _add_feedback_and_evaluate(root: Path) -> None:
             out.write(rows)
             self._report(ctx, rows)
 
-    cfg = demo_cfg(root)
+    cfg = demo_cfg(root, "evaluate.baseline=stage1")  # the stand-in results hold stage 1 and 2 only
     store = ArtifactStore(cfg.artifact_root())
     run_stage(Feedback(), cfg, store)
     run_stage(Evaluate(), cfg, store)
