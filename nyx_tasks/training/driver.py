@@ -91,8 +91,10 @@ def with_recipe(cfg: TrainConfig, path: str, processor) -> tuple[TrainConfig, di
         return cfg, recipe
     st = Path(path) / "sentence_bert_config.json"
     own = json.loads(st.read_text()).get("max_seq_length") if st.is_file() else None
-    max_length = cfg.max_length or own or min(processor.model_max_length, 512)
-    recipe.update(max_seq_length=own or max_length, query_prefix=cfg.query_prefix,
+    # sentence-transformers 6 keeps the limit as the tokenizer's model_max_length (our own exports too)
+    own = own or (processor.model_max_length if processor.model_max_length < 100_000 else 512)
+    max_length = cfg.max_length or own
+    recipe.update(max_seq_length=own, query_prefix=cfg.query_prefix,
                   document_prefix=cfg.document_prefix)
     return cfg.model_copy(update={"max_length": max_length}), recipe
 

@@ -132,7 +132,7 @@ def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_e
         assert dags_test(airflow_env, {"partition": "e2e"}).returncode == 0
     before = {s: json.loads((base_dir / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
     variants = yaml.safe_load((REPO / "configs/experiments/demo-ablations.yaml").read_text())["variants"]
-    conf = {"partition": "e2e", "experiment": "demo-ablations", "variants": variants}
+    conf = {"partition": "e2e", "experiment": "demo-ablations", "grid": {}, "variants": variants}  # no example grid
     out = subprocess.run([AIRFLOW, "dags", "test", "nyx_experiments", "-c", json.dumps(conf)],
                          env=airflow_env, capture_output=True, text=True, timeout=1800)
     log = out.stdout + out.stderr
@@ -159,7 +159,8 @@ def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_e
     assert "| in-batch-only | `e2e--in-batch-only` | `train_stage1.negatives.per_query: 0` |" in report
     header = next(line for line in report.splitlines() if line.startswith("| model |"))
     assert "| recipe | in-batch-only | single-dim | threshold-0.5 |" in header, header
-    assert re.search(r"\| stage1 \| docstrings_eval \| eval \| 48 \| mrr \| 0\.\d+ \[0\.\d+, 0\.\d+\]", report)
+    assert re.search(r"\| stage1 \| docstrings_eval \| eval \| 384 \| mrr \| strict \| 0\.\d+ \[0\.\d+, 0\.\d+\] "
+                     r"\(n=440\) \|", report)
     assert list((root / "reports/experiments/demo-ablations").glob("*.png"))
 
     bad = {"partition": "e2e", "experiment": "demo-ablations", "grid": {"feedback.threshold": [0.5, 1.5]}}

@@ -41,6 +41,10 @@ def test_training_encodes_as_the_exported_sentence_transformer_embeds(tmp_path):
     with torch.no_grad():
         trained = torch.nn.functional.normalize(Backbone("encoder", "mean").encode(model, batch["query"]), dim=-1)
     export_merged(model, tok, str(tmp_path / "merged"), recipe)
+    # stage 2 starts from this export: training cut at 64 tokens, the export keeps the 256 it came with
+    _, again_tok = load_trainable(str(tmp_path / "merged"), cfg, use_bf16=False)
+    short, again = with_recipe(encoder_cfg(max_length=64), str(tmp_path / "merged"), again_tok)
+    assert (short.max_length, again["max_seq_length"]) == (64, 256)
 
     marker = {"merged": str(tmp_path / "merged"), "family": "encoder", "recipe": recipe}
     emb_cfg = checkpoint_embedder_cfg(EmbedderConfig(kind="nyx", device="cpu"), marker)
