@@ -167,7 +167,7 @@ def main() -> None:
     from nyx_tasks.training.collator import TripletCollator
     from nyx_tasks.training.data import ExampleDataset
     from nyx_tasks.training.deepspeed_config import zero2_config
-    from nyx_tasks.training.model import apply_lora
+    from nyx_tasks.training.model import Backbone, apply_lora
     from nyx_tasks.training.trainer import NyxTrainer
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -214,7 +214,7 @@ def main() -> None:
                               deepspeed=zero2_config(cfg, args.steps, world) if on_gpu else None,
                               dataloader_num_workers=4 if on_gpu else 0)
     trainer = NyxTrainer(model=model, args=targs, train_dataset=ExampleDataset(examples), data_collator=collator,
-                         loss_cfg=cfg.loss, callbacks=[clock] + ([Profile(on_gpu)] if args.profile else []))
+                         loss_cfg=cfg.loss, backbone=Backbone(), callbacks=[clock] + ([Profile(on_gpu)] if args.profile else []))
     trainer.train()
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -4,20 +4,13 @@ differs from the demo in exactly the reader's fields, adds to the demo's text se
 them (`key+`), and its report notes name what is real and what is noise; `nyx config` prints it. tests/stages/test_feedback_reader.py runs its feedback stage."""
 
 from nyx_tasks.config import load_config
+from tests.test_config import _leaves
 
 READER_FIELDS = {
     "profile", "partition", "mine.text_sets", "evaluate.report_notes", "feedback.sources",
     "feedback.max_queries_per_source", "feedback.top_k", "feedback.generation.model", "feedback.generation.dtype",
     "feedback.generation.batch_size", "feedback.generation.temperature",
 }
-
-
-def _leaves(tree, prefix=""):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def test_demo_reader_is_the_demo_plus_the_reader():

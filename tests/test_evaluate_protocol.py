@@ -53,8 +53,12 @@ class VLM:
         return [ChatResponse(text=self.reply(text_of(r.messages[-1]["content"]))) for r in requests]
 
 
+# the stand-in embedders' width; deltas against stage 1 (the demo's baseline is the packaged MiniLM)
+DIMS_128 = ("evaluate.dims=[128,64,32,16]", "evaluate.untrained_dims=true", "evaluate.baseline=stage1")
+
+
 def make_ctx(tmp_path, *overrides):
-    cfg = load_config("demo", [f"artifacts.root={tmp_path}", "evaluate.bootstrap=0", *overrides])
+    cfg = load_config("demo", [f"artifacts.root={tmp_path}", "evaluate.bootstrap=0", *DIMS_128, *overrides])
     return SimpleNamespace(cfg=cfg, store=ArtifactStore(str(tmp_path / "root")), log=logging.getLogger("nyx.test"),
                            partition="p", key="k")
 

@@ -24,10 +24,10 @@ def test_retrievers_default_to_the_models_and_models_keeps_working():
     assert [(r.name, r.kind, r.stage) for r in cfg.retrievers] == [("stage2", "checkpoint", "stage2")]
     # with retrievers configured, models keeps the checkpoint retrievers of its stages only
     cfg = load_config("demo", ["evaluate.models=[stage2]"]).evaluate
-    assert [r.name for r in cfg.retrievers] == ["stage2", "base", "none", "golden"] and cfg.models == ["stage2"]
+    assert [r.name for r in cfg.retrievers] == ["base", "stage2", "none", "golden"] and cfg.models == ["stage2"]
     # unset models: the checkpoint retrievers' stages (what the stage reads as inputs)
     assert load_config("demo", [RETRIEVERS]).evaluate.models == ["stage1"]
-    assert load_config("demo").evaluate.baseline_name() == "stage1"
+    assert load_config("demo").evaluate.baseline_name() == "base"  # the first: the packaged MiniLM
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

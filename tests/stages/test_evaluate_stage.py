@@ -38,8 +38,8 @@ def evaluated(built, tmp_path_factory):
     docs = (f'evaluate.text_sets=[{{name: docs, questions: ["{tmp}/q.jsonl"], corpus: ["{tmp}/c.jsonl"], '
             'gold_id_column: gold}, {name: hotpotqa, questions: ["pkgdata:text_sets/hotpotqa/questions.jsonl"], '
             'corpus: ["pkgdata:text_sets/hotpotqa/corpus.jsonl"], max_questions: 2}]')
-    cfg = demo_cfg(root, "train_stage1.max_steps=2", "evaluate.splits=[train]", "evaluate.bootstrap=20",
-                   "evaluate.latency_queries=5", RETRIEVERS, docs, "evaluate.benchmarks=[mmqa]")
+    cfg = demo_cfg(root, "evaluate.baseline=stage1", "train_stage1.max_steps=2", "evaluate.splits=[train]",
+                   "evaluate.bootstrap=20", "evaluate.latency_queries=5", RETRIEVERS, docs, "evaluate.benchmarks=[mmqa]")
     store = ArtifactStore(cfg.artifact_root())
     import_mmqa(mmqa_folder(tmp), store)  # `nyx import mmqa` on the hand-written MMQA fixture
     run_stage(get_stage("train_stage1"), cfg, store)

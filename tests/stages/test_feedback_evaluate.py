@@ -10,9 +10,9 @@ from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages.feedback import select_feedback
-from tests.conftest import demo_cfg
+from tests.conftest import VLM_TRAIN, demo_cfg
 
-FAST = ("train_stage1.max_steps=3", "train_stage2.max_steps=3", "feedback.top_k=6",
+FAST = (*VLM_TRAIN, "train_stage1.max_steps=3", "train_stage2.max_steps=3", "feedback.top_k=6",
         "feedback.max_queries_per_source=4", "evaluate.splits=[train]", "evaluate.bootstrap=50",
         "evaluate.retrievers=null")  # stage 1 vs stage 2 only (tests/stages/test_evaluate_stage.py: the others)
 

@@ -36,6 +36,7 @@ from nyx_tasks.retrieval import Corpus, fetch_rows, search, search_table, text_t
 from nyx_tasks.search import exact_topk
 from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages import feedback as fb
+from nyx_tasks.stages.evaluate import PER_QUERY
 from nyx_tasks.text_sets import read_corpus, read_questions
 
 WIDTH = 128  # the demo's largest evaluate dim
@@ -149,9 +150,14 @@ def ties_by_row(monkeypatch):
     monkeypatch.setattr(retrieval, "exact_topk", exact_topk_ties_by_row)
 
 
+def scored(row: dict) -> dict:
+    """A result row without its per-query scores (numpy arrays the stage keeps while it runs)."""
+    return {k: v for k, v in row.items() if k != PER_QUERY}
+
+
 def make_ctx(root, *overrides):
-    cfg = load_config("demo", [f"artifacts.root={root}", "evaluate.bootstrap=0",
-                               f"corpora.shard_rows={SHARD_ROWS}", *overrides])
+    cfg = load_config("demo", [f"artifacts.root={root}", "evaluate.bootstrap=0", "evaluate.dims=[128,64,32,16]",
+                               "evaluate.untrained_dims=true", f"corpora.shard_rows={SHARD_ROWS}", *overrides])
     return SimpleNamespace(cfg=cfg, store=ArtifactStore(str(root / "root")), log=logging.getLogger("nyx.test"),
                            partition="p", key="k")
 
@@ -259,7 +265,7 @@ def test_evaluate_strict_text_sets_equal_the_whole_corpus_path(tmp_path, ties_by
             vlm = VLM()
             out = SimpleNamespace(extra=Counter(), drops=SimpleNamespace(drop=lambda *a: None))
             rows = stage._text_set(ctx, ev.ModelRun("stage1", emb, vlm), ts, corpus, questions, out)
-            rows = [r for r in rows if not r["metric"].startswith("latency_ms")]  # timings: machine noise
+            rows = [scored(r) for r in rows if not r["metric"].startswith("latency_ms")]  # timings: machine noise
             runs.append((rows, [r.messages for r in vlm.seen], dict(out.extra)))
         assert runs[1] == runs[0] and len(runs[0][0]) == 3 * len(ctx.cfg.evaluate.dims)  # f1, em, index_bytes
 
@@ -294,7 +300,7 @@ def test_evaluate_paper_union_and_rows_equal_the_whole_corpus_path(tmp_path, mon
     rows, seen = [], []
     for corpus in (union, old):
         vlm = VLM(free=True)
-        rows.append([r for ts, questions, _ in read for r in stage._text_set(
+        rows.append([scored(r) for ts, questions, _ in read for r in stage._text_set(
             ctx, ev.ModelRun("stage1", HashingEmbedder("nyx"), vlm), ts, corpus, questions, out)
             if not r["metric"].startswith("latency_ms")])  # timings: machine noise
         seen.append([r.messages for r in vlm.seen])
