@@ -84,3 +84,42 @@ def test_encoder_lora_refuses_names_that_match_nothing():
                               encoder_cfg(lora={"target_modules": ["query", "value"], "r": 4}), False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_a_fully_fine_tuned_encoder_resumes_to_the_straight_runs_model(built, tmp_path, caplog):
+    """The demo's recipe (MiniLM, full fine-tuning of its top layers, dropout on): stop after 2 of 4
+    steps, resume from checkpoint-2, and get the straight run's losses and merged weights."""
+    from safetensors.numpy import load_file
+    from transformers import TrainerCallback
+
+    from nyx_tasks.training.driver import run
+    from tests.conftest import demo_cfg
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    def spec(out):
+        cfg = demo_cfg(built, "train_stage1.max_steps=4", "train_stage1.save_steps=2",
+                       "train_stage1.per_device_batch_size=4")
+        assert cfg.train_stage1.family == "encoder" and not cfg.train_stage1.lora.enabled
+        return {"stage": "train_stage1", "partition": cfg.partition, "root": str(built), "run": "t",
+                "out_dir": str(out), "train": cfg.train_stage1.model_dump(mode="json"), "init_adapter": None}
+
+    def losses(m):
+        return {h["step"]: h["loss"] for h in m["log_history"] if "loss" in h}
+
+    straight = run(spec(tmp_path / "a"))
+    run(spec(tmp_path / "b"), callbacks=(StopAt(),))
+    assert (tmp_path / "b/checkpoints/checkpoint-2").is_dir() and not (tmp_path / "b/checkpoints/checkpoint-4").exists()
+    with caplog.at_level("INFO", logger="nyx"):
+        resumed = run(spec(tmp_path / "b"))
+    assert f"resuming from {tmp_path / 'b/checkpoints/checkpoint-2'}" in caplog.text
+    assert {3, 4} <= set(losses(resumed))  # (steps 1-2 come back with the restored trainer state)
+    for step in (3, 4):
+        assert losses(resumed)[step] == pytest.approx(losses(straight)[step], rel=1e-4)
+    wa, wb = (load_file(str(tmp_path / x / "merged/model.safetensors")) for x in ("a", "b"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=1e-6)
