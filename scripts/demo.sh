@@ -25,7 +25,7 @@ missing = [s for s in STAGE_NAMES if store.read_json(f"partitions/{cfg.partition
 if missing:
     sys.exit(f"[demo] stages without a manifest: {missing}; full log: .airflow/dags-test.log")
 report = store.read_json(f"partitions/{cfg.partition}/evaluate/_MANIFEST.json")["report"]  # relative to the root
-print(f"[demo] evaluation report (stage 1 vs stage 2 at every Matryoshka dim): {store.url(report)}", file=sys.stderr)
+print(f"[demo] evaluation report (the packaged MiniLM vs stage 1 and stage 2, paired, at every Matryoshka dim): {store.url(report)}", file=sys.stderr)
 PY
 then exit 1; fi
 echo "[demo] done: full Airflow log in $AIRFLOW_HOME/dags-test.log" >&2
