@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..inference.hf_backend import model_fingerprint
+from ..log import Progress, get_logger
 from .base import MixedItem, l2_normalise
 from .vlm import device_and_dtype
 
@@ -25,8 +26,18 @@ class SentenceTransformerEmbedder:
 
     def embed(self, items: list[MixedItem], role: str) -> np.ndarray:
         prefix = self.cfg.query_prefix if role == "query" else self.cfg.document_prefix
-        # sentence-transformers sorts by length internally and shows progress
-        vecs = self.model.encode([prefix + it.text for it in items], batch_size=self.cfg.batch_size,
-                                 convert_to_numpy=True, normalize_embeddings=True,
-                                 show_progress_bar=len(items) > 1000)
+        texts = [prefix + it.text for it in items]
+        # progress as log lines (tqdm's bar goes to stderr, which a task log reads as errors);
+        # sentence-transformers sorts each slice by length internally
+        step = self.cfg.batch_size * 16
+        progress = Progress(get_logger("embed"), f"st embed {role}", total=len(texts), unit="items")
+        parts = []
+        for i in range(0, len(texts), step):
+            parts.append(self.model.encode(texts[i:i + step], batch_size=self.cfg.batch_size,
+                                           convert_to_numpy=True, normalize_embeddings=True,
+                                           show_progress_bar=False))
+            progress.update(len(parts[-1]))
+        if texts:
+            progress.close()
+        vecs = np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
         return l2_normalise(np.asarray(vecs, dtype=np.float32))

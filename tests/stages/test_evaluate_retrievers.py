@@ -67,7 +67,7 @@ class Narrow(Embedder):
 
 
 def test_dims_above_an_embedders_width_are_skipped_with_a_note(tmp_path, monkeypatch):
-    ctx = make_ctx(tmp_path, RETRIEVERS)
+    ctx = make_ctx(tmp_path, RETRIEVERS, "evaluate.baseline=s1")
     monkeypatch.setattr(ev, "make_embedder", lambda cfg, store: Narrow("e5", [], 32))
     notes = []
     run = STAGE._retriever_run(ctx, ctx.cfg.evaluate.retrievers[1], VLM(strict_reply), notes)
