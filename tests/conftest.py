@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +28,57 @@ os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="nyx-airflow-home-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+
+# ------------------------------------------------------------------ process globals, unchanged by a test
+_TENSOR_SLOTS: dict[str, int] = {}  # torch.Tensor's attributes (name -> id) the first time a test saw torch
+
+
+def _tensor_slots() -> dict[str, int] | None:
+    torch = sys.modules.get("torch")
+    return None if torch is None else {k: id(v) for k, v in vars(torch.Tensor).items()}
+
+
+def _globals() -> dict:
+    root = logging.getLogger()
+    return {"environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "cwd": os.getcwd(),
+            "root logging handlers": [id(h) for h in root.handlers], "root logging level": root.level}
+
+
+@pytest.fixture(autouse=True)
+def _process_globals_unchanged(request):
+    """Fails the test that leaves a process global changed for the tests after it: an environment
+    variable, the working directory, the root logger's handlers or level, or a torch.Tensor slot
+    (a patched Tensor method once broke six later tests). monkeypatch restores what it patched
+    before this check runs. What changed is put back, so one leak costs one failure."""
+    before = _globals()
+    if (slots := _tensor_slots()) is not None and not _TENSOR_SLOTS:
+        _TENSOR_SLOTS.update(slots)
+    yield
+    after, leaks = _globals(), []
+    env_before, env_after = before["environment"], after["environment"]
+    changed = sorted(k for k in env_before.keys() | env_after.keys() if env_before.get(k) != env_after.get(k))
+    if changed:
+        leaks.append(f"environment variables {changed}")
+        for k in changed:
+            if k in env_before:
+                os.environ[k] = env_before[k]
+            else:
+                os.environ.pop(k, None)
+    if after["cwd"] != before["cwd"]:
+        leaks.append(f"cwd {before['cwd']} -> {after['cwd']}")
+        os.chdir(before["cwd"])
+    for key in ("root logging handlers", "root logging level"):
+        if after[key] != before[key]:
+            leaks.append(key)
+    if (slots := _tensor_slots()) is not None:
+        if not _TENSOR_SLOTS:
+            _TENSOR_SLOTS.update(slots)  # torch first imported by this test: its slots as imported
+        patched = sorted(k for k, v in _TENSOR_SLOTS.items() if slots.get(k) != v)
+        if patched:
+            leaks.append(f"torch.Tensor slots {patched}")
+    if leaks:
+        pytest.fail(f"{request.node.nodeid} left process globals changed: {'; '.join(leaks)}", pytrace=False)
 
 
 def png_bytes(w: int = 32, h: int = 24, color=(200, 30, 30), fmt: str = "PNG") -> bytes:
@@ -144,6 +197,27 @@ def stand_in_sets() -> tuple[str, ...]:
     return (f"mine.text_sets={keep(t for t in cfg.mine.text_sets if not real([t.name]))}",
             f"train_stage1.sources={keep(s for s in cfg.train_stage1.sources if not real(s.select))}",
             f"evaluate.text_sets={keep(t for t in cfg.evaluate.text_sets if not real([t.name]))}")
+
+
+def small_demo_configs(folder: Path, *overrides: str) -> Path:
+    """A copy of configs/ whose `demo` profile is the demo on the stand-in text sets (`stand_in_sets`)
+    plus `overrides`: what the end-to-end paths other than the one full run (`airflow dags test`)
+    trigger, through the same forms, DAGs and stages, in a fraction of the time. The other profiles
+    are copied as they are (those extending `demo` extend this one). Point NYX_CONFIG_DIR at it."""
+    import shutil
+
+    import yaml
+
+    from nyx_tasks.config import _deep_merge, _profile_tree, parse_override
+
+    configs = folder / "configs"
+    shutil.copytree(REPO / "configs", configs)
+    data = _profile_tree(configs / "demo.yaml")
+    for item in (*stand_in_sets(), *overrides):
+        data = _deep_merge(data, parse_override(item))
+    (configs / "demo.yaml").write_text("# the demo on its stand-in text sets (tests/conftest.py: small_demo_configs)\n"
+                                       + yaml.safe_dump(data, sort_keys=False))
+    return configs
 
 
 @pytest.fixture

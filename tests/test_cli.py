@@ -3,7 +3,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, stand_in_sets
 
 HEAVY = ("torch", "transformers", "pyarrow", "httpx", "datasets", "airflow", "PIL", "tokenizers", "fsspec")
 
@@ -34,7 +34,8 @@ def test_bad_override_is_one_clear_line(tmp_path):
 
 def test_run_then_status(tmp_path):
     # up to mine: the whole DAG runs in tests/e2e; a 10-chunk sample is too small for feedback positives
-    out = nyx("run", "--root", str(tmp_path), "--set", "sample.size=10",
+    stand_ins = [arg for o in stand_in_sets() for arg in ("--set", o)]  # not the real-text sets: tests/e2e's
+    out = nyx("run", "--root", str(tmp_path), "--set", "sample.size=10", *stand_ins,
               "--stages", "ingest,chunk,sample,synthesize,filter,mine")
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"\[sample\] \d+ in -> 10 out", out.stdout), out.stdout

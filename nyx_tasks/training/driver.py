@@ -16,6 +16,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 from ..artifacts import ArtifactStore
 from ..checkpoints import resume_checkpoint
@@ -63,13 +64,15 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
              if cfg.family == "encoder" else "")
 
     ckpt_dir = out / "checkpoints"  # every save_steps: model (adapter), optimizer, scheduler, rng and step
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")  # where transformers 5 looks for it
-    trainer = NyxTrainer(model=model, args=training_args(cfg, ckpt_dir, plan["total_steps"], world, on_gpu, bf16),
-                         train_dataset=ExampleDataset(plan["examples"]),
-                         data_collator=TripletCollator(processor, cfg, store), loss_cfg=cfg.loss,
-                         backbone=Backbone(cfg.family, recipe["pooling"]),
-                         callbacks=[LogLines(plan["global_batch"]), SaveSpec(ckpt_dir, spec), *callbacks,
-                                    CompleteCheckpoints(ckpt_dir, cfg.save_total_limit)])  # last: marks the save
+    # transformers 5's TensorBoard callback reads its folder from the environment when the Trainer builds
+    # it: set for that moment only (a caller in this process keeps its environment)
+    with mock.patch.dict(os.environ, {"TENSORBOARD_LOGGING_DIR": str(out / "tensorboard")}):
+        trainer = NyxTrainer(model=model, args=training_args(cfg, ckpt_dir, plan["total_steps"], world, on_gpu, bf16),
+                             train_dataset=ExampleDataset(plan["examples"]),
+                             data_collator=TripletCollator(processor, cfg, store), loss_cfg=cfg.loss,
+                             backbone=Backbone(cfg.family, recipe["pooling"]),
+                             callbacks=[LogLines(plan["global_batch"]), SaveSpec(ckpt_dir, spec), *callbacks,
+                                        CompleteCheckpoints(ckpt_dir, cfg.save_total_limit)])  # last: marks the save
     trainer.remove_callback(PrinterCallback)  # LogLines says it once, readably
     last = resume_point(ckpt_dir, trainer.is_world_process_zero(), log)
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)

@@ -4,6 +4,7 @@ one test per DAG); nyxqa_to_model has the structure the registry implies; the tr
 refuse bad values."""
 
 import copy
+import logging
 import re
 
 import pytest
@@ -33,6 +34,10 @@ DEFAULT_ARG_OVERRIDES = {
 def dagbag():
     import sys
 
+    # Importing and parsing configure Airflow's logging, which replaces the root logger's handlers:
+    # they are put back.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     from airflow.dag_processing.dagbag import DagBag  # what airflow.models.DagBag names in 3.3
 
     # Airflow puts the DAG folder on sys.path in its own processes; do the same here.
@@ -41,7 +46,11 @@ def dagbag():
 
     # Airflow 3 no longer mixes the example DAGs into a DagBag (include_examples is gone; they
     # are a bundle of their own, and conftest sets load_examples False besides): only dags/.
-    return DagBag(dag_folder=str(REPO / "dags"))
+    try:
+        return DagBag(dag_folder=str(REPO / "dags"))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def test_no_import_errors(dagbag):

@@ -1,4 +1,6 @@
-"""What the browser tests share: Debian's chromium driven by Playwright, and Airflow's login page."""
+"""What the end-to-end modules share: one `airflow standalone` for the whole pytest run (the UI,
+API and explorer modules; each keeps to its own partitions, backfill dates and runs), Debian's
+chromium driven by Playwright, and Airflow's login page."""
 
 from __future__ import annotations
 
@@ -6,12 +8,33 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import small_demo_configs
+from tests.e2e.airflow_server import AirflowServer
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="module")
+SHARED_DAGS = ("nyxqa_to_model", "nyx_stage_ingest", "nyx_stage_chunk")
+
+
+@pytest.fixture(scope="session")
+def airflow(tmp_path_factory):
+    """One real `airflow standalone` (api-server, scheduler, dag-processor, triggerer; SQLite,
+    this project's WarmLocalExecutor) per pytest run, started on first use and stopped at the end.
+    Its `demo` profile is the demo on the stand-in text sets (tests.conftest.small_demo_configs):
+    the full demo runs once, under `airflow dags test` (test_airflow_dags_test.py); here every form,
+    DAG and stage runs on less data. Users: admin (Admin) and nyx (Viewer)."""
+    folder = tmp_path_factory.mktemp("airflow-shared")
+    configs = small_demo_configs(folder)
+    with AirflowServer(folder / "home", extra_env={"NYX_CONFIG_DIR": str(configs)}) as s:
+        s.wait_for("the DAGs parsed", lambda: all(s.api("GET", f"/dags/{d}").status_code == 200
+                                                  for d in SHARED_DAGS), 240)
+        yield s
+
+
+@pytest.fixture(scope="module")  # playwright's sync API runs an event loop in this thread while it lives
 def browser():
     """Chromium (`bash scripts/browser_env.sh` installs it and playwright); the test is skipped without them."""
     if not Path(CHROMIUM).exists():

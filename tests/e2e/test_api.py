@@ -1,7 +1,8 @@
 """End to end through the REST API of a real `airflow standalone`: a token from
 /auth/token, nyxqa_to_model triggered with a conf and run to success by the
 scheduler, a task's log read back with the stage's counts in it, and a
-backfill of one stage DAG that runs that stage only."""
+backfill of one stage DAG that runs that stage only. On the run's shared standalone
+(tests/e2e/conftest.py): partition `api`, backfill dates no other module uses."""
 
 import contextlib
 import json
@@ -10,15 +11,14 @@ import re
 import pytest
 
 from nyx_tasks.stages import STAGE_NAMES
-from tests.e2e.airflow_server import AirflowServer
 
 pytestmark = pytest.mark.airflow
+DAYS = ("2026-02-01", "2026-02-02")  # this module's backfill dates (the UI test's are in January)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with AirflowServer(tmp_path_factory.mktemp("standalone")) as s:
-        yield s
+@pytest.fixture
+def server(airflow):
+    return airflow
 
 
 def dag_ready(server, dag_id):
@@ -40,6 +40,7 @@ def test_unauthenticated_calls_are_refused(server):
 
 def test_trigger_run_read_log_and_backfill_one_stage(server):
     root = server.home / "artifacts"
+    before = {p.name for p in (root / "partitions").iterdir()} if (root / "partitions").exists() else set()
     server.wait_for("the DAGs parsed", lambda: dag_ready(server, "nyxqa_to_model") and
                     dag_ready(server, "nyx_stage_ingest"), 180)
     assert server.api("PATCH", "/dags/nyxqa_to_model", json={"is_paused": False}).status_code == 200
@@ -96,8 +97,8 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
         server.wait_for("the run unpausing fired has finished", scheduled_run_settled, 120, every=2)
 
     def create_backfill():  # SQLite answers 503 "Database is locked" while the scheduler writes: ask again
-        r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": "2026-01-01T00:00:00Z",
-                                                   "to_date": "2026-01-02T00:00:00Z", "max_active_runs": 2,
+        r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": f"{DAYS[0]}T00:00:00Z",
+                                                   "to_date": f"{DAYS[1]}T00:00:00Z", "max_active_runs": 2,
                                                    "dag_run_conf": {}, "reprocess_behavior": "none"})
         return None if r.status_code == 503 and "locked" in r.text else r
 
@@ -116,7 +117,7 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
         tis = server.api("GET", f"/dags/nyx_stage_ingest/dagRuns/{run['dag_run_id']}/taskInstances").json()
         assert {t["task_id"].split(".")[0] for t in tis["task_instances"]} == {"gate", "check", "ingest"}
         assert all(t["state"] == "success" for t in tis["task_instances"] if t["task_id"] != "ingest.shard")
-    for day in ("2026-01-01", "2026-01-02"):  # the logical date names the partition
+    for day in DAYS:  # the logical date names the partition
         assert (root / f"partitions/{day}/ingest/_MANIFEST.json").exists()
         assert not (root / f"partitions/{day}/chunk").exists()  # nothing downstream ran
     scheduled = [x for x in server.api("GET", "/dags/nyx_stage_ingest/dagRuns").json()["dag_runs"]
@@ -124,4 +125,4 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     for run in scheduled:  # the gate skipped the schedule's own run: no partition was touched
         tis = server.api("GET", f"/dags/nyx_stage_ingest/dagRuns/{run['dag_run_id']}/taskInstances").json()
         assert {t["state"] for t in tis["task_instances"] if t["task_id"] != "gate"} <= {"skipped", None}
-    assert sorted(p.name for p in (root / "partitions").iterdir()) == ["2026-01-01", "2026-01-02", "api"]
+    assert {p.name for p in (root / "partitions").iterdir()} - before == {*DAYS, "api"}

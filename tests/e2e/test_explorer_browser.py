@@ -1,8 +1,8 @@
-"""The NyxQA explorer in a real browser: a real `airflow api-server` (fresh SQLite home, this
-project's dags/ and plugins/ folders, a known simple-auth-manager user) on a free loopback port,
-Debian's chromium driven by Playwright. Log in through Airflow's login page, open the explorer
-from the nav entry, open the QA items and check that a question, its options and its image
-render; a browser with no login is sent to the login page. Screenshot: under the test's tmp dir
+"""The NyxQA explorer in a real browser: the run's shared `airflow standalone` (tests/e2e/conftest.py:
+this project's dags/ and plugins/ folders, a known simple-auth-manager user with the Viewer role) on a
+free loopback port, Debian's chromium driven by Playwright. Log in through Airflow's login page,
+open the explorer from the nav entry, open the QA items and check that a question, its options and
+its image render; a browser with no login is sent to the login page. Screenshot: under the test's tmp dir
 and /tmp/nyx-explorer-screenshot.png.
 
 Needs `bash scripts/browser_env.sh` (chromium + playwright); skipped without them.
@@ -10,98 +10,37 @@ Needs `bash scripts/browser_env.sh` (chromium + playwright); skipped without the
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.e2e.airflow_server import VIEWER, VIEWER_PASSWORD
 from tests.e2e.conftest import login
 
 pytestmark = pytest.mark.airflow
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-USER, PASSWORD = "nyx", "nyx-explorer-test"
 SCREENSHOT_COPY = Path("/tmp/nyx-explorer-screenshot.png")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"airflow api-server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
-            if r.status == 200:
-                return
-        time.sleep(1)
-    pytest.fail(f"airflow api-server not healthy after {timeout}s:\n{log.read_text()[-4000:]}")
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it forks workers), SIGKILL what is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, even if the leader is gone
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
-def api_server(built, tmp_path):
-    """`airflow api-server` on 127.0.0.1:<free port> over the `built` artifact root; yields its URL."""
-    home = tmp_path / "airflow_home"
-    home.mkdir()
-    passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD}))
-    env = {**os.environ, "AIRFLOW_HOME": str(home),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:viewer",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-           "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
-           "NYX_ARTIFACTS_ROOT": str(built),
-           "NYX_CONFIG_DIR": str(REPO / "configs")}
-    out = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    port = free_port()
-    log = tmp_path / "api-server.log"
-    with open(log, "wb") as log_f:
-        proc = subprocess.Popen([AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(proc, f"{base}/api/v2/monitor/health", log)
-        yield base
-    finally:
-        stop_group(proc)
+def api_server(airflow, built):
+    """The run's shared standalone (tests/e2e/conftest.py) serving the `built` partition (a partition
+    built up to `mine`, copied into its artifact root under its own name); yields its URL."""
+    partitions = airflow.home / "artifacts" / "partitions"
+    for p in (built / "partitions").iterdir():
+        assert not (partitions / p.name).exists(), f"partition {p.name} is another module's"
+    shutil.copytree(built, airflow.home / "artifacts", dirs_exist_ok=True)
+    return airflow.base
 
 
-def test_explorer_in_the_airflow_ui_shows_qa_items_with_images(browser, api_server, built, tmp_path):
+def test_explorer_in_the_airflow_ui_shows_qa_items_with_images(built, api_server, browser, tmp_path):
+    # `built` first: it runs stages (asyncio.run), which cannot run while playwright's loop does
     partition = next(p.name for p in (built / "partitions").iterdir())
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
 
     # Airflow's own login page, then the nav entry the plugin adds
-    login(page, api_server, USER, PASSWORD)
+    login(page, api_server, VIEWER, VIEWER_PASSWORD)
     page.get_by_role("link", name="NyxQA explorer").click()
     page.wait_for_url("**/plugin/nyx-explorer**")
     frame = page.frame_locator("iframe[title='NyxQA explorer']")

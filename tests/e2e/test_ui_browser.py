@@ -1,5 +1,6 @@
 """The user's path through the Airflow UI, in a real browser (Debian's chromium driven by
-Playwright) against a real `airflow standalone` (scheduler + LocalExecutor):
+Playwright) against a real `airflow standalone` (scheduler + LocalExecutor; the one the e2e
+modules share, whose `demo` profile runs on the stand-in text sets: tests/e2e/conftest.py):
 
 1. log in, open `nyxqa_to_model`'s trigger form and submit it as it opens (every field at its
    default, "unpause on trigger" ticked): the run succeeds and writes the partition of its
@@ -16,6 +17,7 @@ Screenshots: under the test's tmp dir and /tmp/nyx-ui-*.png (look at them). Need
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,19 +26,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.airflow_server import PASSWORD, USER, AirflowServer
+from tests.e2e.airflow_server import PASSWORD, USER
 from tests.e2e.conftest import login
 
 pytestmark = pytest.mark.airflow
 BACKFILL_DATES = ("2026-01-01", "2026-01-02")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with AirflowServer(tmp_path_factory.mktemp("ui-standalone")) as s:
-        s.wait_for("the DAGs parsed", lambda: all(s.api("GET", f"/dags/{d}").status_code == 200
-                                                  for d in ("nyxqa_to_model", "nyx_stage_chunk")), 240)
-        yield s
+@pytest.fixture
+def server(airflow):
+    return airflow  # the run's shared standalone (tests/e2e/conftest.py), its demo on the stand-in sets
 
 
 def shot(page, tmp_path: Path, name: str) -> None:
@@ -49,8 +48,9 @@ def runs(server, dag_id: str) -> list[dict]:
     return server.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100}).json()["dag_runs"]
 
 
-def finished(server, dag_id: str, n: int, run_type: str):
-    mine = [r for r in runs(server, dag_id) if r["run_type"] == run_type]
+def finished(server, dag_id: str, n: int, run_type: str, before: frozenset = frozenset()):
+    """The runs of `run_type` not in `before` (other modules' runs on the shared server), once n finished."""
+    mine = [r for r in runs(server, dag_id) if r["run_type"] == run_type and r["dag_run_id"] not in before]
     return mine if len(mine) >= n and all(r["state"] in ("success", "failed") for r in mine) else None
 
 
@@ -77,9 +77,10 @@ def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, 
     assert dialog.get_by_text("This field is required").count() == 0
     assert dialog.get_by_text("null", exact=True).count() == 0  # the backend dropdown names its empty choice
     shot(page, tmp_path, "trigger-form")
+    before = frozenset(r["dag_run_id"] for r in runs(server, "nyxqa_to_model"))
     submit.click()
-    done = server.wait_for("the triggered run finished", lambda: finished(server, "nyxqa_to_model", 1, "manual"),
-                           1200, every=5)
+    done = server.wait_for("the triggered run finished",
+                           lambda: finished(server, "nyxqa_to_model", 1, "manual", before), 1200, every=5)
     (run,) = done
     assert run["state"] == "success", server.tail()
     partition = (run.get("logical_date") or run["run_after"])[:10]
@@ -111,7 +112,8 @@ def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, 
     # 3. a backfill of one stage over two dates, partition left empty
     for day in BACKFILL_DATES:  # chunk reads each date's ingest output
         out = subprocess.run([sys.executable, "-m", "nyx_tasks", "ingest", "--partition", day, "--root", str(root)],
-                             capture_output=True, text=True, cwd=REPO, timeout=300)
+                             capture_output=True, text=True, cwd=REPO, timeout=300,
+                             env={**os.environ, "NYX_CONFIG_DIR": server.env["NYX_CONFIG_DIR"]})
         assert out.returncode == 0, out.stderr[-3000:]
     page.goto(f"{server.base}/dags/nyx_stage_chunk")
     page.get_by_role("button", name="Trigger").first.click()
@@ -126,11 +128,12 @@ def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, 
     dialog.get_by_role("button", name="Run", exact=True).click()
     assert dialog.locator("#element_partition").input_value() == ""  # each date names its own partition
     run_backfill = dialog.get_by_role("button", name="Run Backfill")
+    before = frozenset(r["dag_run_id"] for r in runs(server, "nyx_stage_chunk"))
     assert run_backfill.is_enabled()
     shot(page, tmp_path, "backfill-form")
     run_backfill.click()
-    backfilled = server.wait_for("the backfill finished", lambda: finished(server, "nyx_stage_chunk", 2, "backfill"),
-                                 600, every=5)
+    backfilled = server.wait_for("the backfill finished",
+                                 lambda: finished(server, "nyx_stage_chunk", 2, "backfill", before), 600, every=5)
     assert {r["state"] for r in backfilled} == {"success"}, server.tail()
     for day in BACKFILL_DATES:  # one partition per date
         manifest = json.loads((root / "partitions" / day / "chunk" / "_MANIFEST.json").read_text())

@@ -29,22 +29,21 @@ from pathlib import Path
 import pytest
 
 from nyx_tasks.stages import STAGE_NAMES
-from tests.conftest import REPO
+from tests.conftest import small_demo_configs
 from tests.integration.celery_cluster import CeleryCluster, missing_requirements
 
 pytestmark = [pytest.mark.airflow,
               pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))]
 
 DAG = "nyxqa_to_model"
-RUN_TIMEOUT = 480  # one run of the demo DAG: ~2 min on a quiet 2-core machine
+RUN_TIMEOUT = 480  # one run of the cluster's demo DAG: ~2 min on a quiet 2-core machine
 VICTIM = "train_stage1.shard"  # runs the training subprocess for a while, saving checkpoints
 
 
-def demo_save_steps() -> int:
-    """Steps between checkpoints of the demo's stage-1 training."""
-    from nyx_tasks.config import load_config
-
-    return load_config("demo").train_stage1.save_steps
+# The cluster's `demo`: the demo on its stand-in text sets (tests.conftest.small_demo_configs), with a
+# stage 1 long enough to be killed between checkpoints (84 small steps, a checkpoint every 12).
+SAVE_STEPS = 12
+SMALL_DEMO = ("train_stage1.per_device_batch_size=4", "train_stage1.epochs=12", f"train_stage1.save_steps={SAVE_STEPS}")
 
 
 RUNS: dict[str, str] = {}  # partition -> run id of the runs that succeeded
@@ -55,10 +54,9 @@ SCALE_PASSAGES, SCALE_SHARD = 12_000, 1_500
 
 
 def scale_configs(folder: Path) -> Path:
-    """The repo's profiles plus `celery-scale`: the demo with a generated text set whose corpus
-    embeds in 8 shards, each its own task on the gpu queue."""
-    configs = folder / "configs"
-    shutil.copytree(REPO / "configs", configs)
+    """The repo's profiles (`demo` on the stand-in text sets: SMALL_DEMO) plus `celery-scale`: the demo
+    with a generated text set whose corpus embeds in 8 shards, each its own task on the gpu queue."""
+    configs = small_demo_configs(folder, *SMALL_DEMO)
     data = folder / "scale_set"
     data.mkdir()
     words = ["river", "mountain", "city", "history", "music", "science", "garden", "library", "station", "harbor",
@@ -168,7 +166,7 @@ def fault_run(c: CeleryCluster):
     log1 = c.task_log(DAG, run_id, VICTIM, map_index=0, attempt=1)
 
     # Wait until the victim is training on the default worker and has saved its first checkpoint.
-    save_steps = demo_save_steps()
+    save_steps = SAVE_STEPS
     kill_after = f"checkpoint saved at step {save_steps} "
     deadline = time.monotonic() + RUN_TIMEOUT
     while not (log1.exists() and kill_after in log1.read_text(errors="replace")):

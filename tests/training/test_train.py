@@ -64,7 +64,7 @@ def test_demo_training_loss_falls_and_the_checkpoint_is_used_by_remining(built, 
 
     root = tmp_path / "artifacts"
     shutil.copytree(built, root)
-    cfg = demo_cfg(root, *VLM_TRAIN, "train_stage1.epochs=4")
+    cfg = demo_cfg(root, *VLM_TRAIN, "train_stage1.max_steps=8")
     store = ArtifactStore(cfg.artifact_root())
     m = run_stage(get_stage("train_stage1"), cfg, store).manifest
     log = read_stage_table(store, cfg.partition, "train_stage1").to_pylist()

@@ -115,7 +115,7 @@ def _pip_step(tokens: list[str]) -> PipStep | None:
             step.flags.add(tok)
         elif tok.startswith("-"):
             raise AssertionError(
-                f"pip option {tok!r} in {DOCKERFILE.name}: tests/test_gpu_install.py does not pass "
+                f"pip option {tok!r} in {DOCKERFILE.name}: tests/integration/test_gpu_install.py does not pass "
                 "it to its resolver yet; teach it (PIP_FLAGS / PIP_OPTIONS_WITH_VALUE) first")
         else:
             step.reqs.append(tok)
