@@ -1,6 +1,6 @@
 """Does training make a better retriever? Retrieval on the held-out `docstrings` split
-(nyx_tasks/data/text_sets/docstrings, built by scripts/build_docstrings.py): each of the 440
-evaluation questions (a docstring's summary line) searches the 440 evaluation passages (the
+(nyx_tasks/data/text_sets/docstrings, built by scripts/build_docstrings.py): each of the 957
+evaluation questions (a docstring's summary line) searches the 957 evaluation passages (the
 docstrings' bodies) and is scored against its `gold_id`. Prints, for the packaged MiniLM (`base`)
 and every stage-1 / stage-2 checkpoint of a partition and of its experiment variants
 (`<partition>--<variant>`, e.g. the ablations of configs/experiments/demo-ablations.yaml):

@@ -70,7 +70,7 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     assert mine["rows_out"] > 0 and train["inputs"] == {"mine": mine["output_hash"]}
     assert train["rows_out"] == train["extra"]["steps"] > 0 and train["checkpoint"]["merged"]
     assert "train_stage1: launching" in log and "nyx.train: step 1/" in log  # the trainer's lines, streamed
-    assert train["checkpoint"]["family"] == "encoder" and train["extra"]["steps"] >= 30  # MiniLM, all 1,032 pairs
+    assert train["checkpoint"]["family"] == "encoder" and train["extra"]["steps"] >= 30  # MiniLM, all 2,046 pairs
 
     events = asset_events(airflow_env)
     assert events["nyx_checkpoint"] == 2 and all(events[f"nyx_{s}"] == 1 for s in STAGE_NAMES), events
@@ -160,7 +160,7 @@ def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_e
     header = next(line for line in report.splitlines() if line.startswith("| model |"))
     assert "| recipe | in-batch-only | single-dim | threshold-0.5 |" in header, header
     assert re.search(r"\| stage1 \| docstrings_eval \| eval \| 384 \| mrr \| strict \| 0\.\d+ \[0\.\d+, 0\.\d+\] "
-                     r"\(n=440\) \|", report)
+                     r"\(n=957\) \|", report)
     assert list((root / "reports/experiments/demo-ablations").glob("*.png"))
 
     bad = {"partition": "e2e", "experiment": "demo-ablations", "grid": {"feedback.threshold": [0.5, 1.5]}}
