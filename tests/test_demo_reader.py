@@ -8,7 +8,7 @@ from tests.test_config import _leaves
 
 READER_FIELDS = {
     "profile", "partition", "mine.text_sets", "evaluate.report_notes", "feedback.sources",
-    "feedback.max_queries_per_source", "feedback.top_k", "feedback.generation.model", "feedback.generation.dtype",
+    "feedback.max_queries_per_source", "feedback.generation.model", "feedback.generation.dtype",
     "feedback.generation.batch_size", "feedback.generation.temperature",
 }
 
