@@ -121,9 +121,10 @@ def test_bad_trigger_param_is_refused_before_anything_runs(airflow_env):
 def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_env):
     """nyx_experiments over the partition the full-DAG test computed, with the demo's ablations file
     (configs/experiments/demo-ablations.yaml): `recipe` (no override) adopts every stage of the base;
-    `in-batch-only` and `single-dim` recompute from train_stage1 on, `threshold-0.5` from feedback on,
-    each in its own partition, the base untouched; one report compares them with intervals. A grid with
-    a bad value is refused before anything runs."""
+    `in-batch-only` and `single-dim` recompute from train_stage1 on, `threshold-0.5` its feedback, and
+    stage 2 and evaluate only if the threshold changed the positives (same inputs: adopted); each in its
+    own partition, the base untouched; one report compares them with intervals. A grid with a bad
+    value is refused before anything runs."""
     import yaml
 
     root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
@@ -142,17 +143,27 @@ def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_e
     assert {s: json.loads((base_dir / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES} == before
     first_own = {"recipe": None, "in-batch-only": "train_stage1", "single-dim": "train_stage1",
                  "threshold-0.5": "feedback"}
+    adopted = 0
     for variant, own_from in first_own.items():
-        own = STAGE_NAMES[STAGE_NAMES.index(own_from):] if own_from else []
+        ms = {s: json.loads((root / f"partitions/e2e--{variant}" / s / "_MANIFEST.json").read_text())
+              for s in STAGE_NAMES}
+        # computed: the stage its overrides change, and every stage whose inputs then differ from the base's;
+        # the rest adopted (same config, same inputs: the base's outputs, not recomputed)
+        own = [s for s in STAGE_NAMES if s == own_from or ms[s]["inputs"] != before[s]["inputs"]]
         for s in STAGE_NAMES:
-            m = json.loads((root / f"partitions/e2e--{variant}" / s / "_MANIFEST.json").read_text())
+            m = ms[s]
             if s in own:  # computed in the variant's own partition
                 assert "adopted_from" not in m, (variant, s)
                 assert all(f"partitions/e2e--{variant}/{s}/attempts/" in e["path"] for e in m["outputs"]["part"])
             else:
                 assert m["adopted_from"]["partition"] == "e2e" and m["outputs"] == before[s]["outputs"], (variant, s)
-    assert log.count("adopted base partition e2e's snapshot") == sum(
-        STAGE_NAMES.index(f) if f else len(STAGE_NAMES) for f in first_own.values())
+        adopted += len(STAGE_NAMES) - len(own)
+        if own_from == "train_stage1":  # a new stage-1 model: everything after it is recomputed
+            assert own == list(STAGE_NAMES[STAGE_NAMES.index("train_stage1"):]), (variant, own)
+        if variant == "threshold-0.5":  # stage 2 on is recomputed exactly when the threshold changed the positives
+            same = ms["feedback"]["output_hash"] == before["feedback"]["output_hash"]
+            assert own == (["feedback"] if same else list(STAGE_NAMES[STAGE_NAMES.index("feedback"):])), own
+    assert log.count("adopted base partition e2e's snapshot") == adopted
     single = json.loads((root / "partitions/e2e--single-dim/train_stage1/_MANIFEST.json").read_text())
     assert single["config"]["loss"]["dims"] == [384]
     report = (root / "reports/experiments/demo-ablations/report.md").read_text()
