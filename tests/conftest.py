@@ -46,7 +46,7 @@ _ENV_NOT_A_LEAK = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_F
 def _globals() -> dict:
     root = logging.getLogger()
     return {"environment": {k: v for k, v in os.environ.items() if k not in _ENV_NOT_A_LEAK}, "cwd": os.getcwd(),
-            "root logging handlers": [id(h) for h in root.handlers], "root logging level": root.level}
+            "root logging handlers": list(root.handlers), "root logging level": root.level}
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,8 @@ def _process_globals_unchanged(request):
     """Fails the test that leaves a process global changed for the tests after it: an environment
     variable, the working directory, the root logger's handlers or level, or a torch.Tensor slot
     (a patched Tensor method once broke six later tests). monkeypatch restores what it patched
-    before this check runs. What changed is put back, so one leak costs one failure."""
+    before this check runs. What changed is put back (a Tensor slot excepted: it is named), so one
+    leak costs one failure."""
     before = _globals()
     if (slots := _tensor_slots()) is not None and not _TENSOR_SLOTS:
         _TENSOR_SLOTS.update(slots)
@@ -72,9 +73,11 @@ def _process_globals_unchanged(request):
     if after["cwd"] != before["cwd"]:
         leaks.append(f"cwd {before['cwd']} -> {after['cwd']}")
         os.chdir(before["cwd"])
-    for key in ("root logging handlers", "root logging level"):
-        if after[key] != before[key]:
-            leaks.append(key)
+    if (after["root logging handlers"], after["root logging level"]) != (before["root logging handlers"],
+                                                                       before["root logging level"]):
+        leaks.append("the root logger's handlers or level")
+        logging.getLogger().handlers[:] = before["root logging handlers"]
+        logging.getLogger().setLevel(before["root logging level"])
     if (slots := _tensor_slots()) is not None:
         if not _TENSOR_SLOTS:
             _TENSOR_SLOTS.update(slots)  # torch first imported by this test: its slots as imported
