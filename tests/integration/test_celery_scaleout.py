@@ -5,11 +5,13 @@ with Postgres and Redis on loopback, a `default` and a `gpu` Celery worker
 1. A clean run: every stage's manifest is written and every task ran on the
    default-queue worker (the demo profile skips the `shard_gpu*` variants and
    the two `gpu` workers receive nothing).
-2. A worker dies mid-task: while `train_stage1.shard` of a second partition is
-   training (just after its first checkpoint), the default worker's whole process
-   tree is SIGKILLed and the worker restarted. The scheduler finds the silent
-   task through its heartbeat timeout, retries it (try 2 resumes from the
-   checkpoint) and the run succeeds with the same training log as the clean run.
+2. A worker dies mid-task: `nyx_stage_train_stage1` redoes stage 1 of the clean
+   run's partition (the stage DAG a user backfills with, `redo: [train_stage1]`: a
+   fresh training run from step 0); while its `train_stage1.shard` is training (just
+   after its first checkpoint), the default worker's whole process tree is SIGKILLed
+   and the worker restarted. The scheduler finds the silent task through its
+   heartbeat timeout, retries it (try 2 resumes from the checkpoint) and the run
+   succeeds with the same training log as the clean run.
 3. Embedding shards spread over the gpu queue (issue 17): `nyx_stage_mine` on a
    generated 12,000-passage text set in shards of 1,500 rows, routed to the `gpu`
    queue (`corpora.queue: gpu`, the embedder itself on the CPU here) that two
@@ -37,6 +39,7 @@ pytestmark = [pytest.mark.airflow,
 
 DAG = "nyxqa_to_model"
 RUN_TIMEOUT = 480  # one run of the cluster's demo DAG: ~2 min on a quiet 2-core machine
+FAULT_DAG = "nyx_stage_train_stage1"  # the fault run: stage 1 alone, redone
 VICTIM = "train_stage1.shard"  # runs the training subprocess for a while, saving checkpoints
 
 
@@ -161,19 +164,22 @@ def test_worker_killed_mid_task_is_retried_and_output_matches(cluster):
 def fault_run(c: CeleryCluster):
     from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 
+    store = ArtifactStore(str(c.artifacts))
+    clean = read_stage_table(store, "celery", "train_stage1").to_pylist()  # before the redo replaces it
     t0 = time.monotonic()
-    run_id = c.trigger(DAG, {"partition": "fault"})
-    log1 = c.task_log(DAG, run_id, VICTIM, map_index=0, attempt=1)
+    c.unpause(FAULT_DAG)  # its gate skips the daily run that unpausing fires
+    run_id = c.trigger(FAULT_DAG, {"partition": "celery", "redo": ["train_stage1"]})
+    log1 = c.task_log(FAULT_DAG, run_id, VICTIM, map_index=0, attempt=1)
 
     # Wait until the victim is training on the default worker and has saved its first checkpoint.
     save_steps = SAVE_STEPS
     kill_after = f"checkpoint saved at step {save_steps} "
     deadline = time.monotonic() + RUN_TIMEOUT
     while not (log1.exists() and kill_after in log1.read_text(errors="replace")):
-        if c.run_state(DAG, run_id) in ("success", "failed") or time.monotonic() > deadline:
+        if c.run_state(FAULT_DAG, run_id) in ("success", "failed") or time.monotonic() > deadline:
             pytest.fail(f"never saw {kill_after!r} in {log1}")
         time.sleep(0.2)
-    ti = c.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{VICTIM}/0")
+    ti = c.api("GET", f"/api/v2/dags/{FAULT_DAG}/dagRuns/{run_id}/taskInstances/{VICTIM}/0")
     assert ti["state"] == "running" and ti["try_number"] == 1 and ti["hostname"] == "nyx-worker-default", ti
     assert "training done" not in log1.read_text(errors="replace")  # really mid-task
 
@@ -188,7 +194,7 @@ def fault_run(c: CeleryCluster):
     # the try into up_for_retry; the restarted worker runs try 2.
     detected = None
     while time.monotonic() - killed_at < 120:
-        now = c.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{VICTIM}/0")
+        now = c.api("GET", f"/api/v2/dags/{FAULT_DAG}/dagRuns/{run_id}/taskInstances/{VICTIM}/0")
         if now["try_number"] > 1 or now["state"] != "running":
             detected = time.monotonic() - killed_at
             break
@@ -198,40 +204,33 @@ def fault_run(c: CeleryCluster):
     assert detected < c.heartbeat_timeout + 30, detected
     assert "training done" not in log1.read_text(errors="replace")  # attempt 1 died mid-training
 
-    state = c.wait_for_run(DAG, run_id, RUN_TIMEOUT)
+    state = c.wait_for_run(FAULT_DAG, run_id, RUN_TIMEOUT)
     c.timings["fault run"] = time.monotonic() - t0
-    final = c.api("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{VICTIM}/0")
+    final = c.api("GET", f"/api/v2/dags/{FAULT_DAG}/dagRuns/{run_id}/taskInstances/{VICTIM}/0")
     if state != "success":
         pytest.fail(f"fault run ended {state}; {VICTIM}: {final}")
     assert final["state"] == "success" and final["try_number"] == 2, final
     assert final["hostname"] == "nyx-worker-default" and final["pid"] not in pids
-    tries = {t["try_number"]: t for t in c.tries(DAG, run_id, VICTIM, 0)}
+    tries = {t["try_number"]: t for t in c.tries(FAULT_DAG, run_id, VICTIM, 0)}
     assert tries[1]["state"] in ("failed", "up_for_retry"), tries[1]
     scheduler_log = c.log_path("scheduler").read_text(errors="replace")
     assert "Detected a task instance without a heartbeat" in scheduler_log
-    log2 = c.task_log(DAG, run_id, VICTIM, map_index=0, attempt=2).read_text(errors="replace")
+    log2 = c.task_log(FAULT_DAG, run_id, VICTIM, map_index=0, attempt=2).read_text(errors="replace")
     assert "resuming from" in log2 and f"checkpoint-{save_steps}" in log2, log2[-3000:]  # not from scratch
-    others = [t for t in c.task_instances(DAG, run_id)
+    others = [t for t in c.task_instances(FAULT_DAG, run_id)
               if t["state"] == "success" and t["task_id"] != VICTIM]
     assert all(t["try_number"] == 1 for t in others), [(t["task_id"], t["try_number"]) for t in others]
 
-    # The output equals the clean run's: the mined triplets exactly, the training log to a tolerance
-    # (the `run` column names the partition).
-    manifests(c, "fault")
-    store = ArtifactStore(str(c.artifacts))
-    for stage in ("mine",):
-        a = read_stage_table(store, "celery", stage).to_pylist()
-        b = read_stage_table(store, "fault", stage).to_pylist()
-        assert a == b and a, stage
-    clean = read_stage_table(store, "celery", "train_stage1").to_pylist()
-    fault = read_stage_table(store, "fault", "train_stage1").to_pylist()
+    # The output equals the clean run's: the training log to a tolerance (the `run` column names the
+    # training run: the redo's is a fresh one, `<partition>-<key>-f<nonce>`).
+    fault = read_stage_table(store, "celery", "train_stage1").to_pylist()
     assert [r["step"] for r in fault] == [r["step"] for r in clean] == list(range(1, len(clean) + 1))
     assert len(clean) > save_steps  # the kill came before the end of training
     for a, b in zip(clean, fault, strict=True):
         assert b["epoch"] == pytest.approx(a["epoch"]) and b["learning_rate"] == pytest.approx(a["learning_rate"])
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4), (a, b)
         assert dict(b["loss_per_dim"]) == pytest.approx(dict(a["loss_per_dim"]), rel=1e-3, abs=1e-4)
-        assert a["run"].startswith("celery-") and b["run"].startswith("fault-")
+        assert a["run"].startswith("celery-") and b["run"].startswith(a["run"] + "-f"), (a["run"], b["run"])
 
 
 STAGE_DAG, VECTORS = "nyx_stage_mine", "mine.vectors_gpu"
