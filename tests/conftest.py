@@ -39,8 +39,11 @@ def _tensor_slots() -> dict[str, int] | None:
     return None if torch is None else {k: id(v) for k, v in vars(torch.Tensor).items()}
 
 
-# set by pytest itself, or by a library the first time it is imported (torch's OpenMP and inductor)
-_ENV_NOT_A_LEAK = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TORCHINDUCTOR_CACHE_DIR"}
+# set by pytest itself, or by a library the first time it is imported (torch's OpenMP and inductor;
+# deepspeed's `os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")`, which failed whichever test
+# imported deepspeed first when a module ran alone)
+_ENV_NOT_A_LEAK = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TORCHINDUCTOR_CACHE_DIR",
+                   "PYTORCH_NVML_BASED_CUDA_CHECK"}
 
 
 def _globals() -> dict:

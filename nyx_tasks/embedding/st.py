@@ -9,7 +9,7 @@ import numpy as np
 from ..inference.hf_backend import model_fingerprint
 from ..log import Progress, get_logger
 from .base import MixedItem, l2_normalise
-from .vlm import device_and_dtype
+from .vlm import device_and_dtype, use_bf16
 
 
 class SentenceTransformerEmbedder:
@@ -22,9 +22,14 @@ class SentenceTransformerEmbedder:
                                          model_kwargs={"dtype": dtype} if device.startswith("cuda") else None)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
-        self.model_id = f"st:{model_fingerprint(path)}:q={cfg.query_prefix!r}:d={cfg.document_prefix!r}"
+        # bf16 autocast on a CPU that computes it natively (`bf16: native`); the weights stay fp32
+        self.cpu_bf16 = not device.startswith("cuda") and use_bf16(cfg.bf16, on_gpu=False)
+        self.model_id = (f"st:{model_fingerprint(path)}:q={cfg.query_prefix!r}:d={cfg.document_prefix!r}"
+                         + (":cpu-bf16" if self.cpu_bf16 else ""))
 
     def embed(self, items: list[MixedItem], role: str) -> np.ndarray:
+        import torch
+
         prefix = self.cfg.query_prefix if role == "query" else self.cfg.document_prefix
         texts = [prefix + it.text for it in items]
         # progress as log lines (tqdm's bar goes to stderr, which a task log reads as errors);
@@ -33,9 +38,10 @@ class SentenceTransformerEmbedder:
         progress = Progress(get_logger("embed"), f"st embed {role}", total=len(texts), unit="items")
         parts = []
         for i in range(0, len(texts), step):
-            parts.append(self.model.encode(texts[i:i + step], batch_size=self.cfg.batch_size,
-                                           convert_to_numpy=True, normalize_embeddings=True,
-                                           show_progress_bar=False))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
+                vecs = self.model.encode(texts[i:i + step], batch_size=self.cfg.batch_size, convert_to_tensor=True,
+                                         normalize_embeddings=True, show_progress_bar=False)
+            parts.append(vecs.float().cpu().numpy())
             progress.update(len(parts[-1]))
         if texts:
             progress.close()

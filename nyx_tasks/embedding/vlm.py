@@ -26,6 +26,25 @@ def last_token_pool(hidden, attention_mask):
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), where bf16 autocast is
+    about 1.5x faster than fp32 (MiniLM here); elsewhere it is emulated and slower."""
+    import torch
+
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+
+
+def use_bf16(setting, on_gpu: bool) -> bool:
+    """A `bf16` setting (auto / native / true / false) on a GPU or a CPU: auto = on GPUs only; native = on
+    GPUs and on a CPU that computes bf16 natively (`cpu_computes_bf16`)."""
+    if setting == "auto":
+        return on_gpu
+    if setting == "native":
+        return on_gpu or cpu_computes_bf16()
+    return bool(setting)
+
+
 def device_and_dtype(device: str):
     """`auto` -> cuda when available; bf16 on GPU, float32 on CPU."""
     import torch

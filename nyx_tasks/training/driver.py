@@ -22,6 +22,7 @@ from ..artifacts import ArtifactStore
 from ..checkpoints import resume_checkpoint
 from ..config import TrainConfig
 from ..embedding import resolve_model_path
+from ..embedding.vlm import use_bf16
 from ..log import get_logger
 from .collator import TripletCollator
 from .data import TrainingMix, image_index, load_sources
@@ -55,9 +56,9 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     plan = plan_data(store, spec["partition"], cfg, world, log)
 
     on_gpu = torch.cuda.is_available() and cfg.num_gpus > 0
-    bf16 = on_gpu if cfg.bf16 == "auto" else bool(cfg.bf16)
+    bf16 = use_bf16(cfg.bf16, on_gpu)  # on a CPU: autocast (the Trainer's), fp32 weights and optimizer
     path = resolve_model_path(spec.get("init_model") or cfg.base_model)
-    model, processor = load_trainable(path, cfg, bf16, spec.get("init_adapter"))
+    model, processor = load_trainable(path, cfg, bf16 and on_gpu, spec.get("init_adapter"))
     cfg, recipe = with_recipe(cfg, path, processor)
     log.info("backbone %s (%s), pooling %s%s", cfg.base_model, cfg.family, recipe["pooling"],
              f", {cfg.max_length} tokens per text in training, {recipe['max_seq_length']} in the export"

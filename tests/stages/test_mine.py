@@ -117,7 +117,8 @@ def test_text_sets_top1_positive_and_negatives_beyond_rank_10(make_cfg, scripted
     sets = [f"{{name: {n}, questions: [pkgdata:text_sets/{n}/questions.jsonl], corpus: [pkgdata:text_sets/{n}/corpus.jsonl]}}"
             for n in ("hotpotqa", "musique")]
     sets.append(f"{{name: broken, questions: [{qs}], corpus: [{corpus}]}}")
-    cfg = make_cfg("sample.size=30", "synthesize.max_qa_per_chunk=4", f"mine.text_sets=[{', '.join(sets)}]")
+    cfg = make_cfg("sample.size=30", "synthesize.max_qa_per_chunk=4", f"mine.text_sets=[{', '.join(sets)}]",
+                   "mine.text_embedder.bf16=auto")  # fp32, as the independent recomputation below
     store = ArtifactStore(cfg.artifact_root())
     for s in ("ingest", "chunk", "sample", "synthesize", "filter"):
         run_stage(get_stage(s), cfg, store)
