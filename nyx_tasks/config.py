@@ -484,7 +484,11 @@ class TrainConfig(_Model):
         "(AVX512-BF16 or AMX: mixed precision, fp32 weights, ~1.5x faster there), fp32 on other CPUs.")
     gradient_checkpointing: bool = True
     save_steps: int = Field(100, ge=1, description="Checkpoint (model, optimizer, scheduler, step) every N steps.")
-    save_total_limit: int = Field(3, ge=1)
+    save_total_limit: int = Field(3, ge=1, description="Complete step checkpoints kept while training.")
+    keep_checkpoints: bool = Field(
+        False, description="Keep the step checkpoints once the run is published. They serve only to resume an "
+        "unfinished run, and each holds the weights and the optimizer state (about 3x the model): false removes "
+        "them when the stage commits; the adapter, merged export and metrics stay.")
     logging_steps: int = Field(10, ge=1)
     seed: int = 0
     num_gpus: int = Field(0, ge=0, description="0: train on the CPU in one process; N: torchrun over N GPUs.")

@@ -36,11 +36,14 @@ for f in tests/e2e/test_*.py; do
 done
 for f in "${lane_b_units[@]}"; do lane_a+=(--ignore="$f"); done
 tmp_a="$(mktemp -d)"; tmp_b="$(mktemp -d)"; log_b="$tmp_b.log"
+disk() { df -h --output=avail,size "$tmp_a" | tail -1 | awk -v at="$1" -v d="$tmp_a" '{print "[test] disk " at ": " $1 " free of " $2 " under " d}' >&2; }
+disk "before the tests"  # the lanes' artifacts (demo runs, model exports) peak at a few GB together
 .venv/bin/python -m pytest -q --durations=30 --basetemp="$tmp_b/t" -p no:cacheprovider \
   tests/e2e tests/integration "${lane_b_units[@]}" --ignore=tests/e2e/test_airflow_dags_test.py > "$log_b" 2>&1 &
 lane_b=$!
 rc_a=0; .venv/bin/python -m pytest -q --durations=30 --basetemp="$tmp_a/t" tests "${lane_a[@]}" || rc_a=$?
 rc_b=0; wait "$lane_b" || rc_b=$?
+disk "after the tests"
 echo "==================== lane B: tests/e2e (but the full demo), tests/integration, ${lane_b_units[*]} ===================="
 cat "$log_b"
 rm -rf "$tmp_a" "$tmp_b" "$log_b"

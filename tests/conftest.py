@@ -3,10 +3,12 @@ server, and corpus builders. Network traffic stays on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -371,3 +373,16 @@ def built(tmp_path_factory):
     return root
 
 
+
+
+@contextlib.contextmanager
+def removed_unless_failed(request, path: Path):
+    """Yield `path`, then remove it if no test failed meanwhile: a module fixture's artifacts (demo runs,
+    model exports: GBs) go when the module is done instead of at the end of the run; a failure keeps them
+    to look at."""
+    failed = request.session.testsfailed
+    try:
+        yield path
+    finally:
+        if request.session.testsfailed == failed:
+            shutil.rmtree(path, ignore_errors=True)

@@ -4,7 +4,8 @@ subprocess (`python -m nyx_tasks.training.driver` on a CPU, `torchrun` over
 `num_gpus` GPUs), stream its log lines, then publish the checkpoint.
 
     <root>/models/<run>/<stage>/checkpoints/checkpoint-N/   model, optimizer, scheduler, rng, step, config,
-                                                             nyx_complete.json last (see nyx_tasks.checkpoints)
+                                                             nyx_complete.json last (see nyx_tasks.checkpoints);
+                                                             removed when the stage commits (keep_checkpoints)
     <root>/models/<run>/<stage>/adapter/  merged/  tensorboard/  metrics.json
     <root>/models/<run>/<stage>/_CHECKPOINT.json            written last (see nyx_tasks.checkpoints)
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,7 +97,7 @@ class TrainStage(Stage):
     version = 1
     inputs = ("mine",)
     outputs = {"part": "train_log"}
-    execution_only = ("dataloader_workers", "save_steps", "save_total_limit", "logging_steps")
+    execution_only = ("dataloader_workers", "save_steps", "save_total_limit", "keep_checkpoints", "logging_steps")
     doc = "Contrastive Matryoshka InfoNCE training of the Nyx embedder (LoRA; DeepSpeed ZeRO-2 on GPUs)."
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
@@ -147,6 +149,8 @@ class TrainStage(Stage):
                              + retry_note(ctx, run, rel))
         metrics = json.loads((out_dir / "metrics.json").read_text())
         if not local:  # train on local disk, then publish to the remote root
+            if not cfg.keep_checkpoints:  # they resume this worker's unfinished run only: not published
+                shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
             ctx.store.fs.put(str(out_dir), ctx.store.path(rel), recursive=True)
         hist = [h for h in metrics["log_history"] if "loss" in h and "step" in h]
         out.rows_in = metrics["examples"]
@@ -172,3 +176,17 @@ class TrainStage(Stage):
     def finalize(self, ctx: StageContext, manifest: dict) -> None:
         rel = f"models/{planned_run(ctx, manifest['key'])}/{self.name}"
         manifest["checkpoint"] = read_checkpoint_marker(ctx.store, rel)
+        if not ctx.cfg.stage_config(self.name).keep_checkpoints:
+            drop_step_checkpoints(ctx, f"{rel}/checkpoints")
+
+
+def drop_step_checkpoints(ctx: StageContext, rel: str) -> None:
+    """Remove a published run's step checkpoints: the shard is committed (a retry never trains again), so
+    they could only resume a run that is finished. Here, not in the shard: a failure between the marker and
+    the shard's commit still resumes from them."""
+    if not ctx.store.exists(rel):
+        return
+    size = sum(ctx.store.fs.du(ctx.store.path(rel), total=False).values()) if ctx.store.is_local else None
+    ctx.store.remove(rel)
+    ctx.log.info("%s: removed the step checkpoints under %s%s (the run is published; keep_checkpoints: true "
+                 "keeps them)", ctx.stage.name, ctx.store.url(rel), f", {size / 2**20:.0f} MiB" if size else "")

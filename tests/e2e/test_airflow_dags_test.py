@@ -12,15 +12,19 @@ from pathlib import Path
 import pytest
 
 from nyx_tasks.stages import STAGE_NAMES
-from tests.conftest import REPO
+from tests.conftest import REPO, removed_unless_failed
 
 pytestmark = pytest.mark.airflow
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow_home")
+def airflow_env(tmp_path_factory, request):
+    with removed_unless_failed(request, tmp_path_factory.mktemp("airflow_home")) as home:
+        yield _migrated(home)
+
+
+def _migrated(home: Path) -> dict:
     env = {**os.environ, "AIRFLOW_HOME": str(home),
            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),

@@ -14,7 +14,7 @@ from tests.conftest import VLM_TRAIN, demo_cfg
 
 FAST = (*VLM_TRAIN, "train_stage1.max_steps=3", "train_stage2.max_steps=3", "feedback.top_k=6",
         "feedback.max_queries_per_source=4", "evaluate.splits=[train]", "evaluate.bootstrap=50",
-        "evaluate.retrievers=null")  # stage 1 vs stage 2 only (tests/stages/test_evaluate_stage.py: the others)
+        "evaluate.retrievers=null", "train_stage2.keep_checkpoints=true")  # stage 1 vs stage 2 only (tests/stages/test_evaluate_stage.py: the others)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,18 @@ def test_stage2_starts_from_stage1_and_publishes_its_checkpoint(stage2):
     assert spec["init_adapter"] == s1["adapter"] and ckpt["stage"] == "train_stage2"
     assert results["train_stage2"].manifest["inputs"]["feedback"] == results["feedback"].manifest["output_hash"]
     assert latest_checkpoint(store)["stage"] == "train_stage2"  # what re-mining uses next
+
+
+def test_published_runs_drop_their_step_checkpoints_unless_kept(stage2):
+    """Step checkpoints only resume an unfinished run: removed when the stage commits (stage 1, the
+    default), kept with keep_checkpoints (stage 2 here); the published weights stay either way."""
+    cfg, store, results = stage2
+    s1, s2 = (results[s].manifest["checkpoint"] for s in ("train_stage1", "train_stage2"))
+    for ckpt in (s1, s2):
+        assert store.exists(f"models/{ckpt['run']}/{ckpt['stage']}/merged/config.json")
+    assert not store.exists(f"models/{s1['run']}/train_stage1/checkpoints")
+    kept = store.listdir(f"models/{s2['run']}/train_stage2/checkpoints")
+    assert kept == ["checkpoint-3"], kept  # max_steps=3: the save at the end of training
 
 
 def test_evaluate_reports_stage1_vs_stage2_at_every_dim(stage2, caplog):

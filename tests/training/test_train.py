@@ -96,7 +96,8 @@ def test_a_retried_attempt_resumes_from_the_newest_checkpoint(built, tmp_path, c
     shutil.copytree(built, root)
     cfg = demo_cfg(root, *VLM_TRAIN, "train_stage1.max_steps=4", "train_stage1.save_steps=2")
     store = ArtifactStore(cfg.artifact_root())
-    m = run_stage(get_stage("train_stage1"), cfg, store).manifest
+    kept = cfg.model_copy(update={"train_stage1": cfg.train_stage1.model_copy(update={"keep_checkpoints": True})})
+    m = run_stage(get_stage("train_stage1"), kept, store).manifest  # the same run (an execution-only setting)
     run_dir = root / "models" / m["checkpoint"]["run"] / "train_stage1"
     # undo the publication, keep the checkpoints: what a crash after the last save leaves
     for rel in ("_CHECKPOINT.json", "metrics.json"):
@@ -106,3 +107,4 @@ def test_a_retried_attempt_resumes_from_the_newest_checkpoint(built, tmp_path, c
         again = run_stage(get_stage("train_stage1"), cfg, store).manifest
     assert "resuming from" in caplog.text and "checkpoint-4" in caplog.text
     assert (run_dir / "_CHECKPOINT.json").exists() and again["extra"]["steps"] == 4
+    assert again["checkpoint"]["run"] == m["checkpoint"]["run"] and not (run_dir / "checkpoints").exists()
