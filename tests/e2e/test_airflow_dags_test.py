@@ -116,10 +116,8 @@ def test_bad_trigger_param_is_refused_before_anything_runs(airflow_env):
     assert out.returncode != 0
     assert "refused: every_nth = 0 is out of range: it must be 1 or more" in out.stdout + out.stderr
     assert not (root / "partitions/refused").exists()
-    typo = dags_test(airflow_env, {"partition": "refused", "sample-size": 3})
-    assert typo.returncode != 0
-    assert "refused: unknown conf key 'sample-size': did you mean 'sample_size'?" in typo.stdout + typo.stderr
-    assert not (root / "partitions/refused").exists()
+    # an unknown key ("sample-size") is refused by the same gate task through the same check
+    # (nyx_airflow.params.check_conf): tests/dags/test_dag_integrity.py names the nearest key for it
 
 
 def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_env):

@@ -12,8 +12,8 @@ with Postgres and Redis on loopback, a `default` and a `gpu` Celery worker
    and the worker restarted. The scheduler finds the silent task through its
    heartbeat timeout, retries it (try 2 resumes from the checkpoint) and the run
    succeeds with the same training log as the clean run.
-3. Embedding shards spread over the gpu queue (issue 17): `nyx_stage_mine` on a
-   generated 12,000-passage text set in shards of 1,500 rows, routed to the `gpu`
+3. Embedding shards spread over the gpu queue: `nyx_stage_mine` on a
+   generated 6,000-passage text set in 4 shards of 1,500 rows, routed to the `gpu`
    queue (`corpora.queue: gpu`, the embedder itself on the CPU here) that two
    workers consume: both run shards, one is SIGKILLed mid-shard, and that shard
    alone runs again; `mine` then finds every shard embedded and embeds nothing.
@@ -53,12 +53,12 @@ RUNS: dict[str, str] = {}  # partition -> run id of the runs that succeeded
 
 
 SCALE_PROFILE = "celery-scale"
-SCALE_PASSAGES, SCALE_SHARD = 12_000, 1_500
+SCALE_PASSAGES, SCALE_SHARD = 6_000, 1_500
 
 
 def scale_configs(folder: Path) -> Path:
     """The repo's profiles (`demo` on the stand-in text sets: SMALL_DEMO) plus `celery-scale`: the demo
-    with a generated text set whose corpus embeds in 8 shards, each its own task on the gpu queue."""
+    with a generated text set whose corpus embeds in 4 shards, each its own task on the gpu queue."""
     configs = small_demo_configs(folder, *SMALL_DEMO)
     data = folder / "scale_set"
     data.mkdir()
