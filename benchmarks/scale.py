@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 17 item 4: paper scale).
+"""Scale benchmark (the paper's scale).
 
 Mining a text set end to end through the mine stage's own code path
 (`nyx_tasks.stages.mine.mine_text_set`), on generated corpora of 100k, 400k and 1.6M passages

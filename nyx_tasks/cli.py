@@ -16,6 +16,7 @@ import typer
 from .airflow_setup import init
 from .base import StageError
 from .config_rules import ConfigContradiction, check_rules, hidden_size_rules, shared_lines
+from .hashing import stable_hash
 from .log import drop_table, setup_cli_logging
 from .stages import STAGE_MODULES, STAGE_NAMES, get_stage
 
@@ -222,8 +223,6 @@ def show_config(profile: Profile = "demo", partition: Partition = None, sets: Se
                 = False) -> None:
     """Print the resolved configuration and each stage's config hash."""
     import yaml
-
-    from .config import stable_hash  # pydantic: kept out of `nyx --help`
 
     cfg = _config(profile, partition, sets, root)
     if check:

@@ -8,8 +8,6 @@ the stage's code version) is what idempotency compares.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -18,14 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config_rules import check_rules, share_settings
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-SAMPLE_CORPUS_DIR = PACKAGE_DIR / "data" / "sample_obelics"
-
-
-def resolve_pkgdata(path: str) -> str:
-    """`pkgdata:<rel>` -> a file shipped in nyx_tasks/data (the demo's and paper-shape's inputs)."""
-    return str(PACKAGE_DIR / "data" / path[len("pkgdata:"):]) if path.startswith("pkgdata:") else path
+from .paths import PACKAGE_DIR
 
 
 class _Model(BaseModel):
@@ -778,7 +769,7 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in config_dir().glob("*.yaml"))
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """`over` merged into `base`, dicts key by key; any other value replaces the base's. A key ending
     in `+` appends its list to the base's list under the key without the `+` (a profile that `extends`
     another: `text_sets+: [...]`; an override: `mine.text_sets+=[...]`)."""
@@ -790,7 +781,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{k}: appends a list to a list, got {type(v).__name__} onto {type(have).__name__}")
             out[name] = [*have, *v]
         elif isinstance(v, dict):
-            out[k] = _deep_merge(out[k] if isinstance(out.get(k), dict) else {}, v)
+            out[k] = deep_merge(out[k] if isinstance(out.get(k), dict) else {}, v)
         else:
             out[k] = v
     return out
@@ -814,7 +805,7 @@ def parse_override(item: str) -> dict[str, Any]:
     return node
 
 
-def _profile_tree(path: Path) -> dict[str, Any]:
+def profile_tree(path: Path) -> dict[str, Any]:
     """The raw tree of the profile file `path`; `extends: <name>` deep-merges it over that profile
     (in the same folder; `key+: [...]` appends to that profile's list), and the profile is then named
     after its own file."""
@@ -825,8 +816,8 @@ def _profile_tree(path: Path) -> dict[str, Any]:
         base_path = path.parent / f"{base}.yaml"
         if not base_path.exists():
             raise FileNotFoundError(f"profile {path.stem!r} extends {base!r}, which is not in {path.parent}")
-        data = {**_deep_merge(_profile_tree(base_path), data), "profile": path.stem}
-    return _deep_merge({}, data)  # `key+` lists of a profile that extends none: plain lists
+        data = {**deep_merge(profile_tree(base_path), data), "profile": path.stem}
+    return deep_merge({}, data)  # `key+` lists of a profile that extends none: plain lists
 
 
 def load_config(
@@ -842,13 +833,13 @@ def load_config(
         raise FileNotFoundError(
             f"profile {profile!r} not found (looked for {path}); available: {list_profiles()}"
         )
-    data = _profile_tree(path)
+    data = profile_tree(path)
     data.setdefault("profile", path.stem)
     if isinstance(overrides, dict):
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, overrides)
     else:  # `key=value` strings (values parsed as YAML) or trees taken verbatim
         for item in overrides or []:
-            data = _deep_merge(data, item if isinstance(item, dict) else parse_override(item))
+            data = deep_merge(data, item if isinstance(item, dict) else parse_override(item))
     try:
         return NyxConfig.model_validate(data)
     except ValidationError as e:
@@ -868,8 +859,3 @@ def describe(e: ValidationError) -> str:
         got = "" if err["type"] in ("value_error", "missing") else f" (got {err.get('input')!r:.60})"
         parts.append(f"{where}: {msg}{got}" if where else msg)
     return "; ".join(parts)
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]

@@ -1,4 +1,4 @@
-"""A stage's large corpora embedded as mapped work (issue 17 item 1).
+"""A stage's large corpora embedded as mapped work.
 
 Before a stage that searches a text set's whole corpus (mine: the text sets under
 `mine.text_embedder`; feedback: its text-set sources under the stage-1 checkpoint;
@@ -18,9 +18,9 @@ import time
 
 from .artifacts import ArtifactStore
 from .checkpoints import stage_checkpoint
-from .config import stable_hash
 from .corpus_table import corpus_table
 from .embedding import make_embedder
+from .hashing import stable_hash
 from .log import get_logger
 from .retrieval import checkpoint_embedder_cfg
 from .vector_shards import embed_shard

@@ -1,5 +1,5 @@
-"""A text set's retrieval corpus as a Parquet table under the artifact root, read by row id
-(issue 17 item 3): stages take the texts of the rows they need, never the whole corpus.
+"""A text set's retrieval corpus as a Parquet table under the artifact root, read by row id:
+stages take the texts of the rows they need, never the whole corpus.
 
     <root>/corpora/<key>/_CORPUS.json                  the table, written last
     <root>/corpora/<key>/<build>/rows-<i:05d>.parquet  columns row (int64), doc_id, text
@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .artifacts import ArtifactStore
-from .config import TextSetConfig, stable_hash
+from .config import TextSetConfig
+from .hashing import stable_hash
 from .log import Progress, get_logger
 from .obelics import Malformed, fingerprint_urls, iter_file_rows
 from .text_sets import Drop, set_files

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .artifacts import EXPERIMENT, ArtifactStore, read_manifest, read_stage_table
-from .config import NyxConfig, _deep_merge, describe
+from .config import NyxConfig, deep_merge, describe
 from .evaluation.report import DELTA_COLUMNS
 from .log import get_logger
 from .runner import RunOptions, Stage, run_stage, stage_config_hash
@@ -175,7 +175,7 @@ def variant_partition(base: str, variant: str) -> str:
 def variant_config(base: NyxConfig, variant: Variant) -> NyxConfig:
     """The base run's config with the variant's overrides, in the variant's partition; one line
     naming the variant and key when it does not validate (types, ranges, cross-field rules)."""
-    data = _deep_merge(base.model_dump(mode="json"), variant.tree())
+    data = deep_merge(base.model_dump(mode="json"), variant.tree())
     data["partition"] = variant_partition(base.partition, variant.name)
     try:
         return NyxConfig.model_validate(data)

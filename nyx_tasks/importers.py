@@ -33,8 +33,9 @@ from pathlib import PurePosixPath
 
 from .artifacts import ArtifactStore
 from .base import code_version
-from .config import FetchConfig, stable_hash
+from .config import FetchConfig
 from .fetch import decode_image
+from .hashing import stable_hash
 from .log import DropCounter, get_logger
 from .obelics import Malformed, expand_urls, iter_file_rows
 
@@ -61,11 +62,11 @@ class Layout:
 
 # Both public layouts share MMEB's column names (mmE5 concatenates its synthetic subsets with
 # mmE5-MMEB-hardneg, so the columns must match); they differ in how lists are encoded, which
-# `_as_list` handles for both.
+# `as_list` handles for both.
 LAYOUTS = {"mmeb": Layout("mmeb"), "mme5": Layout("mme5")}
 
 
-def _as_list(value) -> list:
+def as_list(value) -> list:
     """"" / None / "None" -> []; a list stays; "['a', 'b']" (mmE5) -> ['a', 'b']; "x" -> ['x']."""
     if value is None:
         return []
@@ -83,8 +84,8 @@ def _as_list(value) -> list:
     return [value]
 
 
-def _paths(value) -> list[str]:
-    return [str(p) for p in _as_list(value) if p is not None and str(p).strip() and str(p).strip().lower() != "none"]
+def image_path_list(value) -> list[str]:
+    return [str(p) for p in as_list(value) if p is not None and str(p).strip() and str(p).strip().lower() != "none"]
 
 
 def doc_id(text: str, image_ids: list[str]) -> str:
@@ -93,7 +94,7 @@ def doc_id(text: str, image_ids: list[str]) -> str:
 
 
 @dataclass
-class _Images:
+class ImageReader:
     """Reads, decodes and stores each referenced image once; remembers failures by path."""
 
     store: ArtifactStore
@@ -148,7 +149,7 @@ class _Images:
         return img.image_id, ""
 
 
-def _side(text, paths: list[str], images: _Images, token: re.Pattern, placeholder: str,
+def encode_side(text, paths: list[str], images: ImageReader, token: re.Pattern, placeholder: str,
           extra: Counter) -> tuple[str, list[str], str]:
     """One query / document: (text with placeholders, image ids, failure reason or "").
 
@@ -191,28 +192,28 @@ def subset_of(url: str) -> str:
     return PurePosixPath(url.split("://", 1)[-1].rstrip("/")).parent.name
 
 
-def convert_row(raw: dict, i: int, name: str, layout: Layout, images: _Images, token: re.Pattern,
+def convert_row(raw: dict, i: int, name: str, layout: Layout, images: ImageReader, token: re.Pattern,
                 placeholder: str, extra: Counter, subset: str = "") -> tuple[dict | None, str]:
     """One source row -> (TRIPLETS row, "") or (None, drop reason). The row's `source` is its
     subset (train sources select, exclude and cap by it), or the dataset's name without one."""
-    q_text, q_ids, why = _side(raw.get(layout.query), _paths(raw.get(layout.query_images)), images, token,
+    q_text, q_ids, why = encode_side(raw.get(layout.query), image_path_list(raw.get(layout.query_images)), images, token,
                                placeholder, extra)
     if why:
         return None, why
     if not q_text and not q_ids:
         return None, "empty_query"
-    p_text, p_ids, why = _side(raw.get(layout.positive), _paths(raw.get(layout.positive_images)), images, token,
+    p_text, p_ids, why = encode_side(raw.get(layout.positive), image_path_list(raw.get(layout.positive_images)), images, token,
                                placeholder, extra)
     if why:
         return None, why
     if not p_text and not p_ids:
         return None, "empty_positive"
-    n_texts, n_paths = _as_list(raw.get(layout.negatives)), _as_list(raw.get(layout.negative_images))
+    n_texts, n_paths = as_list(raw.get(layout.negatives)), as_list(raw.get(layout.negative_images))
     negs: list[tuple[str, list[str]]] = []
     for k in range(max(len(n_texts), len(n_paths))):
         text = n_texts[k] if k < len(n_texts) else ""
-        paths = _paths(n_paths[k]) if k < len(n_paths) else []
-        n_text, n_ids, why = _side(text, paths, images, token, placeholder, extra)
+        paths = image_path_list(n_paths[k]) if k < len(n_paths) else []
+        n_text, n_ids, why = encode_side(text, paths, images, token, placeholder, extra)
         if why:
             extra[f"negatives_skipped_{why}"] += 1
         elif n_text or n_ids:  # "" is how MMEB says "no negative"
@@ -250,7 +251,7 @@ def import_dataset(layout: str, sources: list[str], name: str, store: ArtifactSt
     base = dataset_rel(name)
     store.remove(f"{base}/_MANIFEST.json")  # readers see "not imported" until the new manifest lands
     token = re.compile(f"{SOURCE_IMAGE_TOKEN}|{re.escape(placeholder)}")
-    images = _Images(store, list(image_roots), fetch or FetchConfig())
+    images = ImageReader(store, list(image_roots), fetch or FetchConfig())
     drops, extra = DropCounter(log), Counter()
     started, t0 = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), time.monotonic()
     part = store.parquet_writer(f"{base}/{ArtifactStore.shard_file('part', 0)}", TRIPLETS, f"import/{name}")

@@ -58,16 +58,17 @@ from pathlib import PurePosixPath
 
 from .artifacts import ArtifactStore
 from .base import code_version
-from .config import FetchConfig, TextSetConfig, stable_hash
+from .config import FetchConfig, TextSetConfig
+from .hashing import stable_hash
 from .importers import (
     NAME_RE,
     SOURCE_IMAGE_TOKEN,
+    ImageReader,
     ImportFailed,
-    _as_list,
-    _Images,
-    _paths,
-    _side,
+    as_list,
     doc_id,
+    encode_side,
+    image_path_list,
     subset_of,
 )
 from .log import DropCounter, get_logger
@@ -167,7 +168,7 @@ def table_text(table: dict) -> str:
     return tabulate(rows, headers=headers, tablefmt="grid")
 
 
-def _mmqa_corpus(files: BenchmarkFiles, images: _Images, placeholder: str, drops: DropCounter,
+def _mmqa_corpus(files: BenchmarkFiles, images: ImageReader, placeholder: str, drops: DropCounter,
                  max_pixels: int) -> list[dict]:
     docs, seen = [], set()
 
@@ -215,7 +216,7 @@ def _mmqa_answers(value) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def read_mmqa(files: BenchmarkFiles, images: _Images, placeholder: str, drops: DropCounter, extra: Counter,
+def read_mmqa(files: BenchmarkFiles, images: ImageReader, placeholder: str, drops: DropCounter, extra: Counter,
               max_pixels: int = MMQA_MAX_PIXELS) -> _Out:
     """MMQA's questions and its one corpus from `files` (questions, texts, tables, image_lists: URLs
     already expanded); images through `images`."""
@@ -247,13 +248,13 @@ def read_mmqa(files: BenchmarkFiles, images: _Images, placeholder: str, drops: D
 # ----------------------------------------------------------------------------- MMEB-eval
 
 
-def read_mmeb_eval(sources, images: _Images, placeholder: str, drops: DropCounter, extra: Counter) -> _Out:
+def read_mmeb_eval(sources, images: ImageReader, placeholder: str, drops: DropCounter, extra: Counter) -> _Out:
     token = re.compile(f"{SOURCE_IMAGE_TOKEN}|{re.escape(placeholder)}")
     out, corpus, seen, rows_in, subsets = [], [], set(), 0, Counter()
     for url, i, r in _rows(sources, drops):
         rows_in += 1
         subset = subset_of(url)
-        q_text, q_ids, why = _side(r.get("qry_text"), _paths(r.get("qry_img_path")), images, token, placeholder,
+        q_text, q_ids, why = encode_side(r.get("qry_text"), image_path_list(r.get("qry_img_path")), images, token, placeholder,
                                    extra)
         if why:
             drops.drop(f"query_{why}", f"{url}#{i}")
@@ -261,11 +262,11 @@ def read_mmeb_eval(sources, images: _Images, placeholder: str, drops: DropCounte
         if not q_text and not q_ids:
             drops.drop("empty_query", f"{url}#{i}")
             continue
-        texts, paths = _as_list(r.get("tgt_text")), _as_list(r.get("tgt_img_path"))
+        texts, paths = as_list(r.get("tgt_text")), as_list(r.get("tgt_img_path"))
         cands, bad = [], ""
         for k in range(max(len(texts), len(paths))):
-            c_text, c_ids, why = _side(texts[k] if k < len(texts) else "",
-                                       _paths(paths[k]) if k < len(paths) else [], images, token, placeholder,
+            c_text, c_ids, why = encode_side(texts[k] if k < len(texts) else "",
+                                       image_path_list(paths[k]) if k < len(paths) else [], images, token, placeholder,
                                        extra)
             # A candidate that cannot be read changes the query's candidate set, so the row goes.
             if why or (not c_text and not c_ids):
@@ -330,7 +331,7 @@ def import_benchmark(layout: str, name: str, store: ArtifactStore, files: Benchm
     q_schema, c_schema, f_schema = _schemas()
     if layout == "flashrag":
         return _import_flashrag(run, files, f_schema)
-    images = _Images(store, list(files.image_roots), fetch or FetchConfig())
+    images = ImageReader(store, list(files.image_roots), fetch or FetchConfig())
     if layout == "mmqa":
         urls = {"questions": expand_urls(list(files.questions), "MMQA questions"),
                 "texts": expand_urls(list(files.texts), "MMQA texts"),

@@ -22,7 +22,9 @@ from urllib.parse import urlsplit
 
 from .artifacts import iter_parquet_file
 from .base import ShardSpec
-from .config import SAMPLE_CORPUS_DIR, SourceConfig, resolve_pkgdata, stable_hash
+from .config import SourceConfig
+from .hashing import stable_hash
+from .paths import SAMPLE_CORPUS_DIR, resolve_pkgdata
 
 EOD_MARKER = "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"
 HF_NUM_SHARDS = 1432

@@ -31,7 +31,8 @@ from .artifacts import (
 )
 from .attempts import attempt_rel, remove_dead_attempts, write_attempt_owner
 from .base import ShardSpec, StageError, check_shard_specs, code_version
-from .config import NyxConfig, stable_hash
+from .config import NyxConfig
+from .hashing import stable_hash
 from .lease import DEFAULT_TTL, Lease, LeaseHeld, process_owner
 from .log import DropCounter, drop_lines, get_logger
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import TextSetConfig, resolve_pkgdata
+from .config import TextSetConfig
 from .obelics import Malformed, expand_urls, fingerprint_urls, iter_file_rows
+from .paths import resolve_pkgdata
 
 Drop = Callable[[str, str], None]
 

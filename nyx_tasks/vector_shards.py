@@ -1,5 +1,5 @@
-"""A corpus table's document vectors in shards, and exact top-k search over them shard by shard
-(issue 17 items 1 and 2): a corpus of any size is embedded and searched with memory bounded by
+"""A corpus table's document vectors in shards, and exact top-k search over them shard by shard:
+a corpus of any size is embedded and searched with memory bounded by
 one shard.
 
     <root>/cache/vectors/<hash(embedder.model_id)>/<corpus key>/s<S>/shard-<i:05d>.npy
@@ -35,10 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .artifacts import TMP_PREFIX
-from .config import SearchConfig, stable_hash
+from .config import SearchConfig
 from .corpus_table import CorpusTable
 from .embedding import MixedItem
 from .embedding.base import Embedder, matryoshka
+from .hashing import stable_hash
 from .log import get_logger
 from .search import exact_topk
 

@@ -220,13 +220,13 @@ def small_demo_configs(folder: Path, *overrides: str) -> Path:
 
     import yaml
 
-    from nyx_tasks.config import _deep_merge, _profile_tree, parse_override
+    from nyx_tasks.config import deep_merge, parse_override, profile_tree
 
     configs = folder / "configs"
     shutil.copytree(REPO / "configs", configs)
-    data = _profile_tree(configs / "demo.yaml")
+    data = profile_tree(configs / "demo.yaml")
     for item in (*stand_in_sets(), *overrides):
-        data = _deep_merge(data, parse_override(item))
+        data = deep_merge(data, parse_override(item))
     (configs / "demo.yaml").write_text("# the demo on its stand-in text sets (tests/conftest.py: small_demo_configs)\n"
                                        + yaml.safe_dump(data, sort_keys=False))
     return configs

@@ -1,4 +1,4 @@
-"""The code's shape (issue 13): no function in nyx_tasks/, dags/ or plugins/ longer than 60 lines
+"""The code's shape: no function in nyx_tasks/, dags/ or plugins/ longer than 60 lines
 or taking more than 7 parameters (self / cls not counted), except the ones listed below with
 the reason each is still so. The list only shrinks: an entry that no longer needs its exception
 fails the test too, so it is taken off when its function is split."""
@@ -62,3 +62,30 @@ def test_the_check_sees_a_long_function_and_a_wide_one(tmp_path):
     src.write_text(f"def long():\n{body}\n\n\nclass C:\n    def wide(self, a, b, c, d, e, f, g, h):\n        pass\n")
     got = {name.split(":")[1]: (lines, params) for name, lines, params in functions(src, "probe.py")}
     assert got["long"][0] == MAX_LINES + 1 and got["C.wide"][1] == 8
+
+
+def test_no_issue_numbers_in_code():
+    """History belongs to git: no comment or docstring in the code says which issue it came from."""
+    import re
+
+    pattern = re.compile(r"\b[Ii]ssues? ?#?\d+|\(#\d+\)")
+    found = [f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+             for top in ("nyx_tasks", "dags", "plugins", "benchmarks", "scripts", "tests")
+             for p in sorted((REPO / top).rglob("*.py")) if "__pycache__" not in p.parts
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)
+             and p.name != "test_code_shape.py"]
+    assert not found, "\n".join(found)
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name with a leading underscore stays in its module: what another module needs is public."""
+    found = []
+    for top in ("nyx_tasks", "dags", "plugins", "benchmarks"):
+        for p in sorted((REPO / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(p.read_text())):
+                internal = isinstance(node, ast.ImportFrom) and (
+                    node.level > 0 or (node.module or "").split(".")[0] in ("nyx_tasks", "nyx_airflow"))
+                if internal:
+                    found += [f"{p.relative_to(REPO)}:{node.lineno}: {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "\n".join(found)

@@ -1,4 +1,4 @@
-"""Corpora at scale (issue 17 items 1-3): the corpus table (texts by row id, read_corpus's rows
+"""Corpora at scale: the corpus table (texts by row id, read_corpus's rows
 and drops), vector shards written once and atomically, and sharded exact search equal to a
 search of the concatenated corpus, ties included."""
 

@@ -1,4 +1,4 @@
-"""The mapped embedding jobs a stage's task group runs before it plans (issue 17 item 1): one job
+"""The mapped embedding jobs a stage's task group runs before it plans: one job
 per shard of each distinct (embedder, corpus), each embedding its shard once."""
 
 import numpy as np

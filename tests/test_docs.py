@@ -67,3 +67,18 @@ def test_no_tracked_file_refers_to_shared():
         if OUTSIDE.encode() in path.read_bytes():
             offenders.append(rel)
     assert not offenders, f"tracked files refer to {OUTSIDE!r}, which a clone does not have: {offenders}"
+
+
+def test_design_names_every_module_of_every_layer():
+    """DESIGN.md's layer list is the one in tests/test_layers.py: every module of LAYERS, and every
+    module of the library's top folder, is named there."""
+    from tests.test_layers import LAYERS
+
+    text = (REPO / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    para = text[text.index("- **The library (`nyx_tasks`)**"):text.index("- **The DAGs (`dags/`)**")]
+    named = set(re.findall(r"`([a-z_]+)/?`", para))
+    listed = {m.split(".", 1)[1] for _, _, mods in LAYERS for m in mods if "." in m}
+    on_disk = {p.stem if p.is_file() else p.name for p in (REPO / "nyx_tasks").iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
+    assert on_disk <= listed, f"modules in no layer of tests/test_layers.py: {sorted(on_disk - listed)}"
+    assert listed <= named, f"layers' modules DESIGN.md does not name: {sorted(listed - named)}"

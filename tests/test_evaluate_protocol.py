@@ -1,4 +1,4 @@
-"""`evaluate.protocol` (issue 16, item 4): `paper` follows the released code (NyxQA query with
+"""`evaluate.protocol`: `paper` follows the released code (NyxQA query with
 its choices, a free-form answer scored by normalised exact match with the correct option's text;
 text-only sets retrieved over the union of another retriever's top-k passages per question),
 `strict` is the stage's own protocol, unchanged. The stage's methods run here with scripted

@@ -1,4 +1,4 @@
-"""Identical documents count once (issue 15, item 5): a document is its content, the text plus
+"""Identical documents count once: a document is its content, the text plus
 its ordered image ids. Mining, the retrieval that feedback and evaluate share, and the
 evaluation's hit test rank each content once; the same text with other images stays a
 different document. The embedder is scripted: a content's vector is fixed by its text and

@@ -22,7 +22,8 @@ PACKAGE = "nyx_tasks"
 LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("foundation", "settings, logging, schemas, the artifact store, prompt templates, StageError and code_version: "
                    "what every layer needs, needing nothing of the pipeline",
-     ("nyx_tasks", "nyx_tasks.base", "nyx_tasks.config", "nyx_tasks.config_rules", "nyx_tasks.log", "nyx_tasks.lease",
+     ("nyx_tasks", "nyx_tasks.base", "nyx_tasks.config", "nyx_tasks.config_rules", "nyx_tasks.hashing",
+      "nyx_tasks.paths", "nyx_tasks.log", "nyx_tasks.lease",
       "nyx_tasks.attempts", "nyx_tasks.snapshot_status",
       "nyx_tasks.schema", "nyx_tasks.artifacts", "nyx_tasks.prompts")),
     ("sources", "what comes from outside: OBELICS shards, image fetching, text sets, imported datasets (whose "

@@ -1,4 +1,4 @@
-"""Prompt templates v2 (the paper's prompts, issue 16 item 3): what each template
+"""Prompt templates v2 (the paper's prompts): what each template
 says, and what synthesize's requests carry under v2 (shortening sees the source
 chunk and its images; distractors the chunk, its images and the question's
 images) against v1 (question and answer only, unchanged)."""

@@ -1,4 +1,4 @@
-"""Artifacts you can trust (issue 14): one writer per stage at a time (the lease), attempt
+"""Artifacts you can trust: one writer per stage at a time (the lease), attempt
 folders whose snapshot the manifest names exactly, reads checked against the manifest, a
 status that reports damage instead of crashing, and stray attempt folders removed only when
 provably dead. Every scenario runs the real runner (and, where a user would, the real CLI in a

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from nyx_tasks.config import PACKAGE_DIR, TextSetConfig
+from nyx_tasks.config import TextSetConfig
+from nyx_tasks.paths import PACKAGE_DIR
 from nyx_tasks.text_sets import read_corpus, read_questions
 from tests.conftest import REPO
 

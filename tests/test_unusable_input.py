@@ -1,4 +1,4 @@
-"""Loud failure on unusable input (issue 15 item 3): a stage that read rows and kept none, or lost
+"""Loud failure on unusable input: a stage that read rows and kept none, or lost
 more of its input to a dependency (connection refused, timeouts, 5xx) than
 `checks.max_dependency_failure_share`, fails in one line and commits nothing."""
 

@@ -23,7 +23,7 @@ from nyx_tasks.experiments import (
 )
 from nyx_tasks.log import get_logger
 
-from .params import NAME_RE, NAME_RULE, ConfError, _optional_str, check_conf, trigger_params
+from .params import NAME_RE, NAME_RULE, ConfError, check_conf, optional_str, trigger_params
 from .stage_group import config_from_context, run_options
 
 EXAMPLE_GRID = {"evaluate.bootstrap": [200, 1000]}
@@ -33,7 +33,7 @@ def experiment_params() -> dict[str, Param]:
     """The pipeline's form without redo (every variant adopts or computes by its own keys), plus the
     experiment's name and its grid of dotted `key: value` overrides."""
     params = {k: v for k, v in trigger_params().items() if k != "redo"}
-    params["partition"] = _optional_str("Base partition", "Run", "The experiment's base partition: the stages no "
+    params["partition"] = optional_str("Base partition", "Run", "The experiment's base partition: the stages no "
                                         "variant changes are computed (or found complete) there and shared; empty = "
                                         f"the run's logical date. Allowed: {NAME_RULE}.")
     return {

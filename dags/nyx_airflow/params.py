@@ -46,7 +46,7 @@ def _optional_int(name: str, title: str, section: str, description: str) -> Para
                  description=f"{description} ({_bounds_text(name)}; empty = the profile's).")
 
 
-def _optional_str(title: str, section: str, description: str, default: str | None = None) -> Param:
+def optional_str(title: str, section: str, description: str, default: str | None = None) -> Param:
     return Param(default, type=["null", "string"], maxLength=500, title=title, section=section,
                  description=description)
 
@@ -61,10 +61,10 @@ def run_params(*, partition: str | None = None, redo: bool = True) -> dict[str, 
         "profile": Param("demo", type="string", enum=list_profiles(), title="Profile", section="Run",
                          description="Config profile: demo (tiny, CPU, local), paper (the paper's models and sizes) "
                                      "or paper-shape (the paper's settings with tiny models and sizes, on a CPU)."),
-        "partition": _optional_str("Partition", "Run", "Name of the corpus slice; empty = the run's logical date "
+        "partition": optional_str("Partition", "Run", "Name of the corpus slice; empty = the run's logical date "
                                    f"(YYYY-MM-DD), so each backfill date writes its own partition. Allowed: {NAME_RULE}.",
                                    default=partition),
-        "artifacts_root": _optional_str("Artifact root", "Run",
+        "artifacts_root": optional_str("Artifact root", "Run",
                                         "Local path or fsspec URL; empty = $NYX_ARTIFACTS_ROOT or the profile's."),
         "force": Param(False, type="boolean", title="Force every stage", section="Run",
                        description="Recompute every stage of the run even when complete and unchanged."),
@@ -92,13 +92,13 @@ def trigger_params() -> dict[str, Param]:
                                                "openai": "openai: a vLLM server (the nyx_vllm connection)",
                                                "vllm": "vllm: offline engine on the gpu queue"},
                                title="Synthesis backend", description="How the synthesis VLM runs; empty = the profile's."),
-        "synth_model": _optional_str("Synthesis VLM", "Models",
+        "synth_model": optional_str("Synthesis VLM", "Models",
                                      "Hub id or path (paper: OpenGVLab/InternVL3-78B); empty = the profile's."),
-        "miner_model": _optional_str("Miner", "Models", "Hard-negative miner (paper: "
+        "miner_model": optional_str("Miner", "Models", "Hard-negative miner (paper: "
                                      "intfloat/mmE5-mllama-11b-instruct); empty = the profile's."),
-        "base_model": _optional_str("Retriever backbone", "Models", "Qwen2.5-VL to train (paper: "
+        "base_model": optional_str("Retriever backbone", "Models", "Qwen2.5-VL to train (paper: "
                                     "Qwen/Qwen2.5-VL-3B-Instruct); empty = the profile's."),
-        "answer_model": _optional_str("Answering VLM", "Models", "Feedback and evaluation VLM (paper: "
+        "answer_model": optional_str("Answering VLM", "Models", "Feedback and evaluation VLM (paper: "
                                       "Qwen/Qwen2.5-VL-7B-Instruct); empty = the profile's."),
         "num_gpus": _optional_int("num_gpus", "GPUs for training", "Training",
                                   "0 = CPU in one process; N = torchrun over N GPUs on the gpu queue. With a "

@@ -23,7 +23,7 @@ from nyx_tasks.stages import get_stage
 
 from .params import ConfError, check_conf, overrides_from_params
 
-# Emitted by the training stages when a retriever checkpoint is written (issue 5);
+# Emitted by the training stages when a retriever checkpoint is written;
 # the re-mining DAG is scheduled on it.
 CHECKPOINT_ASSET = Asset(name="nyx_checkpoint", uri="x-nyx://models/checkpoint", group="nyx")
 

@@ -15,7 +15,7 @@ import io
 import numpy as np
 
 from ..artifacts import ArtifactStore
-from ..config import stable_hash
+from ..hashing import stable_hash
 from ..log import get_logger
 from .base import Embedder, MixedItem
 

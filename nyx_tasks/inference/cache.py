@@ -5,7 +5,7 @@ twice for a finished request (failed requests are not cached)."""
 from __future__ import annotations
 
 from ..artifacts import ArtifactStore
-from ..config import stable_hash
+from ..hashing import stable_hash
 from .base import Backend, ChatRequest, ChatResponse
 
 CACHE_PREFIX = "cache/requests"

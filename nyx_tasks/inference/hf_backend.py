@@ -17,7 +17,8 @@ import logging
 import time
 from pathlib import Path
 
-from ..config import GenerationConfig, stable_hash
+from ..config import GenerationConfig
+from ..hashing import stable_hash
 from ..models.gguf import source_of as gguf_source
 from .base import ChatRequest, ChatResponse, GenerationError, OnDone, load_image
 from .sampling import GrammarRows, RowPenalty, RowSampler

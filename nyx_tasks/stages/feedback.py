@@ -21,9 +21,9 @@ from ..answering import ANSWER_PROMPTS, Answering, parsed_answer
 from ..artifacts import iter_stage_batches
 from ..base import ShardSpec, StageError
 from ..checkpoints import stage_checkpoint
-from ..config import stable_hash
 from ..embedding import MixedItem
 from ..embedding.cache import embed_cached
+from ..hashing import stable_hash
 from ..inference import GenerationError, make_backend
 from ..judges import option_match, token_f1
 from ..retrieval import (

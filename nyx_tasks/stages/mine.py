@@ -33,11 +33,12 @@ import numpy as np
 from ..artifacts import ArtifactStore, image_paths, iter_stage_batches
 from ..base import ShardSpec, StageError
 from ..checkpoints import latest_checkpoint
-from ..config import MineConfig, TextSetConfig, stable_hash
+from ..config import MineConfig, TextSetConfig
 from ..corpus_table import CorpusTable, corpus_table
 from ..embedding import MixedItem, make_embedder
 from ..embedding.base import Embedder
 from ..embedding.cache import embed_cached
+from ..hashing import stable_hash
 from ..retrieval import checkpoint_embedder_cfg, rows_of_ids
 from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
 from ..search import content_keys, distinct_contents, exact_topk

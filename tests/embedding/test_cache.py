@@ -1,4 +1,4 @@
-"""The embedding cache is looked up by key, never scanned (issue 17 item 1)."""
+"""The embedding cache is looked up by key, never scanned."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""`generation.repetition_penalty` (issue 16: the released code's feedback VLM samples
+"""`generation.repetition_penalty` (the released code's feedback VLM samples
 with 1.05): carried from the config into every request and every backend, and neutral
 at 1.0 (the default): request keys, config dumps and outputs stay as they were."""
 

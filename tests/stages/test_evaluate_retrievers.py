@@ -1,4 +1,4 @@
-"""`evaluate.retrievers` (issue 18, items 1, 3, 4): the config (defaults from `models`, a
+"""`evaluate.retrievers`: the config (defaults from `models`, a
 contradiction refused in one line, unique names, mine's embedders by name, the hash), and the
 stage's methods with scripted embedders and a scripted VLM (tests/test_evaluate_protocol.py's):
 dims above an embedder's width skipped with a note, none / golden answered once and written at

@@ -1,4 +1,4 @@
-"""The evaluate stage on the demo partition (issue 18): the stage-1 checkpoint, the packaged MiniLM
+"""The evaluate stage on the demo partition: the stage-1 checkpoint, the packaged MiniLM
 (`base`), no retrieval (`none`) and the gold document (`golden`) compared in one run, on NyxQA and on
 a text set that names its gold passages: every retriever at every dim, index bytes and latency rows
 for the retrieving ones, golden's recall 1, none's answers asked without a document, the report."""

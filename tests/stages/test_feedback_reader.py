@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.config import load_config, resolve_pkgdata
+from nyx_tasks.config import load_config
+from nyx_tasks.paths import resolve_pkgdata
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages.feedback import select_feedback

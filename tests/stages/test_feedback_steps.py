@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from nyx_tasks.config import FeedbackConfig, stable_hash
+from nyx_tasks.config import FeedbackConfig
+from nyx_tasks.hashing import stable_hash
 from nyx_tasks.inference.base import ChatResponse
 from nyx_tasks.log import DropCounter
 from nyx_tasks.retrieval import Corpus

@@ -1,4 +1,4 @@
-"""The mine stage's text-set path on the corpus table and vector shards (issue 17, items 1-3)
+"""The mine stage's text-set path on the corpus table and vector shards
 gives the rows the in-memory path gave: the reference below is that path as it was (the whole
 corpus read with `read_corpus`, embedded at once, `mine_negatives` over the full vectors),
 compared row for row (ids, texts, ranks; scores to float tolerance) on the packaged text sets
@@ -69,7 +69,7 @@ def outputs():
 
 
 def reference(cfg: MineConfig, ts: TextSetConfig, embedder):
-    """The text-set path before issue 17 (`_mine_text_set` at d1ab8c6), with vectors embedded
+    """The text-set path before corpus tables and vector shards (`_mine_text_set` at d1ab8c6), with vectors embedded
     directly (the cache only ever returned these same vectors)."""
     out = outputs()
     questions = read_questions(ts, out.drops.drop)

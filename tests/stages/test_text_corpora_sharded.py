@@ -1,4 +1,4 @@
-"""Issue 17, items 2-3 for `feedback` and `evaluate`: a text set's corpus is a table read by row
+"""Text-set corpora for `feedback` and `evaluate`: a text set's corpus is a table read by row
 id and searched over vector shards (`retrieval.search_table` / `fetch_rows` / `union_corpus`),
 never held whole. Every result must equal the in-memory path it replaces (the whole corpus as
 a `Corpus`, `embed_cached`, `search` with `distinct`): feedback's windows and triplets,
@@ -27,11 +27,12 @@ import pytest
 
 from nyx_tasks import retrieval
 from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import TextSetConfig, load_config, resolve_pkgdata
+from nyx_tasks.config import TextSetConfig, load_config
 from nyx_tasks.embedding import MixedItem
 from nyx_tasks.embedding.cache import embed_cached
 from nyx_tasks.inference.base import ChatResponse, text_of
 from nyx_tasks.log import DropCounter
+from nyx_tasks.paths import resolve_pkgdata
 from nyx_tasks.retrieval import Corpus, fetch_rows, search, search_table, text_table, union_corpus
 from nyx_tasks.search import exact_topk
 from nyx_tasks.stages import evaluate as ev

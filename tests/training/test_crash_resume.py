@@ -1,4 +1,4 @@
-"""Checkpoints that survive a crash (issue 14): the training process is SIGKILLed part-way
+"""Checkpoints that survive a crash: the training process is SIGKILLed part-way
 through writing a checkpoint (tests/training/crash_driver.py), and the retry resumes from the
 newest complete checkpoint (from step 0 if none completed), removing the torn one, to the same
 model an uninterrupted run gives; `force` trains again, in a new run folder."""

@@ -1,4 +1,4 @@
-"""The recipe's knobs (issue 16): per-subset caps and subset lists, hardest-first negatives,
+"""The recipe's knobs: per-subset caps and subset lists, hardest-first negatives,
 per-source query instructions, the global batch from accumulation, DoRA with gaussian init."""
 
 import pytest
