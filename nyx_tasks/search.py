@@ -15,8 +15,8 @@ path; FAISS's heap may order them differently.
   beyond what fp32 would. On a CPU it runs in fp32 (the tests compare it to
   FAISS there).
 
-`auto` takes `torch` when a GPU is visible, else `faiss`; `benchmarks/search.py`
-measures the two side by side on whatever machine runs it.
+`auto` takes `torch` when a GPU is visible, else `faiss`; `benchmarks/gpu_check.py
+--only search` times the torch path on a GPU and compares its top-k with fp32's.
 
 Identical documents count once: `distinct_contents` keeps the first occurrence
 of each content (a chunk's text plus its ordered image ids, which are content

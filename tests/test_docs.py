@@ -82,3 +82,23 @@ def test_design_names_every_module_of_every_layer():
                if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
     assert on_disk <= listed, f"modules in no layer of tests/test_layers.py: {sorted(on_disk - listed)}"
     assert listed <= named, f"layers' modules DESIGN.md does not name: {sorted(listed - named)}"
+
+
+def test_design_lists_every_dag_file():
+    text = (REPO / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    section = text[text.index("## Airflow"):]
+    section = section[:section.index("\n## ", 3)]
+    files = sorted(p.name for p in (REPO / "dags").glob("*.py"))
+    words = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight"]
+    assert f"{words[len(files)].capitalize()} DAG files" in section, files
+    for name in files:
+        assert f"`dags/{name}`" in section, name
+
+
+def test_readme_layout_names_every_dag_file_and_benchmark():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):]
+    layout = layout[:layout.index("\n## ", 3)]
+    for folder in ("dags", "benchmarks"):
+        for p in sorted((REPO / folder).glob("*.py")):
+            assert p.name in layout, f"README's layout does not name {folder}/{p.name}"
