@@ -155,6 +155,23 @@ class Stage:
 
     config_key: ClassVar[str | None] = None  # the config section; None: the stage's name
 
+    # What the stage needs from an executor: the Airflow task-group builder
+    # (dags/nyx_airflow/stage_group.py) reads these, and knows no stage by name.
+    gpu_routed: ClassVar[bool] = False  # its shards may run on GPUs (`gpus`): a route task picks the queue
+    publishes_checkpoint: ClassVar[bool] = False  # its commit also publishes a retriever checkpoint
+    embeds_corpora: ClassVar[bool] = False  # text-set corpora embedded in mapped shards before it plans
+
+    def generation(self, cfg: NyxConfig) -> Any:
+        """The generation settings its model calls use (a vLLM server connection applies to
+        them), or None when it generates nothing."""
+        return None
+
+    def gpus(self, cfg: NyxConfig) -> int:
+        """GPUs one shard task holds under `cfg` (0: the default queue). Default: an in-process
+        vLLM engine's tensor-parallel GPUs; hf and openai generation run on the default queue."""
+        gen = self.generation(cfg)
+        return gen.tensor_parallel_size if gen is not None and gen.backend == "vllm" else 0
+
     @property
     def output(self) -> str:
         """The stage's directory under `partitions/<p>/`; downstream stages read it by this name."""

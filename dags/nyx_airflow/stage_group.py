@@ -19,7 +19,7 @@ from nyx_tasks.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_jo
 from nyx_tasks.lease import LeaseHeld
 from nyx_tasks.log import get_logger, prepare_task_process
 from nyx_tasks.runner import RunOptions, commit_stage, plan_stage, run_shard, write_resolved_config
-from nyx_tasks.stages import get_stage
+from nyx_tasks.stages import STAGE_NAMES, get_stage
 
 from .params import ConfError, check_conf, overrides_from_params
 
@@ -49,27 +49,13 @@ def stage_inlets(stage_name: str) -> list[Asset]:
     return [stage_asset(s) for s in inputs] if inputs else [OBELICS_ASSET]
 
 
-# Stages whose work can run on GPU workers: how many GPUs a shard needs under
-# the resolved config (0: the CPU path on the default queue). A branch picks, at
-# run time, the mapped shard task whose `pool_slots` is that count: pool slots
-# are fixed when the DAG is parsed and cannot be mapped, so there is one GPU
-# variant per supported count.
-def _vlm_gpus(gen) -> int:
-    """An in-process vLLM engine needs its tensor-parallel GPUs; hf / openai run on the default queue."""
-    return gen.tensor_parallel_size if gen.backend == "vllm" else 0
-
-
-GPU_ROUTED = {
-    "synthesize": lambda cfg: _vlm_gpus(cfg.synthesize.generation),
-    "train_stage1": lambda cfg: cfg.train_stage1.num_gpus,
-    "feedback": lambda cfg: _vlm_gpus(cfg.feedback.generation),
-    "train_stage2": lambda cfg: cfg.train_stage2.num_gpus,
-    "evaluate": lambda cfg: _vlm_gpus(cfg.evaluate.generation),
-}
+# A GPU-routed stage (`Stage.gpu_routed`) says how many GPUs a shard needs under the
+# resolved config (`Stage.gpus`; 0: the CPU path on the default queue). A branch picks, at
+# run time, the mapped shard task whose `pool_slots` is that count: pool slots are fixed
+# when the DAG is parsed and cannot be mapped, so there is one GPU variant per supported
+# count. What else the group needs (a checkpoint asset, corpora embedded first, a vLLM
+# connection) is declared on the stage too: no list of stage names here.
 GPU_COUNTS = (1, 2, 4, 8)
-
-# Stages that publish a retriever checkpoint (nyx_tasks.checkpoints) as well as their output.
-CHECKPOINT_STAGES = {"train_stage1", "train_stage2"}
 
 
 def gpu_variant(n: int) -> int:
@@ -127,16 +113,14 @@ def run_date(ctx) -> str | None:
     return ctx.get("ds") or (when.strftime("%Y-%m-%d") if when else None)
 
 
-GENERATION_STAGES = ("synthesize", "feedback", "evaluate")  # every config with a `generation` block
-
-
 def apply_vllm_connection(cfg):
     """With the openai backend, the `nyx_vllm` connection (when defined) gives the server URL
     and key to every generation config (synthesize, feedback, evaluate); the key goes to the
     environment variable the backend reads, never into the config, XCom or the log."""
     import os
 
-    if not any(getattr(cfg, s).generation.backend == "openai" for s in GENERATION_STAGES):
+    generating = {name: gen for name in STAGE_NAMES if (gen := get_stage(name).generation(cfg)) is not None}
+    if not any(gen.backend == "openai" for gen in generating.values()):
         return cfg
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
@@ -147,11 +131,10 @@ def apply_vllm_connection(cfg):
         return cfg
     url = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'http'}://{conn.host}:{conn.port or 8000}/v1"
     update = {}
-    for name in GENERATION_STAGES:
-        section = getattr(cfg, name)
-        gen = section.generation
+    for name, gen in generating.items():
         if gen.backend != "openai":
             continue
+        section = getattr(cfg, get_stage(name).config_key or name)
         if conn.password:
             os.environ[gen.api_key_env] = conn.password
         update[name] = section.model_copy(update={"generation": gen.model_copy(update={"base_url": url})})
@@ -203,7 +186,8 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
     """Build the task group for `stage_name`; returns it (chain groups with >>)."""
     with TaskGroup(group_id=stage_name, tooltip=doc) as group:
 
-        vectors = vector_tasks(stage_name) if stage_name in VECTOR_STAGES else None
+        stage = get_stage(stage_name)
+        vectors = vector_tasks(stage_name) if stage.embeds_corpora else None
 
         # after the embedding shards, one of whose two routes is always skipped
         @task(task_id="plan", inlets=stage_inlets(stage_name), trigger_rule="none_failed" if vectors else "all_success",
@@ -234,7 +218,7 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
                 return summary
             events = get_current_context()["outlet_events"][alias]
             events.add(stage_asset(stage_name), extra=summary)
-            if stage_name in CHECKPOINT_STAGES:  # the re-mining DAG listens to this one
+            if stage.publishes_checkpoint:  # the re-mining DAG listens to this one
                 events.add(CHECKPOINT_ASSET, extra={**summary, "checkpoint": result.manifest.get("checkpoint")})
             return summary
 
@@ -242,15 +226,11 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
         if vectors:
             vectors >> shards
         done = commit()
-        if stage_name in GPU_ROUTED:
+        if stage.gpu_routed:
             routed_shards(stage_name, shard, shards, done)
         else:
             shard.expand(spec=shards) >> done
     return group
-
-
-# Stages that search a text set's whole corpus: its embedding shards are mapped tasks first.
-VECTOR_STAGES = ("mine", "feedback", "evaluate")
 
 
 def vector_tasks(stage_name: str) -> list:
@@ -291,7 +271,7 @@ def routed_shards(stage_name: str, shard, shards, done) -> None:
     @task.branch(task_id="route", doc_md="Send the shards to the `gpu` queue, holding as many `gpu` pool "
                  "slots as the run needs GPUs, when the stage runs on GPUs; else to the default queue.")
     def route() -> str:
-        n = GPU_ROUTED[stage_name](config_from_context())
+        n = get_stage(stage_name).gpus(config_from_context())
         return f"{stage_name}.shard_gpu{gpu_variant(n)}" if n else f"{stage_name}.shard"
 
     variants = [shard.override(task_id=f"shard_gpu{n}", queue="gpu", pool="gpu", pool_slots=n)

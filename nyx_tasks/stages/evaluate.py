@@ -212,6 +212,12 @@ class EvaluateStage(Stage):
     doc = ("Recall@k, MRR and RAG accuracy at every Matryoshka dim for each configured retriever, with index bytes "
            "and search latency per dim; a report with plots.")
 
+    gpu_routed = True
+    embeds_corpora = True
+
+    def generation(self, cfg):
+        return cfg.evaluate.generation
+
     def config_payload(self, cfg):
         paper = cfg.evaluate.protocol == "paper"
         payload = with_prompts(super().config_payload(cfg), cfg, cfg.evaluate.prompt_version,

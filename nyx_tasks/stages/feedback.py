@@ -362,6 +362,12 @@ class FeedbackStage(Stage):
     execution_only = ("shard_queries", *GENERATION_TUNING, *RETRIEVAL_TUNING)
     doc = "Retrieve top-K with the stage-1 model, judge the VLM's answers over sliding windows, pick positives."
 
+    gpu_routed = True
+    embeds_corpora = True
+
+    def generation(self, cfg):
+        return cfg.feedback.generation
+
     def config_payload(self, cfg):
         payload = with_prompts(super().config_payload(cfg), cfg, cfg.feedback.prompt_version, ANSWER_PROMPTS)
         payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]

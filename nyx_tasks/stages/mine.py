@@ -134,6 +134,8 @@ class MineStage(Stage):
                       "embedder.device", "text_embedder.batch_size", "text_embedder.device")
     doc = "Embed queries and chunks with the miner, exact top-k search over distinct contents, skip top ranks, drop the positive, keep 5."
 
+    embeds_corpora = True
+
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
         sets = {f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.mine.text_sets}  # a missing file fails first
         return {**super().input_fingerprint(ctx), **sets}

@@ -325,6 +325,11 @@ class SynthesizeStage(Stage):
     execution_only = ("shard_chunks", *GENERATION_TUNING)
     doc = "A VLM writes QA pairs per chunk (text, image, multi-image prompts), shortens answers, writes distractors."
 
+    gpu_routed = True
+
+    def generation(self, cfg):
+        return cfg.synthesize.generation
+
     def config_payload(self, cfg):
         return with_prompts(super().config_payload(cfg), cfg, cfg.synthesize.prompt_version, PROMPTS)
 

@@ -98,6 +98,11 @@ class TrainStage(Stage):
     inputs = ("mine",)
     outputs = {"part": "train_log"}
     execution_only = ("dataloader_workers", "save_steps", "save_total_limit", "keep_checkpoints", "logging_steps")
+    gpu_routed = True
+    publishes_checkpoint = True
+
+    def gpus(self, cfg) -> int:
+        return cfg.stage_config(self.name).num_gpus
     doc = "Contrastive Matryoshka InfoNCE training of the Nyx embedder (LoRA; DeepSpeed ZeRO-2 on GPUs)."
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:

@@ -4,7 +4,9 @@ one test per DAG); nyxqa_to_model has the structure the registry implies; the tr
 refuse bad values."""
 
 import copy
+import json
 import logging
+import os
 import re
 
 import pytest
@@ -52,6 +54,13 @@ def dagbag():
         root.handlers[:] = handlers
         root.setLevel(level)
 
+
+
+def declared(fact: str) -> set[str]:
+    """The stages that declare `fact` (a Stage class attribute the DAG builder reads)."""
+    from nyx_tasks.stages import STAGE_NAMES, get_stage
+
+    return {name for name in STAGE_NAMES if getattr(get_stage(name), fact)}
 
 def test_no_import_errors(dagbag):
     errors = "\n".join(f"{path}:\n{err}" for path, err in dagbag.import_errors.items())
@@ -114,7 +123,8 @@ def test_dag_uses_the_shared_default_args(dagbag, dag_id):
 
 
 def test_structure_follows_the_stage_registry(dagbag):
-    from nyx_airflow.stage_group import GPU_COUNTS, GPU_ROUTED, VECTOR_STAGES
+    from nyx_airflow.stage_group import GPU_COUNTS
+    GPU_ROUTED, VECTOR_STAGES = declared("gpu_routed"), declared("embeds_corpora")
 
     dag = dagbag.dags["nyxqa_to_model"]
     assert dag.schedule is None or dag.timetable.summary in ("None", "")
@@ -153,17 +163,19 @@ def test_structure_follows_the_stage_registry(dagbag):
 
 
 def test_gpu_routing_picks_the_pool_slots_the_run_needs():
-    from nyx_airflow.stage_group import GPU_ROUTED, gpu_variant
+    from nyx_airflow.stage_group import gpu_variant
 
     from nyx_tasks.config import load_config
+    from nyx_tasks.stages import get_stage
 
     assert [gpu_variant(n) for n in (1, 2, 3, 4, 5, 8)] == [1, 2, 4, 4, 8, 8]
     with pytest.raises(ValueError, match="at most 8"):
         gpu_variant(9)
     paper, demo = load_config("paper"), load_config("demo")
-    assert GPU_ROUTED["train_stage1"](paper) == 4 and GPU_ROUTED["train_stage1"](demo) == 0  # the code's 4 GPUs
-    assert gpu_variant(GPU_ROUTED["train_stage2"](paper)) == 8  # its 6 GPUs hold an 8-slot variant
-    assert GPU_ROUTED["synthesize"](paper) == 4 and GPU_ROUTED["synthesize"](demo) == 0
+    gpus = {name: get_stage(name).gpus for name in declared("gpu_routed")}
+    assert gpus["train_stage1"](paper) == 4 and gpus["train_stage1"](demo) == 0  # the code's 4 GPUs
+    assert gpu_variant(gpus["train_stage2"](paper)) == 8  # its 6 GPUs hold an 8-slot variant
+    assert gpus["synthesize"](paper) == 4 and gpus["synthesize"](demo) == 0
 
 
 @pytest.mark.parametrize("bad", [{"profile": "huge"}, {"force": "yes"}, {"synth_backend": "tgi"},
@@ -340,7 +352,7 @@ def test_remine_refuses_bad_values_in_one_line(dagbag, conf, named):
 def test_one_backfillable_dag_per_stage(dagbag):
     from airflow.sdk import DAG
     from nyx_airflow.params import trigger_params
-    from nyx_airflow.stage_group import VECTOR_STAGES
+    VECTOR_STAGES = declared("embeds_corpora")
 
     for stage in STAGE_NAMES:
         dag = dagbag.dags[f"nyx_stage_{stage}"]
@@ -382,7 +394,7 @@ def test_model_and_training_params_become_overrides():
 
 
 def test_asset_lineage_runs_from_obelics_to_the_evaluated_model(dagbag):
-    from nyx_airflow.stage_group import CHECKPOINT_STAGES
+    CHECKPOINT_STAGES = declared("publishes_checkpoint")
 
     from nyx_tasks.stages import get_stage
 
@@ -438,3 +450,38 @@ def test_experiments_dag_checks_then_maps_one_variant_task_per_variant(dagbag):
     variants = expand(defaults["grid"], defaults["variants"])  # the form's example grid is a valid experiment
     assert [v.name for v in variants] == ["bootstrap=200", "bootstrap=1000"]
     check_variants(load_config("demo", {"partition": "demo"}), variants)
+
+
+def test_each_stage_declares_what_its_task_group_needs():
+    """The DAG builder reads these from the stages (no list of stage names in stage_group.py)."""
+    from nyx_tasks.config import load_config
+    from nyx_tasks.stages import STAGE_NAMES, get_stage
+
+    cfg = load_config("demo")
+    assert declared("gpu_routed") == {"synthesize", "train_stage1", "feedback", "train_stage2", "evaluate"}
+    assert declared("embeds_corpora") == {"mine", "feedback", "evaluate"}
+    assert declared("publishes_checkpoint") == {"train_stage1", "train_stage2"}
+    generating = {n for n in STAGE_NAMES if get_stage(n).generation(cfg) is not None}
+    assert generating == {"synthesize", "feedback", "evaluate"}
+    assert all(get_stage(n).generation(cfg) is getattr(cfg, n).generation for n in generating)
+
+
+def test_the_vllm_connection_reaches_every_openai_generation_block(dagbag, monkeypatch):
+    """`nyx_vllm` (here from the environment, as Airflow reads connections) gives its URL to each stage
+    whose declared generation uses the openai backend, and its key to that block's environment
+    variable, never to the config; hf blocks are left as they are."""
+    from nyx_airflow.stage_group import apply_vllm_connection
+
+    from nyx_tasks.config import load_config
+
+    monkeypatch.setenv("AIRFLOW_CONN_NYX_VLLM", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": 8011, "password": "k-123"}))
+    cfg = load_config("demo", ["synthesize.generation.backend=openai", "evaluate.generation.backend=openai"])
+    monkeypatch.setenv(cfg.synthesize.generation.api_key_env, "before")  # restored (or removed) afterwards
+    out = apply_vllm_connection(cfg)
+    assert out.synthesize.generation.base_url == out.evaluate.generation.base_url == "http://127.0.0.1:8011/v1"
+    assert out.feedback.generation == cfg.feedback.generation  # hf: untouched
+    assert os.environ[cfg.synthesize.generation.api_key_env] == "k-123"
+    assert "k-123" not in out.model_dump_json()
+    hf_only = load_config("demo")
+    assert apply_vllm_connection(hf_only) is hf_only
