@@ -1,9 +1,7 @@
 """A stage's large corpora embedded as mapped work.
 
-Before a stage that searches a text set's whole corpus (mine: the text sets under
-`mine.text_embedder`; feedback: its text-set sources under the stage-1 checkpoint;
-evaluate: its text sets under each evaluated checkpoint, or under the union embedder
-for the paper protocol), its Airflow task group plans one job per embedding shard of
+Before a stage that searches a text set's whole corpus (its `Stage.corpora(cfg, store)`
+names the (embedder, text set) pairs), its Airflow task group plans one job per embedding shard of
 each distinct (embedder, corpus) and maps them: each job embeds one shard of
 `corpora.shard_rows` rows into its vector file (`vector_shards.embed_shard`), so
 shards spread over workers, a finished shard is never redone, and a crash costs
@@ -17,73 +15,50 @@ import socket
 import time
 
 from .artifacts import ArtifactStore
-from .checkpoints import stage_checkpoint
 from .corpus_table import corpus_table
 from .embedding import make_embedder
 from .hashing import stable_hash
 from .log import get_logger
-from .retrieval import checkpoint_embedder_cfg
 from .vector_shards import embed_shard
 
 
-def stage_corpora(stage_name: str, cfg, store: ArtifactStore | None = None) -> list[tuple]:
-    """(embedder config, text set) pairs whose corpora the stage searches in full. Feedback and
-    evaluate search under published checkpoints, read from the partition's training manifests."""
-    if stage_name == "mine":
-        return [(cfg.mine.text_embedder, ts) for ts in cfg.mine.text_sets]
-    if stage_name == "feedback":
-        wanted = set(cfg.feedback.sources)
-        sets = [ts for ts in cfg.mine.text_sets if not wanted or ts.name in wanted]
-        if not sets:
-            return []
-        emb = checkpoint_embedder_cfg(cfg.feedback.embedder, stage_checkpoint(store, cfg.partition, "train_stage1"))
-        return [(emb, ts) for ts in sets]
-    if stage_name == "evaluate":
-        ev = cfg.evaluate
-        if ev.protocol == "paper":  # the union of each question's top passages by the union embedder
-            return [(ev.union_embedder or cfg.mine.text_embedder, ts) for ts in ev.text_sets]
-        return [(checkpoint_embedder_cfg(ev.embedder, stage_checkpoint(store, cfg.partition, f"train_{m}")), ts)
-                for m in ev.models for ts in ev.text_sets] if ev.text_sets else []
-    return []
-
-
-def embeds_on_gpu(stage_name: str, cfg, store: ArtifactStore | None = None) -> bool:
+def embeds_on_gpu(stage, cfg, store: ArtifactStore | None = None) -> bool:
     """Whether the stage's embedding shards go to the `gpu` queue: `corpora.queue`, or under
     `auto` a corpus embedder set to a CUDA device."""
     if cfg.corpora.queue != "auto":
         return cfg.corpora.queue == "gpu"
-    return any(str(emb.device).startswith("cuda") for emb, _ in stage_corpora(stage_name, cfg, store))
+    return any(str(emb.device).startswith("cuda") for emb, _ in stage.corpora(cfg, store))
 
 
-def plan_vector_jobs(stage_name: str, cfg, store: ArtifactStore) -> list[dict]:
+def plan_vector_jobs(stage, cfg, store: ArtifactStore) -> list[dict]:
     """One job per shard of each distinct (embedder, corpus) the stage searches. Building a
     missing corpus table (one pass over the corpus files) is the plan's one heavy step;
     nothing is embedded here. Sets sharing corpus files (wiki18) share one corpus."""
-    log = get_logger(stage_name)
+    log = get_logger(stage.name)
     jobs, seen = [], set()
-    for n, (emb, ts) in enumerate(stage_corpora(stage_name, cfg, store)):
+    for n, (emb, ts) in enumerate(stage.corpora(cfg, store)):
         table = corpus_table(store, ts)
         ident = (stable_hash(emb.model_dump(mode="json")), table.key)
         if ident in seen:
             continue
         seen.add(ident)
         shards = -(-len(table) // cfg.corpora.shard_rows)
-        log.info("%s: corpus of %s (%s): %d rows -> %d embedding shards of %d rows", stage_name, ts.name,
+        log.info("%s: corpus of %s (%s): %d rows -> %d embedding shards of %d rows", stage.name, ts.name,
                  table.key[:8], len(table), shards, cfg.corpora.shard_rows)
         jobs += [{"shard": i, "corpus": n, "name": f"{ts.name}:{i + 1}/{shards}"} for i in range(shards)]
     return jobs
 
 
-def run_vector_job(stage_name: str, cfg, store: ArtifactStore, job: dict) -> dict:
+def run_vector_job(stage, cfg, store: ArtifactStore, job: dict) -> dict:
     """Embed one shard (nothing when its file exists); returns what the task reports."""
-    emb, ts = stage_corpora(stage_name, cfg, store)[job["corpus"]]
+    emb, ts = stage.corpora(cfg, store)[job["corpus"]]
     table = corpus_table(store, ts)
     embedder = make_embedder(emb, store)
     t0 = time.monotonic()
     rows = embed_shard(embedder, table, job["shard"], cfg.corpora.shard_rows)
     seconds = time.monotonic() - t0
-    get_logger(stage_name).info(
-        "%s: vectors %s shard %d: %s", stage_name, ts.name, job["shard"],
+    get_logger(stage.name).info(
+        "%s: vectors %s shard %d: %s", stage.name, ts.name, job["shard"],
         f"{rows} rows embedded in {seconds:.1f} s ({rows / max(seconds, 1e-9):.0f} rows/s)" if rows
         else "already embedded, nothing to do")
     return {"name": job["name"], "shard": job["shard"], "rows_embedded": rows, "seconds": round(seconds, 3),

@@ -161,6 +161,11 @@ class Stage:
     publishes_checkpoint: ClassVar[bool] = False  # its commit also publishes a retriever checkpoint
     embeds_corpora: ClassVar[bool] = False  # text-set corpora embedded in mapped shards before it plans
 
+    def corpora(self, cfg: NyxConfig, store: ArtifactStore | None = None) -> list[tuple]:
+        """(embedder config, text set) pairs whose whole corpora it searches: with
+        `embeds_corpora`, embedded in mapped shards before it plans (`nyx_tasks.corpus_jobs`)."""
+        return []
+
     def generation(self, cfg: NyxConfig) -> Any:
         """The generation settings its model calls use (a vLLM server connection applies to
         them), or None when it generates nothing."""

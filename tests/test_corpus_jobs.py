@@ -5,9 +5,10 @@ import numpy as np
 
 from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.config import load_config
-from nyx_tasks.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_job, stage_corpora
+from nyx_tasks.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_job
 from nyx_tasks.corpus_table import corpus_table
 from nyx_tasks.embedding import MixedItem, make_embedder
+from nyx_tasks.stages import get_stage
 from nyx_tasks.vector_shards import corpus_vectors
 from tests.conftest import stand_in_sets
 
@@ -28,26 +29,26 @@ def demo(tmp_path, **over):
 def test_one_job_per_shard_of_each_distinct_corpus(tmp_path):
     cfg = demo(tmp_path)
     store = ArtifactStore(str(tmp_path))
-    jobs = plan_vector_jobs("mine", cfg, store)
-    sizes = {ts.name: len(corpus_table(store, ts)) for _, ts in stage_corpora("mine", cfg)}
+    jobs = plan_vector_jobs(get_stage("mine"), cfg, store)
+    sizes = {ts.name: len(corpus_table(store, ts)) for _, ts in get_stage("mine").corpora(cfg)}
     assert len(jobs) == sum(-(-n // 20) for n in sizes.values()) and len(sizes) == 3
     assert jobs[0] == {"shard": 0, "corpus": 0, "name": f"hotpotqa:1/{-(-sizes['hotpotqa'] // 20)}"}
-    assert plan_vector_jobs("chunk", cfg, store) == []  # only stages that search a whole corpus
+    assert plan_vector_jobs(get_stage("chunk"), cfg, store) == []  # only stages that search a whole corpus
     # two sets over the same corpus files (wiki18 for all three in the paper) embed it once
     sets = [{"name": n, "questions": [f"pkgdata:text_sets/{n}/questions.jsonl"], "corpus": [SHARED]}
             for n in ("hotpotqa", "musique")]
     shared = demo(tmp_path, mine={"text_sets": sets})
-    assert [j["corpus"] for j in plan_vector_jobs("mine", shared, store)] == [0] * -(-sizes["hotpotqa"] // 20)
+    assert [j["corpus"] for j in plan_vector_jobs(get_stage("mine"), shared, store)] == [0] * -(-sizes["hotpotqa"] // 20)
 
 
 def test_a_job_embeds_its_shard_once_and_the_stage_finds_it(tmp_path):
     cfg = demo(tmp_path)
     store = ArtifactStore(str(tmp_path))
-    job = plan_vector_jobs("mine", cfg, store)[1]  # hotpotqa, rows 20..39
-    done = run_vector_job("mine", cfg, store, job)
+    job = plan_vector_jobs(get_stage("mine"), cfg, store)[1]  # hotpotqa, rows 20..39
+    done = run_vector_job(get_stage("mine"), cfg, store, job)
     assert done["rows_embedded"] == 20 and done["host"]
-    assert run_vector_job("mine", cfg, store, job)["rows_embedded"] == 0  # a finished shard is not redone
-    emb, ts = stage_corpora("mine", cfg)[0]
+    assert run_vector_job(get_stage("mine"), cfg, store, job)["rows_embedded"] == 0  # a finished shard is not redone
+    emb, ts = get_stage("mine").corpora(cfg)[0]
     table = corpus_table(store, ts)
     vectors = corpus_vectors(make_embedder(emb, store), table, 20)
     assert vectors.missing() == [i for i in range(vectors.n_shards) if i != 1]
@@ -56,11 +57,11 @@ def test_a_job_embeds_its_shard_once_and_the_stage_finds_it(tmp_path):
 
 
 def test_gpu_route_follows_the_corpus_embedders_device(tmp_path):
-    assert not embeds_on_gpu("mine", demo(tmp_path))
-    assert embeds_on_gpu("mine", demo(tmp_path, mine={"text_embedder": {"device": "cuda"}}))
-    assert not embeds_on_gpu("chunk", demo(tmp_path))
-    assert embeds_on_gpu("mine", demo(tmp_path, corpora={"queue": "gpu"}))  # the operator's choice wins
-    assert not embeds_on_gpu("mine", demo(tmp_path, corpora={"queue": "default"},
+    assert not embeds_on_gpu(get_stage("mine"), demo(tmp_path))
+    assert embeds_on_gpu(get_stage("mine"), demo(tmp_path, mine={"text_embedder": {"device": "cuda"}}))
+    assert not embeds_on_gpu(get_stage("chunk"), demo(tmp_path))
+    assert embeds_on_gpu(get_stage("mine"), demo(tmp_path, corpora={"queue": "gpu"}))  # the operator's choice wins
+    assert not embeds_on_gpu(get_stage("mine"), demo(tmp_path, corpora={"queue": "default"},
                                           mine={"text_embedder": {"device": "cuda"}}))
 
 
@@ -82,21 +83,21 @@ def test_feedback_and_evaluate_embed_under_the_checkpoints_they_search_with(tmp_
         publish_checkpoint(tmp_path, "p", stage, tiny)
     cfg = demo(tmp_path, partition="p")
     store = ArtifactStore(str(tmp_path))
-    fb = stage_corpora("feedback", cfg, store)
+    fb = get_stage("feedback").corpora(cfg, store)
     assert [ts.name for _, ts in fb] == [ts.name for ts in cfg.mine.text_sets]
     assert {(e.kind, e.model) for e, _ in fb} == {("nyx", tiny)}
     only = demo(tmp_path, partition="p", feedback={"sources": ["musique"]})
-    assert [ts.name for _, ts in stage_corpora("feedback", only, store)] == ["musique"]
+    assert [ts.name for _, ts in get_stage("feedback").corpora(only, store)] == ["musique"]
     # strict evaluation: every evaluated model's checkpoint over the held-out sets (one corpus here:
     # both checkpoints are the same model, so one set of jobs); the paper protocol: the union embedder
-    ev = stage_corpora("evaluate", cfg, store)
+    ev = get_stage("evaluate").corpora(cfg, store)
     assert [(e.model, ts.name) for e, ts in ev] == [(tiny, "hotpotqa"), (tiny, "hotpotqa")]
-    assert len({j["corpus"] for j in plan_vector_jobs("evaluate", cfg, store)}) == 1
+    assert len({j["corpus"] for j in plan_vector_jobs(get_stage("evaluate"), cfg, store)}) == 1
     paper = demo(tmp_path, partition="p", evaluate={"protocol": "paper"})
-    assert {e.model for e, _ in stage_corpora("evaluate", paper, store)} == {cfg.mine.text_embedder.model}
+    assert {e.model for e, _ in get_stage("evaluate").corpora(paper, store)} == {cfg.mine.text_embedder.model}
     # a job's shard is the file feedback's own search looks up
-    job = plan_vector_jobs("feedback", cfg, store)[0]
-    assert run_vector_job("feedback", cfg, store, job)["rows_embedded"] == 20
+    job = plan_vector_jobs(get_stage("feedback"), cfg, store)[0]
+    assert run_vector_job(get_stage("feedback"), cfg, store, job)["rows_embedded"] == 20
     table = corpus_table(store, fb[0][1])
     emb = checkpoint_embedder(cfg.feedback.embedder, {"merged": tiny}, store)
     assert corpus_vectors(emb, table, 20).exists(0)

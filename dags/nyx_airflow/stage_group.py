@@ -240,7 +240,7 @@ def vector_tasks(stage_name: str) -> list:
           "(builds a corpus's row table the first time; embeds nothing).")
     def vectors_plan() -> list[list[dict]]:
         cfg = config_from_context(stage_name)
-        jobs = plan_vector_jobs(stage_name, cfg, ArtifactStore(cfg.artifact_root()))
+        jobs = plan_vector_jobs(get_stage(stage_name), cfg, ArtifactStore(cfg.artifact_root()))
         return group_shards(jobs, cfg.airflow.max_shard_tasks)
 
     @task(task_id="vectors", map_index_template="{{ shard_name }}",
@@ -249,13 +249,13 @@ def vector_tasks(stage_name: str) -> list:
         get_current_context()["shard_name"] = group_name(spec)
         cfg = config_from_context(stage_name)
         store = ArtifactStore(cfg.artifact_root())
-        return [run_vector_job(stage_name, cfg, store, job) for job in spec]
+        return [run_vector_job(get_stage(stage_name), cfg, store, job) for job in spec]
 
     @task.branch(task_id="vectors_route", doc_md="Embed on the `gpu` queue (one `gpu` pool slot per shard task) "
                  "when the corpus embedder is set to a CUDA device; else on the default queue.")
     def vectors_route() -> str:
         cfg = config_from_context()
-        on_gpu = embeds_on_gpu(stage_name, cfg, ArtifactStore(cfg.artifact_root()))
+        on_gpu = embeds_on_gpu(get_stage(stage_name), cfg, ArtifactStore(cfg.artifact_root()))
         return f"{stage_name}.vectors_gpu" if on_gpu else f"{stage_name}.vectors"
 
     jobs = vectors_plan()

@@ -69,6 +69,7 @@ from ..judges import exact_match, option_match, token_f1
 from ..retrieval import (
     Corpus,
     checkpoint_embedder,
+    checkpoint_embedder_cfg,
     embed,
     fetch_rows,
     nyxqa_corpus,
@@ -217,6 +218,15 @@ class EvaluateStage(Stage):
 
     def generation(self, cfg):
         return cfg.evaluate.generation
+
+    def corpora(self, cfg, store=None) -> list[tuple]:
+        """Its text sets under each evaluated checkpoint; for the paper protocol, under the union
+        embedder (the union of each question's top passages)."""
+        ev = cfg.evaluate
+        if ev.protocol == "paper":
+            return [(union_embedder_cfg(cfg), ts) for ts in ev.text_sets]
+        return [(checkpoint_embedder_cfg(ev.embedder, stage_checkpoint(store, cfg.partition, f"train_{m}")), ts)
+                for m in ev.models for ts in ev.text_sets]
 
     def config_payload(self, cfg):
         paper = cfg.evaluate.protocol == "paper"

@@ -29,6 +29,7 @@ from ..judges import option_match, token_f1
 from ..retrieval import (
     Corpus,
     checkpoint_embedder,
+    checkpoint_embedder_cfg,
     embed,
     fetch_rows,
     nyxqa_corpus,
@@ -367,6 +368,15 @@ class FeedbackStage(Stage):
 
     def generation(self, cfg):
         return cfg.feedback.generation
+
+    def corpora(self, cfg, store=None) -> list[tuple]:
+        """Its text-set sources, under the partition's published stage-1 checkpoint."""
+        wanted = set(cfg.feedback.sources)
+        sets = [ts for ts in cfg.mine.text_sets if not wanted or ts.name in wanted]
+        if not sets:
+            return []
+        emb = checkpoint_embedder_cfg(cfg.feedback.embedder, stage_checkpoint(store, cfg.partition, "train_stage1"))
+        return [(emb, ts) for ts in sets]
 
     def config_payload(self, cfg):
         payload = with_prompts(super().config_payload(cfg), cfg, cfg.feedback.prompt_version, ANSWER_PROMPTS)

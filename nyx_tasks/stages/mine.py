@@ -136,6 +136,10 @@ class MineStage(Stage):
 
     embeds_corpora = True
 
+    def corpora(self, cfg, store=None) -> list[tuple]:
+        """The text sets, under `mine.text_embedder`."""
+        return [(cfg.mine.text_embedder, ts) for ts in cfg.mine.text_sets]
+
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
         sets = {f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.mine.text_sets}  # a missing file fails first
         return {**super().input_fingerprint(ctx), **sets}
