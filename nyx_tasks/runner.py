@@ -160,6 +160,8 @@ class Stage:
     gpu_routed: ClassVar[bool] = False  # its shards may run on GPUs (`gpus`): a route task picks the queue
     publishes_checkpoint: ClassVar[bool] = False  # its commit also publishes a retriever checkpoint
     embeds_corpora: ClassVar[bool] = False  # text-set corpora embedded in mapped shards before it plans
+    # what its manifest counts, in words, for the explorer: rows_in ("in"), rows_out ("out"), named drops
+    flow: ClassVar[dict[str, str]] = {}
 
     def corpora(self, cfg: NyxConfig, store: ArtifactStore | None = None) -> list[tuple]:
         """(embedder config, text set) pairs whose whole corpora it searches: with

@@ -51,7 +51,9 @@ _ENV_NOT_A_LEAK = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_F
 def _globals() -> dict:
     root = logging.getLogger()
     return {"environment": {k: v for k, v in os.environ.items() if k not in _ENV_NOT_A_LEAK}, "cwd": os.getcwd(),
-            "root logging handlers": list(root.handlers), "root logging level": root.level}
+            # pytest's own capture handlers come and go with each test phase: not the test's doing
+            "root logging handlers": [h for h in root.handlers if type(h).__module__ != "_pytest.logging"],
+            "root logging level": root.level}
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.importers import ImportFailed, _as_list, import_dataset
+from nyx_tasks.importers import ImportFailed, as_list, import_dataset
 from tests.conftest import png_bytes, write_jsonl
 
 RED, BLUE, GREEN = png_bytes(color=(200, 30, 30)), png_bytes(color=(30, 30, 200)), png_bytes(20, 20, (30, 200, 30))
@@ -121,9 +121,9 @@ def test_mme5_literal_lists_multi_image_and_jsonl(tmp_path, image_root):
 
 
 def test_list_literals():
-    assert _as_list("") == [] and _as_list(None) == [] and _as_list("None") == []
-    assert _as_list("['a', 'b']") == ["a", "b"] and _as_list(["x"]) == ["x"]
-    assert _as_list("a cat") == ["a cat"] and _as_list("[not a list") == ["[not a list"]
+    assert as_list("") == [] and as_list(None) == [] and as_list("None") == []
+    assert as_list("['a', 'b']") == ["a", "b"] and as_list(["x"]) == ["x"]
+    assert as_list("a cat") == ["a cat"] and as_list("[not a list") == ["[not a list"]
 
 
 def test_unusable_input_is_a_clear_error(tmp_path, image_root):

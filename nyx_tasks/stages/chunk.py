@@ -25,6 +25,11 @@ class ChunkStage(Stage):
     outputs = {"part": "chunks"}
     execution_only = ("batch_docs",)
     doc = "Cut documents into 200-token mixed-modal chunks; drop short tails and chunks with >5 images."
+    flow = {
+        "in": "ingested documents",
+        "out": "200-token mixed-modal chunks",
+        "drops": "chunks (short tails, too many images); not documents",
+    }
 
     def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         ingest = ctx.input_manifest("ingest")

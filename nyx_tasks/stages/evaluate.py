@@ -212,6 +212,11 @@ class EvaluateStage(Stage):
     execution_only = (*GENERATION_TUNING, *RETRIEVAL_TUNING)
     doc = ("Recall@k, MRR and RAG accuracy at every Matryoshka dim for each configured retriever, with index bytes "
            "and search latency per dim; a report with plots.")
+    flow = {
+        "in": "evaluation queries (NyxQA dev/test items + text-set questions)",
+        "out": "result rows (one per model, dataset, split, dim and metric)",
+        "drops": "text-set questions or corpus documents that could not be read",
+    }
 
     gpu_routed = True
     embeds_corpora = True

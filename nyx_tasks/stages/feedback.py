@@ -362,6 +362,11 @@ class FeedbackStage(Stage):
     outputs = {"part": "triplets", "windows": "feedback_windows"}
     execution_only = ("shard_queries", *GENERATION_TUNING, *RETRIEVAL_TUNING)
     doc = "Retrieve top-K with the stage-1 model, judge the VLM's answers over sliding windows, pick positives."
+    flow = {
+        "in": "training queries shown to the VLM, window by window",
+        "out": "triplets with the positive the VLM's feedback chose",
+        "drops": "queries (no_helpful_window: no window's answer scored above the threshold)",
+    }
 
     gpu_routed = True
     embeds_corpora = True

@@ -97,6 +97,11 @@ class FilterStage(Stage):
     inputs = ("synthesize",)
     outputs = {"part": "nyxqa"}
     doc = "Rule filters with named drops, options and correct index, image placeholders, train/dev/test split."
+    flow = {
+        "in": "QA candidates",
+        "out": "NyxQA items kept (options, split)",
+        "drops": "QA candidates, by the first rule that fired",
+    }
 
     def config_payload(self, cfg):
         return {**super().config_payload(cfg), "image_placeholder": cfg.chunk.image_placeholder}

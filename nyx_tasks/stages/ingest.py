@@ -33,6 +33,11 @@ class IngestStage(Stage):
     outputs = {"part": "documents", "images": "images"}
     execution_only = ("batch_docs", "fetch.concurrency")
     doc = "Read OBELICS rows, keep every Nth, fetch + verify + store images, drop documents with failed images."
+    flow = {
+        "in": "OBELICS documents read (every Nth row)",
+        "out": "documents kept (their images fetched and stored)",
+        "drops": "documents (malformed, duplicate, or an image that could not be had)",
+    }
 
     def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         return list_source_shards(ctx.cfg.ingest.source)

@@ -133,6 +133,11 @@ class MineStage(Stage):
     execution_only = ("search.query_batch", "search.doc_chunk", "search.backend", "embedder.batch_size",
                       "embedder.device", "text_embedder.batch_size", "text_embedder.device")
     doc = "Embed queries and chunks with the miner, exact top-k search over distinct contents, skip top ranks, drop the positive, keep 5."
+    flow = {
+        "in": "queries (NyxQA items + text-set questions read)",
+        "out": "triplets (query, positive, hard negatives)",
+        "drops": "queries; <set>_corpus_* drops count corpus documents",
+    }
 
     embeds_corpora = True
 

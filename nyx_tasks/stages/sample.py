@@ -45,6 +45,11 @@ class SampleStage(Stage):
     inputs = ("chunk",)
     outputs = {"part": "sampled_chunks"}
     doc = "Draw the fixed-size chunk subset with the paper's text-only / single-image / multi-image mix."
+    flow = {
+        "in": "chunks",
+        "out": "sampled chunks (the paper's text / single-image / multi-image mix)",
+        "drops": "none by name: the chunks not drawn are counted as not_selected",
+    }
 
     def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
         return [{"shard": 0, "name": "all"}]

@@ -324,6 +324,11 @@ class SynthesizeStage(Stage):
     outputs = {"part": "qa_candidates"}
     execution_only = ("shard_chunks", *GENERATION_TUNING)
     doc = "A VLM writes QA pairs per chunk (text, image, multi-image prompts), shortens answers, writes distractors."
+    flow = {
+        "in": "sampled chunks",
+        "out": "QA candidates written by the VLM",
+        "drops": "QA pairs (or requests, for unparseable_* / request_refused_*)",
+    }
 
     gpu_routed = True
 

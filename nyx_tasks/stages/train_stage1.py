@@ -8,6 +8,11 @@ from .train import TrainStage
 
 class Stage1(TrainStage):
     name = "train_stage1"  # its config section and its output prefix
+    flow = {
+        "in": "training examples (triplets)",
+        "out": "training-log rows (one per logging step); the checkpoint is published beside them",
+        "drops": "none",
+    }
     inputs = ("mine",)
 
 

@@ -15,6 +15,11 @@ from .train import TrainStage
 
 class Stage2(TrainStage):
     name = "train_stage2"  # its config section and its output prefix
+    flow = {
+        "in": "training examples (feedback triplets)",
+        "out": "training-log rows (one per logging step); the checkpoint is published beside them",
+        "drops": "none",
+    }
     inputs = ("feedback", "train_stage1")
 
     def _stage1(self, ctx: StageContext) -> dict | None:

@@ -155,7 +155,7 @@ def drops(request: Request, partition: str, stage: str, page: int = 1, reason: s
     counts = sorted(((m or {}).get("drops") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
     return render(request, "drops.html", partition=partition, stage=stage, missing=m is None,
                   recorded=out is not None, page=shown, filters={"reason": reason}, reasons=counts,
-                  dropped=sum(n for _, n in counts), flow=data.STAGE_FLOW.get(stage, {}))
+                  dropped=sum(n for _, n in counts), flow=data.stage_flow(stage))
 
 
 @router.get("/p/{partition}/evaluation", response_class=HTMLResponse, name="evaluation")

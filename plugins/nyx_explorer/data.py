@@ -18,7 +18,7 @@ from functools import lru_cache
 from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.config import load_config
 from nyx_tasks.experiments import REPORTS, experiments
-from nyx_tasks.stages import STAGE_NAMES
+from nyx_tasks.stages import STAGE_NAMES, get_stage
 
 from .tables import (
     Output,
@@ -43,32 +43,13 @@ PLOT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\.png$")
 # the evaluate manifest's `report`, relative to the root: reports/<run>/report.md (run: partition-key)
 REPORT_RE = re.compile(r"^reports/[A-Za-z0-9][A-Za-z0-9_.=-]{0,100}/report\.md$")
 
-# What a stage's manifest counts: rows_in, rows_out, and what its named drops are counted in. The
-# two counts are often of different things (a document in, chunks out), so the page says which.
-STAGE_FLOW: dict[str, dict[str, str]] = {
-    "ingest": {"in": "OBELICS documents read (every Nth row)", "out": "documents kept (their images fetched and stored)",
-               "drops": "documents (malformed, duplicate, or an image that could not be had)"},
-    "chunk": {"in": "ingested documents", "out": "200-token mixed-modal chunks",
-              "drops": "chunks (short tails, too many images); not documents"},
-    "sample": {"in": "chunks", "out": "sampled chunks (the paper's text / single-image / multi-image mix)",
-               "drops": "none by name: the chunks not drawn are counted as not_selected"},
-    "synthesize": {"in": "sampled chunks", "out": "QA candidates written by the VLM",
-                   "drops": "QA pairs (or requests, for unparseable_* / request_refused_*)"},
-    "filter": {"in": "QA candidates", "out": "NyxQA items kept (options, split)",
-               "drops": "QA candidates, by the first rule that fired"},
-    "mine": {"in": "queries (NyxQA items + text-set questions read)", "out": "triplets (query, positive, hard negatives)",
-             "drops": "queries; <set>_corpus_* drops count corpus documents"},
-    "train_stage1": {"in": "training examples (triplets)", "out": "training-log rows (one per logging step); "
-                     "the checkpoint is published beside them", "drops": "none"},
-    "feedback": {"in": "training queries shown to the VLM, window by window",
-                 "out": "triplets with the positive the VLM's feedback chose",
-                 "drops": "queries (no_helpful_window: no window's answer scored above the threshold)"},
-    "train_stage2": {"in": "training examples (feedback triplets)", "out": "training-log rows (one per logging "
-                     "step); the checkpoint is published beside them", "drops": "none"},
-    "evaluate": {"in": "evaluation queries (NyxQA dev/test items + text-set questions)",
-                 "out": "result rows (one per model, dataset, split, dim and metric)",
-                 "drops": "text-set questions or corpus documents that could not be read"},
-}
+DEFAULT_FLOW = {"in": "rows read", "out": "rows written", "drops": "rows"}
+
+
+def stage_flow(stage: str) -> dict[str, str]:
+    """What the stage's manifest counts (its `Stage.flow`): rows_in, rows_out and its named drops are
+    often of different things (a document in, chunks out), so the page says which."""
+    return {**DEFAULT_FLOW, **get_stage(stage).flow} if stage in STAGE_NAMES else DEFAULT_FLOW
 
 
 def artifact_root() -> str:
@@ -111,7 +92,7 @@ def stage_summaries(store, partition: str) -> list[dict]:
     rows = []
     for stage in STAGE_NAMES:
         m = manifest(store, partition, stage)
-        flow = STAGE_FLOW.get(stage, {"in": "rows read", "out": "rows written", "drops": "rows"})
+        flow = stage_flow(stage)
         if m is None:
             rows.append({"stage": stage, "present": False, "flow": flow})
             continue

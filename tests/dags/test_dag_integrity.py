@@ -464,6 +464,7 @@ def test_each_stage_declares_what_its_task_group_needs():
     generating = {n for n in STAGE_NAMES if get_stage(n).generation(cfg) is not None}
     assert generating == {"synthesize", "feedback", "evaluate"}
     assert all(get_stage(n).generation(cfg) is getattr(cfg, n).generation for n in generating)
+    assert all(set(get_stage(n).flow) == {"in", "out", "drops"} for n in STAGE_NAMES)  # the explorer's words
 
 
 def test_the_vllm_connection_reaches_every_openai_generation_block(dagbag, monkeypatch):
