@@ -170,8 +170,8 @@ class Stage:
 
     def generation(self, cfg: NyxConfig) -> Any:
         """The generation settings its model calls use (a vLLM server connection applies to
-        them), or None when it generates nothing."""
-        return None
+        them): its config section's `generation` block, or None when it has none."""
+        return getattr(getattr(cfg, self.config_key or self.name), "generation", None)
 
     def gpus(self, cfg: NyxConfig) -> int:
         """GPUs one shard task holds under `cfg` (0: the default queue). Default: an in-process

@@ -221,9 +221,6 @@ class EvaluateStage(Stage):
     gpu_routed = True
     embeds_corpora = True
 
-    def generation(self, cfg):
-        return cfg.evaluate.generation
-
     def corpora(self, cfg, store=None) -> list[tuple]:
         """Its text sets under each evaluated checkpoint; for the paper protocol, under the union
         embedder (the union of each question's top passages)."""

@@ -371,9 +371,6 @@ class FeedbackStage(Stage):
     gpu_routed = True
     embeds_corpora = True
 
-    def generation(self, cfg):
-        return cfg.feedback.generation
-
     def corpora(self, cfg, store=None) -> list[tuple]:
         """Its text-set sources, under the partition's published stage-1 checkpoint."""
         wanted = set(cfg.feedback.sources)

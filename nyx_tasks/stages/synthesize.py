@@ -332,9 +332,6 @@ class SynthesizeStage(Stage):
 
     gpu_routed = True
 
-    def generation(self, cfg):
-        return cfg.synthesize.generation
-
     def config_payload(self, cfg):
         return with_prompts(super().config_payload(cfg), cfg, cfg.synthesize.prompt_version, PROMPTS)
 

@@ -162,7 +162,7 @@ def test_structure_follows_the_stage_registry(dagbag):
     assert STAGE_NAMES[STAGE_NAMES.index("filter") + 1:][:2] == ("mine", "train_stage1")
 
 
-def test_gpu_routing_picks_the_pool_slots_the_run_needs():
+def test_gpu_routing_picks_the_pool_slots_the_run_needs(dagbag):  # dagbag: dags/ on sys.path
     from nyx_airflow.stage_group import gpu_variant
 
     from nyx_tasks.config import load_config
