@@ -134,10 +134,10 @@ def apply_vllm_connection(cfg):
     for name, gen in generating.items():
         if gen.backend != "openai":
             continue
-        section = getattr(cfg, get_stage(name).config_key or name)
+        key = get_stage(name).config_key or name  # the stage's config section
         if conn.password:
             os.environ[gen.api_key_env] = conn.password
-        update[name] = section.model_copy(update={"generation": gen.model_copy(update={"base_url": url})})
+        update[key] = getattr(cfg, key).model_copy(update={"generation": gen.model_copy(update={"base_url": url})})
     return cfg.model_copy(update=update)
 
 
