@@ -251,6 +251,9 @@ class EmbedderConfig(_Model):
         "the end-of-text token. Must match the format the model was trained with.")
     query_prefix: str = Field("", description="sentence-transformers: e.g. 'query: ' for E5.")
     document_prefix: str = Field("", description="sentence-transformers: e.g. 'passage: ' for E5.")
+    max_length: int | None = Field(None, ge=8, description="sentence-transformers: tokens per text, the rest cut "
+                                   "(null: the model's own max_seq_length, 256 for MiniLM). Part of the model id, "
+                                   "so cached vectors of different lengths never mix.")
     image_placeholder: str = "<image>"
     max_pixels: int = Field(400 * 28 * 28, ge=28 * 28, description="nyx: the paper's pixel cap per image.")
     dim: int | None = Field(None, ge=1, description="Matryoshka: truncate and renormalise to this many dims.")

@@ -22,9 +22,12 @@ class SentenceTransformerEmbedder:
                                          model_kwargs={"dtype": dtype} if device.startswith("cuda") else None)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
+        if cfg.max_length:
+            self.model.max_seq_length = cfg.max_length
         # bf16 autocast on a CPU that computes it natively (`bf16: native`); the weights stay fp32
         self.cpu_bf16 = not device.startswith("cuda") and use_bf16(cfg.bf16, on_gpu=False)
         self.model_id = (f"st:{model_fingerprint(path)}:q={cfg.query_prefix!r}:d={cfg.document_prefix!r}"
+                         + (f":len={cfg.max_length}" if cfg.max_length else "")
                          + (":cpu-bf16" if self.cpu_bf16 else ""))
 
     def embed(self, items: list[MixedItem], role: str) -> np.ndarray:

@@ -40,3 +40,20 @@ def test_native_on_a_cpu_without_it_is_fp32(monkeypatch):
     assert native.model_id == fp32.model_id
     items = [MixedItem(t) for t in TEXTS]
     np.testing.assert_array_equal(native.embed(items, "query"), fp32.embed(items, "query"))
+
+
+def test_max_length_cuts_long_texts_only_and_names_it():
+    """`max_length` (the demo's miner: 128 of MiniLM's 256 tokens): a text longer than it is embedded
+    as its first `max_length` tokens; shorter texts are untouched; the model id says so."""
+    full = make_embedder(EmbedderConfig(device="cpu"), None)
+    cut = make_embedder(EmbedderConfig(device="cpu", max_length=16), None)
+    assert cut.model_id == full.model_id + ":len=16"
+    tok = full.model.tokenizer
+    long = " ".join(TEXTS * 3)
+    ids = tok(long, add_special_tokens=False)["input_ids"]
+    head = tok.decode(ids[:14])  # 16 with [CLS] and [SEP]
+    short = "Return the path."
+    got = cut.embed([MixedItem(long), MixedItem(short)], "document")
+    want = full.embed([MixedItem(head), MixedItem(short)], "document")
+    assert (got * want).sum(1).min() > 0.9999
+    assert (got[0] * full.embed([MixedItem(long)], "document")[0]).sum() < 0.99  # the cut changed it
