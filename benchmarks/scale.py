@@ -113,13 +113,13 @@ def _peak_mib() -> int:
 
 
 def child(folder: str, root: str, shard_rows: int) -> None:
-    from nyx_tasks.artifacts import ArtifactStore
-    from nyx_tasks.config import MineConfig, SearchConfig, TextSetConfig
-    from nyx_tasks.corpus_table import corpus_table
-    from nyx_tasks.log import DropCounter, get_logger
+    from nyx_tasks.core.config import MineConfig, SearchConfig, TextSetConfig
+    from nyx_tasks.core.log import DropCounter, get_logger
+    from nyx_tasks.retrieval.vector_shards import ensure_embedded
+    from nyx_tasks.sources.corpus_table import corpus_table
+    from nyx_tasks.sources.text_sets import read_questions
     from nyx_tasks.stages.mine import mine_text_set
-    from nyx_tasks.text_sets import read_questions
-    from nyx_tasks.vector_shards import ensure_embedded
+    from nyx_tasks.store.artifacts import ArtifactStore
 
     io0, t0 = io_counters(), time.perf_counter()
     ts = TextSetConfig(name="bench", questions=[f"{folder}/questions.jsonl"], corpus=[f"{folder}/corpus.jsonl"])

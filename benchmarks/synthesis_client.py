@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nyx_tasks.artifacts import ArtifactStore  # noqa: E402
-from nyx_tasks.config import GenerationConfig  # noqa: E402
+from nyx_tasks.core.config import GenerationConfig  # noqa: E402
 from nyx_tasks.inference import ChatRequest, resolve_model  # noqa: E402
 from nyx_tasks.inference.local_server import LocalVLLMServer  # noqa: E402
 from nyx_tasks.inference.openai_backend import OpenAIBackend  # noqa: E402
 from nyx_tasks.stages.synthesize import qa_schema  # noqa: E402
+from nyx_tasks.store.artifacts import ArtifactStore  # noqa: E402
 
 
 def make_requests(n: int, max_tokens: int) -> list[ChatRequest]:

@@ -160,10 +160,10 @@ def main() -> None:
         TrainingArguments,
     )
 
-    from nyx_tasks.artifacts import ArtifactStore
-    from nyx_tasks.config import TrainConfig
+    from nyx_tasks.core.config import TrainConfig
     from nyx_tasks.embedding.nyx import cap_image_pixels
     from nyx_tasks.inference import resolve_model
+    from nyx_tasks.store.artifacts import ArtifactStore
     from nyx_tasks.training.collator import TripletCollator
     from nyx_tasks.training.data import ExampleDataset
     from nyx_tasks.training.deepspeed_config import zero2_config

@@ -24,11 +24,13 @@ from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
 from nyx_airflow.params import trigger_params
 from nyx_airflow.stage_group import check_task, stage_group
 
-from nyx_tasks.log import get_logger
-from nyx_tasks.stages import STAGE_NAMES
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.stages import STAGE_NAMES, get_stage
 
 DOC = """
 # nyx_stage_{stage}
+
+{doc}
 
 Runs only the `{stage}` stage of the Nyx pipeline for one partition: the run's
 logical date (YYYY-MM-DD) unless the `partition` param names one. Made for
@@ -55,12 +57,12 @@ def stage_dag(stage: str) -> DAG:
         catchup=False,
         is_paused_upon_creation=True,
         max_active_runs=4,
-        doc_md=DOC.format(stage=stage),
+        doc_md=DOC.format(stage=stage, doc=get_stage(stage).doc),
         tags=["nyx", "stage", stage],
         params=trigger_params(),
         default_args=DEFAULT_ARGS,
     ) as dag:
-        gate() >> check_task() >> stage_group(stage)
+        gate() >> check_task() >> stage_group(stage, get_stage(stage).doc)
     return dag
 
 

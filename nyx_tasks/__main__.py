@@ -1,3 +1,3 @@
-from .cli import app
+from nyx_tasks.cli import app
 
 app()

@@ -13,12 +13,17 @@ from typing import Annotated
 
 import typer
 
-from .airflow_setup import init
-from .base import StageError
-from .config_rules import ConfigContradiction, check_rules, hidden_size_rules, shared_lines
-from .hashing import stable_hash
-from .log import drop_table, setup_cli_logging
-from .stages import STAGE_MODULES, STAGE_NAMES, get_stage
+from nyx_tasks.airflow_setup import init
+from nyx_tasks.core.base import StageError
+from nyx_tasks.core.config_rules import (
+    ConfigContradiction,
+    check_rules,
+    hidden_size_rules,
+    shared_lines,
+)
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import drop_table, setup_cli_logging
+from nyx_tasks.stages import STAGE_MODULES, STAGE_NAMES, get_stage
 
 
 class _NyxApp(typer.Typer):
@@ -94,7 +99,7 @@ def _config_options(command):
 
 
 def _config(profile: str, partition: str | None, sets: list[str] | None, root: str | None, force: bool = False):
-    from .config import load_config  # pydantic: kept out of `nyx --help`
+    from nyx_tasks.core.config import load_config  # pydantic: kept out of `nyx --help`
 
     overrides: list = list(sets or [])  # --set values are YAML; names and paths are taken verbatim
     if partition:
@@ -111,7 +116,7 @@ def _config(profile: str, partition: str | None, sets: list[str] | None, root: s
 
 
 def _run_stages(names: list[str], cfg, wait: bool = False, verify: bool = False) -> list:
-    from .runner import RunOptions, run_stage  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.runner import RunOptions, run_stage  # fsspec, pyarrow: kept out of `nyx --help`
 
     setup_cli_logging()
     results = []
@@ -158,8 +163,8 @@ def run_pipeline(profile: Profile = "demo", partition: Partition = None, sets: S
 def status_text(cfg, verify: bool = False) -> tuple[str, int]:
     """Each stage's manifest summary, and its snapshot checked against the manifest (missing,
     corrupt, extra and stale files; sha256 with `verify`). Returns (text, number of problems)."""
-    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
-    from .snapshot_status import stage_status  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from nyx_tasks.store.status import stage_status  # fsspec, pyarrow: kept out of `nyx --help`
 
     store = ArtifactStore(cfg.artifact_root())
     lines = [f"artifacts: {store.root}", f"partition: {cfg.partition}"]
@@ -201,8 +206,8 @@ def status(profile: Profile = "demo", partition: Partition = None, sets: Sets = 
 
 
 def _list_drops(cfg, reason: str) -> None:
-    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
-    from .snapshot_status import dropped  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from nyx_tasks.store.status import dropped  # fsspec, pyarrow: kept out of `nyx --help`
 
     store = ArtifactStore(cfg.artifact_root())
     n = 0
@@ -239,7 +244,7 @@ def _hidden_size(model: str) -> int | None:
     """The text width of a model's config (tiny models are built on the spot); None when unreadable here."""
     from transformers import AutoConfig
 
-    from .embedding import resolve_model_path  # numpy, fsspec: kept out of `nyx --help`
+    from nyx_tasks.embedding import resolve_model_path  # numpy, fsspec: kept out of `nyx --help`
 
     try:
         conf = AutoConfig.from_pretrained(resolve_model_path(model), local_files_only=True)
@@ -264,8 +269,8 @@ def _check(cfg) -> None:
 def remine_cmd(profile: Profile = "demo", partition: Partition = None, sets: Sets = None, root: Root = None,
                force: Force = False, wait: Wait = False) -> None:
     """Re-mine hard negatives with the newest checkpoint into a new versioned artifact."""
-    from .runner import RunOptions  # fsspec, pyarrow: kept out of `nyx --help`
-    from .stages.mine import remine  # numpy, fsspec: kept out of `nyx --help`
+    from nyx_tasks.runner import RunOptions  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.stages.mine import remine  # numpy, fsspec: kept out of `nyx --help`
 
     setup_cli_logging()
     try:
@@ -284,7 +289,7 @@ app.add_typer(models_app, name="models")
 def build_tiny_cmd(out_dir: Annotated[str, typer.Argument(help="Where to write the models.")],
                    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0) -> None:
     """Build tiny random-weight Qwen2.5-VL and Qwen2 models (and their tokenizer) offline."""
-    from .models.tiny import build_tiny  # pydantic, fsspec: kept out of `nyx --help`
+    from nyx_tasks.models.tiny import build_tiny  # pydantic, fsspec: kept out of `nyx --help`
 
     typer.echo(json.dumps(build_tiny(out_dir, seed), indent=2))
 
@@ -313,7 +318,7 @@ def export_nyxqa_cmd(out_dir: Annotated[str, typer.Argument(help="Output folder 
                      profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
                      root: Root = None) -> None:
     """Write NyxQA in the HF-datasets Parquet layout (data/{train,validation,test}-00000-of-00001.parquet), images embedded."""
-    from .export import export_nyxqa  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.export import export_nyxqa  # fsspec, pyarrow: kept out of `nyx --help`
 
     cfg = _config(profile, partition, sets, root)
     typer.echo(json.dumps(export_nyxqa(cfg, out_dir), indent=2))
@@ -334,8 +339,11 @@ Placeholder = Annotated[str | None, typer.Option(
 
 def _import(layout: str, sources: list[str], name: str, image_roots: list[str] | None, profile: str,
             sets: list[str] | None, root: str | None, placeholder: str | None) -> None:
-    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
-    from .importers import ImportFailed, import_dataset  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.sources.importers import (  # fsspec, pyarrow: kept out of `nyx --help`
+        ImportFailed,
+        import_dataset,
+    )
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
 
     cfg = _config(profile, None, sets, root)
     setup_cli_logging()
@@ -367,12 +375,12 @@ def import_mme5_cmd(sources: ImportSources, name: ImportName, image_root: ImageR
 
 def _import_benchmark(layout: str, name: str, profile: str, sets: list[str] | None, root: str | None,
                       placeholder: str | None, **files) -> None:
-    from .artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
-    from .importers_eval import (  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.sources.importers_eval import (  # fsspec, pyarrow: kept out of `nyx --help`
         BenchmarkFiles,
         ImportFailed,
         import_benchmark,
     )
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
 
     cfg = _config(profile, None, sets, root)
     setup_cli_logging()

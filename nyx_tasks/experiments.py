@@ -12,7 +12,7 @@ end, recomputing only the stages its overrides change, then one comparison repor
     <root>/reports/experiments/<name>/results.csv           every variant's eval_results rows, tagged
     <root>/reports/experiments/<name>/experiment.json       variants, partitions, shared/own stages
 
-Sharing is the runner's (`runner._adopted`): a stage of a variant partition whose key (config hash
+Sharing is the runner's (`runner.adoption`): a stage of a variant partition whose key (config hash
 plus input hashes) equals the base partition's committed snapshot writes a manifest that points at
 the base's files instead of recomputing. Its output hash is the base's, so the next stage's key
 matches too, up to the first stage a variant's overrides change; from there the variant computes
@@ -35,12 +35,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .artifacts import EXPERIMENT, ArtifactStore, read_manifest, read_stage_table
-from .config import NyxConfig, deep_merge, describe
-from .evaluation.report import DELTA_COLUMNS
-from .log import get_logger
-from .runner import RunOptions, Stage, run_stage, stage_config_hash
-from .stages import STAGE_NAMES, get_stage
+from nyx_tasks.core.config import NyxConfig, deep_merge, describe
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.evaluation.report import DELTA_COLUMNS
+from nyx_tasks.runner import RunOptions, Stage, run_stage, stage_config_hash
+from nyx_tasks.stages import STAGE_NAMES, get_stage
+from nyx_tasks.store.artifacts import EXPERIMENT, ArtifactStore, read_manifest, read_stage_table
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")  # a partition name (the DAG form's rule)
 SEPARATOR = "--"  # <base>--<variant>

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from .artifacts import ArtifactStore, image_paths, iter_stage_batches
-from .config import NyxConfig
+from nyx_tasks.core.config import NyxConfig
+from nyx_tasks.store.artifacts import ArtifactStore, image_paths, iter_stage_batches
 
 # NyxQA split -> the HF split name (datasets reads a `dev` file as `validation` anyway).
 SPLITS = {"train": "train", "dev": "validation", "test": "test"}

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from .log import TASK_ENV
+from nyx_tasks.core.log import TASK_ENV
 
 # The libraries, then the model families the profiles use (transformers loads a family's
 # modules on first use: Qwen2.5-VL for the Nyx embedder and the answering VLM, InternVL for
@@ -32,7 +32,7 @@ MODULES = (
     "transformers.models.mllama.processing_mllama", "transformers.models.qwen2.modeling_qwen2",
     "transformers.models.bert.modeling_bert", "transformers.trainer",
     "nyx_tasks.runner", "nyx_tasks.stages", "nyx_tasks.inference.hf_backend", "nyx_tasks.embedding.nyx",
-    "nyx_tasks.embedding.mme5", "nyx_tasks.embedding.st", "nyx_tasks.training.driver", "nyx_tasks.search",
+    "nyx_tasks.embedding.mme5", "nyx_tasks.embedding.st", "nyx_tasks.training.driver", "nyx_tasks.retrieval.search",
 )
 
 

@@ -16,8 +16,8 @@ echo "[demo] airflow dags test nyxqa_to_model (partition=$PARTITION, artifacts=$
 .venv/bin/nyx status --partition "$PARTITION"
 if ! .venv/bin/python - "$PARTITION" <<'PY'
 import sys
-from nyx_tasks.config import load_config
-from nyx_tasks.artifacts import ArtifactStore
+from nyx_tasks.core.config import load_config
+from nyx_tasks.store.artifacts import ArtifactStore
 from nyx_tasks.stages import STAGE_NAMES
 cfg = load_config("demo", [f"partition={sys.argv[1]}"])
 store = ArtifactStore(cfg.artifact_root())

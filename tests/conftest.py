@@ -198,7 +198,7 @@ def stand_in_sets() -> tuple[str, ...]:
     the tiny stand-ins; tests/test_docstrings.py and the e2e run cover the docstrings sets."""
     import json
 
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     cfg = load_config("demo")
 
@@ -222,7 +222,7 @@ def small_demo_configs(folder: Path, *overrides: str) -> Path:
 
     import yaml
 
-    from nyx_tasks.config import deep_merge, parse_override, profile_tree
+    from nyx_tasks.core.config import deep_merge, parse_override, profile_tree
 
     configs = folder / "configs"
     shutil.copytree(REPO / "configs", configs)
@@ -237,7 +237,7 @@ def small_demo_configs(folder: Path, *overrides: str) -> Path:
 @pytest.fixture
 def make_cfg(tmp_path):
     """Build a demo config rooted in tmp_path (the stand-in text sets only), with extra dotted overrides."""
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     def make(*overrides: str, root: Path | None = None):
         return load_config("demo", [f"artifacts.root={root or tmp_path / 'artifacts'}", *stand_in_sets(),
@@ -349,7 +349,7 @@ VLM_TRAIN = (*_vlm("train_stage1"), *_vlm("train_stage2"), "train_stage1.learnin
 
 
 def demo_cfg(root, *overrides):
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     return load_config("demo", [f"artifacts.root={root}", *stand_in_sets(), *BUILD, *overrides])  # what make_cfg builds
 
@@ -358,11 +358,11 @@ def demo_cfg(root, *overrides):
 def built(tmp_path_factory):
     """One partition up to `mine` (NyxQA + the demo's three text-only sets), shared read-only;
     the scripted generator stands in for the VLM as the `scripted` fixture does."""
-    from nyx_tasks.artifacts import ArtifactStore
     from nyx_tasks.inference.cache import CachedBackend, RequestCache
     from nyx_tasks.runner import run_stage
     from nyx_tasks.stages import get_stage
     from nyx_tasks.stages import synthesize as synth
+    from nyx_tasks.store.artifacts import ArtifactStore
 
     root = tmp_path_factory.mktemp("train-data") / "artifacts"
     inner = Scripted()

@@ -10,13 +10,23 @@ import shutil
 import numpy as np
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.benchmarks import BenchmarkMissing, Scoring, load_benchmark, score_benchmark
-from nyx_tasks.config import EmbedderConfig, TextSetConfig
+from nyx_tasks.core.config import EmbedderConfig, TextSetConfig
+from nyx_tasks.core.log import DropCounter, get_logger
+from nyx_tasks.evaluation.imported_sets import (
+    BenchmarkMissing,
+    Scoring,
+    load_benchmark,
+    score_benchmark,
+)
 from nyx_tasks.evaluation.report import validate_rows
-from nyx_tasks.importers_eval import BenchmarkFiles, ImportFailed, import_benchmark, table_text
-from nyx_tasks.log import DropCounter, get_logger
-from nyx_tasks.text_sets import read_questions
+from nyx_tasks.sources.importers_eval import (
+    BenchmarkFiles,
+    ImportFailed,
+    import_benchmark,
+    table_text,
+)
+from nyx_tasks.sources.text_sets import read_questions
+from nyx_tasks.store.artifacts import ArtifactStore
 from tests.conftest import REPO, png_bytes, write_jsonl
 
 DATA = REPO / "tests" / "data" / "benchmarks"

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nyx_tasks.chunking import cut, layout, strip_placeholder
-from nyx_tasks.tokenizer import placeholder_id, train_bpe
+from nyx_tasks.chunking.chunks import cut, layout, strip_placeholder
+from nyx_tasks.chunking.tokenizer import placeholder_id, train_bpe
 from tests.conftest import WORDS, long_text
 
 PH = "<image>"
@@ -71,9 +71,9 @@ def test_literal_placeholders_never_survive(text):
 
 def test_chunk_stage_drops_by_name_and_keeps_at_most_five_images(tmp_path, make_cfg):
     """Through the real stage: >5-image chunks and short tails are counted drops."""
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
     from nyx_tasks.runner import run_stage
     from nyx_tasks.stages import get_stage
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     cfg = make_cfg("sample.size=5")
     store = ArtifactStore(cfg.artifact_root())

@@ -17,8 +17,8 @@ EXCEPTIONS = {
     "nyx_tasks/training/loss.py:mrl_infonce_loss": "LossSettings' fields beside the three tensors",
     # import: one loop over every source row with its writers, drops and manifest; its row converter
     # takes the layout's pieces one by one
-    "nyx_tasks/importers.py:import_dataset": "one streaming loop from the source rows to the manifest",
-    "nyx_tasks/importers.py:convert_row": "the layout's pieces, one per parameter",
+    "nyx_tasks/sources/importers.py:import_dataset": "one streaming loop from the source rows to the manifest",
+    "nyx_tasks/sources/importers.py:convert_row": "the layout's pieces, one per parameter",
     "nyx_tasks/cli.py:_import": "the `nyx import` options, one per parameter (typer)",
 }
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from nyx_tasks.config import ConfigError, list_profiles, load_config, parse_override
-from nyx_tasks.hashing import stable_hash
-from nyx_tasks.importers import NAME_RE
+from nyx_tasks.core.config import ConfigError, list_profiles, load_config, parse_override
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.sources.importers import NAME_RE
 from nyx_tasks.stages import STAGE_NAMES, get_stage
 
 
@@ -21,7 +21,7 @@ def test_profiles_load_and_paper_names_the_papers_settings():
 
 
 def test_file_roots_per_profile_and_the_removed_allow_file_urls():
-    from nyx_tasks.paths import SAMPLE_CORPUS_DIR, resolve_pkgdata
+    from nyx_tasks.core.paths import SAMPLE_CORPUS_DIR, resolve_pkgdata
 
     paper = load_config("paper")
     assert paper.ingest.fetch.file_roots == [] and paper.ingest.fetch.allowed_networks == []  # no local reads

@@ -9,14 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from nyx_tasks import corpus_table as ct
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import EmbedderConfig, SearchConfig, TextSetConfig
-from nyx_tasks.corpus_table import corpus_key, corpus_table
+from nyx_tasks.core.config import EmbedderConfig, SearchConfig, TextSetConfig
 from nyx_tasks.embedding.base import l2_normalise, matryoshka
-from nyx_tasks.search import content_keys, distinct_contents, exact_topk
-from nyx_tasks.text_sets import read_corpus
-from nyx_tasks.vector_shards import (
+from nyx_tasks.retrieval.search import content_keys, distinct_contents, exact_topk
+from nyx_tasks.retrieval.vector_shards import (
     best_k,
     corpus_vectors,
     embed_shard,
@@ -24,6 +20,10 @@ from nyx_tasks.vector_shards import (
     search_shards,
     topk_ties_by_row,
 )
+from nyx_tasks.sources import corpus_table as ct
+from nyx_tasks.sources.corpus_table import corpus_key, corpus_table
+from nyx_tasks.sources.text_sets import read_corpus
+from nyx_tasks.store.artifacts import ArtifactStore
 
 SETS = ["hotpotqa", "2wikimultihopqa", "musique"]
 BACKENDS = ["faiss", "torch"]

@@ -3,13 +3,13 @@ per shard of each distinct (embedder, corpus), each embedding its shard once."""
 
 import numpy as np
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import load_config
-from nyx_tasks.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_job
-from nyx_tasks.corpus_table import corpus_table
+from nyx_tasks.core.config import load_config
 from nyx_tasks.embedding import MixedItem, make_embedder
+from nyx_tasks.retrieval.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_job
+from nyx_tasks.retrieval.vector_shards import corpus_vectors
+from nyx_tasks.sources.corpus_table import corpus_table
 from nyx_tasks.stages import get_stage
-from nyx_tasks.vector_shards import corpus_vectors
+from nyx_tasks.store.artifacts import ArtifactStore
 from tests.conftest import stand_in_sets
 
 SHARED = "pkgdata:text_sets/hotpotqa/corpus.jsonl"
@@ -76,7 +76,7 @@ def publish_checkpoint(root, partition, stage, model):
 
 def test_feedback_and_evaluate_embed_under_the_checkpoints_they_search_with(tmp_path):
     from nyx_tasks.inference import resolve_model
-    from nyx_tasks.retrieval import checkpoint_embedder
+    from nyx_tasks.retrieval.corpora import checkpoint_embedder
 
     tiny = resolve_model("tiny:qwen2_5_vl")
     for stage in ("train_stage1", "train_stage2"):

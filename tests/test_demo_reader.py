@@ -3,7 +3,7 @@ feedback, over `stdlib_qa` (real passages whose answers can be read off them). T
 differs from the demo in exactly the reader's fields, adds to the demo's text sets instead of restating
 them (`key+`), and its report notes name what is real and what is noise; `nyx config` prints it. tests/stages/test_feedback_reader.py runs its feedback stage."""
 
-from nyx_tasks.config import load_config
+from nyx_tasks.core.config import load_config
 from tests.test_config import _leaves
 
 READER_FIELDS = {

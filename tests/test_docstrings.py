@@ -12,8 +12,8 @@ import warnings
 
 import pytest
 
-from nyx_tasks.config import TextSetConfig, load_config
-from nyx_tasks.text_sets import read_corpus, read_questions
+from nyx_tasks.core.config import TextSetConfig, load_config
+from nyx_tasks.sources.text_sets import read_corpus, read_questions
 from tests.conftest import REPO
 
 SET = REPO / "nyx_tasks" / "data" / "text_sets" / "docstrings"
@@ -131,7 +131,7 @@ def test_minilm_is_far_above_chance_on_the_eval_split():
     """100 held-out questions against their 100 gold passages: chance recall@1 is 0.01."""
     import numpy as np
 
-    from nyx_tasks.config import EmbedderConfig
+    from nyx_tasks.core.config import EmbedderConfig
     from nyx_tasks.embedding import MixedItem, make_embedder
     from nyx_tasks.evaluation.metrics import retrieval_metrics
 

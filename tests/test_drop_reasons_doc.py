@@ -1,6 +1,6 @@
 """The README's lists of ingest and chunk drop reasons name exactly the reasons the code emits.
 The code's reasons are read from the source with `ast`: every `Malformed("<reason>", ...)` in
-obelics.py (emitted as `malformed_<reason>`), every `FetchResult(url, False, "<reason>", ...)` in
+sources/files.py and sources/obelics.py (emitted as `malformed_<reason>`), every `FetchResult(url, False, "<reason>", ...)` in
 fetch.py (`image_<reason>`; the f-string `http_{status}` is `image_http_<status>`), the stage's own
 literals, and chunking's `("chunk_...", ...)` drops."""
 
@@ -27,11 +27,12 @@ def _text(arg) -> str | None:
 
 
 def code_reasons() -> set[str]:
-    reasons = {f"malformed_{_text(c.args[0])}" for c in _calls(PKG / "obelics.py", "Malformed")}
-    reasons |= {f"image_{_text(c.args[2])}" for c in _calls(PKG / "fetch.py", "FetchResult")
+    reasons = {f"malformed_{_text(c.args[0])}" for f in ("sources/files.py", "sources/obelics.py")
+               for c in _calls(PKG / f, "Malformed")}
+    reasons |= {f"image_{_text(c.args[2])}" for c in _calls(PKG / "sources/fetch.py", "FetchResult")
                 if len(c.args) > 2 and _text(c.args[2])}
     reasons |= set(re.findall(r'out\.drops\.drop\("([a-z_]+)"', (PKG / "stages/ingest.py").read_text()))
-    reasons |= set(re.findall(r'\("(chunk_[a-z_]+)"', (PKG / "chunking.py").read_text()))
+    reasons |= set(re.findall(r'\("(chunk_[a-z_]+)"', (PKG / "chunking/chunks.py").read_text()))
     return reasons - {"image_unknown"}  # the placeholder before the first attempt, never a final result
 
 

@@ -13,14 +13,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import TextSetConfig, load_config
+from nyx_tasks.core.config import TextSetConfig, load_config
 from nyx_tasks.evaluation.report import render_report, validate_rows
 from nyx_tasks.inference.base import ChatResponse, text_of
-from nyx_tasks.retrieval import Corpus
+from nyx_tasks.retrieval.corpora import Corpus
+from nyx_tasks.sources.text_sets import read_questions
 from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages.evaluate import STAGE, ModelRun, paper_query, select_questions
-from nyx_tasks.text_sets import read_questions
+from nyx_tasks.store.artifacts import ArtifactStore
 
 WIDTH = 128  # the demo's largest evaluate dim; every signal sits in the first 16 features
 
@@ -144,7 +144,7 @@ def test_strict_nyxqa_is_unchanged(tmp_path):
 
 def test_paper_answer_with_images_keeps_them_where_the_placeholders_stood(tmp_path):
     ctx = make_ctx(tmp_path, "evaluate.protocol=paper")
-    from nyx_tasks.answering import Answering
+    from nyx_tasks.retrieval.answering import Answering
 
     corpus = Corpus("nyxqa", ["c0"], ["A map <image> of Paris."], [["i0"]], {"i0": "images/i0.png", "q0": "q.png"})
     asking = Answering(ctx.cfg.evaluate.generation, "v1", corpus, "<image>", 5)
@@ -296,7 +296,7 @@ def test_the_report_and_its_summary_lines_name_the_protocol(tmp_path, caplog):
 
 
 def test_results_rows_fit_the_table_schema():
-    from nyx_tasks.schema import EVAL_RESULTS, to_table
+    from nyx_tasks.core.schema import EVAL_RESULTS, to_table
     from nyx_tasks.stages.evaluate import paired_deltas
 
     cfg = load_config("demo", ["evaluate.protocol=paper", "evaluate.bootstrap=0"]).evaluate

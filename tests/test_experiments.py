@@ -14,8 +14,8 @@ from collections import Counter
 import pytest
 
 from nyx_tasks import experiments as ex
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import Stage
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
 RUNS: Counter[str] = Counter()  # shards processed per (stage, partition)
 

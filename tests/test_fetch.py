@@ -2,8 +2,8 @@
 
 import pytest
 
-from nyx_tasks.config import FetchConfig
-from nyx_tasks.fetch import AddressGuard, ImageFetcher
+from nyx_tasks.core.config import FetchConfig
+from nyx_tasks.sources.fetch import AddressGuard, ImageFetcher
 from tests.conftest import png_bytes
 
 LOOPBACK = ["127.0.0.0/8"]

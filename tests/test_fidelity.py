@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from nyx_tasks.config import TrainSource, load_config
+from nyx_tasks.core.config import TrainSource, load_config
 from nyx_tasks.stages import get_stage
 from tests.conftest import REPO
 

@@ -7,9 +7,9 @@ images, so copies get the same vector, as any real embedder gives them."""
 import numpy as np
 import pytest
 
-from nyx_tasks.config import MineConfig, SearchConfig
-from nyx_tasks.retrieval import Corpus, search
-from nyx_tasks.search import content_keys, distinct_contents, exact_topk
+from nyx_tasks.core.config import MineConfig, SearchConfig
+from nyx_tasks.retrieval.corpora import Corpus, search
+from nyx_tasks.retrieval.search import content_keys, distinct_contents, exact_topk
 from nyx_tasks.stages.evaluate import content_scores
 from nyx_tasks.stages.mine import mine_negatives, positive_rank, select_negatives
 

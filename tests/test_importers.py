@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.importers import ImportFailed, as_list, import_dataset
+from nyx_tasks.sources.importers import ImportFailed, as_list, import_dataset
+from nyx_tasks.store.artifacts import ArtifactStore
 from tests.conftest import png_bytes, write_jsonl
 
 RED, BLUE, GREEN = png_bytes(color=(200, 30, 30)), png_bytes(color=(30, 30, 200)), png_bytes(20, 20, (30, 200, 30))

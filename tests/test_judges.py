@@ -4,7 +4,7 @@ Expected values are worked out by hand."""
 
 import pytest
 
-from nyx_tasks.judges import exact_match, judge, normalize_answer, option_match, token_f1
+from nyx_tasks.evaluation.judges import exact_match, judge, normalize_answer, option_match, token_f1
 
 OPTIONS = ["Paris", "London", "Berlin", "Madrid"]  # correct: London, letter B
 

@@ -18,25 +18,22 @@ from tests.conftest import REPO
 
 PACKAGE = "nyx_tasks"
 
-# Bottom to top. A module belongs to the entry that names it or its closest enclosing package.
+# Bottom to top: each layer is a set of folders (and the few entry-point modules at the top).
+# A module belongs to the entry that names it or its closest enclosing package.
 LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
-    ("foundation", "settings, logging, schemas, the artifact store, prompt templates, StageError and code_version: "
-                   "what every layer needs, needing nothing of the pipeline",
-     ("nyx_tasks", "nyx_tasks.base", "nyx_tasks.config", "nyx_tasks.config_rules", "nyx_tasks.hashing",
-      "nyx_tasks.paths", "nyx_tasks.log", "nyx_tasks.lease",
-      "nyx_tasks.attempts", "nyx_tasks.snapshot_status",
-      "nyx_tasks.schema", "nyx_tasks.artifacts", "nyx_tasks.prompts")),
-    ("sources", "what comes from outside: OBELICS shards, image fetching, text sets, imported datasets (whose "
-                "layout training reads)",
-     ("nyx_tasks.obelics", "nyx_tasks.fetch", "nyx_tasks.text_sets", "nyx_tasks.importers",
-      "nyx_tasks.importers_eval", "nyx_tasks.corpus_table")),
-    ("models", "model backends and plain computation: generation and structured output, the tiny offline models, "
-               "embedders, tokenizers, chunking, search, judges, metrics",
-     ("nyx_tasks.inference", "nyx_tasks.models", "nyx_tasks.embedding", "nyx_tasks.tokenizer", "nyx_tasks.chunking",
-      "nyx_tasks.search", "nyx_tasks.judges", "nyx_tasks.evaluation")),
-    ("jobs", "what a stage composes from models and sources: training, the checkpoint marker, retrieval, answering",
-     ("nyx_tasks.training", "nyx_tasks.checkpoints", "nyx_tasks.retrieval", "nyx_tasks.answering",
-      "nyx_tasks.vector_shards", "nyx_tasks.corpus_jobs", "nyx_tasks.benchmarks")),
+    ("foundation", "core/ (settings, rules, logging, schemas, hashing, package paths, StageError), store/ (the "
+                   "artifact root: snapshots, attempts, leases, checkpoint markers) and prompts/: what every "
+                   "layer needs, needing nothing of the pipeline",
+     ("nyx_tasks", "nyx_tasks.core", "nyx_tasks.store", "nyx_tasks.prompts")),
+    ("sources", "sources/: what comes from outside: file readers, OBELICS, image fetching, text sets, corpus "
+                "tables, imported datasets",
+     ("nyx_tasks.sources",)),
+    ("backends", "model backends and plain computation: inference/, models/ (tiny offline models), embedding/, "
+               "chunking/",
+     ("nyx_tasks.inference", "nyx_tasks.models", "nyx_tasks.embedding", "nyx_tasks.chunking")),
+    ("jobs", "what a stage composes from models and sources: training/, retrieval/ (search, vector jobs, "
+             "answering), evaluation/ (metrics, judges, reports, imported sets)",
+     ("nyx_tasks.training", "nyx_tasks.retrieval", "nyx_tasks.evaluation")),
     ("runner", "plans, shards, skips and manifests for any stage; knows no concrete stage",
      ("nyx_tasks.runner",)),
     ("stages", "the concrete stages: the runner's Stage on top of the jobs",
@@ -124,22 +121,22 @@ def test_every_layer_entry_names_a_module():
 
 
 def test_a_planted_upward_import_is_reported():
-    graph = {"nyx_tasks.search": [(3, "nyx_tasks.config")], "nyx_tasks.config": [],
-             "nyx_tasks.stages": [], "nyx_tasks.stages.mine": [(5, "nyx_tasks.search")]}
+    graph = {"nyx_tasks.retrieval.search": [(3, "nyx_tasks.core.config")], "nyx_tasks.core.config": [],
+             "nyx_tasks.stages": [], "nyx_tasks.stages.mine": [(5, "nyx_tasks.retrieval.search")]}
     assert layer_problems(graph) == []
-    graph["nyx_tasks.search"].append((9, "nyx_tasks.stages.mine"))
-    assert layer_problems(graph) == ["nyx_tasks.search:9 (models) imports nyx_tasks.stages.mine (stages), "
+    graph["nyx_tasks.retrieval.search"].append((9, "nyx_tasks.stages.mine"))
+    assert layer_problems(graph) == ["nyx_tasks.retrieval.search:9 (jobs) imports nyx_tasks.stages.mine (stages), "
                                      "a layer above it"]
 
 
 @pytest.mark.parametrize("planted, line, expected", [
     # relative, inside a function (how the old rag.py imported `parse` from a stage)
     ("def f():\n    from ..stages.synthesize import qa_schema\n", 2,
-     "(models) imports nyx_tasks.stages.synthesize (stages)"),
+     "(backends) imports nyx_tasks.stages.synthesize (stages)"),
     # absolute, at module level
-    ("import nyx_tasks.runner\n", 1, "(models) imports nyx_tasks.runner (runner)"),
+    ("import nyx_tasks.runner\n", 1, "(backends) imports nyx_tasks.runner (runner)"),
     # `from package import submodule`
-    ("from .. import cli\n", 1, "(models) imports nyx_tasks.cli (entry points)"),
+    ("from .. import cli\n", 1, "(backends) imports nyx_tasks.cli (entry points)"),
 ])
 def test_an_upward_import_planted_in_a_copy_of_the_package_is_reported(tmp_path, planted, line, expected):
     copy = tmp_path / PACKAGE
@@ -156,10 +153,10 @@ def test_an_upward_import_planted_in_a_copy_of_the_package_is_reported(tmp_path,
 
 
 def test_a_new_module_without_a_layer_and_a_stale_import_are_reported():
-    graph = {"nyx_tasks.search": [(1, "nyx_tasks.rag")], "nyx_tasks.newthing": []}
+    graph = {"nyx_tasks.retrieval.search": [(1, "nyx_tasks.rag")], "nyx_tasks.newthing": []}
     assert layer_problems(graph) == [
         "nyx_tasks.newthing: in no layer; add it to LAYERS in tests/test_layers.py",
-        "nyx_tasks.search:1 imports nyx_tasks.rag, which is not a module of the package"]
+        "nyx_tasks.retrieval.search:1 imports nyx_tasks.rag, which is not a module of the package"]
 
 
 # --- where imports sit -------------------------------------------------------------------------
@@ -204,5 +201,5 @@ def test_own_modules_are_imported_at_module_level_unless_the_line_says_why():
 def test_a_planted_lazy_own_import_is_reported_and_a_reasoned_one_is_not():
     source = ("import json\n\nfrom .config import stable_hash\n\n\ndef f():\n    import torch\n"
               "    from .runner import run_stage\n    from .training.trainer import NyxTrainer  # torch\n\n\n"
-              "class A:\n    async def g(self):\n        import nyx_tasks.search\n")
+              "class A:\n    async def g(self):\n        import nyx_tasks.retrieval.search\n")
     assert unexplained_lazy_imports(source) == [8, 14]

@@ -9,15 +9,15 @@ import re
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.config import SynthesizeConfig, load_config
+from nyx_tasks.core.config import SynthesizeConfig, load_config
+from nyx_tasks.core.log import DropCounter
 from nyx_tasks.inference import CachedBackend, RequestCache
 from nyx_tasks.inference.base import ChatResponse, text_of
-from nyx_tasks.log import DropCounter
 from nyx_tasks.prompts import CHUNK_MARKER, PROMPTS_DIR, QUESTION_IMAGES_MARKER, fingerprint, render
 from nyx_tasks.runner import run_stage, stage_config_hash
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages import synthesize as synth
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests import conftest
 
 LOG = logging.getLogger("nyx.test_prompts_v2")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table, stage_files
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table, stage_files
 from tests.conftest import REPO, long_text, obelics_row, png_bytes, write_jsonl
 
 
@@ -55,7 +55,7 @@ def test_changed_config_recomputes_and_changed_input_cascades(make_cfg):
 
 
 def test_downstream_refuses_to_run_without_its_input(make_cfg):
-    from nyx_tasks.base import StageError
+    from nyx_tasks.core.base import StageError
 
     with pytest.raises(StageError, match="Run `nyx ingest"):
         run_stage(get_stage("chunk"), make_cfg())
@@ -127,7 +127,7 @@ def test_killed_mid_stage_resumes_to_the_same_rows_and_never_exposes_partial_fil
 
 def test_a_reader_never_sees_a_partial_parquet(tmp_path):
     """While a writer is open its data lives under a _tmp. name; close() moves it."""
-    from nyx_tasks.schema import IMAGES, SchemaError
+    from nyx_tasks.core.schema import IMAGES, SchemaError
 
     store = ArtifactStore(str(tmp_path))
     w = store.parquet_writer("p/images-00000.parquet", IMAGES)
@@ -164,7 +164,7 @@ def test_any_fsspec_root_works(make_cfg):
 
 def test_a_failure_logs_one_clear_line_first(make_cfg, caplog, monkeypatch):
     """What went wrong and what to do, as one ERROR line before the exception (and traceback) leaves."""
-    from nyx_tasks.base import StageError
+    from nyx_tasks.core.base import StageError
     from nyx_tasks.runner import run_stage
     from nyx_tasks.stages import get_stage
 
@@ -206,7 +206,7 @@ def test_a_failure_logs_one_clear_line_first(make_cfg, caplog, monkeypatch):
 def test_a_plan_with_a_malformed_shard_spec_is_refused_before_any_work(make_cfg, monkeypatch, bad, says):
     """The runner checks the ShardSpec contract (index and name) when a stage plans, so a stage
     bug fails at plan time with the stage named, not as a KeyError inside a mapped task."""
-    from nyx_tasks.base import StageError
+    from nyx_tasks.core.base import StageError
 
     cfg = make_cfg()
     store = ArtifactStore(cfg.artifact_root())

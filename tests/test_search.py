@@ -4,8 +4,8 @@ document chunks) agrees with FAISS IndexFlatIP, ties and a short corpus included
 import numpy as np
 import pytest
 
-from nyx_tasks.config import SearchConfig
-from nyx_tasks.search import exact_topk, resolve_backend
+from nyx_tasks.core.config import SearchConfig
+from nyx_tasks.retrieval.search import exact_topk, resolve_backend
 
 
 def unit(rng, n, d):
@@ -49,8 +49,8 @@ def test_torch_splits_deep_shortlists_under_its_memory_budget(monkeypatch):
     queries over a collapsed model's identical vectors asked one 46 GiB gather before this.)"""
     import torch
 
-    from nyx_tasks import search
-    from nyx_tasks.vector_shards import topk_ties_by_row
+    from nyx_tasks.retrieval import search
+    from nyx_tasks.retrieval.vector_shards import topk_ties_by_row
 
     rng = np.random.default_rng(1)
     q, d = unit(rng, 90, 16), unit(rng, 400, 16)

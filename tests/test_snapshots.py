@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, SnapshotError, read_stage_table
-from nyx_tasks.lease import Lease, LeaseHeld
 from nyx_tasks.runner import RunOptions, run_stage
 from nyx_tasks.stages import get_stage
+from nyx_tasks.store.artifacts import ArtifactStore, SnapshotError, read_stage_table
+from nyx_tasks.store.lease import Lease, LeaseHeld
 from tests.conftest import REPO
 
 
@@ -36,7 +36,7 @@ def nyx(*args, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def chunked(tmp_path_factory):
     """A root with ingest and chunk committed once for the module; tests work on copies."""
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     root = tmp_path_factory.mktemp("snap") / "base"
     cfg = load_config("demo", [f"artifacts.root={root}"])
@@ -54,7 +54,7 @@ def root(chunked, tmp_path):
 
 
 def _cfg(root: Path, *overrides: str):
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     return load_config("demo", [f"artifacts.root={root}", *overrides])
 

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from nyx_tasks.config import TextSetConfig
-from nyx_tasks.paths import PACKAGE_DIR
-from nyx_tasks.text_sets import read_corpus, read_questions
+from nyx_tasks.core.config import TextSetConfig
+from nyx_tasks.core.paths import PACKAGE_DIR
+from nyx_tasks.sources.text_sets import read_corpus, read_questions
 from tests.conftest import REPO
 
 DIR = PACKAGE_DIR / "data" / "text_sets" / "stdlib_qa"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, get_current_context, task
 
-from nyx_tasks.artifacts import ArtifactStore
+from nyx_tasks.core.log import get_logger
 from nyx_tasks.experiments import (
     GridError,
     Variant,
@@ -21,7 +21,7 @@ from nyx_tasks.experiments import (
     variant_config,
     write_report,
 )
-from nyx_tasks.log import get_logger
+from nyx_tasks.store.artifacts import ArtifactStore
 
 from .params import NAME_RE, NAME_RULE, ConfError, check_conf, optional_str, trigger_params
 from .stage_group import config_from_context, run_options

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from nyx_tasks.config import list_profiles
+from nyx_tasks.core.config import list_profiles
 from nyx_tasks.stages import STAGE_NAMES
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")

@@ -12,14 +12,14 @@ import datetime as dt
 from airflow.sdk import Asset, AssetAlias, TaskGroup, get_current_context, task
 from airflow.sdk.exceptions import AirflowRescheduleException
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.base import ShardSpec
-from nyx_tasks.config import load_config
-from nyx_tasks.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_job
-from nyx_tasks.lease import LeaseHeld
-from nyx_tasks.log import get_logger, prepare_task_process
+from nyx_tasks.core.base import ShardSpec
+from nyx_tasks.core.config import load_config
+from nyx_tasks.core.log import get_logger, prepare_task_process
+from nyx_tasks.retrieval.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run_vector_job
 from nyx_tasks.runner import RunOptions, commit_stage, plan_stage, run_shard, write_resolved_config
 from nyx_tasks.stages import STAGE_NAMES, get_stage
+from nyx_tasks.store.artifacts import ArtifactStore
+from nyx_tasks.store.lease import LeaseHeld
 
 from .params import ConfError, check_conf, overrides_from_params
 
@@ -235,7 +235,7 @@ def stage_group(stage_name: str, doc: str = "") -> TaskGroup:
 
 def vector_tasks(stage_name: str) -> list:
     """vectors_plan -> vectors_route -> (vectors | vectors_gpu, mapped over embedding shards): the
-    stage's corpora embedded one shard per task before it plans (`nyx_tasks.corpus_jobs`)."""
+    stage's corpora embedded one shard per task before it plans (`nyx_tasks.retrieval.corpus_jobs`)."""
     @task(task_id="vectors_plan", doc_md=f"Plan the embedding shards of the corpora `{stage_name}` searches "
           "(builds a corpus's row table the first time; embeds nothing).")
     def vectors_plan() -> list[list[dict]]:

@@ -3,11 +3,11 @@ content-hash embedding cache. `make_embedder(cfg, store)` picks the kind."""
 
 from __future__ import annotations
 
-from ..inference import resolve_model
-from .base import Embedder, MixedItem
-from .mme5 import MmE5Embedder
-from .nyx import NyxEmbedder
-from .st import SentenceTransformerEmbedder
+from nyx_tasks.embedding.base import Embedder, MixedItem
+from nyx_tasks.embedding.mme5 import MmE5Embedder
+from nyx_tasks.embedding.nyx import NyxEmbedder
+from nyx_tasks.embedding.st import SentenceTransformerEmbedder
+from nyx_tasks.inference import resolve_model
 
 __all__ = ["Embedder", "MixedItem", "make_embedder", "resolve_model_path"]
 

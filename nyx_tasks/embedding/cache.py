@@ -6,7 +6,7 @@ The key is the content hash of every distinct item in order, so the same list (a
 partition's chunks, a shard's queries) embedded again by the same model is one file
 read, whichever stage or run asks; a different list is embedded anew. Files are written
 under a temporary name and moved into place, so concurrent writers never corrupt one.
-A large corpus does not come here: it is embedded in shards (`nyx_tasks.vector_shards`)."""
+A large corpus does not come here: it is embedded in shards (`nyx_tasks.retrieval.vector_shards`)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import io
 
 import numpy as np
 
-from ..artifacts import ArtifactStore
-from ..hashing import stable_hash
-from ..log import get_logger
-from .base import Embedder, MixedItem
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.embedding.base import Embedder, MixedItem
+from nyx_tasks.store.artifacts import ArtifactStore
 
 PREFIX = "cache/embeddings"
 

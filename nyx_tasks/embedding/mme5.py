@@ -50,8 +50,8 @@ are renumbered into the model's `supported_aspect_ratios`.
 
 from __future__ import annotations
 
-from .base import MixedItem
-from .vlm import VLMEmbedder
+from nyx_tasks.embedding.base import MixedItem
+from nyx_tasks.embedding.vlm import VLMEmbedder
 
 
 class MmE5Embedder(VLMEmbedder):

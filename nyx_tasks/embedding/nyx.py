@@ -7,8 +7,8 @@ adapter. The shared machinery lives in `vlm.VLMEmbedder`."""
 
 from __future__ import annotations
 
-from .base import MixedItem
-from .vlm import VLMEmbedder, last_token_pool
+from nyx_tasks.embedding.base import MixedItem
+from nyx_tasks.embedding.vlm import VLMEmbedder, last_token_pool
 
 __all__ = ["VISION", "NyxEmbedder", "cap_image_pixels", "last_token_pool", "nyx_prompt"]
 

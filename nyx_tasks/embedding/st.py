@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..inference.hf_backend import model_fingerprint
-from ..log import Progress, get_logger
-from .base import MixedItem, l2_normalise
-from .vlm import device_and_dtype, use_bf16
+from nyx_tasks.core.log import Progress, get_logger
+from nyx_tasks.embedding.base import MixedItem, l2_normalise
+from nyx_tasks.embedding.vlm import device_and_dtype, use_bf16
+from nyx_tasks.inference.hf_backend import model_fingerprint
 
 
 class SentenceTransformerEmbedder:

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..inference.base import load_image
-from ..inference.hf_backend import model_fingerprint
-from ..log import Progress, get_logger
-from .base import MixedItem, l2_normalise, matryoshka
+from nyx_tasks.core.log import Progress, get_logger
+from nyx_tasks.embedding.base import MixedItem, l2_normalise, matryoshka
+from nyx_tasks.inference.base import load_image
+from nyx_tasks.inference.hf_backend import model_fingerprint
 
 
 def last_token_pool(hidden, attention_mask):

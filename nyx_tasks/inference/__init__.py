@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 
-from ..config import GenerationConfig
-from ..models.gguf import PREFIXES as GGUF_PREFIXES
-from ..models.gguf import GGUFModelError, converted_dir
-from ..models.tiny import build_tiny, tiny_dir
-from .base import Backend, ChatRequest, ChatResponse, GenerationError
-from .cache import CachedBackend, RequestCache
-from .hf_backend import HFBackend
-from .openai_backend import OpenAIBackend
-from .vllm_backend import VLLMBackend
+from nyx_tasks.core.config import GenerationConfig
+from nyx_tasks.inference.base import Backend, ChatRequest, ChatResponse, GenerationError
+from nyx_tasks.inference.cache import CachedBackend, RequestCache
+from nyx_tasks.inference.hf_backend import HFBackend
+from nyx_tasks.inference.openai_backend import OpenAIBackend
+from nyx_tasks.inference.vllm_backend import VLLMBackend
+from nyx_tasks.models.gguf import PREFIXES as GGUF_PREFIXES
+from nyx_tasks.models.gguf import GGUFModelError, converted_dir
+from nyx_tasks.models.tiny import build_tiny, tiny_dir
 
 __all__ = ["Backend", "ChatRequest", "ChatResponse", "GenerationError", "make_backend", "resolve_model"]
 

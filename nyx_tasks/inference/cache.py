@@ -4,9 +4,9 @@ twice for a finished request (failed requests are not cached)."""
 
 from __future__ import annotations
 
-from ..artifacts import ArtifactStore
-from ..hashing import stable_hash
-from .base import Backend, ChatRequest, ChatResponse
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.inference.base import Backend, ChatRequest, ChatResponse
+from nyx_tasks.store.artifacts import ArtifactStore
 
 CACHE_PREFIX = "cache/requests"
 

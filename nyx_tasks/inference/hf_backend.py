@@ -17,11 +17,11 @@ import logging
 import time
 from pathlib import Path
 
-from ..config import GenerationConfig
-from ..hashing import stable_hash
-from ..models.gguf import source_of as gguf_source
-from .base import ChatRequest, ChatResponse, GenerationError, OnDone, load_image
-from .sampling import GrammarRows, RowPenalty, RowSampler
+from nyx_tasks.core.config import GenerationConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.inference.base import ChatRequest, ChatResponse, GenerationError, OnDone, load_image
+from nyx_tasks.inference.sampling import GrammarRows, RowPenalty, RowSampler
+from nyx_tasks.models.gguf import source_of as gguf_source
 
 log = logging.getLogger("nyx.inference")
 

@@ -17,8 +17,8 @@ import base64
 import logging
 import time
 
-from ..config import GenerationConfig
-from .base import ChatRequest, ChatResponse, GenerationError, OnDone
+from nyx_tasks.core.config import GenerationConfig
+from nyx_tasks.inference.base import ChatRequest, ChatResponse, GenerationError, OnDone
 
 log = logging.getLogger("nyx.inference")
 MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif",

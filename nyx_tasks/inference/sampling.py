@@ -22,7 +22,7 @@ be alone; rows at 1.0 are not touched. It runs before the grammar and the sample
 
 from __future__ import annotations
 
-from .base import ChatRequest
+from nyx_tasks.inference.base import ChatRequest
 
 
 class GrammarRows:

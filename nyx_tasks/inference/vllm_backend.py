@@ -5,9 +5,9 @@ on CPU-only machines (the `openai` backend against `vllm serve` is)."""
 
 from __future__ import annotations
 
-from ..config import GenerationConfig
-from .base import ChatRequest, ChatResponse, GenerationError, OnDone
-from .openai_backend import OpenAIBackend
+from nyx_tasks.core.config import GenerationConfig
+from nyx_tasks.inference.base import ChatRequest, ChatResponse, GenerationError, OnDone
+from nyx_tasks.inference.openai_backend import OpenAIBackend
 
 
 def sampling_kwargs(r: ChatRequest) -> dict:

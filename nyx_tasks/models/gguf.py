@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..paths import resolve_pkgdata
+from nyx_tasks.core.paths import resolve_pkgdata
 
 SOURCE_FILE = "nyx_gguf_source.json"  # marks a folder converted here (no model folder has one)
 PREFIXES = ("pkg:", "gguf:")

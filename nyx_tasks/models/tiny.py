@@ -25,8 +25,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..config import load_config
-from ..obelics import iter_source_rows, list_source_shards
+from nyx_tasks.core.config import load_config
+from nyx_tasks.sources.obelics import iter_source_rows, list_source_shards
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>"]

@@ -9,11 +9,11 @@ rows_in = documents, rows_out = chunks; drops count chunks by reason.
 
 from __future__ import annotations
 
-from ..base import ShardSpec
-from ..chunking import chunk_batch
-from ..log import Progress
-from ..runner import ShardOutputs, Stage, StageContext
-from ..tokenizer import load_pretrained, placeholder_id, train_bpe
+from nyx_tasks.chunking.chunks import chunk_batch
+from nyx_tasks.chunking.tokenizer import load_pretrained, placeholder_id, train_bpe
+from nyx_tasks.core.base import ShardSpec
+from nyx_tasks.core.log import Progress
+from nyx_tasks.runner import ShardOutputs, Stage, StageContext
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -24,7 +24,7 @@ class ChunkStage(Stage):
     inputs = ("ingest",)
     outputs = {"part": "chunks"}
     execution_only = ("batch_docs",)
-    doc = "Cut documents into 200-token mixed-modal chunks; drop short tails and chunks with >5 images."
+    doc = "200-token chunks, images as one placeholder token each, drop chunks with more than 5 images."
     flow = {
         "in": "ingested documents",
         "out": "200-token mixed-modal chunks",

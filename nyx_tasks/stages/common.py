@@ -4,7 +4,7 @@ config hash that covers their prompt templates."""
 
 from __future__ import annotations
 
-from ..prompts import fingerprint
+from nyx_tasks.prompts import fingerprint
 
 # Left out of config hashes (Stage.execution_only): throughput and where it runs.
 GENERATION_TUNING = ("generation.concurrency", "generation.batch_size", "generation.timeout_s",

@@ -48,10 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from ..answering import ANSWER_PROMPTS, PAPER_ANSWER_PROMPTS, Answering, free_answer, parsed_answer
-from ..artifacts import iter_stage_batches
-from ..base import ShardSpec, StageError
-from ..benchmarks import (
+from nyx_tasks.core.base import ShardSpec, StageError
+from nyx_tasks.embedding import MixedItem, make_embedder
+from nyx_tasks.embedding.cache import embed_cached
+from nyx_tasks.evaluation.imported_sets import (
     Benchmark,
     BenchmarkMissing,
     Scoring,
@@ -59,14 +59,23 @@ from ..benchmarks import (
     load_benchmark,
     score_benchmark,
 )
-from ..checkpoints import stage_checkpoint
-from ..embedding import MixedItem, make_embedder
-from ..embedding.cache import embed_cached
-from ..evaluation.metrics import aggregate, bootstrap_ci, paired_bootstrap_ci, retrieval_scores
-from ..evaluation.report import COST_METRICS, DELTA_COLUMNS, render_report
-from ..inference import GenerationError, make_backend
-from ..judges import exact_match, option_match, token_f1
-from ..retrieval import (
+from nyx_tasks.evaluation.judges import exact_match, option_match, token_f1
+from nyx_tasks.evaluation.metrics import (
+    aggregate,
+    bootstrap_ci,
+    paired_bootstrap_ci,
+    retrieval_scores,
+)
+from nyx_tasks.evaluation.report import COST_METRICS, DELTA_COLUMNS, render_report
+from nyx_tasks.inference import GenerationError, make_backend
+from nyx_tasks.retrieval.answering import (
+    ANSWER_PROMPTS,
+    PAPER_ANSWER_PROMPTS,
+    Answering,
+    free_answer,
+    parsed_answer,
+)
+from nyx_tasks.retrieval.corpora import (
     Corpus,
     checkpoint_embedder,
     checkpoint_embedder_cfg,
@@ -80,11 +89,13 @@ from ..retrieval import (
     text_table,
     union_corpus,
 )
-from ..runner import ShardOutputs, Stage, StageContext
-from ..text_sets import fingerprint, read_questions, sample_questions
-from ..vector_shards import corpus_vectors
-from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
-from .train import run_name
+from nyx_tasks.retrieval.vector_shards import corpus_vectors
+from nyx_tasks.runner import ShardOutputs, Stage, StageContext
+from nyx_tasks.sources.text_sets import fingerprint, read_questions, sample_questions
+from nyx_tasks.stages.common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
+from nyx_tasks.stages.train import run_name
+from nyx_tasks.store.artifacts import iter_stage_batches
+from nyx_tasks.store.checkpoints import stage_checkpoint
 
 
 @dataclass(frozen=True)
@@ -210,8 +221,8 @@ class EvaluateStage(Stage):
     inputs = ("filter", "chunk", "ingest", "train_stage1", "train_stage2")
     outputs = {"part": "eval_results"}
     execution_only = (*GENERATION_TUNING, *RETRIEVAL_TUNING)
-    doc = ("Recall@k, MRR and RAG accuracy at every Matryoshka dim for each configured retriever, with index bytes "
-           "and search latency per dim; a report with plots.")
+    doc = ("Recall@1/5/10, MRR and top-1 RAG accuracy on NyxQA dev/test at every Matryoshka dim, stage 1 "
+           "vs stage 2; text sets by F1/EM; `reports/<run>/report.md` with plots.")
     flow = {
         "in": "evaluation queries (NyxQA dev/test items + text-set questions)",
         "out": "result rows (one per model, dataset, split, dim and metric)",

@@ -1,7 +1,7 @@
 """`feedback` (paper: stage 2, VLM feedback): for each training query the
 stage-1 retriever ranks its top-K documents, the VLM answers the query once
 per sliding window over that ranking, and each answer is judged
-(`nyx_tasks.judges`). The positive is the first document of the earliest
+(`nyx_tasks.evaluation.judges`). The positive is the first document of the earliest
 window whose score is the highest, if that score is above a threshold; a query
 where no window scores above it is dropped. Negatives are the documents ranked
 after the positive: in `"paper"` mode simply the next ones, as the paper's code
@@ -17,16 +17,14 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from ..answering import ANSWER_PROMPTS, Answering, parsed_answer
-from ..artifacts import iter_stage_batches
-from ..base import ShardSpec, StageError
-from ..checkpoints import stage_checkpoint
-from ..embedding import MixedItem
-from ..embedding.cache import embed_cached
-from ..hashing import stable_hash
-from ..inference import GenerationError, make_backend
-from ..judges import option_match, token_f1
-from ..retrieval import (
+from nyx_tasks.core.base import ShardSpec, StageError
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.embedding import MixedItem
+from nyx_tasks.embedding.cache import embed_cached
+from nyx_tasks.evaluation.judges import option_match, token_f1
+from nyx_tasks.inference import GenerationError, make_backend
+from nyx_tasks.retrieval.answering import ANSWER_PROMPTS, Answering, parsed_answer
+from nyx_tasks.retrieval.corpora import (
     Corpus,
     checkpoint_embedder,
     checkpoint_embedder_cfg,
@@ -37,12 +35,14 @@ from ..retrieval import (
     search_table,
     text_table,
 )
-from ..runner import ShardOutputs, Stage, StageContext
-from .common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
+from nyx_tasks.runner import ShardOutputs, Stage, StageContext
+from nyx_tasks.stages.common import GENERATION_TUNING, RETRIEVAL_TUNING, with_prompts
+from nyx_tasks.store.artifacts import iter_stage_batches
+from nyx_tasks.store.checkpoints import stage_checkpoint
 
 if TYPE_CHECKING:
-    from ..config import FeedbackConfig
-    from ..corpus_table import CorpusTable
+    from nyx_tasks.core.config import FeedbackConfig
+    from nyx_tasks.sources.corpus_table import CorpusTable
 
 Id = TypeVar("Id", bound=Hashable)
 
@@ -361,7 +361,9 @@ class FeedbackStage(Stage):
     inputs = ("mine", "filter", "train_stage1", "chunk", "ingest")
     outputs = {"part": "triplets", "windows": "feedback_windows"}
     execution_only = ("shard_queries", *GENERATION_TUNING, *RETRIEVAL_TUNING)
-    doc = "Retrieve top-K with the stage-1 model, judge the VLM's answers over sliding windows, pick positives."
+    doc = ("Retrieve the top-K with the stage-1 model, the answering VLM judges sliding windows, the "
+           "first document of the best window above the threshold is the positive; queries with no "
+           "helpful window dropped by name.")
     flow = {
         "in": "training queries shown to the VLM, window by window",
         "out": "triplets with the positive the VLM's feedback chose",

@@ -25,10 +25,10 @@ import random
 import re
 import string
 
-from ..artifacts import iter_stage_batches
-from ..base import ShardSpec
-from ..runner import ShardOutputs, Stage, StageContext
-from .sample import GROUPS
+from nyx_tasks.core.base import ShardSpec
+from nyx_tasks.runner import ShardOutputs, Stage, StageContext
+from nyx_tasks.stages.sample import GROUPS
+from nyx_tasks.store.artifacts import iter_stage_batches
 
 IMAGE_REF = re.compile(r"<image(\d+)>")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -96,7 +96,8 @@ class FilterStage(Stage):
     version = 1
     inputs = ("synthesize",)
     outputs = {"part": "nyxqa"}
-    doc = "Rule filters with named drops, options and correct index, image placeholders, train/dev/test split."
+    doc = ("The paper's rule filters (named drops), 4 shuffled options + correct index, train/dev/test "
+           "split.")
     flow = {
         "in": "QA candidates",
         "out": "NyxQA items kept (options, split)",

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import json
 
-from ..base import ShardSpec
-from ..fetch import ImageFetcher
-from ..log import Progress
-from ..obelics import (
+from nyx_tasks.core.base import ShardSpec
+from nyx_tasks.core.log import Progress
+from nyx_tasks.runner import ShardOutputs, Stage, StageContext
+from nyx_tasks.sources.fetch import ImageFetcher
+from nyx_tasks.sources.files import Malformed
+from nyx_tasks.sources.obelics import (
     Document,
-    Malformed,
     fingerprint_shards,
     iter_source_rows,
     list_source_shards,
     parse_row,
     source_image_root,
 )
-from ..runner import ShardOutputs, Stage, StageContext
 
 
 class IngestStage(Stage):
@@ -32,7 +32,8 @@ class IngestStage(Stage):
     inputs = ()
     outputs = {"part": "documents", "images": "images"}
     execution_only = ("batch_docs", "fetch.concurrency")
-    doc = "Read OBELICS rows, keep every Nth, fetch + verify + store images, drop documents with failed images."
+    doc = ("Read OBELICS rows, keep every Nth, fetch + verify + store images, drop documents whose image "
+           "fails.")
     flow = {
         "in": "OBELICS documents read (every Nth row)",
         "out": "documents kept (their images fetched and stored)",

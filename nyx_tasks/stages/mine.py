@@ -30,20 +30,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifacts import ArtifactStore, image_paths, iter_stage_batches
-from ..base import ShardSpec, StageError
-from ..checkpoints import latest_checkpoint
-from ..config import MineConfig, TextSetConfig
-from ..corpus_table import CorpusTable, corpus_table
-from ..embedding import MixedItem, make_embedder
-from ..embedding.base import Embedder
-from ..embedding.cache import embed_cached
-from ..hashing import stable_hash
-from ..retrieval import checkpoint_embedder_cfg, rows_of_ids
-from ..runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
-from ..search import content_keys, distinct_contents, exact_topk
-from ..text_sets import fingerprint, read_questions
-from ..vector_shards import CorpusVectors, embed_missing, search_shards
+from nyx_tasks.core.base import ShardSpec, StageError
+from nyx_tasks.core.config import MineConfig, TextSetConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.embedding import MixedItem, make_embedder
+from nyx_tasks.embedding.base import Embedder
+from nyx_tasks.embedding.cache import embed_cached
+from nyx_tasks.retrieval.corpora import checkpoint_embedder_cfg, rows_of_ids
+from nyx_tasks.retrieval.search import content_keys, distinct_contents, exact_topk
+from nyx_tasks.retrieval.vector_shards import CorpusVectors, embed_missing, search_shards
+from nyx_tasks.runner import RunOptions, ShardOutputs, Stage, StageContext, run_stage
+from nyx_tasks.sources.corpus_table import CorpusTable, corpus_table
+from nyx_tasks.sources.text_sets import fingerprint, read_questions
+from nyx_tasks.store.artifacts import ArtifactStore, image_paths, iter_stage_batches
+from nyx_tasks.store.checkpoints import latest_checkpoint
 
 
 @dataclass
@@ -132,7 +132,8 @@ class MineStage(Stage):
     outputs = {"part": "triplets"}
     execution_only = ("search.query_batch", "search.doc_chunk", "search.backend", "embedder.batch_size",
                       "embedder.device", "text_embedder.batch_size", "text_embedder.device")
-    doc = "Embed queries and chunks with the miner, exact top-k search over distinct contents, skip top ranks, drop the positive, keep 5."
+    doc = ("Embed queries and chunks with the miner (mmE5), exact search, skip 10 ranks, drop the "
+           "positive by id, keep 5 hard negatives; the text-only sets (top-1 retrieved = positive) too.")
     flow = {
         "in": "queries (NyxQA items + text-set questions read)",
         "out": "triplets (query, positive, hard negatives)",

@@ -35,15 +35,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..artifacts import image_paths, iter_stage_batches
-from ..base import ShardSpec, StageError
-from ..config import SynthesizeConfig
-from ..inference import ChatRequest, ChatResponse, GenerationError, make_backend
-from ..inference.structured import parse
-from ..log import DropCounter
-from ..prompts import CHUNK_MARKER, QUESTION_IMAGES_MARKER, render
-from ..runner import ShardOutputs, Stage, StageContext
-from .common import GENERATION_TUNING, with_prompts
+from nyx_tasks.core.base import ShardSpec, StageError
+from nyx_tasks.core.config import SynthesizeConfig
+from nyx_tasks.core.log import DropCounter
+from nyx_tasks.inference import ChatRequest, ChatResponse, GenerationError, make_backend
+from nyx_tasks.inference.structured import parse
+from nyx_tasks.prompts import CHUNK_MARKER, QUESTION_IMAGES_MARKER, render
+from nyx_tasks.runner import ShardOutputs, Stage, StageContext
+from nyx_tasks.stages.common import GENERATION_TUNING, with_prompts
+from nyx_tasks.store.artifacts import image_paths, iter_stage_batches
 
 
 def qa_schema(max_qa: int) -> dict:
@@ -323,7 +323,8 @@ class SynthesizeStage(Stage):
     inputs = ("sample", "ingest")
     outputs = {"part": "qa_candidates"}
     execution_only = ("shard_chunks", *GENERATION_TUNING)
-    doc = "A VLM writes QA pairs per chunk (text, image, multi-image prompts), shortens answers, writes distractors."
+    doc = ("A VLM writes QA pairs (text, image, multi-image prompts), shortens answers, writes 3 "
+           "distractors; `route` sends shards to the `gpu` queue with the in-process `vllm` backend.")
     flow = {
         "in": "sampled chunks",
         "out": "QA candidates written by the VLM",

@@ -4,10 +4,10 @@ subprocess (`python -m nyx_tasks.training.driver` on a CPU, `torchrun` over
 `num_gpus` GPUs), stream its log lines, then publish the checkpoint.
 
     <root>/models/<run>/<stage>/checkpoints/checkpoint-N/   model, optimizer, scheduler, rng, step, config,
-                                                             nyx_complete.json last (see nyx_tasks.checkpoints);
+                                                             nyx_complete.json last (see nyx_tasks.store.checkpoints);
                                                              removed when the stage commits (keep_checkpoints)
     <root>/models/<run>/<stage>/adapter/  merged/  tensorboard/  metrics.json
-    <root>/models/<run>/<stage>/_CHECKPOINT.json            written last (see nyx_tasks.checkpoints)
+    <root>/models/<run>/<stage>/_CHECKPOINT.json            written last (see nyx_tasks.store.checkpoints)
 
 `<run>` is `<partition>-<stage key>`: a retried attempt of the same config and
 inputs lands in the same folder and resumes from its newest complete
@@ -30,11 +30,11 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-from ..base import ShardSpec, StageError
-from ..checkpoints import read_checkpoint_marker, write_checkpoint_marker
-from ..runner import ShardOutputs, Stage, StageContext
-from ..training.data import newest_negatives
-from ..training.deepspeed_config import launch_env
+from nyx_tasks.core.base import ShardSpec, StageError
+from nyx_tasks.runner import ShardOutputs, Stage, StageContext
+from nyx_tasks.store.checkpoints import read_checkpoint_marker, write_checkpoint_marker
+from nyx_tasks.training.data import newest_negatives
+from nyx_tasks.training.deepspeed_config import launch_env
 
 
 def run_name(partition: str, key: str, fresh: str = "") -> str:
@@ -103,7 +103,6 @@ class TrainStage(Stage):
 
     def gpus(self, cfg) -> int:
         return cfg.stage_config(self.name).num_gpus
-    doc = "Contrastive Matryoshka InfoNCE training of the Nyx embedder (LoRA; DeepSpeed ZeRO-2 on GPUs)."
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:
         found = super().input_fingerprint(ctx)

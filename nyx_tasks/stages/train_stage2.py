@@ -7,14 +7,16 @@ encoder stage 1, its merged export is the starting weights."""
 
 from __future__ import annotations
 
-from ..base import StageError
-from ..checkpoints import stage_checkpoint
-from ..runner import StageContext
-from .train import TrainStage
+from nyx_tasks.core.base import StageError
+from nyx_tasks.runner import StageContext
+from nyx_tasks.stages.train import TrainStage
+from nyx_tasks.store.checkpoints import stage_checkpoint
 
 
 class Stage2(TrainStage):
     name = "train_stage2"  # its config section and its output prefix
+    doc = ("The stage-1 recipe on the feedback triplets plus the mix, from the base or the stage-1 "
+           "model; publishes `nyx_checkpoint`.")
     flow = {
         "in": "training examples (feedback triplets)",
         "out": "training-log rows (one per logging step); the checkpoint is published beside them",

@@ -15,9 +15,9 @@ ignores, and never takes negatives from the others.
 
 from __future__ import annotations
 
-from ..config import TrainConfig
-from ..embedding.nyx import nyx_prompt
-from ..inference.base import load_image
+from nyx_tasks.core.config import TrainConfig
+from nyx_tasks.embedding.nyx import nyx_prompt
+from nyx_tasks.inference.base import load_image
 
 
 def negative_slots(counts: list[int], k: int):

@@ -18,10 +18,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from ..artifacts import ArtifactStore, image_paths, iter_stage_batches
-from ..config import TrainConfig, TrainSource
-from ..importers import dataset_rel
-from ..log import get_logger
+from nyx_tasks.core.config import TrainConfig, TrainSource
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.sources.importers import dataset_rel
+from nyx_tasks.store.artifacts import ArtifactStore, image_paths, iter_stage_batches
 
 PARTITION_KINDS = ("mine", "negatives", "feedback")
 

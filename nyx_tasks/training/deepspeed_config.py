@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..config import TrainConfig
+from nyx_tasks.core.config import TrainConfig
 
 
 def zero2_config(cfg: TrainConfig, total_steps: int, world_size: int) -> dict:

@@ -18,16 +18,16 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-from ..artifacts import ArtifactStore
-from ..checkpoints import resume_checkpoint
-from ..config import TrainConfig
-from ..embedding import resolve_model_path
-from ..embedding.vlm import use_bf16
-from ..log import get_logger
-from .collator import TripletCollator
-from .data import TrainingMix, image_index, load_sources
-from .deepspeed_config import zero2_config
-from .model import Backbone, export_merged, load_trainable, resolve_pooling
+from nyx_tasks.core.config import TrainConfig
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.embedding import resolve_model_path
+from nyx_tasks.embedding.vlm import use_bf16
+from nyx_tasks.store.artifacts import ArtifactStore
+from nyx_tasks.store.checkpoints import resume_checkpoint
+from nyx_tasks.training.collator import TripletCollator
+from nyx_tasks.training.data import TrainingMix, image_index, load_sources
+from nyx_tasks.training.deepspeed_config import zero2_config
+from nyx_tasks.training.model import Backbone, export_merged, load_trainable, resolve_pooling
 
 
 def _world() -> tuple[int, int]:
@@ -39,8 +39,10 @@ def run(spec: dict, callbacks: tuple = ()) -> dict:
     import torch
     from transformers import PrinterCallback, set_seed
 
-    from .data import ExampleDataset  # a torch Dataset subclass, built on first use
-    from .trainer import (  # torch, transformers, peft
+    from nyx_tasks.training.data import (  # a torch Dataset subclass, built on first use
+        ExampleDataset,
+    )
+    from nyx_tasks.training.trainer import (  # torch, transformers, peft
         CompleteCheckpoints,
         LogLines,
         NyxTrainer,
@@ -106,7 +108,7 @@ def with_recipe(cfg: TrainConfig, path: str, processor) -> tuple[TrainConfig, di
 def resume_point(ckpt_dir: Path, main: bool, log) -> Path | None:
     """The newest complete checkpoint of this run folder, or None (from scratch). Rank 0 removes
     the incomplete ones (an interrupted save); the other ranks wait for it before training."""
-    from .trainer import barrier  # torch.distributed
+    from nyx_tasks.training.trainer import barrier  # torch.distributed
 
     last = resume_checkpoint(ckpt_dir, remove_incomplete=main, log=log if main else None)
     barrier()

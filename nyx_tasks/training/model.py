@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import LoraSettings, TrainConfig
-from ..embedding.nyx import cap_image_pixels
-from ..embedding.vlm import last_token_pool
-from ..log import get_logger
+from nyx_tasks.core.config import LoraSettings, TrainConfig
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.embedding.nyx import cap_image_pixels
+from nyx_tasks.embedding.vlm import last_token_pool
 
 # Decoder-layer projections of the language model only: Qwen2.5-VL's vision
 # blocks also have gate_proj / up_proj / down_proj, which must stay frozen.

@@ -3,7 +3,7 @@ documents and calls the Matryoshka InfoNCE loss; the data order is the
 TrainingMix's own (sequential sampler: deterministic, and what a resumed run
 skips through); every log line carries the loss per dimension, the learning
 rate and samples/s. A checkpoint counts once `CompleteCheckpoints` has marked it
-(see nyx_tasks.checkpoints): the marker is the last thing written to it.
+(see nyx_tasks.store.checkpoints): the marker is the last thing written to it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
-from ..checkpoints import mark_step_complete, rotate_step_checkpoints
-from ..config import LossSettings
-from ..log import get_logger
-from .collator import split_docs
-from .loss import mrl_infonce_losses
-from .model import Backbone
+from nyx_tasks.core.config import LossSettings
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.store.checkpoints import mark_step_complete, rotate_step_checkpoints
+from nyx_tasks.training.collator import split_docs
+from nyx_tasks.training.loss import mrl_infonce_losses
+from nyx_tasks.training.model import Backbone
 
 
 class NyxTrainer(Trainer):

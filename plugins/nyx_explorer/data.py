@@ -2,7 +2,7 @@
 stage outputs (a page or the looked-up rows at a time, through `tables`), image locations, the
 evaluation report, the experiment reports (`reports/experiments/<name>/`).
 
-Every read goes through `nyx_tasks.artifacts` (manifests list the files, so a half-written stage
+Every read goes through `nyx_tasks.store.artifacts` (manifests list the files, so a half-written stage
 is never seen). Paths that come from a URL or a manifest are checked here: `image_rel` and
 `report_file` return None for anything that is not an image under `images/` or a plot beside the
 report, `report_dir` only accepts a manifest's report path relative to the root, and every file is
@@ -15,10 +15,10 @@ import os
 import re
 from functools import lru_cache
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import load_config
+from nyx_tasks.core.config import load_config
 from nyx_tasks.experiments import REPORTS, experiments
 from nyx_tasks.stages import STAGE_NAMES, get_stage
+from nyx_tasks.store.artifacts import ArtifactStore
 
 from .tables import (
     Output,

@@ -10,7 +10,7 @@ values for the filter form), so the rows themselves are again read only from the
 hold the page. A lookup by id (`find_rows`) streams the file in batches and keeps only the matches.
 
 Every file is read only when it is a regular file of the root (`is_regular`) whose size and row
-count are the manifest's (as `nyx_tasks.artifacts.iter_stage_batches` checks). Nothing here caches
+count are the manifest's (as `nyx_tasks.store.artifacts.iter_stage_batches` checks). Nothing here caches
 rows or tables.
 """
 
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from nyx_tasks.artifacts import SnapshotError, repair_hint
+from nyx_tasks.store.artifacts import SnapshotError, repair_hint
 
 BATCH = 256  # rows decoded at a time: a batch of the widest table (triplets with texts) is a few MB
 BUFFER = 1 << 16  # the Parquet reader streams column chunks through a buffer this big

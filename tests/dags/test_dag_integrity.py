@@ -165,7 +165,7 @@ def test_structure_follows_the_stage_registry(dagbag):
 def test_gpu_routing_picks_the_pool_slots_the_run_needs(dagbag):  # dagbag: dags/ on sys.path
     from nyx_airflow.stage_group import gpu_variant
 
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
     from nyx_tasks.stages import get_stage
 
     assert [gpu_variant(n) for n in (1, 2, 3, 4, 5, 8)] == [1, 2, 4, 4, 8, 8]
@@ -275,7 +275,7 @@ def test_backfill_runs_write_their_logical_dates_and_refuse_a_fixed_partition():
 def test_params_become_config_overrides(dagbag):
     from nyx_airflow.params import overrides_from_params
 
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     over = overrides_from_params({"profile": "demo", "partition": None, "every_nth": 3, "sample_size": 9,
                                   "source_paths": ["/data/x.parquet"], "force": True}, "2026-01-02")
@@ -289,7 +289,7 @@ def test_the_forms_gpu_count_keeps_the_papers_examples_per_step(dagbag):
     gradient accumulation, not the recipe; a count that cannot keep it is refused, naming both."""
     from nyx_airflow.params import overrides_from_params
 
-    from nyx_tasks.config import ConfigError, load_config
+    from nyx_tasks.core.config import ConfigError, load_config
 
     for gpus, acc1, acc2 in ((8, 4, 6), (2, 16, 24), (4, 8, 12)):
         cfg = load_config("paper", overrides_from_params({"profile": "paper", "num_gpus": gpus}, "2026-01-02"))
@@ -380,7 +380,7 @@ def test_trigger_form_fields_have_titles_and_sections(dagbag, dag_id):
 def test_model_and_training_params_become_overrides():
     from nyx_airflow.params import overrides_from_params
 
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     cfg = load_config("demo", overrides_from_params(
         {"base_model": "/models/qwen", "answer_model": "Qwen/Qwen2.5-VL-7B-Instruct", "num_gpus": 4,
@@ -423,7 +423,7 @@ def test_shards_are_grouped_into_at_most_max_shard_tasks():
 
 
 def test_max_shard_tasks_changes_no_stage_config_hash():
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
     from nyx_tasks.runner import stage_config_hash
     from nyx_tasks.stages import get_stage
 
@@ -444,7 +444,7 @@ def test_experiments_dag_checks_then_maps_one_variant_task_per_variant(dagbag):
     assert type(variant).__name__.endswith("MappedOperator")  # .expand over the variants
     assert "redo" not in dag.params and {"experiment", "grid", "variants", "partition"} <= set(dag.params)
     defaults = ParamsDict(copy.deepcopy(dag.params)).validate()
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
     from nyx_tasks.experiments import check_variants, expand
 
     variants = expand(defaults["grid"], defaults["variants"])  # the form's example grid is a valid experiment
@@ -454,7 +454,7 @@ def test_experiments_dag_checks_then_maps_one_variant_task_per_variant(dagbag):
 
 def test_each_stage_declares_what_its_task_group_needs():
     """The DAG builder reads these from the stages (no list of stage names in stage_group.py)."""
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
     from nyx_tasks.stages import STAGE_NAMES, get_stage
 
     cfg = load_config("demo")
@@ -473,7 +473,7 @@ def test_the_vllm_connection_reaches_every_openai_generation_block(dagbag, monke
     variable, never to the config; hf blocks are left as they are."""
     from nyx_airflow.stage_group import apply_vllm_connection
 
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
 
     monkeypatch.setenv("AIRFLOW_CONN_NYX_VLLM", json.dumps(
         {"conn_type": "http", "host": "127.0.0.1", "port": 8011, "password": "k-123"}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nyx_tasks.config import load_config
+from nyx_tasks.core.config import load_config
 from nyx_tasks.stages import STAGE_NAMES
 from tests.conftest import REPO, png_bytes, write_jsonl
 

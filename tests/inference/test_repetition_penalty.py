@@ -9,14 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from nyx_tasks.answering import Answering
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import GenerationConfig
+from nyx_tasks.core.config import GenerationConfig
 from nyx_tasks.inference import ChatRequest, make_backend
 from nyx_tasks.inference import hf_backend as hf
 from nyx_tasks.inference.base import SAMPLER
 from nyx_tasks.inference.openai_backend import OpenAIBackend
 from nyx_tasks.inference.vllm_backend import sampling_kwargs
+from nyx_tasks.retrieval.answering import Answering
+from nyx_tasks.store.artifacts import ArtifactStore
 
 
 def req(text="q", temperature=0.0, **kw):

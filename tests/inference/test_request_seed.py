@@ -6,10 +6,10 @@ served; greedy keys are unchanged."""
 import hashlib
 import json
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import GenerationConfig
+from nyx_tasks.core.config import GenerationConfig
 from nyx_tasks.inference.base import SAMPLER, ChatRequest
 from nyx_tasks.inference.openai_backend import OpenAIBackend
+from nyx_tasks.store.artifacts import ArtifactStore
 
 
 def req(text="q", temperature=1.0, seed=0, **kw):

@@ -162,7 +162,7 @@ def test_worker_killed_mid_task_is_retried_and_output_matches(cluster):
 
 
 def fault_run(c: CeleryCluster):
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     store = ArtifactStore(str(c.artifacts))
     clean = read_stage_table(store, "celery", "train_stage1").to_pylist()  # before the redo replaces it

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.base import StageError
+from nyx_tasks.core.base import StageError
 from nyx_tasks.inference import resolve_model
 from nyx_tasks.inference.local_server import LocalVLLMServer
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.vllm

@@ -38,10 +38,10 @@ if str(REPO / "plugins") not in sys.path:  # Airflow puts the plugins folder on 
 def _add_feedback_and_evaluate(root: Path) -> None:
     """feedback (windows + triplets) and evaluate (results + report.md + plots) for the partition,
     written by the real runner; only `process` stands in for the retriever and the VLM."""
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
     from nyx_tasks.runner import run_stage
     from nyx_tasks.stages.evaluate import EvaluateStage
     from nyx_tasks.stages.feedback import FeedbackStage
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     class Feedback(FeedbackStage):
         def input_fingerprint(self, ctx):
@@ -222,7 +222,7 @@ def test_unknown_partition_is_404(client):
 
 
 def test_qa_items_show_question_images_and_options_with_the_correct_one_marked(client, explorer_root):
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     items = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "filter").to_pylist()
     assert len(items) == manifest(explorer_root, "filter")["rows_out"]
@@ -248,7 +248,7 @@ def test_qa_items_show_question_images_and_options_with_the_correct_one_marked(c
 
 
 def test_negatives_show_scores_and_ranks_a_page_at_a_time(client, explorer_root):
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     triplets = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "mine").to_pylist()
     total, pages = manifest(explorer_root, "mine")["rows_out"], -(-len(triplets) // 10)
@@ -271,7 +271,7 @@ def test_negatives_show_scores_and_ranks_a_page_at_a_time(client, explorer_root)
 
 
 def test_feedback_windows_show_the_vlm_answers_and_scores(client, explorer_root):
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     windows = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "feedback", kind="windows").to_pylist()
     r = client.get(f"/p/{PARTITION}/feedback")
@@ -295,7 +295,7 @@ def window_rows(page: str) -> dict[tuple[str, str, int], str]:
 
 
 def test_feedback_windows_show_each_documents_text_and_images(client, explorer_root):
-    from nyx_tasks.artifacts import ArtifactStore, image_paths, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, image_paths, read_stage_table
 
     store = ArtifactStore(str(explorer_root))
     windows = read_stage_table(store, PARTITION, "feedback", kind="windows").to_pylist()
@@ -342,7 +342,7 @@ def test_feedback_windows_show_each_documents_text_and_images(client, explorer_r
 def test_feedback_pages_its_queries_in_order_and_keeps_the_source_filter(client, explorer_root, monkeypatch):
     from nyx_explorer import app as explorer_app
 
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     monkeypatch.setitem(explorer_app.PER_PAGE, "feedback", 2)
     windows = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "feedback", kind="windows").to_pylist()
@@ -411,7 +411,7 @@ def test_report_text_from_data_is_escaped(client):
 
 
 def test_report_plots_one_per_metric_resolve_to_pngs(client, explorer_root):
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     rows = read_stage_table(ArtifactStore(str(explorer_root)), PARTITION, "evaluate").to_pylist()
     report_dir = (explorer_root / manifest(explorer_root, "evaluate")["report"]).parent
@@ -537,7 +537,7 @@ def test_missing_stage_outputs_are_explained_not_errors(client, built, auth_mana
 
 
 def test_image_route_serves_a_stored_image(client, explorer_root):
-    from nyx_tasks.artifacts import ArtifactStore, image_paths
+    from nyx_tasks.store.artifacts import ArtifactStore, image_paths
 
     rel = next(iter(image_paths(ArtifactStore(str(explorer_root)), PARTITION).values()))
     r = client.get("/" + rel)
@@ -575,7 +575,7 @@ def test_image_route_refuses_traversal_and_paths_outside_images(client, explorer
 
 
 def test_no_token_gets_401_or_the_login_page_never_data(anonymous, explorer_root):
-    from nyx_tasks.artifacts import ArtifactStore, image_paths
+    from nyx_tasks.store.artifacts import ArtifactStore, image_paths
 
     image = "/" + next(iter(image_paths(ArtifactStore(str(explorer_root)), PARTITION).values()))
     for url in ("/", f"/p/{PARTITION}", f"/p/{PARTITION}/qa", f"/p/{PARTITION}/negatives",
@@ -659,7 +659,7 @@ def test_loading_the_plugin_imports_neither_fastapi_nor_pyarrow():
 
 
 def drop_records(root: Path, stage: str) -> list[dict]:
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     return read_stage_table(ArtifactStore(str(root)), PARTITION, stage, kind="drops").to_pylist()
 
@@ -739,7 +739,7 @@ def test_drops_page_of_a_stage_without_records_or_not_run_or_unknown(client, exp
 
 
 def test_drops_of_a_snapshot_without_records_and_records_outside_the_root(explorer_root, auth_manager, tmp_path):
-    from nyx_tasks.artifacts import SnapshotError
+    from nyx_tasks.store.artifacts import SnapshotError
 
     copy = tmp_path / "artifacts"
     shutil.copytree(explorer_root, copy, symlinks=True)
@@ -780,7 +780,7 @@ def _triplets(start: int, n: int):
     row's source is `mmeb`, each text names its row."""
     import pyarrow as pa
 
-    from nyx_tasks.schema import TRIPLETS
+    from nyx_tasks.core.schema import TRIPLETS
 
     ks = range(start, start + n)
     cols = {"source": ["mmeb" if k % 3 == 0 else "nyxqa" for k in ks], "qa_id": [f"q{k:07d}" for k in ks],
@@ -805,7 +805,7 @@ def write_big(root: str) -> None:
 def write_mine(root: str, files: tuple[list[int], ...], attempt: str = "big") -> None:
     """A `mine` snapshot written by the project's writer: one file per entry of `files`, one row
     group per number in it (the rows `_triplets` makes, numbered on across files)."""
-    from nyx_tasks.artifacts import ArtifactStore
+    from nyx_tasks.store.artifacts import ArtifactStore
 
     store = ArtifactStore(root)
     entries, start = [], 0
@@ -851,7 +851,7 @@ def test_pages_of_a_paper_scale_table_read_only_their_rows(big_root, auth_manage
 
     import psutil
 
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
     c = app_over(big_root, auth_manager)
     pages = -(-BIG // 10)

@@ -21,7 +21,7 @@ def client(make_cfg, auth_manager):  # noqa: F811
     from nyx_explorer.app import create_app
 
     from nyx_tasks import experiments as ex
-    from nyx_tasks.artifacts import ArtifactStore
+    from nyx_tasks.store.artifacts import ArtifactStore
     from tests.test_experiments import STAGES
 
     base = make_cfg("partition=exp")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from nyx_tasks.config import ConfigError, TextSetConfig, load_config
+from nyx_tasks.core.config import ConfigError, TextSetConfig, load_config
 from nyx_tasks.inference.base import text_of
 from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages.evaluate import STAGE, ModelRun

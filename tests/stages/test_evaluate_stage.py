@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages import get_stage
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests.conftest import demo_cfg
 from tests.test_benchmarks import import_mmqa, mmqa_folder
 

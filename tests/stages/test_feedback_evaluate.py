@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages.feedback import select_feedback
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests.conftest import VLM_TRAIN, demo_cfg
 
 FAST = (*VLM_TRAIN, "train_stage1.max_steps=3", "train_stage2.max_steps=3", "feedback.top_k=6",
@@ -59,7 +59,7 @@ def test_feedback_positives_follow_the_rule_over_the_stored_windows(stage2):
 def test_stage2_starts_from_stage1_and_publishes_its_checkpoint(stage2):
     import json
 
-    from nyx_tasks.checkpoints import latest_checkpoint
+    from nyx_tasks.store.checkpoints import latest_checkpoint
 
     cfg, store, results = stage2
     ckpt = results["train_stage2"].manifest["checkpoint"]

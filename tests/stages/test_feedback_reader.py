@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.config import load_config
-from nyx_tasks.paths import resolve_pkgdata
+from nyx_tasks.core.config import load_config
+from nyx_tasks.core.paths import resolve_pkgdata
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages.feedback import select_feedback
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests.conftest import BUILD, stand_in_sets
 
 STDLIB_QA = ("{name: stdlib_qa, questions: [pkgdata:text_sets/stdlib_qa/questions.jsonl], "

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from nyx_tasks.config import FeedbackConfig
-from nyx_tasks.hashing import stable_hash
+from nyx_tasks.core.config import FeedbackConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import DropCounter
 from nyx_tasks.inference.base import ChatResponse
-from nyx_tasks.log import DropCounter
-from nyx_tasks.retrieval import Corpus
+from nyx_tasks.retrieval.corpora import Corpus
 from nyx_tasks.stages.feedback import (
     FeedbackShard,
     Ranking,

@@ -2,10 +2,11 @@
 
 import json
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.obelics import EOD_MARKER, Malformed, parse_row
 from nyx_tasks.runner import run_stage
+from nyx_tasks.sources.files import Malformed
+from nyx_tasks.sources.obelics import EOD_MARKER, parse_row
 from nyx_tasks.stages import get_stage
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests.conftest import long_text, obelics_row, png_bytes, write_jsonl
 
 

@@ -2,11 +2,11 @@
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.config import MineConfig
+from nyx_tasks.core.config import MineConfig
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages.mine import select_negatives
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
 IDS = [f"c{i}" for i in range(25)]
 TEXTS = [f"text {i}" for i in range(25)]
@@ -101,7 +101,7 @@ def test_text_sets_top1_positive_and_negatives_beyond_rank_10(make_cfg, scripted
     """The demo's three text-only fixtures, plus a broken set whose bad rows are dropped by name."""
     import json
 
-    from nyx_tasks.text_sets import read_corpus, read_questions
+    from nyx_tasks.sources.text_sets import read_corpus, read_questions
 
     qs = tmp_path / "q.jsonl"
     qs.write_text("\n".join([

@@ -12,17 +12,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.base import StageError
-from nyx_tasks.config import EmbedderConfig, MineConfig, SearchConfig, TextSetConfig
-from nyx_tasks.corpus_table import corpus_table
+from nyx_tasks.core.base import StageError
+from nyx_tasks.core.config import EmbedderConfig, MineConfig, SearchConfig, TextSetConfig
+from nyx_tasks.core.log import DropCounter, get_logger
 from nyx_tasks.embedding import MixedItem, make_embedder
-from nyx_tasks.log import DropCounter, get_logger
-from nyx_tasks.search import content_keys
+from nyx_tasks.retrieval.search import content_keys
+from nyx_tasks.retrieval.vector_shards import embed_shard, topk_ties_by_row
+from nyx_tasks.sources.corpus_table import corpus_table
+from nyx_tasks.sources.text_sets import read_corpus, read_questions
 from nyx_tasks.stages import mine as mine_mod
 from nyx_tasks.stages.mine import Mined, _triplet, mine_negatives, mine_text_set
-from nyx_tasks.text_sets import read_corpus, read_questions
-from nyx_tasks.vector_shards import embed_shard, topk_ties_by_row
+from nyx_tasks.store.artifacts import ArtifactStore
 
 SETS = ["hotpotqa", "2wikimultihopqa", "musique"]
 SCORE_FIELDS = ("pos_score", "neg_scores")
@@ -203,9 +203,9 @@ def test_a_text_set_split_over_query_tasks_mines_the_same_rows(built, tmp_path):
     the whole corpus; together they write the rows, drops and counts of one task per set."""
     import shutil
 
-    from nyx_tasks.artifacts import ArtifactStore, read_stage_table
     from nyx_tasks.runner import run_stage
     from nyx_tasks.stages import get_stage
+    from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
     from tests.conftest import demo_cfg
 
     root = tmp_path / "artifacts"

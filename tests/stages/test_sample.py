@@ -1,9 +1,9 @@
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages.sample import group_targets, modality
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
 
 @pytest.mark.parametrize("size", [1, 3, 10, 60, 10_000, 12_345])

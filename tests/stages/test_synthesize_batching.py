@@ -5,10 +5,10 @@ it is batched with."""
 
 import shutil
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.inference.cache import CACHE_PREFIX
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
 # Small: 3 chunks, short answers; the demo profile's sampled tiny Qwen2.5-VL.
 SETS = ("sample.size=3", "synthesize.generation.max_tokens=160", "synthesize.max_qa_per_chunk=2")

@@ -4,13 +4,13 @@ backends are tested in tests/inference and against a vLLM server)."""
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.config import FilterConfig
+from nyx_tasks.core.config import FilterConfig
 from nyx_tasks.inference.structured import parse
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.stages import synthesize as synth
 from nyx_tasks.stages.filter import assign_splits, check_item, to_query
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 
 
 def test_synthesize_rounds_drops_and_cache(make_cfg, scripted):

@@ -8,12 +8,12 @@ import logging
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import SynthesizeConfig
+from nyx_tasks.core.config import SynthesizeConfig
+from nyx_tasks.core.log import DropCounter
 from nyx_tasks.inference import CachedBackend, RequestCache
 from nyx_tasks.inference.base import ChatResponse, text_of
-from nyx_tasks.log import DropCounter
 from nyx_tasks.stages import synthesize as synth
+from nyx_tasks.store.artifacts import ArtifactStore
 from tests import conftest
 
 LOG = logging.getLogger("nyx.test_synthesize_steps")

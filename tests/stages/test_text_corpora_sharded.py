@@ -25,20 +25,27 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nyx_tasks import retrieval
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.config import TextSetConfig, load_config
+from nyx_tasks.core.config import TextSetConfig, load_config
+from nyx_tasks.core.log import DropCounter
+from nyx_tasks.core.paths import resolve_pkgdata
 from nyx_tasks.embedding import MixedItem
 from nyx_tasks.embedding.cache import embed_cached
 from nyx_tasks.inference.base import ChatResponse, text_of
-from nyx_tasks.log import DropCounter
-from nyx_tasks.paths import resolve_pkgdata
-from nyx_tasks.retrieval import Corpus, fetch_rows, search, search_table, text_table, union_corpus
-from nyx_tasks.search import exact_topk
+from nyx_tasks.retrieval import corpora as retrieval
+from nyx_tasks.retrieval.corpora import (
+    Corpus,
+    fetch_rows,
+    search,
+    search_table,
+    text_table,
+    union_corpus,
+)
+from nyx_tasks.retrieval.search import exact_topk
+from nyx_tasks.sources.text_sets import read_corpus, read_questions
 from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages import feedback as fb
 from nyx_tasks.stages.evaluate import PER_QUERY
-from nyx_tasks.text_sets import read_corpus, read_questions
+from nyx_tasks.store.artifacts import ArtifactStore
 
 WIDTH = 128  # the demo's largest evaluate dim
 SETS = ("hotpotqa", "2wikimultihopqa", "musique")
@@ -311,7 +318,7 @@ def test_evaluate_paper_union_and_rows_equal_the_whole_corpus_path(tmp_path, mon
 def test_evaluate_union_reads_only_the_retrieved_texts(tmp_path, monkeypatch):
     """`union_corpus` fetches texts by row for the top-k only: never `iter_texts` over the corpus
     except to embed the shards, and never a second time once they are embedded."""
-    from nyx_tasks.corpus_table import CorpusTable
+    from nyx_tasks.sources.corpus_table import CorpusTable
 
     ts = fixture_set("hotpotqa")
     store, emb = ArtifactStore(str(tmp_path / "root")), HashingEmbedder()

@@ -4,7 +4,7 @@ equals the mean of each example's own InfoNCE (all positives of the batch + its 
 
 import torch
 
-from nyx_tasks.config import TrainConfig, TrainSource
+from nyx_tasks.core.config import TrainConfig, TrainSource
 from nyx_tasks.embedding import resolve_model_path
 from nyx_tasks.training.collator import TripletCollator, negative_slots, split_docs
 from nyx_tasks.training.data import Doc, Example

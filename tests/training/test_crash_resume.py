@@ -15,9 +15,12 @@ import sys
 import numpy as np
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore
-from nyx_tasks.base import StageError
-from nyx_tasks.checkpoints import (
+from nyx_tasks.core.base import StageError
+from nyx_tasks.runner import run_stage
+from nyx_tasks.stages import get_stage
+from nyx_tasks.stages import train as train_stage
+from nyx_tasks.store.artifacts import ArtifactStore
+from nyx_tasks.store.checkpoints import (
     STEP_MARKER,
     latest_checkpoint,
     mark_step_complete,
@@ -26,9 +29,6 @@ from nyx_tasks.checkpoints import (
     stage_checkpoint,
     step_checkpoints,
 )
-from nyx_tasks.runner import run_stage
-from nyx_tasks.stages import get_stage
-from nyx_tasks.stages import train as train_stage
 from nyx_tasks.training.driver import run
 from tests.conftest import REPO, VLM_TRAIN, demo_cfg
 from tests.training.test_train import adapter, spec_for

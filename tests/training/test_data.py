@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
-from nyx_tasks.config import TrainConfig, TrainSource
-from nyx_tasks.schema import TRIPLETS
+from nyx_tasks.core.config import TrainConfig, TrainSource
+from nyx_tasks.core.schema import TRIPLETS
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.training.data import Doc, TrainingMix, image_index, load_sources
 from tests.conftest import demo_cfg
 
@@ -96,7 +96,7 @@ def test_dataset_source_reads_what_nyx_import_wrote(own_copy, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from nyx_tasks.importers import import_dataset
+    from nyx_tasks.sources.importers import import_dataset
     from tests.conftest import png_bytes
 
     (tmp_path / "img").mkdir()

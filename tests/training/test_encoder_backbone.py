@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from nyx_tasks.config import EmbedderConfig, TrainConfig, TrainSource
+from nyx_tasks.core.config import EmbedderConfig, TrainConfig, TrainSource
 from nyx_tasks.embedding import make_embedder, resolve_model_path
 from nyx_tasks.embedding.base import MixedItem
-from nyx_tasks.retrieval import checkpoint_embedder_cfg
+from nyx_tasks.retrieval.corpora import checkpoint_embedder_cfg
 from nyx_tasks.training.collator import TripletCollator
 from nyx_tasks.training.data import TEXT_ENCODER_IMAGE_ROW, Doc, Example, TrainingMix
 from nyx_tasks.training.driver import with_recipe

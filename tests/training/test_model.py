@@ -4,7 +4,7 @@ is refused, and the DeepSpeed ZeRO-2 config passes DeepSpeed's own validation.""
 
 import pytest
 
-from nyx_tasks.config import LoraSettings, TrainConfig
+from nyx_tasks.core.config import LoraSettings, TrainConfig
 from nyx_tasks.inference import resolve_model
 
 

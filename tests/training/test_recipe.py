@@ -3,7 +3,7 @@ per-source query instructions, the global batch from accumulation, DoRA with gau
 
 import pytest
 
-from nyx_tasks.config import LoraSettings, TrainConfig, TrainSource
+from nyx_tasks.core.config import LoraSettings, TrainConfig, TrainSource
 from nyx_tasks.inference import resolve_model
 from nyx_tasks.training.collator import TripletCollator
 from nyx_tasks.training.data import TrainingMix, select_rows, source_instruction
@@ -154,7 +154,7 @@ def test_vision_targets_wrap_the_vision_blocks_named_and_nothing_else():
 def test_plain_prompts_are_the_released_codes_input_with_the_end_of_text_token():
     from transformers import AutoProcessor
 
-    from nyx_tasks.config import load_config
+    from nyx_tasks.core.config import load_config
     from nyx_tasks.embedding.nyx import VISION, nyx_prompt
 
     proc = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
@@ -175,7 +175,7 @@ def test_plain_prompts_are_the_released_codes_input_with_the_end_of_text_token()
 
 
 def test_the_embedders_model_id_names_its_prompt_format():
-    from nyx_tasks.config import EmbedderConfig
+    from nyx_tasks.core.config import EmbedderConfig
     from nyx_tasks.embedding.nyx import PROMPT_FORMAT, NyxEmbedder
 
     chat, plain = NyxEmbedder.__new__(NyxEmbedder), NyxEmbedder.__new__(NyxEmbedder)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from nyx_tasks.artifacts import ArtifactStore, read_stage_table
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
+from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests.conftest import VLM_TRAIN, demo_cfg
 
 
@@ -59,8 +59,8 @@ def test_resume_gives_the_same_model_as_a_straight_run(built, tmp_path):
 
 
 def test_demo_training_loss_falls_and_the_checkpoint_is_used_by_remining(built, tmp_path):
-    from nyx_tasks.checkpoints import latest_checkpoint
     from nyx_tasks.stages.mine import remine
+    from nyx_tasks.store.checkpoints import latest_checkpoint
 
     root = tmp_path / "artifacts"
     shutil.copytree(built, root)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import SearchConfig
+from nyx_tasks.core.config import SearchConfig
 
 FAISS_MIN_QUERY_DIMS = 131072
 RESCORE_BYTES = 1 << 30  # the torch backend's per-batch candidate memory (shortlist, re-score gather)

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config_rules import check_rules, share_settings
-from .paths import PACKAGE_DIR
+from nyx_tasks.core.config_rules import check_rules, share_settings
+from nyx_tasks.core.paths import PACKAGE_DIR
 
 
 class _Model(BaseModel):
@@ -266,7 +266,7 @@ class EmbedderConfig(_Model):
 
 
 class SearchConfig(_Model):
-    """Exact inner-product search (nyx_tasks/search.py)."""
+    """Exact inner-product search (nyx_tasks/retrieval/search.py)."""
 
     backend: Literal["auto", "faiss", "torch"] = Field(
         "auto", description="auto: chunked torch matmul in bf16 on a GPU (re-scored in fp32), else FAISS "

@@ -26,8 +26,8 @@ import stat
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .config import FetchConfig
-from .paths import resolve_pkgdata
+from nyx_tasks.core.config import FetchConfig
+from nyx_tasks.core.paths import resolve_pkgdata
 
 # Formats we accept, and the extension an image is stored under.
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}

@@ -28,7 +28,7 @@ from typing import Any
 
 import fsspec
 
-from .base import StageError
+from nyx_tasks.core.base import StageError
 
 TMP_PREFIX = "_tmp."
 MANIFEST = "_MANIFEST.json"
@@ -181,13 +181,13 @@ class ParquetShardWriter:
         self.rows = 0
 
     def write_rows(self, rows: list[dict]) -> None:
-        from .schema import to_table  # pyarrow, only once rows are written
+        from nyx_tasks.core.schema import to_table  # pyarrow, only once rows are written
 
         if rows:
             self._append(to_table(rows, self.schema, self.name))  # to_table has checked it
 
     def write_table(self, table) -> None:
-        from .schema import check  # pyarrow, only once rows are written
+        from nyx_tasks.core.schema import check  # pyarrow, only once rows are written
 
         self._append(check(table, self.schema, self.name))
 
@@ -354,7 +354,7 @@ def read_stage_table(store: ArtifactStore, partition: str, stage: str, kind: str
 
     batches = list(iter_stage_batches(store, partition, stage, kind, columns))
     if not batches:
-        from .schema import SCHEMAS  # pyarrow, only once rows are written
+        from nyx_tasks.core.schema import SCHEMAS  # pyarrow, only once rows are written
 
         schema = SCHEMAS[read_manifest(store, partition, stage)["schemas"][kind]]
         if columns:

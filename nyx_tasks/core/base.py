@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import NotRequired, Required, TypedDict
 
-from . import __version__
+from nyx_tasks import __version__
 
 
 class StageError(RuntimeError):

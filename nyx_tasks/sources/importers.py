@@ -31,13 +31,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from .artifacts import ArtifactStore
-from .base import code_version
-from .config import FetchConfig
-from .fetch import decode_image
-from .hashing import stable_hash
-from .log import DropCounter, get_logger
-from .obelics import Malformed, expand_urls, iter_file_rows
+from nyx_tasks.core.base import code_version
+from nyx_tasks.core.config import FetchConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import DropCounter, get_logger
+from nyx_tasks.sources.fetch import decode_image
+from nyx_tasks.sources.files import Malformed, expand_urls, iter_file_rows
+from nyx_tasks.store.artifacts import ArtifactStore
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Phi-3.5-V's numbered token (MMEB, mmE5) and mllama's plain one.
@@ -240,7 +240,7 @@ def import_dataset(layout: str, sources: list[str], name: str, store: ArtifactSt
                    placeholder: str = "<image>", fetch: FetchConfig | None = None) -> dict:
     """Convert `sources` (Parquet / JSONL files, globs, fsspec URLs) of `layout` into
     `<root>/datasets/<name>/`; returns the manifest. Raises ImportFailed when no row is usable."""
-    from .schema import IMAGES, TRIPLETS  # pyarrow, only once rows are written
+    from nyx_tasks.core.schema import IMAGES, TRIPLETS  # pyarrow, only once rows are written
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")

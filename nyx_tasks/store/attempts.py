@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from .artifacts import TMP_PREFIX, ArtifactStore
+from nyx_tasks.store.artifacts import TMP_PREFIX, ArtifactStore
 
 ATTEMPTS_DIR = "attempts"
 OWNER = "_ATTEMPT.json"

@@ -1,6 +1,6 @@
 """Answering over retrieved documents, shared by `feedback` and `evaluate`:
 schema-constrained requests asking the answering VLM a question over documents
-that `nyx_tasks.retrieval` ranked, and the answer read back from the response.
+that `nyx_tasks.retrieval.corpora` ranked, and the answer read back from the response.
 
 A multiple-choice answer is constrained by the JSON schema to the option
 texts, so format noise never counts as wrong; a free-form answer is a short
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import GenerationConfig
-from .inference import ChatRequest
-from .inference.structured import parse
-from .prompts import render
-from .retrieval import Corpus
+from nyx_tasks.core.config import GenerationConfig
+from nyx_tasks.inference import ChatRequest
+from nyx_tasks.inference.structured import parse
+from nyx_tasks.prompts import render
+from nyx_tasks.retrieval.corpora import Corpus
 
 ANSWER_PROMPTS = ("answer_mc", "answer_free")
 PAPER_ANSWER_PROMPTS = ("answer_paper_mc", "answer_paper_free")  # evaluate.protocol: paper

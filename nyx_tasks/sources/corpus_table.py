@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .artifacts import ArtifactStore
-from .config import TextSetConfig
-from .hashing import stable_hash
-from .log import Progress, get_logger
-from .obelics import Malformed, fingerprint_urls, iter_file_rows
-from .text_sets import Drop, set_files
+from nyx_tasks.core.config import TextSetConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import Progress, get_logger
+from nyx_tasks.sources.files import Malformed, fingerprint_urls, iter_file_rows
+from nyx_tasks.sources.text_sets import Drop, set_files
+from nyx_tasks.store.artifacts import ArtifactStore
 
 FORMAT = 1
 PREFIX = "corpora"

@@ -20,23 +20,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .artifacts import iter_parquet_file
-from .base import ShardSpec
-from .config import SourceConfig
-from .hashing import stable_hash
-from .paths import SAMPLE_CORPUS_DIR, resolve_pkgdata
+from nyx_tasks.core.base import ShardSpec
+from nyx_tasks.core.config import SourceConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.paths import SAMPLE_CORPUS_DIR, resolve_pkgdata
+from nyx_tasks.sources.files import (
+    Malformed,
+    expand_urls,
+    file_facts,
+    file_format,
+    iter_jsonl,
+    iter_parquet,
+)
 
 EOD_MARKER = "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"
 HF_NUM_SHARDS = 1432
 HF_CONFIGS = ("default", "opt_out_docs_removed_2023_07_12")
-
-
-@dataclass
-class Malformed:
-    """A source row that could not be read at all (counted as a drop)."""
-
-    reason: str
-    detail: str = ""
 
 
 @dataclass
@@ -51,15 +50,6 @@ class Document:
 
 
 # ------------------------------------------------------------------ sources
-def _file_format(path: str) -> str:
-    p = path.lower()
-    for suffix, fmt in ((".jsonl", "jsonl"), (".jsonl.gz", "jsonl"), (".json", "jsonl"),
-                        (".parquet", "parquet")):
-        if p.endswith(suffix):
-            return fmt
-    raise ValueError(f"cannot tell the format of {path!r}: expected .parquet or .jsonl")
-
-
 def list_source_shards(src: SourceConfig) -> list[ShardSpec]:
     """One shard per input file (or HF data-files entry), in a stable order."""
     if src.kind == "hf":
@@ -72,7 +62,7 @@ def list_source_shards(src: SourceConfig) -> list[ShardSpec]:
         raise ValueError("ingest.source.paths is empty (kind=files needs at least one path)")
     urls = expand_urls(patterns, what="ingest source", must_match=src.kind == "files")
     return [{"shard": i, "name": u.rsplit("/", 1)[-1], "kind": "file", "url": u,
-             "format": _file_format(u)} for i, u in enumerate(urls)]
+             "format": file_format(u)} for i, u in enumerate(urls)]
 
 
 def source_image_root(src: SourceConfig) -> str | None:
@@ -83,44 +73,14 @@ def source_image_root(src: SourceConfig) -> str | None:
     return resolve_pkgdata(src.image_root) if src.image_root else None
 
 
-def expand_urls(patterns: list[str], what: str = "input", must_match: bool = True) -> list[str]:
-    """Paths / fsspec URLs with globs -> the matching file URLs, sorted per pattern."""
-    import fsspec
-
-    urls: list[str] = []
-    for pattern in patterns:
-        fs, _ = fsspec.core.url_to_fs(pattern)
-        proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        matches = sorted(fs.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        if must_match and (not matches or not fs.exists(matches[0])):
-            raise FileNotFoundError(f"{what} {pattern!r} matches no file")
-        urls += [m if proto in ("file", "local") else f"{proto}://{m}" for m in matches]
-    return urls
-
-
-def iter_file_rows(url: str) -> Iterator[dict | Malformed]:
-    """Rows of one Parquet or JSONL file (a JSONL line that cannot be read is a Malformed)."""
-    return _iter_jsonl(url) if _file_format(url) == "jsonl" else _iter_parquet(url)
-
-
-def fingerprint_urls(urls: list[str]) -> str:
-    """A hash that changes when any file changes (size, mtime, etag)."""
-    return fingerprint_shards([{"kind": "file", "url": u} for u in urls], None)
-
-
 def fingerprint_shards(shards: list[ShardSpec], src: SourceConfig | None) -> str:
     """A hash that changes when any input file changes (size, mtime, etag)."""
-    import fsspec
-
     facts = []
     for s in shards:
         if s["kind"] == "hf":
             facts.append([src.hf_dataset, src.hf_config, src.hf_split, s["data_files"]])
             continue
-        fs, path = fsspec.core.url_to_fs(s["url"])
-        info = fs.info(path)
-        facts.append([s["url"], info.get("size"),
-                      str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")])
+        facts.append(file_facts(s["url"]))
     return stable_hash(facts, 32)
 
 
@@ -128,40 +88,12 @@ def iter_source_rows(shard: ShardSpec, src: SourceConfig) -> Iterator[tuple[int,
     """(row index, raw row or Malformed) for one shard, streamed."""
     limit = src.max_rows_per_shard
     rows = (_iter_hf(shard, src) if shard["kind"] == "hf"
-            else _iter_jsonl(shard["url"]) if shard["format"] == "jsonl"
-            else _iter_parquet(shard["url"]))
+            else iter_jsonl(shard["url"]) if shard["format"] == "jsonl"
+            else iter_parquet(shard["url"]))
     for i, row in enumerate(rows):
         if limit is not None and i >= limit:
             return
         yield i, row
-
-
-def _iter_jsonl(url: str) -> Iterator[dict | Malformed]:
-    import fsspec
-
-    with fsspec.open(url, "rb", compression="infer") as f:
-        for raw in f:
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield Malformed("invalid_utf8", str(e))
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Malformed("invalid_json", str(e))
-                continue
-            yield row if isinstance(row, dict) else Malformed("not_an_object", type(row).__name__)
-
-
-def _iter_parquet(url: str, batch_size: int = 256) -> Iterator[dict | Malformed]:
-    import fsspec
-
-    with fsspec.open(url, "rb") as f:
-        for batch in iter_parquet_file(f, batch_size=batch_size):
-            yield from batch.to_pylist()
 
 
 def _iter_hf(shard: ShardSpec, src: SourceConfig) -> Iterator[dict | Malformed]:

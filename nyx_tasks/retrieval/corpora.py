@@ -2,7 +2,7 @@
 (retrieval scores, then RAG accuracy): a corpus, a published retriever
 checkpoint that embeds it (through the embedding cache), and exact search at a
 Matryoshka dim. What is then asked over the retrieved documents is
-`nyx_tasks.answering`'s.
+`nyx_tasks.retrieval.answering`'s.
 
 `evaluate.protocol: paper` retrieves the text-only sets over a smaller corpus,
 as the released code does (experiments/text-only/make_t2t_corpus.py): the union
@@ -32,13 +32,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .artifacts import ArtifactStore, image_paths, iter_stage_batches
-from .corpus_table import CorpusTable, corpus_table
-from .embedding import MixedItem, make_embedder
-from .embedding.base import matryoshka
-from .embedding.cache import embed_cached
-from .search import Distinct, FlatIndex, content_keys, distinct_contents, exact_topk
-from .vector_shards import SHARD_ROWS, CorpusVectors, embed_missing, search_shards
+from nyx_tasks.embedding import MixedItem, make_embedder
+from nyx_tasks.embedding.base import matryoshka
+from nyx_tasks.embedding.cache import embed_cached
+from nyx_tasks.retrieval.search import (
+    Distinct,
+    FlatIndex,
+    content_keys,
+    distinct_contents,
+    exact_topk,
+)
+from nyx_tasks.retrieval.vector_shards import (
+    SHARD_ROWS,
+    CorpusVectors,
+    embed_missing,
+    search_shards,
+)
+from nyx_tasks.sources.corpus_table import CorpusTable, corpus_table
+from nyx_tasks.store.artifacts import ArtifactStore, image_paths, iter_stage_batches
 
 
 @dataclass

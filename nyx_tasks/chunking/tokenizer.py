@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .embedding import resolve_model_path
+from nyx_tasks.embedding import resolve_model_path
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, placeholder: str):

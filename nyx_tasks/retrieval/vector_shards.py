@@ -34,14 +34,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .artifacts import TMP_PREFIX
-from .config import SearchConfig
-from .corpus_table import CorpusTable
-from .embedding import MixedItem
-from .embedding.base import Embedder, matryoshka
-from .hashing import stable_hash
-from .log import get_logger
-from .search import exact_topk
+from nyx_tasks.core.config import SearchConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.embedding import MixedItem
+from nyx_tasks.embedding.base import Embedder, matryoshka
+from nyx_tasks.retrieval.search import exact_topk
+from nyx_tasks.sources.corpus_table import CorpusTable
+from nyx_tasks.store.artifacts import TMP_PREFIX
 
 PREFIX = "cache/vectors"
 SHARD_ROWS = 65536

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .artifacts import (
+from nyx_tasks.store.artifacts import (
     MANIFEST,
     ArtifactStore,
     SnapshotError,
@@ -17,7 +17,7 @@ from .artifacts import (
     read_manifest,
     snapshot_problems,
 )
-from .attempts import ATTEMPTS_DIR, attempt_rel
+from nyx_tasks.store.attempts import ATTEMPTS_DIR, attempt_rel
 
 
 def _extra_files(store: ArtifactStore, stage_rel: str, manifest: dict) -> list[str]:

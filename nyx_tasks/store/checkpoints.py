@@ -25,8 +25,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .artifacts import ArtifactStore
-from .base import StageError
+from nyx_tasks.core.base import StageError
+from nyx_tasks.store.artifacts import ArtifactStore
 
 MARKER = "_CHECKPOINT.json"
 

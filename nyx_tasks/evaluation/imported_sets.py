@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .artifacts import ArtifactStore
-from .config import SearchConfig, TextSetConfig
-from .embedding.base import MixedItem, matryoshka
-from .embedding.cache import embed_cached
-from .evaluation.metrics import DEFAULT_KS, bootstrap_ci, retrieval_scores
-from .importers_eval import bench_rel
-from .judges import exact_match, normalize_answer, token_f1
-from .log import DropCounter, get_logger
-from .search import exact_topk
-from .text_sets import read_corpus
+from nyx_tasks.core.config import SearchConfig, TextSetConfig
+from nyx_tasks.core.log import DropCounter, get_logger
+from nyx_tasks.embedding.base import MixedItem, matryoshka
+from nyx_tasks.embedding.cache import embed_cached
+from nyx_tasks.evaluation.judges import exact_match, normalize_answer, token_f1
+from nyx_tasks.evaluation.metrics import DEFAULT_KS, bootstrap_ci, retrieval_scores
+from nyx_tasks.retrieval.search import exact_topk
+from nyx_tasks.sources.importers_eval import bench_rel
+from nyx_tasks.sources.text_sets import read_corpus
+from nyx_tasks.store.artifacts import ArtifactStore
 
 _HIT = "\x00gold"  # stands for "a gold document" in a ranked list, so one gold id per query suffices
 

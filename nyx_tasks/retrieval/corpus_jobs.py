@@ -14,12 +14,12 @@ from __future__ import annotations
 import socket
 import time
 
-from .artifacts import ArtifactStore
-from .corpus_table import corpus_table
-from .embedding import make_embedder
-from .hashing import stable_hash
-from .log import get_logger
-from .vector_shards import embed_shard
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.embedding import make_embedder
+from nyx_tasks.retrieval.vector_shards import embed_shard
+from nyx_tasks.sources.corpus_table import corpus_table
+from nyx_tasks.store.artifacts import ArtifactStore
 
 
 def embeds_on_gpu(stage, cfg, store: ArtifactStore | None = None) -> bool:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import TextSetConfig
-from .obelics import Malformed, expand_urls, fingerprint_urls, iter_file_rows
-from .paths import resolve_pkgdata
+from nyx_tasks.core.config import TextSetConfig
+from nyx_tasks.core.paths import resolve_pkgdata
+from nyx_tasks.sources.files import Malformed, expand_urls, fingerprint_urls, iter_file_rows
 
 Drop = Callable[[str, str], None]
 

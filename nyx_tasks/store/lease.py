@@ -23,9 +23,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .artifacts import ArtifactStore
-from .base import StageError
-from .log import get_logger
+from nyx_tasks.core.base import StageError
+from nyx_tasks.core.log import get_logger
+from nyx_tasks.store.artifacts import ArtifactStore
 
 LEASE = "_LEASE.json"
 DEFAULT_TTL = 600.0  # seconds a lease lives without a renewal; covers the scheduling gap between tasks

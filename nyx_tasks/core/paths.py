@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS_DIR = PACKAGE_DIR / "data" / "sample_obelics"
 
 

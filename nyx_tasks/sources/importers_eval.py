@@ -56,11 +56,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .artifacts import ArtifactStore
-from .base import code_version
-from .config import FetchConfig, TextSetConfig
-from .hashing import stable_hash
-from .importers import (
+from nyx_tasks.core.base import code_version
+from nyx_tasks.core.config import FetchConfig, TextSetConfig
+from nyx_tasks.core.hashing import stable_hash
+from nyx_tasks.core.log import DropCounter, get_logger
+from nyx_tasks.sources.files import Malformed, expand_urls, fingerprint_urls, iter_file_rows
+from nyx_tasks.sources.importers import (
     NAME_RE,
     SOURCE_IMAGE_TOKEN,
     ImageReader,
@@ -71,9 +72,8 @@ from .importers import (
     image_path_list,
     subset_of,
 )
-from .log import DropCounter, get_logger
-from .obelics import Malformed, expand_urls, fingerprint_urls, iter_file_rows
-from .text_sets import read_questions
+from nyx_tasks.sources.text_sets import read_questions
+from nyx_tasks.store.artifacts import ArtifactStore
 
 BENCH_LAYOUTS = ("mmqa", "mmeb-eval", "flashrag")
 MMQA_MAX_PIXELS = 16384 * 28 * 28  # the released make_corpus.py leaves larger images out
@@ -319,7 +319,7 @@ def import_benchmark(layout: str, name: str, store: ArtifactStore, files: Benchm
     """Import one benchmark from `files` (BenchmarkFiles: which ones each layout reads) into
     `<root>/benchmarks/<name>/`; returns the manifest. Raises ImportFailed when no question is
     usable."""
-    from .schema import IMAGES  # pyarrow, only once rows are written
+    from nyx_tasks.core.schema import IMAGES  # pyarrow, only once rows are written
 
     if layout not in BENCH_LAYOUTS:
         raise ValueError(f"unknown benchmark layout {layout!r}; layouts: {', '.join(BENCH_LAYOUTS)}")

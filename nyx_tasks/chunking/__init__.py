@@ -1,0 +1,1 @@
+"""Cutting documents into token chunks, and the tokenizer that counts them."""

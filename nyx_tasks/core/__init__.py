@@ -1,0 +1,1 @@
+"""Foundation: settings, rules, logging, schemas, hashing, package paths and the error that stops a stage."""

@@ -1,0 +1,1 @@
+"""Search, embedded corpora and their mapped vector jobs, and answering over retrieved documents."""

@@ -1,0 +1,1 @@
+"""The artifact root: snapshots, attempt folders, leases, checkpoint markers and snapshot checks."""
