@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 from nyx_tasks.core.config import TextSetConfig, load_config
+from nyx_tasks.evaluation import text_qa
+from nyx_tasks.evaluation.nyxqa import paper_query, score_nyxqa
 from nyx_tasks.evaluation.report import render_report, validate_rows
+from nyx_tasks.evaluation.retrievers import CheckpointRetriever
+from nyx_tasks.evaluation.run import EvalRun, paired_deltas
+from nyx_tasks.evaluation.text_qa import paper_union, score_text_set, select_questions
 from nyx_tasks.inference.base import ChatResponse, text_of
-from nyx_tasks.retrieval.corpora import Corpus
+from nyx_tasks.retrieval.corpora import Corpus, text_table
 from nyx_tasks.sources.text_sets import read_questions
-from nyx_tasks.stages import evaluate as ev
-from nyx_tasks.stages.evaluate import STAGE, ModelRun, paper_query, select_questions
+from nyx_tasks.stages.evaluate import STAGE
 from nyx_tasks.store.artifacts import ArtifactStore
 
 WIDTH = 128  # the demo's largest evaluate dim; every signal sits in the first 16 features
@@ -63,6 +67,15 @@ def make_ctx(tmp_path, *overrides):
                            partition="p", key="k")
 
 
+def stage1(ctx, embedder):
+    """The retriever under evaluation: a checkpoint called stage1, at every evaluated dim."""
+    return CheckpointRetriever("stage1", tuple(ctx.cfg.evaluate.dims), embedder)
+
+
+def eval_run(ctx, vlm, out):
+    return EvalRun(ctx.cfg, ctx.store, vlm, out, ctx.log)
+
+
 def make_out():
     dropped = []
     return SimpleNamespace(extra=Counter(), drops=SimpleNamespace(drop=lambda *a: dropped.append(a)), dropped=dropped)
@@ -104,7 +117,7 @@ def test_paper_nyxqa_queries_carry_the_choices_and_free_answers_are_judged_by_op
     ctx, out = make_ctx(tmp_path, "evaluate.protocol=paper"), make_out()
     corpus, qa, embedder = nyxqa()
     vlm = VLM(paper_reply)
-    rows = STAGE._nyxqa(ctx, ModelRun("stage1", embedder, vlm), corpus, qa, out)
+    rows = score_nyxqa(eval_run(ctx, vlm, out), stage1(ctx, embedder), corpus, qa)
     queries = [t for role, t in embedder.seen if role == "query"]
     assert queries == [paper_query(q["query"], OPTIONS) for q in qa]
     assert queries[0] == "Question: Where is the tower 0?\nChoices: Paris, London, Rome, Berlin"  # exp1.py
@@ -128,7 +141,7 @@ def test_strict_nyxqa_is_unchanged(tmp_path):
     assert ctx.cfg.evaluate.protocol == "strict"  # the default
     corpus, qa, embedder = nyxqa()
     vlm = VLM(strict_reply)
-    rows = STAGE._nyxqa(ctx, ModelRun("stage1", embedder, vlm), corpus, qa, out)
+    rows = score_nyxqa(eval_run(ctx, vlm, out), stage1(ctx, embedder), corpus, qa)
     assert [t for role, t in embedder.seen if role == "query"] == [q["query"] for q in qa]  # the bare question
     got = rows_by_metric(rows)
     assert got["recall@1"]["value"] == 0.0 and got["recall@5"]["value"] == 1.0  # c1 first, the gold below
@@ -189,16 +202,17 @@ def nyx_text_model():  # the model under evaluation prefers the catch-all passag
 
 
 def run_text_sets(ctx, monkeypatch, sets):
-    monkeypatch.setattr(ev, "make_embedder", lambda cfg, store: union_retriever())
-    out, stage = make_out(), ev.EvaluateStage()
+    monkeypatch.setattr(text_qa, "make_embedder", lambda cfg, store: union_retriever())
+    out = make_out()
     cfg = ctx.cfg.evaluate.model_copy(update={"text_sets": sets})
     ctx.cfg = ctx.cfg.model_copy(update={"evaluate": cfg})
-    read = [(ts, *select_questions(ts, cfg, out.drops.drop)) for ts in sets]
-    union = stage._union(ctx, read, out) if cfg.protocol == "paper" else None
     vlm, rows = VLM(lambda text: "Orlen"), []
+    run = eval_run(ctx, vlm, out)
+    read = [(ts, *select_questions(ts, cfg, out.drops.drop)) for ts in sets]
+    union = paper_union(run, read) if cfg.protocol == "paper" else None
     for ts, questions, _ in read:
-        corpus = union if union is not None else ev.text_table(ctx.store, ts, out.drops.drop)
-        rows += stage._text_set(ctx, ModelRun("stage1", nyx_text_model(), vlm), ts, corpus, questions, out)
+        corpus = union if union is not None else text_table(ctx.store, ts, out.drops.drop)
+        rows += score_text_set(run, stage1(ctx, nyx_text_model()), ts, corpus, questions)
     return union, vlm, rows, out
 
 
@@ -297,10 +311,9 @@ def test_the_report_and_its_summary_lines_name_the_protocol(tmp_path, caplog):
 
 def test_results_rows_fit_the_table_schema():
     from nyx_tasks.core.schema import EVAL_RESULTS, to_table
-    from nyx_tasks.stages.evaluate import paired_deltas
 
-    cfg = load_config("demo", ["evaluate.protocol=paper", "evaluate.bootstrap=0"]).evaluate
-    rows = paired_deltas([STAGE._row(cfg, m, "bamboogle", "eval", 128, "em", v)
+    run = EvalRun(load_config("demo", ["evaluate.protocol=paper", "evaluate.bootstrap=0"]), None, None, None, None)
+    rows = paired_deltas([run.row(m, "bamboogle", "eval", 128, "em", v)
                           for m, v in (("stage1", [1.0, 0.0]), ("stage2", [1.0, 1.0]))], "stage1", 0)
     table = to_table(rows, EVAL_RESULTS, "eval_results")
     assert table.column("protocol").to_pylist() == ["paper"] * 2 and all(set(r) == set(EVAL_RESULTS.names) for r in rows)
@@ -309,15 +322,13 @@ def test_results_rows_fit_the_table_schema():
 
 
 def test_paired_deltas_pair_only_the_same_queries():
-    from nyx_tasks.stages.evaluate import paired_deltas
-
-    cfg = load_config("demo", ["evaluate.bootstrap=50"]).evaluate
+    run = EvalRun(load_config("demo", ["evaluate.bootstrap=50"]), None, None, None, None)
     a, b = [1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]
-    rows = [STAGE._row(cfg, "base", "docs", "eval", 16, "recall@1", b),  # before its baseline: order is kept
-            STAGE._row(cfg, "stage1", "docs", "eval", 16, "recall@1", a),
-            STAGE._row(cfg, "none", "docs", "eval", 16, "recall@1", [1.0, 0.0]),  # other queries (n = 2)
-            STAGE._row(cfg, "base", "docs", "eval", 32, "recall@1", b),  # no baseline row at dim 32
-            {**STAGE._row(cfg, "base", "docs", "eval", 16, "index_bytes", [8.0]), "ci_low": None, "ci_high": None}]
+    rows = [run.row("base", "docs", "eval", 16, "recall@1", b),  # before its baseline: order is kept
+            run.row("stage1", "docs", "eval", 16, "recall@1", a),
+            run.row("none", "docs", "eval", 16, "recall@1", [1.0, 0.0]),  # other queries (n = 2)
+            run.row("base", "docs", "eval", 32, "recall@1", b),  # no baseline row at dim 32
+            {**run.row("base", "docs", "eval", 16, "index_bytes", [8.0]), "ci_low": None, "ci_high": None}]
     out = paired_deltas(rows, "stage1", 50)
     assert [r["model"] for r in out] == ["base", "stage1", "none", "base", "base"]
     assert out[0]["baseline"] == "stage1" and out[0]["delta"] == 0.25

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from nyx_tasks.core.config import MineConfig, SearchConfig
+from nyx_tasks.evaluation.run import content_scores
 from nyx_tasks.retrieval.corpora import Corpus, search
 from nyx_tasks.retrieval.search import content_keys, distinct_contents, exact_topk
-from nyx_tasks.stages.evaluate import content_scores
 from nyx_tasks.stages.mine import mine_negatives, positive_rank, select_negatives
 
 BACKENDS = [SearchConfig(backend="faiss"), SearchConfig(backend="torch", doc_chunk=7)]

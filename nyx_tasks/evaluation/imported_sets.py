@@ -38,6 +38,10 @@ from nyx_tasks.embedding.base import MixedItem, matryoshka
 from nyx_tasks.embedding.cache import embed_cached
 from nyx_tasks.evaluation.judges import exact_match, normalize_answer, token_f1
 from nyx_tasks.evaluation.metrics import DEFAULT_KS, bootstrap_ci, retrieval_scores
+from nyx_tasks.evaluation.retrievers import Retriever
+from nyx_tasks.evaluation.run import EvalRun
+from nyx_tasks.retrieval.answering import Answering
+from nyx_tasks.retrieval.corpora import Corpus
 from nyx_tasks.retrieval.search import exact_topk
 from nyx_tasks.sources.importers_eval import bench_rel
 from nyx_tasks.sources.text_sets import read_corpus
@@ -256,3 +260,35 @@ def score_benchmark(bench: Benchmark, embedder, model: str, scoring: Scoring | N
     log.info("benchmark %s, %s: %s", bench.name, model,
              ", ".join(f"{r['dataset']}@{r['dim']} {r['metric']} {r['value']:.4f}" for r in rows))
     return rows
+
+
+def score_imported(run: EvalRun, retriever: Retriever, bench: Benchmark, notes: list[str]) -> list[dict]:
+    """`evaluate`'s rows of an imported benchmark under one retriever:
+    `score_benchmark` for a retrieving retriever, its answers asked of the run's reader; none / golden
+    answer (F1 / EM benchmarks only) from no document / the first gold documents, the same at every dim."""
+    ev = run.ev
+    docs = Corpus(bench.name, [d.doc_id for d in bench.corpus], [d.text for d in bench.corpus],
+                  [[i for i, _ in d.images] for d in bench.corpus],
+                  {i: path for x in (*bench.corpus, *bench.queries) for i, path in x.images})
+    asking = Answering(ev.generation, ev.prompt_version, docs, run.cfg.chunk.image_placeholder, ev.max_images)
+    row_of = {d: i for i, d in enumerate(docs.ids)}
+
+    def answer(batch) -> list[str | None]:
+        reqs = [asking.request(q.text, [i for i, _ in q.images], [row_of[d.doc_id] for d in top],
+                               protocol=ev.protocol) for q, top in batch]
+        return run.answers(reqs, [None] * len(reqs))
+
+    answers = bench.metric == "f1"
+    if retriever.embedder is not None:
+        scoring = Scoring(dims=retriever.dims, ks=ev.ks, search=ev.search, n_boot=ev.bootstrap)
+        rows = score_benchmark(bench, retriever.embedder, retriever.name, scoring, store=run.store,
+                               answer_fn=answer if answers else None)
+        return [{**r, "protocol": ev.protocol} for r in rows]
+    if not answers:
+        notes.append(f"{retriever.name} skipped on {bench.name}: its metric ({bench.metric}) ranks candidates")
+        return []
+    by_id = {d.doc_id: d for d in bench.corpus}
+    top = [retriever.given([by_id[g] for g in q.gold_ids if g in by_id][:bench.context_k]) for q in bench.queries]
+    f1, em = answer_scores(bench, answer(list(zip(bench.queries, top, strict=True))))
+    return [run.row(retriever.name, bench.name, bench.split, d, m, v) for d in retriever.dims
+            for m, v in (("f1", f1), ("em", em))]

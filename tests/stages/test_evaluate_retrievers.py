@@ -9,10 +9,28 @@ import json
 import pytest
 
 from nyx_tasks.core.config import ConfigError, TextSetConfig, load_config
+from nyx_tasks.evaluation import retrievers
+from nyx_tasks.evaluation import text_qa as tq
+from nyx_tasks.evaluation.nyxqa import score_nyxqa
+from nyx_tasks.evaluation.retrievers import (
+    EmbedderRetriever,
+    GoldDocument,
+    NoDocument,
+    make_retriever,
+    retriever_embedder_cfg,
+)
 from nyx_tasks.inference.base import text_of
-from nyx_tasks.stages import evaluate as ev
-from nyx_tasks.stages.evaluate import STAGE, ModelRun
-from tests.test_evaluate_protocol import VLM, Embedder, make_ctx, make_out, nyxqa, strict_reply
+from nyx_tasks.retrieval.corpora import text_table
+from nyx_tasks.stages.evaluate import STAGE
+from tests.test_evaluate_protocol import (
+    VLM,
+    Embedder,
+    eval_run,
+    make_ctx,
+    make_out,
+    nyxqa,
+    strict_reply,
+)
 
 RETRIEVERS = ("evaluate.retrievers=[{name: s1, kind: checkpoint, stage: stage1}, {name: e5, kind: embedder, "
               "embedder: mine.text_embedder}, {name: none, kind: none}, {name: golden, kind: golden}]")
@@ -55,7 +73,7 @@ def test_the_retrievers_are_in_the_config_hash_with_mines_embedders_resolved():
         STAGE.config_payload(other)
     paper = load_config("paper").evaluate
     assert [r.name for r in paper.retrievers] == ["stage1", "stage2", "mme5", "e5", "none", "golden"]
-    assert ev.retriever_embedder_cfg(load_config("paper"), paper.retrievers[2]).model == \
+    assert retriever_embedder_cfg(load_config("paper"), paper.retrievers[2]).model == \
         "intfloat/mmE5-mllama-11b-instruct"
 
 
@@ -68,19 +86,21 @@ class Narrow(Embedder):
 
 def test_dims_above_an_embedders_width_are_skipped_with_a_note(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, RETRIEVERS, "evaluate.baseline=s1")
-    monkeypatch.setattr(ev, "make_embedder", lambda cfg, store: Narrow("e5", [], 32))
+    monkeypatch.setattr(retrievers, "make_embedder", lambda cfg, store: Narrow("e5", [], 32))
     notes = []
-    run = STAGE._retriever_run(ctx, ctx.cfg.evaluate.retrievers[1], VLM(strict_reply), notes)
-    assert run.dims == (32, 16) and notes == ["e5: dims [128, 64] skipped, above its 32 dims"]
-    monkeypatch.setattr(ev, "make_embedder", lambda cfg, store: Narrow("e5", [], 8))
-    assert STAGE._retriever_run(ctx, ctx.cfg.evaluate.retrievers[1], VLM(strict_reply), notes) is None
+    e5 = ctx.cfg.evaluate.retrievers[1]
+    got = make_retriever(ctx.cfg, e5, ctx.store, ctx.partition, notes, ctx.log)
+    assert isinstance(got, EmbedderRetriever) and got.kind == "embedder"
+    assert got.dims == (32, 16) and notes == ["e5: dims [128, 64] skipped, above its 32 dims"]
+    monkeypatch.setattr(retrievers, "make_embedder", lambda cfg, store: Narrow("e5", [], 8))
+    assert make_retriever(ctx.cfg, e5, ctx.store, ctx.partition, notes, ctx.log) is None
     assert notes[-1] == "e5: dims [128, 64, 32, 16] skipped, above its 8 dims"
 
 
 def test_nyxqa_cost_rows_per_dim(tmp_path):
     ctx, out = make_ctx(tmp_path, "evaluate.latency_queries=2"), make_out()
     corpus, qa, embedder = nyxqa()
-    rows = STAGE._nyxqa(ctx, ModelRun("s1", embedder, VLM(strict_reply), "embedder", (128, 16)), corpus, qa, out)
+    rows = score_nyxqa(eval_run(ctx, VLM(strict_reply), out), EmbedderRetriever("s1", (128, 16), embedder), corpus, qa)
     cost = {(r["dim"], r["metric"]): r for r in rows if r["split"] == "all"}
     assert set(cost) == {(d, m) for d in (128, 16) for m in ("index_bytes", "latency_ms_p50", "latency_ms_p95")}
     assert cost[(128, "index_bytes")]["value"] == 3 * 128 * 4 and cost[(16, "index_bytes")]["value"] == 3 * 16 * 4
@@ -94,9 +114,9 @@ def test_none_and_golden_are_asked_once_and_written_at_every_dim(tmp_path):
     corpus, qa, _ = nyxqa()
     dims = tuple(ctx.cfg.evaluate.dims)
     got = {}
-    for kind in ("none", "golden"):
+    for kind, cls in (("none", NoDocument), ("golden", GoldDocument)):
         vlm, out = VLM(strict_reply), make_out()
-        rows = STAGE._nyxqa(ctx, ModelRun(kind, None, vlm, kind, dims), corpus, qa, out)
+        rows = score_nyxqa(eval_run(ctx, vlm, out), cls(kind, dims), corpus, qa)
         assert len(vlm.seen) == len(qa)  # one request per question, whatever the dims
         got[kind] = (rows, [text_of(r.messages[0]["content"]) for r in vlm.seen])
         acc = [r for r in rows if r["metric"] == "rag_accuracy"]
@@ -131,24 +151,25 @@ def gold_set(tmp_path):
 def test_a_text_set_with_gold_passages_gets_retrieval_metrics_and_golden(tmp_path):
     ctx, out = make_ctx(tmp_path), make_out()
     ts = gold_set(tmp_path)
-    questions, _ = ev.select_questions(ts, ctx.cfg.evaluate, out.drops.drop)
+    questions, _ = tq.select_questions(ts, ctx.cfg.evaluate, out.drops.drop)
     assert [q.gold_id for q in questions] == ["d2", "d1", "d9"]
-    gold = STAGE._text_gold(ctx, ts, questions, out)
+    gold = tq.text_gold(eval_run(ctx, None, out), ts, questions)
     assert gold.rows.tolist() == [0, 1, -1] and gold.texts == [PASSAGES[2], PASSAGES[1], None]  # d2 -> row 0
     assert out.dropped == [("docs_gold_not_in_corpus", "docs:2")]
     # Ada's query finds her passage (d0, the same text as the gold d2: a hit); Bo's finds the catch-all
     model = Embedder("nyx", [(lambda role, t: "Ada" in t, 0), (lambda role, t: "Everything" in t, 1),
                              (lambda role, t: role == "query", 1), (lambda role, t: True, 2)])
     vlm = VLM(lambda text: json.dumps({"answer": "Estmark"}))
-    table = ev.text_table(ctx.store, ts)
-    rows = STAGE._text_set(ctx, ModelRun("m", model, vlm, "embedder", (128, 16)), ts, table, questions, out, gold)
+    table = text_table(ctx.store, ts)
+    rows = tq.score_text_set(eval_run(ctx, vlm, out), EmbedderRetriever("m", (128, 16), model), ts, table, questions,
+                             gold)
     r1 = {(r["dim"], r["metric"]): r for r in rows}
     assert r1[(128, "recall@1")]["value"] == 0.5 and r1[(128, "recall@1")]["n"] == 2  # d9's question left out
     assert r1[(16, "mrr")]["n"] == 2 and r1[(128, "em")]["n"] == 3
     assert r1[(128, "index_bytes")]["value"] == 3 * 128 * 4  # 4 rows, the copy searched once
     # golden: the gold passage as the top-1 for the questions that have one, recall 1, at every dim
     vlm = VLM(lambda text: json.dumps({"answer": "Quenby"}))
-    rows = STAGE._text_set(ctx, ModelRun("golden", None, vlm, "golden", (128, 16)), ts, None, questions, out, gold)
+    rows = tq.score_text_set(eval_run(ctx, vlm, out), GoldDocument("golden", (128, 16)), ts, None, questions, gold)
     assert [text_of(r.messages[0]["content"]).split("Document 1:\n")[1].split("\n")[0] for r in vlm.seen] == \
         [PASSAGES[2], PASSAGES[1]]
     g = {(r["dim"], r["metric"]): r["value"] for r in rows}
@@ -159,17 +180,17 @@ def test_the_paper_protocols_union_scores_a_gold_passage_by_its_text(tmp_path, m
     ctx, out = make_ctx(tmp_path, "evaluate.protocol=paper", "evaluate.union_top_k=1"), make_out()
     ts = gold_set(tmp_path)
     # the union retriever finds each person's passage: the union holds Ada's (once) and Bo's, not the catch-all
-    monkeypatch.setattr(ev, "make_embedder", lambda cfg, store: Embedder("e5", [
+    monkeypatch.setattr(tq, "make_embedder", lambda cfg, store: Embedder("e5", [
         (lambda role, t: "Ada" in t, 0), (lambda role, t: "Bo" in t, 1), (lambda role, t: role == "document", 3),
         (lambda role, t: True, 2)]))  # Cy's question ties everywhere: the first row, Ada's again
-    read = [(ts, *ev.select_questions(ts, ctx.cfg.evaluate, out.drops.drop))]
-    union = STAGE._union(ctx, read, out)
+    read = [(ts, *tq.select_questions(ts, ctx.cfg.evaluate, out.drops.drop))]
+    union = tq.paper_union(eval_run(ctx, None, out), read)
     assert union.texts == [PASSAGES[0], PASSAGES[1]]
     questions = read[0][1]
-    gold = STAGE._text_gold(ctx, ts, questions, out)
+    gold = tq.text_gold(eval_run(ctx, None, out), ts, questions)
     model = Embedder("nyx", [(lambda role, t: "Bo" in t, 1), (lambda role, t: True, 0)])  # everything -> Ada's
     vlm = VLM(lambda text: "Estmark")
-    rows = STAGE._text_set(ctx, ModelRun("m", model, vlm, "embedder", (128,)), ts, union, questions, out, gold)
+    rows = tq.score_text_set(eval_run(ctx, vlm, out), EmbedderRetriever("m", (128,), model), ts, union, questions, gold)
     got = {r["metric"]: r for r in rows}
     assert got["recall@1"]["value"] == 1.0 and got["recall@1"]["n"] == 2  # Ada's by text (gold d2 = d0's text)
     assert got["index_bytes"]["value"] == 2 * 128 * 4 and got["em"]["n"] == 3

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from nyx_tasks.evaluation.run import EvalRun
 from nyx_tasks.runner import run_stage
-from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages import get_stage
 from nyx_tasks.store.artifacts import ArtifactStore, read_stage_table
 from tests.conftest import demo_cfg
@@ -44,14 +44,14 @@ def evaluated(built, tmp_path_factory):
     import_mmqa(mmqa_folder(tmp), store)  # `nyx import mmqa` on the hand-written MMQA fixture
     run_stage(get_stage("train_stage1"), cfg, store)
     seen = []
-    real = ev.EvaluateStage._answers
+    real = EvalRun.answers
 
-    def spy(self, ctx, backend, reqs, options, out):  # what was asked, then the real VLM answers
+    def spy(self, reqs, options):  # what was asked, then the real VLM answers
         seen.extend(reqs)
-        return real(self, ctx, backend, reqs, options, out)
+        return real(self, reqs, options)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ev.EvaluateStage, "_answers", spy)
+        mp.setattr(EvalRun, "answers", spy)
         manifest = run_stage(get_stage("evaluate"), cfg, store).manifest
     rows = read_stage_table(store, cfg.partition, "evaluate").to_pylist()
     return cfg, store, manifest, rows, seen

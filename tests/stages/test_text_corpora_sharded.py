@@ -30,6 +30,9 @@ from nyx_tasks.core.log import DropCounter
 from nyx_tasks.core.paths import resolve_pkgdata
 from nyx_tasks.embedding import MixedItem
 from nyx_tasks.embedding.cache import embed_cached
+from nyx_tasks.evaluation import text_qa
+from nyx_tasks.evaluation.retrievers import CheckpointRetriever
+from nyx_tasks.evaluation.run import PER_QUERY, EvalRun
 from nyx_tasks.inference.base import ChatResponse, text_of
 from nyx_tasks.retrieval import corpora as retrieval
 from nyx_tasks.retrieval.corpora import (
@@ -42,9 +45,7 @@ from nyx_tasks.retrieval.corpora import (
 )
 from nyx_tasks.retrieval.search import exact_topk
 from nyx_tasks.sources.text_sets import read_corpus, read_questions
-from nyx_tasks.stages import evaluate as ev
 from nyx_tasks.stages import feedback as fb
-from nyx_tasks.stages.evaluate import PER_QUERY
 from nyx_tasks.store.artifacts import ArtifactStore
 
 WIDTH = 128  # the demo's largest evaluate dim
@@ -256,6 +257,10 @@ def test_feedback_text_set_triplets_equal_the_whole_corpus_path(tmp_path, monkey
 
 
 # ------------------------------------------------------------------ evaluate
+def stage1(ctx, embedder):
+    return CheckpointRetriever("stage1", tuple(ctx.cfg.evaluate.dims), embedder)
+
+
 def eval_ctx(root, sets, *overrides):
     ctx = make_ctx(root, *overrides)
     ctx.cfg = ctx.cfg.model_copy(update={"evaluate": ctx.cfg.evaluate.model_copy(update={"text_sets": sets})})
@@ -265,14 +270,14 @@ def eval_ctx(root, sets, *overrides):
 def test_evaluate_strict_text_sets_equal_the_whole_corpus_path(tmp_path, ties_by_row):
     sets = corpora(tmp_path)
     ctx = eval_ctx(tmp_path, sets)
-    stage = ev.EvaluateStage()
     for ts in sets:
         questions = read_questions(ts, lambda *a: None)
         emb, runs = HashingEmbedder(), []
         for corpus in (old_text_corpus(ts), text_table(ctx.store, ts)):
             vlm = VLM()
             out = SimpleNamespace(extra=Counter(), drops=SimpleNamespace(drop=lambda *a: None))
-            rows = stage._text_set(ctx, ev.ModelRun("stage1", emb, vlm), ts, corpus, questions, out)
+            rows = text_qa.score_text_set(EvalRun(ctx.cfg, ctx.store, vlm, out, ctx.log), stage1(ctx, emb), ts,
+                                          corpus, questions)
             rows = [scored(r) for r in rows if not r["metric"].startswith("latency_ms")]  # timings: machine noise
             runs.append((rows, [r.messages for r in vlm.seen], dict(out.extra)))
         assert runs[1] == runs[0] and len(runs[0][0]) == 3 * len(ctx.cfg.evaluate.dims)  # f1, em, index_bytes
@@ -288,12 +293,12 @@ def test_evaluate_paper_union_and_rows_equal_the_whole_corpus_path(tmp_path, mon
     ctx = eval_ctx(tmp_path, sets, "evaluate.protocol=paper", "evaluate.union_top_k=7",
                    f"evaluate.union_questions={union_questions}")
     emb = HashingEmbedder("e5")
-    monkeypatch.setattr(ev, "make_embedder", lambda cfg, store: emb)
-    stage, cfg = ev.EvaluateStage(), ctx.cfg.evaluate
+    monkeypatch.setattr(text_qa, "make_embedder", lambda cfg, store: emb)
+    cfg = ctx.cfg.evaluate
     old_drops, new_drops = [], []
-    read = [(ts, *ev.select_questions(ts, cfg, lambda *a: None)) for ts in sets]
+    read = [(ts, *text_qa.select_questions(ts, cfg, lambda *a: None)) for ts in sets]
     out = SimpleNamespace(extra=Counter(), drops=SimpleNamespace(drop=lambda *a: new_drops.append(a)))
-    union = stage._union(ctx, read, out)
+    union = text_qa.paper_union(EvalRun(ctx.cfg, ctx.store, None, out, ctx.log), read)
     # the old union over the same pools, each corpus whole
     pools = {}
     for ts, evaluated, everything in read:
@@ -308,8 +313,9 @@ def test_evaluate_paper_union_and_rows_equal_the_whole_corpus_path(tmp_path, mon
     rows, seen = [], []
     for corpus in (union, old):
         vlm = VLM(free=True)
-        rows.append([scored(r) for ts, questions, _ in read for r in stage._text_set(
-            ctx, ev.ModelRun("stage1", HashingEmbedder("nyx"), vlm), ts, corpus, questions, out)
+        run = EvalRun(ctx.cfg, ctx.store, vlm, out, ctx.log)
+        rows.append([scored(r) for ts, questions, _ in read for r in text_qa.score_text_set(
+            run, stage1(ctx, HashingEmbedder("nyx")), ts, corpus, questions)
             if not r["metric"].startswith("latency_ms")])  # timings: machine noise
         seen.append([r.messages for r in vlm.seen])
     assert rows[0] == rows[1] and seen[0] == seen[1]
@@ -369,8 +375,8 @@ def test_evaluate_answers_only_max_answered_questions_and_retrieves_them_all(tmp
     questions = read_questions(ts, lambda *a: None)
     vlm = VLM()
     out = SimpleNamespace(extra=Counter(), drops=SimpleNamespace(drop=lambda *a: None))
-    rows = ev.EvaluateStage()._text_set(ctx, ev.ModelRun("stage1", HashingEmbedder(), vlm), ts,
-                                        text_table(ctx.store, ts), questions, out)
+    rows = text_qa.score_text_set(EvalRun(ctx.cfg, ctx.store, vlm, out, ctx.log), stage1(ctx, HashingEmbedder()), ts,
+                                  text_table(ctx.store, ts), questions)
     dims = ctx.cfg.evaluate.dims
     assert len(questions) > 2 and len(vlm.seen) <= 2 * len(dims)  # distinct requests of 2 questions per dim
     assert {r["n"] for r in rows if r["metric"] in ("f1", "em")} == {2}
