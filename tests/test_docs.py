@@ -105,3 +105,17 @@ def test_readme_layout_names_every_dag_file_and_benchmark():
     for folder in ("dags", "benchmarks"):
         for p in sorted((REPO / folder).glob("*.py")):
             assert p.name in layout, f"README's layout does not name {folder}/{p.name}"
+
+
+def test_readme_stage_table_lists_the_registry_in_order():
+    """README's "What exists today" table: one unbroken table, one row per registered stage, in the
+    registry's (pipeline) order."""
+    from nyx_tasks.stages import STAGE_NAMES
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("| stage | paper | what it does |")
+    table = text[start:text.index("\n\n", start)].splitlines()
+    rows = [re.match(r"\| `([a-z_0-9]+)` \|", line) for line in table[2:]]
+    assert all(rows), [line[:60] for line, m in zip(table[2:], rows, strict=True) if not m]
+    assert [m.group(1) for m in rows] == list(STAGE_NAMES)
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import subprocess
 from pathlib import Path
-from typing import NotRequired, Required, TypedDict
+from typing import Required, TypedDict
 
 from nyx_tasks import __version__
 
@@ -23,24 +23,11 @@ class StageError(RuntimeError):
 class ShardSpec(TypedDict, total=False):
     """One unit of a stage's work, as `Stage.plan_shards` returns it. It is stored in the stage's
     `_PLAN.json` and travels through Airflow's XCom to the mapped shard task, so it stays a plain
-    JSON dict; the runner checks `shard` and `name` (`check_shard_specs`), a stage reads its own keys."""
+    JSON dict; the runner checks `shard` and `name` (`check_shard_specs`); a stage declares its own keys in a
+    subclass beside it (e.g. `IngestShard` in sources/obelics.py) and reads them."""
 
     shard: Required[int]  # the index: names the shard's Parquet files and its `_shards/<index>.json` marker
     name: Required[str]  # what logs and the Airflow task's map index show
-    # ingest: one source file or HF data-files entry
-    kind: NotRequired[str]  # "file" | "hf"
-    url: NotRequired[str]
-    format: NotRequired[str]  # "jsonl" | "parquet"
-    data_files: NotRequired[str | None]
-    # chunk: one ingest output file
-    input: NotRequired[str]
-    # synthesize (chunk rows) and feedback (a source's training queries): a half-open row range
-    start: NotRequired[int]
-    stop: NotRequired[int]
-    # feedback: the training source the range is of (None: nothing to do)
-    source: NotRequired[str | None]
-    # mine: the text-only set this shard mines (absent: the NyxQA corpus)
-    text_set: NotRequired[str]
 
 
 def check_shard_specs(stage: str, shards: list[ShardSpec]) -> None:

@@ -1,51 +1,11 @@
 """The mmE5 embedder: the paper's hard-negative miner, `intfloat/mmE5-mllama-11b-instruct`
 (Llama-3.2-11B-Vision, `MllamaForConditionalGeneration`).
 
-Input format and call, as in haon-chen/mmE5 (`demo.py`; `src/collator.py`,
-`LlamaEvalCollator`; `src/model.py`, `MMEBModel.encode_input/_pooling`) and the
-model card:
-
-- an image is the `<|image|>` token; mmE5 puts the image first, followed by
-  `<|begin_of_text|>` and the text (the collator turns MMEB's `<|image_1|>\\n`
-  into `<|image|><|begin_of_text|>`; demo: `'<|image|><|begin_of_text|> Represent
-  the given image with the following question: What is in the image'`);
-  text-only inputs are the plain text (`'A cat and a dog'`), to which the
-  processor prepends `<|begin_of_text|>`;
-- query instructions come before the query text on the same line
-  (`'Find me an everyday image that matches the given caption: A cat and a dog.'`);
-- no EOS is appended: the embedding is the last layer's hidden state at the last
-  real token of the prompt (`pooling='last'`, `attention_mask.sum(1) - 1`, right
-  padding with `<|finetune_right_pad_id|>`), L2-normalised;
-- the processor is called on the text (and, per sample, its list of images) with
-  the tokenizer's default special tokens, so Llama-3's tokenizer adds its own
-  `<|begin_of_text|>` in front (ids 128000, 128256, 128000 for
-  `<|image|><|begin_of_text|>`, see vllm-project/vllm#10910) - kept as is, since
-  mmE5 was trained and evaluated through that same processor call;
-- the model is called as `model(**inputs, return_dict=True,
-  output_hidden_states=True).hidden_states[-1]`; transformers ties
-  `hidden_states[-1]` to the text model's `last_hidden_state` (after the final
-  norm), so we take `model.model(**inputs).last_hidden_state` and skip the LM
-  head's (B, T, 128k) logits (tests/embedding/test_mme5_embedder.py checks they
-  are equal).
-
-Here: each `cfg.image_placeholder` becomes `<|image|>` in place (an image in the
-middle of the text stays there: Mllama's cross-attention mask lets text see the
-images before it); images leading the text stay in front of `<|begin_of_text|>`
-and of the query instruction, as in mmE5's format; queries read
-`<|image|>...<|begin_of_text|>{query_instruction} {text}`, documents
-`<|image|>...<|begin_of_text|>{text}`.
-
-Pixel cap: Mllama cuts an image into at most `max_image_tiles` tiles of the vision
-encoder's fixed tile size (560x560 for Llama-3.2-Vision, so the paper's
-400x28x28 = 313,600 px cap is exactly one tile); the processor resizes the image
-to the best canvas of at most that many tiles. `cfg.max_pixels` maps to
-`max_image_tiles = clamp(max_pixels // tile_area, 1, model's max_num_tiles)`
-(mmE5's own setting is 4 tiles: `max_pixels >= 4 x 560 x 560`). The model always
-takes `max_num_tiles` tile slots per image (its tile and aspect-ratio embeddings
-are shaped so), so a lower cap changes the resolution, not the cost: the tile
-dimension is zero-padded back (masked, as for any image using fewer tiles) and
-the aspect-ratio ids, which the processor numbers within its own (smaller) set,
-are renumbered into the model's `supported_aspect_ratios`.
+`MmE5Embedder(cfg, path).embed(items, role)` returns one L2-normalised vector per item: the last
+layer's hidden state at the last real token. Each `cfg.image_placeholder` becomes `<|image|>` where
+it stands; queries read `<|image|>...<|begin_of_text|>{query_instruction} {text}`, documents
+`<|image|>...<|begin_of_text|>{text}`; `cfg.max_pixels` sets the number of 560x560 tiles per image.
+How this follows mmE5's released code and model card: docs/FIDELITY.md, "The mmE5 miner's input".
 """
 
 from __future__ import annotations

@@ -38,6 +38,15 @@ HF_NUM_SHARDS = 1432
 HF_CONFIGS = ("default", "opt_out_docs_removed_2023_07_12")
 
 
+class IngestShard(ShardSpec, total=False):
+    """One source file or HF data-files entry (`list_source_shards`)."""
+
+    kind: str  # "file" | "hf"
+    url: str
+    format: str  # "jsonl" | "parquet"
+    data_files: str | None
+
+
 @dataclass
 class Document:
     doc_id: str
@@ -50,7 +59,7 @@ class Document:
 
 
 # ------------------------------------------------------------------ sources
-def list_source_shards(src: SourceConfig) -> list[ShardSpec]:
+def list_source_shards(src: SourceConfig) -> list[IngestShard]:
     """One shard per input file (or HF data-files entry), in a stable order."""
     if src.kind == "hf":
         entries = src.hf_data_files or [None]
@@ -73,7 +82,7 @@ def source_image_root(src: SourceConfig) -> str | None:
     return resolve_pkgdata(src.image_root) if src.image_root else None
 
 
-def fingerprint_shards(shards: list[ShardSpec], src: SourceConfig | None) -> str:
+def fingerprint_shards(shards: list[IngestShard], src: SourceConfig | None) -> str:
     """A hash that changes when any input file changes (size, mtime, etag)."""
     facts = []
     for s in shards:
@@ -84,7 +93,7 @@ def fingerprint_shards(shards: list[ShardSpec], src: SourceConfig | None) -> str
     return stable_hash(facts, 32)
 
 
-def iter_source_rows(shard: ShardSpec, src: SourceConfig) -> Iterator[tuple[int, dict | Malformed]]:
+def iter_source_rows(shard: IngestShard, src: SourceConfig) -> Iterator[tuple[int, dict | Malformed]]:
     """(row index, raw row or Malformed) for one shard, streamed."""
     limit = src.max_rows_per_shard
     rows = (_iter_hf(shard, src) if shard["kind"] == "hf"
@@ -96,7 +105,7 @@ def iter_source_rows(shard: ShardSpec, src: SourceConfig) -> Iterator[tuple[int,
         yield i, row
 
 
-def _iter_hf(shard: ShardSpec, src: SourceConfig) -> Iterator[dict | Malformed]:
+def _iter_hf(shard: IngestShard, src: SourceConfig) -> Iterator[dict | Malformed]:
     """Stream the hub dataset (needs network access to the hub; real code path)."""
     from datasets import load_dataset
 

@@ -18,6 +18,12 @@ from nyx_tasks.runner import ShardOutputs, Stage, StageContext
 TOKENIZER_FILE = "tokenizer.json"
 
 
+class ChunkShard(ShardSpec):
+    """One ingest output file."""
+
+    input: str
+
+
 class ChunkStage(Stage):
     name = "chunk"
     version = 1
@@ -31,7 +37,7 @@ class ChunkStage(Stage):
         "drops": "chunks (short tails, too many images); not documents",
     }
 
-    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
+    def plan_shards(self, ctx: StageContext) -> list[ChunkShard]:
         ingest = ctx.input_manifest("ingest")
         self._prepare_tokenizer(ctx, [o["path"] for o in ingest["outputs"]["part"]])
         return [{"shard": i, "name": o["path"].rsplit("/", 1)[-1], "input": o["path"]}
@@ -74,7 +80,7 @@ class ChunkStage(Stage):
         with ctx.store.fs.open(ctx.store.path(ctx.rel(TOKENIZER_FILE)), "rb") as f:
             return Tokenizer.from_str(f.read().decode())
 
-    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: ChunkShard, out: ShardOutputs) -> None:
         cfg = ctx.cfg.chunk
         tok = self.load_tokenizer(ctx)
         pid = placeholder_id(tok, cfg.image_placeholder)

@@ -1,42 +1,10 @@
-"""`evaluate` (paper: results): NyxQA dev and test, retrieval (recall@1/5/10,
-MRR against the positive chunk) and RAG accuracy (retrieve top-1, the VLM
-answers the multiple-choice question, constrained to the options), at every
-Matryoshka dimension, for every retriever of `evaluate.retrievers` side by side;
-the held-out text-only sets by answer F1 / EM after top-1 retrieval (and recall@k
-/ MRR by corpus id when the set names its gold passage, `gold_id_column`).
-Identical documents (same text and images) take one rank, and retrieving a copy
-of the gold chunk counts as retrieving the gold.
-
-Retrievers (each name is the results' `model` column): `checkpoint` (the stage-1 /
-stage-2 model), `embedder` (any embedder: mmE5, E5, a base model; dims above its
-width are skipped with a note in the report), `none` (the VLM answers from the
-question alone) and `golden` (the gold passage as the top-1; a text set without
-a gold column is skipped with a note). none / golden do not depend on the dim:
-their rows repeat the same value at every dim. Every retrieving retriever also
-gets cost rows per (dataset, dim): `index_bytes`, `latency_ms_p50`,
-`latency_ms_p95` (`retrieval.search_cost`: single-query searches over the
-evaluation corpus with the configured backend, `latency_queries` of them).
-
-`evaluate.protocol` picks how (the report and every results row name it):
-- strict: the NyxQA query is the question; the VLM's answer is constrained by a
-  JSON schema to the option texts (`answer_mc`) and judged by `option_match`;
-  the text-only sets retrieve over their full corpus (`answer_free`): a table read
-  by row id, its vectors searched shard by shard (`retrieval.search_table`).
-- paper: the released code's protocol. NyxQA (experiments/nyxqa/exp1.py,
-  nyx_rag.py, generator.py, eval_utils.py): the retrieval query is
-  "Question: <q>\nChoices: <option texts joined by ', '>", the VLM answers
-  free-form over the top-1 document with the choices in the prompt
-  (`answer_paper_mc`), and an answer scores 1 when its SQuAD-normalised text
-  equals the correct option's (an option letter alone scores 0). Text-only
-  (experiments/text-only/make_t2t_corpus.py, nyx_rag_fb.py, e5_rag.py): every
-  set retrieves over one corpus, the union of `union_embedder`'s top
-  `union_top_k` passages per question (E5 top 20 in the paper), and the VLM
-  answers free-form (`answer_paper_free`), judged by F1 / EM as in strict.
-
-Output: the results table (long format, with bootstrap intervals) and a report
-under `<root>/reports/<partition>-<key>/` (Markdown + plots: accuracy vs
-dimension, stage 1 vs stage 2), whose summary lines also go to the task log;
-the manifest's `report` is its path relative to the root.
+"""`evaluate` (paper: results): every retriever of `evaluate.retrievers` (evaluation/retrievers.py)
+on NyxQA dev / test (evaluation/nyxqa.py), the held-out text-only sets (evaluation/text_qa.py) and
+the imported benchmarks (evaluation/imported_sets.py), at every Matryoshka dim, under
+`evaluate.protocol` (strict or paper: README, "Evaluation"). Writes the results table (long format,
+bootstrap intervals, the paired difference from the baseline retriever) and a report under
+`<root>/reports/<partition>-<key>/` (Markdown + plots), whose summary lines also go to the task
+log; the manifest's `report` is its path relative to the root.
 """
 
 from __future__ import annotations
@@ -80,10 +48,6 @@ PROTOCOL_NOTES = {
 
 class EvaluateStage(Stage):
     name = "evaluate"
-    # 2: identical documents take one rank, a copy of the gold counts as a hit; 3: results rows name
-    # their protocol (a `protocol` column); 4: retrievers (checkpoint, embedder, none, golden), cost rows
-    # (index bytes, search latency) per dim, text sets' retrieval metrics by their gold passage; 5: the paired
-    # difference from the baseline retriever (baseline, delta, delta_ci_low, delta_ci_high), the report's summary
     version = 5
     inputs = ("filter", "chunk", "ingest", "train_stage1", "train_stage2")
     outputs = {"part": "eval_results"}

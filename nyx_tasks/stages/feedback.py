@@ -205,7 +205,7 @@ class Selection:
     negs: list[tuple[int, int]]  # (corpus index, rank) of each negative
 
 
-def shard_rows(ctx: StageContext, shard: ShardSpec) -> list[dict]:
+def shard_rows(ctx: StageContext, shard: FeedbackRange) -> list[dict]:
     """The shard's slice of mine's train rows of its source."""
     return [r for b in iter_stage_batches(ctx.store, ctx.partition, "mine") for r in b.to_pylist()
             if r["source"] == shard["source"] and r["split"] == "train"][shard["start"]:shard["stop"]]
@@ -349,6 +349,14 @@ def triplets(data: FeedbackShard, ranking: Ranking, picked: list[Selection]) -> 
 
 
 # ---------------------------------------------------------------- the stage
+class FeedbackRange(ShardSpec):
+    """A half-open range of one training source's queries."""
+
+    source: str
+    start: int
+    stop: int
+
+
 class FeedbackStage(Stage):
     """`feedback` (paper: stage 2): retrieve the top-K with the stage-1 checkpoint,
     ask the answering VLM about each sliding window of the ranked list, judge its
@@ -357,7 +365,7 @@ class FeedbackStage(Stage):
     window helps are dropped by name (`no_helpful_window`)."""
 
     name = "feedback"
-    version = 2  # 2: identical documents take one rank
+    version = 2
     inputs = ("mine", "filter", "train_stage1", "chunk", "ingest")
     outputs = {"part": "triplets", "windows": "feedback_windows"}
     execution_only = ("shard_queries", *GENERATION_TUNING, *RETRIEVAL_TUNING)
@@ -387,7 +395,7 @@ class FeedbackStage(Stage):
         payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]
         return payload
 
-    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
+    def plan_shards(self, ctx: StageContext) -> list[FeedbackRange]:
         cfg = ctx.cfg.feedback
         counts: dict[str, int] = {}
         for b in iter_stage_batches(ctx.store, ctx.partition, "mine", columns=["source", "split"]):
@@ -403,7 +411,7 @@ class FeedbackStage(Stage):
                                "start": start, "stop": stop})
         return shards or [{"shard": 0, "name": "empty", "source": None, "start": 0, "stop": 0}]
 
-    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: FeedbackRange, out: ShardOutputs) -> None:
         if shard["source"] is None:
             return
         cfg = ctx.cfg.feedback

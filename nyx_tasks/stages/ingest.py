@@ -28,7 +28,7 @@ from nyx_tasks.sources.obelics import (
 
 class IngestStage(Stage):
     name = "ingest"
-    version = 2  # 2: one address policy per scheme (file_roots, no relative paths), a deadline per image
+    version = 2
     inputs = ()
     outputs = {"part": "documents", "images": "images"}
     execution_only = ("batch_docs", "fetch.concurrency")

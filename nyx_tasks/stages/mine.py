@@ -124,10 +124,18 @@ def positive_rank(hits: list[int], pos: int, doc_keys: list) -> int:
     return next((r for r, d in enumerate(hits) if d >= 0 and key(d, d) == key(pos, pos)), -1)
 
 
+class MineShard(ShardSpec, total=False):
+    """The NyxQA corpus (no `text_set`), or a row range of one text-only set's questions."""
+
+    text_set: str
+    start: int
+    stop: int
+
+
 class MineStage(Stage):
     name = "mine"
     config_key = "mine"
-    version = 3  # 3: identical documents count once
+    version = 3
     inputs = ("filter", "chunk", "ingest")
     outputs = {"part": "triplets"}
     execution_only = ("search.query_batch", "search.doc_chunk", "search.backend", "embedder.batch_size",
@@ -150,10 +158,10 @@ class MineStage(Stage):
         sets = {f"text_set:{t.name}": fingerprint(t) for t in ctx.cfg.mine.text_sets}  # a missing file fails first
         return {**super().input_fingerprint(ctx), **sets}
 
-    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
+    def plan_shards(self, ctx: StageContext) -> list[MineShard]:
         # NyxQA in one shard (its chunks); a text set in one shard per `corpora.query_rows` questions,
         # each searching the set's whole corpus shard by shard
-        shards: list[ShardSpec] = [{"shard": 0, "name": "nyxqa"}]
+        shards: list[MineShard] = [{"shard": 0, "name": "nyxqa"}]
         for t in ctx.cfg.mine.text_sets:
             n = len(read_questions(t, lambda *a, **k: None))
             spans = [(a, min(a + ctx.cfg.corpora.query_rows, n)) for a in range(0, max(n, 1), ctx.cfg.corpora.query_rows)]
@@ -162,7 +170,7 @@ class MineStage(Stage):
                 shards.append({"shard": len(shards), "name": name, "text_set": t.name, "start": a, "stop": b})
         return shards
 
-    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: MineShard, out: ShardOutputs) -> None:
         if "text_set" in shard:
             ts = next(t for t in ctx.cfg.mine.text_sets if t.name == shard["text_set"])
             mine_text_set(ctx.store, ctx.cfg.mine, ts, make_embedder(ctx.cfg.mine.text_embedder, ctx.store),

@@ -315,10 +315,15 @@ def add_distractors(backend, kept: list[dict], s: Settings, report: Report, path
             for q, obj in answered(backend, report, "distractors", kept, reqs, dschema)]
 
 
+class SynthesizeShard(ShardSpec):
+    """A half-open range of the sampled chunks' rows."""
+
+    start: int
+    stop: int
+
+
 class SynthesizeStage(Stage):
     name = "synthesize"
-    # 2: sampled requests are sampled per request with their own seed (inference/sampling.py),
-    # so generation.batch_size (execution_only) no longer changes the rows; version 1 rows did
     version = 2
     inputs = ("sample", "ingest")
     outputs = {"part": "qa_candidates"}
@@ -336,13 +341,13 @@ class SynthesizeStage(Stage):
     def config_payload(self, cfg):
         return with_prompts(super().config_payload(cfg), cfg, cfg.synthesize.prompt_version, PROMPTS)
 
-    def plan_shards(self, ctx: StageContext) -> list[ShardSpec]:
+    def plan_shards(self, ctx: StageContext) -> list[SynthesizeShard]:
         n = ctx.input_manifest("sample")["rows_out"]
         step = ctx.cfg.synthesize.shard_chunks
         return [{"shard": i, "name": f"chunks-{s:06d}-{min(s + step, n):06d}", "start": s, "stop": min(s + step, n)}
                 for i, s in enumerate(range(0, max(n, 1), step))]
 
-    def _chunks(self, ctx: StageContext, shard: ShardSpec) -> list[dict]:
+    def _chunks(self, ctx: StageContext, shard: SynthesizeShard) -> list[dict]:
         rows, seen = [], 0
         for batch in iter_stage_batches(ctx.store, ctx.partition, "sample"):
             lo, hi = max(shard["start"] - seen, 0), min(shard["stop"] - seen, batch.num_rows)
@@ -353,7 +358,7 @@ class SynthesizeStage(Stage):
                 break
         return rows
 
-    def process(self, ctx: StageContext, shard: ShardSpec, out: ShardOutputs) -> None:
+    def process(self, ctx: StageContext, shard: SynthesizeShard, out: ShardOutputs) -> None:
         chunks = self._chunks(ctx, shard)
         out.rows_in = len(chunks)
         if not chunks:

@@ -486,3 +486,14 @@ def test_the_vllm_connection_reaches_every_openai_generation_block(dagbag, monke
     assert "k-123" not in out.model_dump_json()
     hf_only = load_config("demo")
     assert apply_vllm_connection(hf_only) is hf_only
+
+
+def test_the_dag_page_and_each_backfill_page_carry_each_stage_doc(dagbag):
+    """`Stage.doc` is a stage's one description: the pipeline DAG's stage table and each backfill
+    DAG's page are made from it."""
+    from nyx_tasks.stages import STAGE_NAMES, get_stage
+
+    doc = dagbag.dags["nyxqa_to_model"].doc_md
+    for name in STAGE_NAMES:
+        assert f"| {name} | {get_stage(name).doc} |" in doc
+        assert get_stage(name).doc in dagbag.dags[f"nyx_stage_{name}"].doc_md
