@@ -119,3 +119,29 @@ def test_readme_stage_table_lists_the_registry_in_order():
     assert all(rows), [line[:60] for line, m in zip(table[2:], rows, strict=True) if not m]
     assert [m.group(1) for m in rows] == list(STAGE_NAMES)
 
+
+
+def test_readme_cli_block_shows_every_command():
+    """README's "The CLI" block shows every `nyx` command and sub-command the app has (the stage
+    commands, one per registered stage, by one example)."""
+    import typer
+
+    from nyx_tasks.cli import app
+    from nyx_tasks.stages import STAGE_NAMES
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("## The CLI")
+    block = text[text.index("```bash", start):text.index("```\n", text.index("```bash", start) + 7)]
+    shown = set()
+    for line in re.findall(r"\.venv/bin/nyx ([^#\n]*)", block):
+        words = [w for w in line.split() if re.fullmatch(r"[a-z][a-z0-9_-]*", w)]
+        shown |= {" ".join(words[:1]), " ".join(words[:2])}
+    group = typer.main.get_command(app)
+    wanted = set()
+    for name, cmd in group.commands.items():
+        subs = getattr(cmd, "commands", None)
+        wanted |= {f"{name} {sub}" for sub in subs} if subs else {name}
+    stages = wanted & set(STAGE_NAMES)
+    missing = sorted(wanted - stages - shown)
+    assert not missing, f"nyx commands the README's CLI block does not show: {missing}"
+    assert stages & shown, "no stage command shown"
