@@ -309,6 +309,49 @@ def airflow_init_cmd() -> None:
         raise typer.Exit(1) from e
 
 
+lease_app = typer.Typer(no_args_is_help=True, help="Stage leases: which run is writing which stage output.")
+app.add_typer(lease_app, name="lease")
+
+
+@lease_app.command("list")
+def lease_list_cmd(profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
+                   root: Root = None) -> None:
+    """Every stage lease under the root (one partition's with --partition): the stage output, its
+    owner (an Airflow run or a CLI process), host, pid, expiry and state (live, expired, process
+    gone, unreadable; all but live are taken over by the next writer)."""
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from nyx_tasks.store.lease import lease_state, stage_leases
+
+    cfg = _config(profile, partition, sets, root)
+    found = stage_leases(ArtifactStore(cfg.artifact_root()), partition)
+    for rel, r in found:
+        typer.echo(f"{rel}  {r.get('owner')}  host {r.get('host', '?')} pid {r.get('pid', '?')}  "
+                   f"until {r.get('expires_at', '?')}  {lease_state(r)}")
+    if not found:
+        typer.echo(f"no leases under {cfg.artifact_root()}")
+
+
+@lease_app.command("release")
+def lease_release_cmd(stage: Annotated[str, typer.Argument(help="The stage (its output folder).")],
+                      profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
+                      root: Root = None) -> None:
+    """Remove a stage's lease for the partition, whoever holds it: for a run you know is gone (a
+    failed Airflow run's lease otherwise blocks the stage until it expires). Prints the record removed."""
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from nyx_tasks.store.lease import Lease, lease_state
+
+    cfg = _config(profile, partition, sets, root)
+    store = ArtifactStore(cfg.artifact_root())
+    lease = Lease(store, ArtifactStore.stage_rel(cfg.partition, stage), "?")
+    record = lease.read()
+    if record is None:
+        typer.echo(f"no lease on {stage} of partition {cfg.partition} under {cfg.artifact_root()}")
+        return
+    store.remove(lease.path_rel)
+    typer.echo(f"released {store.url(lease.path_rel)}: {record.get('owner')} (host {record.get('host', '?')}, "
+               f"pid {record.get('pid', '?')}, {lease_state(record)})")
+
+
 export_app = typer.Typer(no_args_is_help=True, help="Export datasets for publishing.")
 app.add_typer(export_app, name="export")
 

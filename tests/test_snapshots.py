@@ -156,17 +156,94 @@ def test_a_cli_lease_whose_process_is_gone_is_taken_over_at_once(tmp_path):
         Lease(store, "partitions/p/chunk", "cli:y", ttl=600).acquire()
 
 
+def test_an_empty_lease_left_by_a_failed_write_is_taken_over_and_logged(root):
+    """A full disk once left an empty `_LEASE.json` (the exclusive create succeeded, its write did not)
+    and every later run failed on it until a person deleted the file. Now an empty or torn lease
+    counts as expired: the next run moves it aside, says so, and completes."""
+    lease_file = root / "partitions/demo/chunk/_LEASE.json"
+    for torn in (b"", b'{"owner": "cli:x", "exp'):
+        lease_file.write_bytes(torn)
+        out = nyx("chunk", "--partition", "demo", "--root", str(root), "--force")
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "took over the lease of ? (it was empty or unreadable" in out.stderr
+        assert not lease_file.exists() and not list(lease_file.parent.glob("_LEASE.*"))  # nothing left aside
+
+
+def test_an_operator_lists_and_releases_a_gone_runs_lease(root):
+    """A failed Airflow run's lease blocks the stage until it expires (10 minutes): `nyx lease list`
+    shows who holds what, `nyx lease release` frees it, and the stage runs at once."""
+    store = ArtifactStore(str(root))
+    Lease(store, "partitions/demo/chunk", "airflow:nyxqa_to_model/manual__failed", ttl=600).acquire()
+    (root / "partitions/demo/sample").mkdir(parents=True, exist_ok=True)
+    (root / "partitions/demo/sample/_LEASE.json").write_bytes(b"")
+    listed = nyx("lease", "list", "--root", str(root))
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert any(line.startswith("partitions/demo/chunk  airflow:nyxqa_to_model/manual__failed") and
+               line.endswith("live") for line in lines), lines
+    assert any(line.startswith("partitions/demo/sample  ?") and line.endswith("unreadable") for line in lines), lines
+    refused = nyx("chunk", "--partition", "demo", "--root", str(root), "--force")
+    assert refused.returncode != 0 and "another run is writing this output now" in refused.stderr
+    released = nyx("lease", "release", "chunk", "--partition", "demo", "--root", str(root))
+    assert released.returncode == 0 and "airflow:nyxqa_to_model/manual__failed" in released.stdout
+    assert nyx("chunk", "--partition", "demo", "--root", str(root), "--force").returncode == 0
+    assert "no lease on chunk" in nyx("lease", "release", "chunk", "--partition", "demo", "--root", str(root)).stdout
+
+
+def test_a_lease_whose_write_fails_leaves_no_lease_behind(tmp_path, monkeypatch):
+    """The record is complete when the lease appears: a write that fails (a full disk) leaves no
+    lease file, on a local root (temp file + hard link) and on the exclusive-create path."""
+    import errno
+
+    store = ArtifactStore(str(tmp_path))
+    real_open = open
+
+    def full_disk(path, mode="r", *a, **kw):
+        f = real_open(path, mode, *a, **kw)
+        if "w" in mode and "_LEASE" in str(path):
+            f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        Lease(store, "partitions/p/chunk", "cli:x").acquire()
+    monkeypatch.undo()
+    assert not list((tmp_path / "partitions/p/chunk").iterdir())
+    # no hard links on this file system: the exclusive create, whose half-written file is removed
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EPERM, "no links here")))
+    real_fs_open = store.fs.open
+
+    def failing_xb(path, mode="rb", **kw):
+        f = real_fs_open(path, mode, **kw)
+        if mode == "xb":
+            f.write = lambda data: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error"))
+        return f
+
+    monkeypatch.setattr(store.fs, "open", failing_xb)
+    with pytest.raises(OSError, match="Input/output error"):
+        Lease(store, "partitions/p/chunk", "cli:x").acquire()
+    assert not list((tmp_path / "partitions/p/chunk").iterdir())
+    monkeypatch.setattr(store.fs, "open", real_fs_open)
+    Lease(store, "partitions/p/chunk", "cli:x").acquire()  # the exclusive create, complete
+    assert store.read_json("partitions/p/chunk/_LEASE.json")["owner"] == "cli:x"
+
+
 def test_airflow_runs_share_a_lease_per_run_and_a_second_run_is_rescheduled_not_failed(monkeypatch, root):
     """The DAGs write through `run_options()` (owner = the Airflow run, so its plan, shard and commit
     tasks share the lease); a plan that finds another run's lease is rescheduled (up_for_reschedule,
     no worker slot held, no retry spent), and plans once the holder is gone."""
-    from airflow.sdk.exceptions import AirflowRescheduleException
+    import logging
 
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
     sys.path.insert(0, str(REPO / "dags"))
-    try:
+    try:  # importing Airflow configures its logging, which replaces the root logger's handlers: put back
+        from airflow.sdk.exceptions import AirflowRescheduleException
         from nyx_airflow import stage_group
     finally:
         sys.path.remove(str(REPO / "dags"))
+        root_logger.handlers[:] = handlers
+        root_logger.setLevel(level)
 
     class Dag:
         dag_id = "nyx_stage_chunk"

@@ -1,20 +1,25 @@
 """One writer per (root, partition, stage output) at a time: a lease file with an owner and
 an expiry, `partitions/<p>/<output>/_LEASE.json`.
 
-It is taken with an exclusive create (`open(..., "xb")`: O_EXCL on a local disk, a
-conditional put on object stores whose fsspec driver supports it), renewed by a heartbeat
+It is taken with an exclusive create whose content is complete when the file appears (a local
+disk: the record written to a temp file, then hard-linked into place, which fails when the lease
+exists; an object store: `open(..., "xb")`, a conditional put at close), renewed by a heartbeat
 thread while a step of the stage runs, and released when the stage commits. The owner is
 a run, not a process: every task of one Airflow run (plan, the mapped shards, commit)
 shares it, so they renew the same lease; any other writer is refused in one line naming
 the holder, or waits when asked to. A holder that dies stops renewing; once the expiry
 passes (or at once, for a CLI process on this host that no longer exists) the next writer
 takes the lease over (by moving the expired file aside, then the
-exclusive create, so two late-comers cannot both win).
+exclusive create, so two late-comers cannot both win). An empty or unreadable lease (a
+write that failed before this layout, a torn file) counts as expired: it is moved aside and
+the take-over is logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import socket
@@ -28,6 +33,7 @@ from nyx_tasks.core.log import get_logger
 from nyx_tasks.store.artifacts import ArtifactStore
 
 LEASE = "_LEASE.json"
+UNREADABLE = {"owner": "?", "expires": 0.0, "nonce": "?", "unreadable": True}  # what a torn lease counts as
 DEFAULT_TTL = 600.0  # seconds a lease lives without a renewal; covers the scheduling gap between tasks
 POLL = 5.0  # seconds between tries while waiting
 
@@ -80,11 +86,15 @@ class Lease:
         return f"{self.rel}/{LEASE}"
 
     def read(self) -> dict | None:
-        """The lease as stored; an unreadable one counts as expired (a crash mid-write)."""
+        """The lease as stored; an empty or unreadable one counts as expired (`UNREADABLE`)."""
+        return self._read(self.path_rel)
+
+    def _read(self, rel: str) -> dict | None:
         try:
-            return self.store.read_json(self.path_rel)
+            found = self.store.read_json(rel)
         except (ValueError, OSError):
-            return {"owner": "?", "expires": 0.0, "nonce": "?"}
+            return dict(UNREADABLE)
+        return found if found is None or isinstance(found, dict) else dict(UNREADABLE)
 
     def _record(self) -> dict:
         t = _now()
@@ -92,14 +102,47 @@ class Lease:
                 "renewed_at": _iso(t), "expires": t + self.ttl, "expires_at": _iso(t + self.ttl)}
 
     def _create(self) -> bool:
-        """Exclusive create; False when the file exists."""
+        """Exclusive create, the record complete when the file appears; False when the lease exists.
+        A failed write leaves no lease behind."""
         self.store.fs.makedirs(self.store.path(self.rel), exist_ok=True)
+        data = json.dumps(self._record(), indent=2).encode()
+        if self.store.is_local:
+            linked = self._link_into_place(data)
+            if linked is not None:
+                return linked
         try:
-            with self.store.fs.open(self.store.path(self.path_rel), "xb") as f:
-                f.write(json.dumps(self._record(), indent=2).encode())
+            f = self.store.fs.open(self.store.path(self.path_rel), "xb")
+        except FileExistsError:
+            return False
+        try:
+            with f:
+                f.write(data)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the half-written file is ours: nobody else may read it as a lease
+                self.store.fs.rm(self.store.path(self.path_rel))
+            raise
+        return True
+
+    def _link_into_place(self, data: bytes) -> bool | None:
+        """Local disk: write a temp file, then hard-link it as the lease (atomic, fails if the lease
+        exists). None when the file system cannot hard-link (then the exclusive create is used)."""
+        tmp = self.store.path(f"{self.rel}/_LEASE.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, self.store.path(self.path_rel))
             return True
         except FileExistsError:
             return False
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                return None
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def _take_over(self, expired: dict) -> bool:
         """Move an expired lease aside and create ours; False when someone else moved it first."""
@@ -108,7 +151,7 @@ class Lease:
             self.store.fs.mv(self.store.path(self.path_rel), self.store.path(aside))
         except (FileNotFoundError, OSError):
             return False
-        moved = self.store.read_json(aside) or {}
+        moved = self._read(aside) or {}
         if moved.get("nonce") != expired.get("nonce"):  # we moved a fresh lease someone just took: put it back
             self.store.fs.mv(self.store.path(aside), self.store.path(self.path_rel))
             return False
@@ -130,8 +173,10 @@ class Lease:
             if held.get("expires", 0) > _now() and not gone:
                 return held
             if self._take_over(held):
-                get_logger("lease").warning("%s: took over the lease of %s (%s)", self.what, held.get("owner"),
-                                            "its process is gone" if gone else f"expired at {held.get('expires_at')}")
+                why = ("it was empty or unreadable (a write that failed part-way); moved aside"
+                       if held.get("unreadable") else "its process is gone" if gone
+                       else f"expired at {held.get('expires_at')}")
+                get_logger("lease").warning("%s: took over the lease of %s (%s)", self.what, held.get("owner"), why)
                 return None
         return self.read()
 
@@ -186,3 +231,25 @@ class Lease:
             except Exception as e:  # the step notices at its next lease check (marker, commit)
                 get_logger("lease").error("%s: lease renewal failed: %s", self.what, e)
                 return
+
+
+def stage_leases(store: ArtifactStore, partition: str | None = None) -> list[tuple[str, dict]]:
+    """(stage output folder, lease record) of every lease under the root's partitions (or one
+    partition's), sorted; a torn lease's record is `UNREADABLE`. For `nyx lease list`."""
+    pattern = store.path(f"partitions/{partition or '*'}/**/{LEASE}")
+    found = []
+    for path in sorted(store.fs.glob(pattern)):
+        rel = path[len(store.path("")):].lstrip("/").rsplit("/", 1)[0]
+        record = Lease(store, rel, "?").read()
+        if record is not None:
+            found.append((rel, record))
+    return found
+
+
+def lease_state(record: dict, now: float | None = None) -> str:
+    """live | expired | process gone | unreadable: what `try_acquire` would make of it."""
+    if record.get("unreadable"):
+        return "unreadable"
+    if _process_gone(record):
+        return "process gone"
+    return "live" if record.get("expires", 0) > (now or _now()) else "expired"
