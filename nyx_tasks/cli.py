@@ -320,7 +320,7 @@ def lease_list_cmd(profile: Profile = "demo", partition: Partition = None, sets:
     owner (an Airflow run or a CLI process), host, pid, expiry and state (live, expired, process
     gone, unreadable; all but live are taken over by the next writer)."""
     from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
-    from nyx_tasks.store.lease import lease_state, stage_leases
+    from nyx_tasks.store.lease import lease_state, stage_leases  # fsspec: kept out of `nyx --help`
 
     cfg = _config(profile, partition, sets, root)
     found = stage_leases(ArtifactStore(cfg.artifact_root()), partition)
@@ -338,7 +338,7 @@ def lease_release_cmd(stage: Annotated[str, typer.Argument(help="The stage (its 
     """Remove a stage's lease for the partition, whoever holds it: for a run you know is gone (a
     failed Airflow run's lease otherwise blocks the stage until it expires). Prints the record removed."""
     from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
-    from nyx_tasks.store.lease import Lease, lease_state
+    from nyx_tasks.store.lease import Lease, lease_state  # fsspec: kept out of `nyx --help`
 
     cfg = _config(profile, partition, sets, root)
     store = ArtifactStore(cfg.artifact_root())

@@ -35,11 +35,12 @@ import numpy as np
 from nyx_tasks.core.config import TextSetConfig
 from nyx_tasks.core.hashing import stable_hash
 from nyx_tasks.core.log import Progress, get_logger
+from nyx_tasks.core.text import plain
 from nyx_tasks.sources.files import Malformed, fingerprint_urls, iter_file_rows
 from nyx_tasks.sources.text_sets import Drop, set_files
 from nyx_tasks.store.artifacts import ArtifactStore
 
-FORMAT = 1
+FORMAT = 2  # the table layout and how its texts are read (core.text.plain); bump when either changes
 PREFIX = "corpora"
 MANIFEST = "_CORPUS.json"
 ROW_GROUP = 4096
@@ -191,7 +192,7 @@ def _source_rows(ts: TextSetConfig, drops: list) -> Iterator[tuple[str, str]]:
                 drops.append((n, 0, "corpus_empty_text", where))
                 continue
             n += 1
-            yield (str(doc_id) if doc_id is not None else where), text
+            yield (str(doc_id) if doc_id is not None else where), plain(text)
 
 
 def _h64(s: str) -> int:

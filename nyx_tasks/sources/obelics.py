@@ -24,6 +24,7 @@ from nyx_tasks.core.base import ShardSpec
 from nyx_tasks.core.config import SourceConfig
 from nyx_tasks.core.hashing import stable_hash
 from nyx_tasks.core.paths import SAMPLE_CORPUS_DIR, resolve_pkgdata
+from nyx_tasks.core.text import plain
 from nyx_tasks.sources.files import (
     Malformed,
     expand_urls,
@@ -126,7 +127,9 @@ def _json_field(value: Any, default: Any) -> Any:
 
 
 def clean_text(text: str) -> str:
-    return text.replace(EOD_MARKER, "").strip()
+    """Without the extraction marker; spelled special tokens escaped (`core.text.plain`; the image
+    placeholder is chunking's to remove)."""
+    return plain(text.replace(EOD_MARKER, ""), placeholders=()).strip()
 
 
 def _image_url(img: str, image_root: str | None) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from nyx_tasks.core.config import TextSetConfig
 from nyx_tasks.core.paths import resolve_pkgdata
+from nyx_tasks.core.text import plain
 from nyx_tasks.sources.files import Malformed, expand_urls, fingerprint_urls, iter_file_rows
 
 Drop = Callable[[str, str], None]
@@ -75,7 +76,7 @@ def read_questions(ts: TextSetConfig, drop: Drop, capped: bool = True) -> list[T
             else:
                 seen.add(qid)
                 gold = row.get(ts.gold_id_column) if ts.gold_id_column else None
-                out.append(TextQuestion(qid, question.strip(), answers, None if gold is None else str(gold)))
+                out.append(TextQuestion(qid, plain(question.strip()), answers, None if gold is None else str(gold)))
                 if capped and ts.max_questions and len(out) >= ts.max_questions:
                     return out
     return out
@@ -109,5 +110,5 @@ def read_corpus(ts: TextSetConfig, drop: Drop) -> list[CorpusDoc]:
                 drop(f"{ts.name}_corpus_duplicate_id", doc_id)
             else:
                 seen.add(doc_id)
-                out.append(CorpusDoc(doc_id, text))
+                out.append(CorpusDoc(doc_id, plain(text)))
     return out
