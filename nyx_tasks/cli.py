@@ -352,6 +352,29 @@ def lease_release_cmd(stage: Annotated[str, typer.Argument(help="The stage (its 
                f"pid {record.get('pid', '?')}, {lease_state(record)})")
 
 
+@app.command("gc")
+def gc_cmd(profile: Profile = "demo", sets: Sets = None, root: Root = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+           min_age: Annotated[float, typer.Option("--min-age", help="Seconds without a change before a leftover "
+                                                   "counts as abandoned (default: a lease's lifetime).")] = 600.0) -> None:
+    """Leftovers of killed or failed writers under the root: temporary files, corpus table builds no
+    manifest names, attempt folders neither committed nor planned. Never a committed snapshot."""
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: kept out of `nyx --help`
+    from nyx_tasks.store.gc import leftovers, remove  # fsspec: likewise
+
+    cfg = _config(profile, None, sets, root)
+    store = ArtifactStore(cfg.artifact_root())
+    found = leftovers(store, min_age)
+    for item in found:
+        typer.echo(f"{item.kind:12s} {item.bytes:>12,d}  {item.rel}")
+    total = sum(i.bytes for i in found)
+    if dry_run or not found:
+        typer.echo(f"{len(found)} leftover(s), {total:,d} bytes under {cfg.artifact_root()}"
+                   + (" (dry run: nothing removed)" if dry_run and found else ""))
+        return
+    typer.echo(f"removed {len(found)} leftover(s), {remove(store, found):,d} bytes under {cfg.artifact_root()}")
+
+
 export_app = typer.Typer(no_args_is_help=True, help="Export datasets for publishing.")
 app.add_typer(export_app, name="export")
 

@@ -403,3 +403,40 @@ def test_a_file_taken_off_the_manifest_is_refused_by_the_next_stage_and_reported
         run_stage(get_stage("chunk"), _cfg(root, "force=true"), store)
     r = nyx("status", "--root", str(root))
     assert r.returncode == 1 and "rows_out is" in r.stdout
+
+
+def test_gc_lists_then_removes_leftovers_and_never_a_committed_snapshot(root):
+    """`nyx gc --dry-run` lists what killed writers left (a temp file, a corpus build no manifest
+    names, an attempt folder neither committed nor planned) once nothing changed in it for
+    `--min-age` seconds, and removes nothing; `nyx gc` removes exactly those; every committed
+    snapshot still verifies."""
+    old = time.time() - 3600
+
+    def plant(rel: str, data: bytes = b"x" * 10) -> Path:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (old, old))
+        return path
+
+    plant("partitions/demo/chunk/attempts/committed-earlier/_shards/00000.json")  # abandoned attempt
+    plant("partitions/demo/ingest/attempts/x/_tmp.part-00000.parquet.abcd1234")  # inside it: goes with it
+    plant("images/ab/_tmp.abcdef.png.1234abcd")  # a temp file of a killed image write
+    plant("corpora/k1/b-orphan/rows-00000.parquet")  # a build that lost the race
+    plant("corpora/k1/b-named/rows-00000.parquet")
+    (root / "corpora/k1/_CORPUS.json").write_text(json.dumps({"files": [{"path": "corpora/k1/b-named/rows-00000.parquet"}]}))
+    fresh = root / "partitions/demo/chunk/attempts/being-written/_shards/00000.json"  # a live writer's
+    fresh.parent.mkdir(parents=True)
+    fresh.write_text("{}")
+    listed = nyx("gc", "--dry-run", "--root", str(root))
+    assert listed.returncode == 0, listed.stderr
+    rels = [line.split()[-1] for line in listed.stdout.splitlines() if line.split()[0] in ("temp", "corpus", "attempt")]
+    assert rels == ["corpora/k1/b-orphan", "images/ab/_tmp.abcdef.png.1234abcd",
+                    "partitions/demo/chunk/attempts/committed-earlier", "partitions/demo/ingest/attempts/x"], rels
+    assert "dry run: nothing removed" in listed.stdout and (root / "corpora/k1/b-orphan").exists()
+    removed = nyx("gc", "--root", str(root))
+    assert removed.returncode == 0 and "removed 4 leftover(s)" in removed.stdout, removed.stdout
+    assert not any((root / r).exists() for r in rels)
+    assert fresh.exists() and (root / "corpora/k1/b-named").exists()
+    verify = nyx("status", "--partition", "demo", "--root", str(root), "--verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr

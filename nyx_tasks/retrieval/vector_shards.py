@@ -25,6 +25,7 @@ a reader maps its local mirror, downloading a shard it lacks once. The mirror is
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 import time
@@ -42,6 +43,7 @@ from nyx_tasks.embedding.base import Embedder, matryoshka
 from nyx_tasks.retrieval.search import exact_topk
 from nyx_tasks.sources.corpus_table import CorpusTable
 from nyx_tasks.store.artifacts import TMP_PREFIX
+from nyx_tasks.store.lease import DEFAULT_TTL
 
 PREFIX = "cache/vectors"
 SHARD_ROWS = 65536
@@ -143,6 +145,10 @@ def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int
         vectors.publish(i)
         return 0
     os.makedirs(vectors.folder, exist_ok=True)
+    for old in glob.glob(os.path.join(vectors.folder, f"{TMP_PREFIX}shard-{i:05d}.*.npy")):
+        if time.time() - os.path.getmtime(old) > DEFAULT_TTL:  # a writer of this shard that was killed
+            os.remove(old)
+            get_logger("embed").info("vectors: removed %s, left by a killed writer", old)
     tmp = os.path.join(vectors.folder, f"{TMP_PREFIX}shard-{i:05d}.{uuid.uuid4().hex[:8]}.npy")
     out, done = None, 0
     try:

@@ -39,6 +39,7 @@ from nyx_tasks.core.text import plain
 from nyx_tasks.sources.files import Malformed, fingerprint_urls, iter_file_rows
 from nyx_tasks.sources.text_sets import Drop, set_files
 from nyx_tasks.store.artifacts import ArtifactStore
+from nyx_tasks.store.gc import unnamed_builds
 
 FORMAT = 2  # the table layout and how its texts are read (core.text.plain); bump when either changes
 PREFIX = "corpora"
@@ -163,6 +164,11 @@ def corpus_table(store: ArtifactStore, ts: TextSetConfig, drop: Drop | None = No
     if manifest is None:
         manifest = _build(store, ts, key, row_group, file_rows)
         store.write_json_atomic(rel, manifest)
+    if stale := unnamed_builds(store, key, manifest):  # a build that lost the race, or was killed
+        for folder in stale:
+            store.remove(folder)
+        get_logger("corpus").info("corpus %s: removed %d build folder(s) no manifest names: %s", ts.name,
+                                  len(stale), ", ".join(stale))
     table = CorpusTable(store, key, manifest)
     if drop is not None:
         _replay_drops(store, manifest, ts.name, drop)

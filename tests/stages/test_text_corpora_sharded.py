@@ -380,3 +380,32 @@ def test_evaluate_answers_only_max_answered_questions_and_retrieves_them_all(tmp
     dims = ctx.cfg.evaluate.dims
     assert len(questions) > 2 and len(vlm.seen) <= 2 * len(dims)  # distinct requests of 2 questions per dim
     assert {r["n"] for r in rows if r["metric"] in ("f1", "em")} == {2}
+
+
+def test_the_next_open_of_a_corpus_table_removes_builds_no_manifest_names(tmp_path, caplog):
+    """A build that lost the race to another (or was killed) leaves a `b-*` folder no manifest names:
+    the next open of that table removes it once nothing changed in it for a lease's lifetime, says so
+    in its log, and leaves a fresh one (a builder may still be writing it) and the table's own."""
+    import os
+    import time
+
+    from nyx_tasks.sources.corpus_table import corpus_key, corpus_table
+
+    store = ArtifactStore(str(tmp_path / "root"))
+    ts = fixture_set("hotpotqa")
+    table = corpus_table(store, ts)
+    rows = len(table)
+    table.close()
+    key = corpus_key(ts)
+    orphan, fresh = tmp_path / f"root/corpora/{key}/b-orphan", tmp_path / f"root/corpora/{key}/b-fresh"
+    for folder in (orphan, fresh):
+        folder.mkdir()
+        (folder / "rows-00000.parquet").write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(orphan / "rows-00000.parquet", (old, old))
+    with caplog.at_level("INFO", logger="nyx.corpus"):
+        again = corpus_table(store, ts)
+    assert len(again) == rows and again.texts([0])  # the table's own build is untouched
+    again.close()
+    assert not orphan.exists() and fresh.exists()
+    assert "removed 1 build folder(s) no manifest names" in caplog.text
