@@ -4,9 +4,11 @@ the command bodies so that `nyx --help` answers at once."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import Annotated
@@ -39,10 +41,23 @@ class _NyxApp(typer.Typer):
         except Exception as e:
             if debug:
                 raise
-            what = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            name = "" if isinstance(e, StageError) else f"{type(e).__name__}: "
-            typer.echo(f"error: {name}{what} (run again with --debug for the traceback)", err=True)
+            typer.echo(f"error: {failure_line(e)} (run again with --debug for the traceback)", err=True)
             sys.exit(1)
+
+
+DEVICE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+_ROOT: list[str] = []  # the artifact root of this command, once its config is read (for messages)
+
+
+def failure_line(e: BaseException) -> str:
+    """The one line a failed command prints: the StageError's message; for a device that refused a
+    write (full, over quota, read-only, failing), what and where, and that a re-run resumes."""
+    if isinstance(e, OSError) and e.errno in DEVICE_ERRORS:
+        where = e.filename or (f"the artifact root {_ROOT[-1]}" if _ROOT else "the artifact root")
+        return (f"{os.strerror(e.errno).lower()} while writing under {where}: free space (or fix the device), "
+                "then run the same command again: finished shards and committed stages are kept")
+    what = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return what if isinstance(e, StageError) else f"{type(e).__name__}: {what}"
 
 
 app = _NyxApp(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -109,7 +124,9 @@ def _config(profile: str, partition: str | None, sets: list[str] | None, root: s
     if force:
         overrides.append({"force": True})
     try:
-        return load_config(profile, overrides)
+        cfg = load_config(profile, overrides)
+        _ROOT.append(cfg.artifact_root())
+        return cfg
     except Exception as e:  # pydantic / YAML / missing profile: one clear line, no traceback
         typer.echo(f"error: invalid configuration: {e}", err=True)
         raise typer.Exit(2) from e

@@ -440,3 +440,42 @@ def test_gc_lists_then_removes_leftovers_and_never_a_committed_snapshot(root):
     assert fresh.exists() and (root / "corpora/k1/b-named").exists()
     verify = nyx("status", "--partition", "demo", "--root", str(root), "--verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KB tmpfs (root only: skipped elsewhere), grown on request, unmounted after."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+
+    def grow(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    try:
+        yield mnt, grow
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_stops_ingest_in_one_line_and_the_next_run_after_freeing_it_completes(small_disk, tmp_path):
+    """Ingest on a root that fills up (a real tmpfs): the command exits 1 with one line naming the
+    full device and where; with the space grown, the same command completes without any manual
+    step, `nyx status --verify` passes, and the output is the one a roomy disk gives."""
+    mnt, grow = small_disk
+    root = mnt / "root"
+    full = nyx("ingest", "--root", str(root))
+    assert full.returncode == 1, full.stdout + full.stderr
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space left on device while writing under ") and str(mnt) in last, last
+    grow("64m")
+    again = nyx("ingest", "--root", str(root))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert nyx("status", "--partition", "demo", "--root", str(root), "--verify").returncode == 0
+    roomy = nyx("ingest", "--root", str(tmp_path / "roomy"))
+    assert roomy.returncode == 0
+    got, want = (json.loads((r / "partitions/demo/ingest/_MANIFEST.json").read_text())["output_hash"]
+                 for r in (root, tmp_path / "roomy"))
+    assert got == want
