@@ -237,6 +237,10 @@ class FilterConfig(_Model):
         description="Words that mention an image; such a question needs a valid <imageN> reference.",
     )
     eval_per_group: int = Field(200, ge=0, description="dev and test size per modality group (paper: 200).")
+    split_by: Literal["chunk", "question"] = Field(
+        "chunk", description="chunk: whole chunks go to one split (no test positive is also a training "
+        "positive); question: single questions, as the released code (10_split.py), so a chunk's questions "
+        "can straddle train and test.")
     seed: int = 0
 
 

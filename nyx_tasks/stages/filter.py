@@ -71,22 +71,24 @@ def to_query(question: str, image_ids: list[str], placeholder: str) -> tuple[str
     return IMAGE_REF.sub(placeholder, question), cited
 
 
-def assign_splits(items: list[dict], per_group: int, seed: int) -> dict[str, str]:
-    """qa_id -> split. Per modality group, chunks in seeded-hash order fill dev,
-    then test (`per_group` items each, whole chunks), then train."""
+def assign_splits(items: list[dict], per_group: int, seed: int, by: str = "chunk") -> dict[str, str]:
+    """qa_id -> split. Per modality group, in seeded-hash order, `per_group` items fill dev, then
+    test, the rest is train. `by`: `chunk` moves whole chunks (a chunk's questions never straddle
+    splits, so no test positive is a training positive; dev and test may pass `per_group` by the last
+    chunk's questions), `question` moves single questions (the released code, `10_split.py`)."""
     splits: dict[str, str] = {}
     for g in GROUPS:
-        by_chunk: dict[str, list[str]] = {}
+        units: dict[str, list[str]] = {}
         for it in items:
             if it["modality"] == g:
-                by_chunk.setdefault(it["chunk_id"], []).append(it["qa_id"])
-        order = sorted(by_chunk, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).digest())
+                units.setdefault(it["chunk_id"] if by == "chunk" else it["qa_id"], []).append(it["qa_id"])
+        order = sorted(units, key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).digest())
         filled = {"dev": 0, "test": 0}
-        for cid in order:
+        for unit in order:
             split = next((s for s in ("dev", "test") if filled[s] < per_group), "train")
             if split != "train":
-                filled[split] += len(by_chunk[cid])
-            for qa_id in by_chunk[cid]:
+                filled[split] += len(units[unit])
+            for qa_id in units[unit]:
                 splits[qa_id] = split
     return splits
 
@@ -129,7 +131,7 @@ class FilterStage(Stage):
                                    item=q["qa_id"])
                     continue
                 kept.append(q)
-        splits = assign_splits(kept, cfg.eval_per_group, cfg.seed)
+        splits = assign_splits(kept, cfg.eval_per_group, cfg.seed, cfg.split_by)
         rows = []
         for q in kept:
             options = [q["answer"].strip(), *(d.strip() for d in q["distractors"])]

@@ -4,7 +4,7 @@ backends are tested in tests/inference and against a vLLM server)."""
 
 import pytest
 
-from nyx_tasks.core.config import FilterConfig
+from nyx_tasks.core.config import FilterConfig, load_config
 from nyx_tasks.inference.structured import parse
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
@@ -92,6 +92,21 @@ def test_query_placeholders_and_chunk_grouped_splits():
     assert text.count("dev") == 2 and text.count("test") == 2 and text.count("train") == 16
     assert sorted(s[f"i{c}"] for c in range(3)) == ["dev", "dev", "test"]  # dev fills first
     assert assign_splits(items, 2, 0) == s and assign_splits(items, 2, 1) != s
+
+
+def test_split_by_question_is_the_released_codes_split():
+    """`filter.split_by: question` (the paper profile, as 10_split.py): exactly `per_group` questions
+    in dev and in test per group, chunks free to straddle; with 3 questions per chunk and 2 per
+    split, the chunk split cannot hit 2 exactly."""
+    items = [{"qa_id": f"q{c}{k}", "chunk_id": f"c{c}", "modality": "text_only"} for c in range(10) for k in range(3)]
+    by_q = assign_splits(items, per_group=2, seed=0, by="question")
+    assert [list(by_q.values()).count(x) for x in ("dev", "test", "train")] == [2, 2, 26]
+    by_chunk = assign_splits(items, per_group=2, seed=0)
+    assert [list(by_chunk.values()).count(x) for x in ("dev", "test", "train")] == [3, 3, 24]
+    straddling = {it["chunk_id"] for it in items} - {
+        c for c in {it["chunk_id"] for it in items} if len({by_q[i["qa_id"]] for i in items if i["chunk_id"] == c}) == 1}
+    assert straddling  # the released split lets a chunk's questions land in train and test
+    assert load_config("paper").filter.split_by == "question" and load_config("demo").filter.split_by == "chunk"
 
 
 def test_filter_stage_end_to_end_on_scripted_synthesis(make_cfg, scripted):
