@@ -445,16 +445,41 @@ def _plots(rows: list[dict], ident: list[str], names: list[str]) -> list[tuple[s
     return out
 
 
-def experiments(store: ArtifactStore) -> list[dict]:
-    """The experiment reports under the root (name, base, variants, report path), for the explorer."""
+def experiments(store: ArtifactStore, read_json=None) -> list[dict]:
+    """The experiment reports under the root (name, base, variants, report path), for the explorer:
+    each folder with a report.md and an experiment.json. `read_json(rel)` reads a record (None when
+    there is none; OSError or ValueError when it cannot be read, as the explorer's reader says of a
+    symlink or an oversized file); the store's own by default. A record that cannot be read or is
+    malformed (not an object, no list of named `variants`, a `base` that is not a name) is listed
+    with `broken` (the path and why) and no base or variants, never raised: one bad folder must not
+    hide the others."""
+    read_json = read_json or store.read_json
     out = []
     for name in store.listdir(REPORTS):
         if not NAME_RE.match(name):
             continue
-        rec = store.read_json(f"{REPORTS}/{name}/experiment.json")
-        if rec and store.exists(f"{REPORTS}/{name}/report.md"):
-            out.append({"name": name, "base": rec.get("base", ""), "variants": [v["name"] for v in rec["variants"]],
-                        "report": f"{REPORTS}/{name}/report.md"})
+        rel, report = f"{REPORTS}/{name}/experiment.json", f"{REPORTS}/{name}/report.md"
+        why = ""
+        try:
+            rec = read_json(rel)
+        except (OSError, ValueError) as e:  # a truncated write, a folder by that name, the reader's refusal
+            rec, why = None, str(e) or type(e).__name__
+        if (rec is None and not why) or not store.exists(report):
+            continue
+        if not why:
+            variants = rec.get("variants") if isinstance(rec, dict) else None
+            if not isinstance(rec, dict):
+                why = f"a JSON {type(rec).__name__}, not an object"
+            elif not isinstance(variants, list) or not all(isinstance(v, dict) and isinstance(v.get("name"), str)
+                                                           for v in variants):
+                why = "no list of named `variants`"
+            elif not isinstance(rec.get("base", ""), str):
+                why = "`base` is not a name"
+        if why:
+            out.append({"name": name, "base": "", "variants": [], "report": report, "broken": f"{rel}: {why}"})
+        else:
+            out.append({"name": name, "base": rec.get("base", ""), "variants": [v["name"] for v in variants],
+                        "report": report})
     return out
 
 

@@ -18,6 +18,11 @@
 
 Every list reads only the rows of the page it shows (`tables`). Every route requires an Airflow user (`auth.require_explorer_access`). Mounted by the plugin under
 /nyx; links are built from the mount's root path, so the app also works behind `[api] base_url`.
+
+A file the explorer will not read (`data.Refused`: a symlink, a hard link, no regular file, over a
+size cap, a manifest that is not JSON) or a snapshot that does not match its manifest answers 404
+with the path and why, and one log line (`refused`), never a 500; the lists show a broken item on
+its row instead, and a report over its cap is named on its page, not rendered.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
+
+from nyx_tasks.store.artifacts import SnapshotError
 
 from . import data
 from .auth import login_redirect, require_explorer_access
@@ -45,9 +52,18 @@ def create_app(root: str | None = None) -> FastAPI:
     app = FastAPI(title="NyxQA explorer", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(require_explorer_access)])
     app.add_exception_handler(HTTPException, login_redirect)
+    app.add_exception_handler(SnapshotError, refused)
     app.state.root = root
     app.include_router(router)
     return app
+
+
+async def refused(request: Request, exc: SnapshotError) -> JSONResponse:
+    """A refused file (`data.Refused`) or a snapshot unlike its manifest: 404 saying which file and
+    why, and that as one log line (the message names paths from the root and manifests: escaped)."""
+    message = data.one_line(str(exc))
+    data.log.warning("refused %s: %s", request.url.path, message)
+    return JSONResponse({"detail": message}, status_code=404, headers={"Cache-Control": "no-store"})
 
 
 def store(request: Request):
@@ -61,8 +77,8 @@ def render(request: Request, name: str, **context) -> HTMLResponse:
 
 
 def plot_response(st, rel: str | None) -> Response:
-    """A report's PNG (a regular file of the root), or 404."""
-    body = data.read_regular(st, rel) if rel else None
+    """A report's PNG (a regular file of the root, within `data.IMAGE_CAP`), or 404."""
+    body = data.read_image(st, rel) if rel else None
     if body is None:
         raise HTTPException(404, "no such plot")
     return Response(body, media_type="image/png",
@@ -70,7 +86,8 @@ def plot_response(st, rel: str | None) -> Response:
 
 
 def partition_or_404(st, partition: str) -> str:
-    if not data.PARTITION_RE.match(partition) or not st.exists(f"partitions/{partition}"):
+    """The partition when it is a folder of the root (a symlinked one is refused: 404, logged)."""
+    if not data.partition_exists(st, partition):
         raise HTTPException(404, f"no partition {partition!r} under {st.root}")
     return partition
 
@@ -78,7 +95,11 @@ def partition_or_404(st, partition: str) -> str:
 @router.get("/", response_class=HTMLResponse, name="partitions")
 def partitions(request: Request):
     st = store(request)
-    return render(request, "partitions.html", root=st.root, partitions=data.partitions(st))
+    try:
+        rows, problem = data.partitions(st), ""
+    except data.Refused as e:  # partitions/ itself: said on the page, which still shows the rest
+        rows, problem = [], data.noted(e)
+    return render(request, "partitions.html", root=st.root, partitions=rows, problem=problem)
 
 @router.get("/p/{partition}", response_class=HTMLResponse, name="partition")
 def partition(request: Request, partition: str):
@@ -170,11 +191,14 @@ def evaluation(request: Request, partition: str):
     def plot_url(name: str) -> str | None:
         return plot_base + quote(name) if name in plots else None
 
-    text = data.report_text(st, partition)
+    try:
+        text, problem = data.report_text(st, partition), ""
+    except data.Refused as e:  # a symlink, over REPORT_CAP: named, not rendered; the results still show
+        text, problem = None, data.noted(e)
     report, linked = render_report(text, plot_url) if text is not None else ("", [])
     folder = data.report_dir(st, partition)  # relative to the root; shown where this root has it
     return render(request, "evaluation.html", partition=partition, missing=rows is None,
-                  tables=data.results_tables(rows or []), report=report,
+                  tables=data.results_tables(rows or []), report=report, problem=problem,
                   other_plots=[(p, plot_url(p)) for p in plots if p not in linked],
                   report_url=st.url(f"{folder}/report.md") if folder else "")
 
@@ -187,19 +211,26 @@ def report_plot(request: Request, partition: str, name: str):
 @router.get("/experiments", response_class=HTMLResponse, name="experiments")
 def experiments(request: Request):
     st = store(request)
-    return render(request, "experiments.html", root=st.root, experiments=data.experiment_reports(st))
+    try:
+        found, problem = data.experiment_reports(st), ""
+    except data.Refused as e:  # reports/experiments/ itself
+        found, problem = [], data.noted(e)
+    return render(request, "experiments.html", root=st.root, experiments=found, problem=problem)
 
 
 @router.get("/experiments/{name}", response_class=HTMLResponse, name="experiment")
 def experiment(request: Request, name: str):
     st = store(request)
-    text = data.experiment_text(st, name)
-    if text is None:
+    if data.experiment_dir(st, name) is None:  # a symlinked report.md: Refused, 404 (`refused`)
         raise HTTPException(404, f"no experiment report {name!r} under {st.root}")
+    try:
+        text, problem = data.experiment_text(st, name), ""
+    except data.TooLarge as e:  # named on the page, never read nor rendered
+        text, problem = None, data.noted(e)
     plots = data.experiment_plots(st, name)
     plot_base = f"{request.scope.get('root_path', '').rstrip('/')}/experiments/{quote(name, safe='')}/"
-    report, _ = render_report(text, lambda p: plot_base + quote(p) if p in plots else None)
-    return render(request, "experiment.html", experiment=name, report=report,
+    report, _ = render_report(text, lambda p: plot_base + quote(p) if p in plots else None) if text else ("", [])
+    return render(request, "experiment.html", experiment=name, report=report, problem=problem,
                   report_url=st.url(f"{data.experiment_dir(st, name)}/report.md"))
 
 
@@ -212,7 +243,7 @@ def experiment_plot(request: Request, name: str, plot: str):
 @router.get("/images/{tail:path}", name="image")
 def image(request: Request, tail: str):
     rel = data.image_rel(tail)
-    body = data.read_image(store(request), rel) if rel else None
+    body = data.read_image(store(request), rel) if rel else None  # Refused, TooLarge: 404 (`refused`)
     if body is None:
         raise HTTPException(404, "no such image")
     # content-addressed: the bytes under a name never change; private, as it needed a login

@@ -2,37 +2,57 @@
 stage outputs (a page or the looked-up rows at a time, through `tables`), image locations, the
 evaluation report, the experiment reports (`reports/experiments/<name>/`).
 
-Every read goes through `nyx_tasks.store.artifacts` (manifests list the files, so a half-written stage
-is never seen). Paths that come from a URL or a manifest are checked here: `image_rel` and
-`report_file` return None for anything that is not an image under `images/` or a plot beside the
-report, `report_dir` only accepts a manifest's report path relative to the root, and every file is
-read through `read_regular`: a regular file inside the root, never through a symlink.
+Manifests list the files, so a half-written stage is never seen. Paths that come from a URL or a
+manifest are checked here: `image_rel` and `report_file` return None for anything that is not an
+image under `images/` or a plot beside the report, `report_dir` only accepts a manifest's report
+path relative to the root. Every file, JSON (manifests, experiment records), Markdown, images and
+Parquet alike, is read through `tables.open_regular` (`read_regular`, `read_json`): a regular file
+inside the root, reached without a symlink anywhere below the root, with a single link (a hard link
+may be another name of a file outside), and within a cap in bytes (`JSON_CAP`, `REPORT_CAP`,
+`IMAGE_CAP`: a planted 300 MB image or a 2 MB report table would otherwise be read whole, the table
+rendered in 15 s and 1.6 GB). Partition folders are reached without a symlink too (`partition_exists`).
+
+What it will not read is `Refused` (the path and why): a page that needs it answers 404 with that
+message and one log line (`app`); the lists (partitions, stages, experiments) show such an item as
+broken on its row, with the reason, and go on. A manifest that is no JSON object, or whose fields
+the pages read have other types (`manifest_problem`), is refused as well.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import lru_cache
+from typing import Any
 
 from nyx_tasks.core.config import load_config
+from nyx_tasks.core.log import get_logger
 from nyx_tasks.experiments import REPORTS, experiments
 from nyx_tasks.stages import STAGE_NAMES, get_stage
-from nyx_tasks.store.artifacts import ArtifactStore
+from nyx_tasks.store.artifacts import ArtifactStore, manifest_rel
 
 from .tables import (
     Output,
     Page,
+    Refused,
+    TooLarge,
     find_rows,
+    folder_exists,
     is_regular,
     iter_batches,
+    open_regular,
+    over_cap,
     page_of,
     paginate,
     query_page,
     read_range,
 )
 
-__all__ = ["Page", "is_regular", "page_of", "paginate", "query_page", "read_range"]  # the app reads tables through data
+# the app reads tables through data
+__all__ = ["Page", "Refused", "TooLarge", "is_regular", "page_of", "paginate", "query_page", "read_range"]
+
+log = get_logger("explorer")  # nyx.explorer: one line per refused read (`app.refused`, `noted`)
 
 PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,63}$")  # the DAG's partition param pattern
 # images/<sha[:2]>/<sha>.<ext>: the store's content-addressed layout (`ArtifactStore.image_rel`)
@@ -44,6 +64,13 @@ PLOT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}\.png$")
 REPORT_RE = re.compile(r"^reports/[A-Za-z0-9][A-Za-z0-9_.=-]{0,100}/report\.md$")
 
 DEFAULT_FLOW = {"in": "rows read", "out": "rows written", "drops": "rows"}
+
+# the most bytes read of one file: far above any manifest or record the pipeline writes (a manifest
+# lists a few hundred bytes per output file); a report's Markdown (rendering a 1 MB table takes
+# about 2.6 s and 150 MB, a 2 MB one took 15 s and 1.6 GB); an image or plot (served whole)
+JSON_CAP = 64 << 20
+REPORT_CAP = 1 << 20
+IMAGE_CAP = 20 << 20
 
 
 def stage_flow(stage: str) -> dict[str, str]:
@@ -70,29 +97,139 @@ def store_for(root: str):
 # ------------------------------------------------------------------ manifests
 
 
+def read_regular(store, rel: str, cap: int | None = None) -> bytes | None:
+    """The bytes of the root's regular file `rel` (`tables.open_regular`), None when there is none;
+    `Refused` (saying why) when it is anything else, `TooLarge` when over `cap` bytes."""
+    try:
+        f = open_regular(store, rel, cap)
+    except FileNotFoundError:
+        return None
+    with f:
+        body = f.read() if cap is None else f.read(cap + 1)
+    if cap is not None and len(body) > cap:  # grew after it was opened
+        raise TooLarge(rel, over_cap(len(body), cap))
+    return body
+
+
+def regular_exists(store, rel: str) -> bool:
+    """`rel` is a regular file of the root (True) or absent (False); `Refused` when it is there
+    but anything else (`tables.open_regular`)."""
+    try:
+        open_regular(store, rel).close()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_json(store, rel: str) -> Any:
+    """The root's regular file `rel` as JSON (at most `JSON_CAP` bytes), None when there is none;
+    `Refused` when it cannot be read or is not JSON (a truncated write, say)."""
+    body = read_regular(store, rel, JSON_CAP)
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: [[[[...
+        raise Refused(rel, f"not valid JSON ({str(e)[:200] or type(e).__name__})") from e
+
+
+def noted(e: Refused) -> str:
+    """What a page shows of a refused file (the path and why, on a list: on its item's row), logged
+    as one line."""
+    log.warning("refused: %s", one_line(str(e)))
+    return str(e)
+
+
+def one_line(text: str) -> str:
+    """Text from paths and files as one log line: control characters escaped."""
+    return text.translate({c: f"\\x{c:02x}" for c in (*range(32), 127)})
+
+
 def manifest(store, partition: str, stage: str) -> dict | None:
-    return store.read_json(f"{ArtifactStore.stage_rel(partition, stage)}/_MANIFEST.json")
+    """The stage's manifest, None when it has none; `Refused` when it is no regular file of the
+    root, not JSON, or not the shape the pages read (`manifest_problem`)."""
+    rel = manifest_rel(partition, stage)
+    m = read_json(store, rel)
+    if m is not None and (why := manifest_problem(m)):
+        raise Refused(rel, why)
+    return m
+
+
+# what the pages read of a manifest, by field: its type when present
+MANIFEST_FIELDS = {"stage": str, "status": str, "config_hash": str, "location": str, "drops": dict, "extra": dict,
+                   "config": dict, "timings": dict, "outputs": dict, "shards": list}
+
+
+def manifest_problem(m: Any) -> str | None:
+    """Why a parsed manifest cannot be shown (a field of another type than the pipeline writes), or None."""
+    if not isinstance(m, dict):
+        return f"a JSON {type(m).__name__}, not an object"
+    for key, kind in MANIFEST_FIELDS.items():
+        if m.get(key) is not None and not isinstance(m[key], kind):
+            return f"`{key}` is a {type(m[key]).__name__}, not a {kind.__name__}"
+    if not all(isinstance(n, int) for n in (m.get("drops") or {}).values()):
+        return "a `drops` count is not an integer"
+    timings = m.get("timings") or {}
+    if not isinstance(timings.get("finished_at", ""), str) or not isinstance(timings.get("shard_seconds", 0),
+                                                                            int | float | None):
+        return "`timings` holds a value of another type"
+    for kind, entries in (m.get("outputs") or {}).items():
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("rows"), int)
+                for e in entries):
+            return f"`outputs.{kind}` is not a list of files with a path and a row count"
+    return None
+
+
+def partition_exists(store, partition: str) -> bool:
+    """`partitions/<partition>` is a folder of the root reached without a symlink; `Refused` when
+    it is there but is something else (a symlink to a folder elsewhere, a file)."""
+    return bool(PARTITION_RE.match(partition)) and folder_exists(store, f"partitions/{partition}")
 
 
 def partitions(store) -> list[dict]:
-    """One row per partition: name, stages complete (of the pipeline's), last finish time."""
+    """One row per partition: name, stages complete (of the pipeline's), last finish time, and
+    `broken`: what could not be read (a partition that is no folder of the root, a manifest that
+    is refused), each with why. `Refused` when `partitions/` itself is not a folder of the root."""
+    if not folder_exists(store, "partitions"):
+        return []
     out = []
     for name in store.listdir("partitions"):
         if not PARTITION_RE.match(name):
             continue
-        done = [m for s in STAGE_NAMES if (m := manifest(store, name, s)) and m.get("status") == "complete"]
-        finished = max((m.get("timings", {}).get("finished_at") or "" for m in done), default="")
-        out.append({"name": name, "complete": len(done), "stages": len(STAGE_NAMES),
-                    "last_stage": done[-1]["stage"] if done else "", "finished_at": finished})
+        row = {"name": name, "complete": 0, "stages": len(STAGE_NAMES), "last_stage": "", "finished_at": "",
+               "broken": [], "linked": True}
+        out.append(row)
+        try:
+            partition_exists(store, name)
+        except Refused as e:
+            row.update(broken=[noted(e)], linked=False)
+            continue
+        done = []
+        for s in STAGE_NAMES:
+            try:
+                m = manifest(store, name, s)
+            except Refused as e:
+                row["broken"].append(noted(e))
+                continue
+            if m and m.get("status") == "complete":
+                done.append((s, m))
+        row.update(complete=len(done), last_stage=done[-1][0] if done else "",
+                   finished_at=max(((m.get("timings") or {}).get("finished_at") or "" for _, m in done), default=""))
     return out
 
 
 def stage_summaries(store, partition: str) -> list[dict]:
-    """Every pipeline stage in order, with its manifest's counts (None fields when not run)."""
+    """Every pipeline stage in order, with its manifest's counts (None fields when not run;
+    `broken`, why, when its manifest is refused)."""
     rows = []
     for stage in STAGE_NAMES:
-        m = manifest(store, partition, stage)
         flow = stage_flow(stage)
+        try:
+            m = manifest(store, partition, stage)
+        except Refused as e:
+            rows.append({"stage": stage, "present": False, "flow": flow, "broken": noted(e)})
+            continue
         if m is None:
             rows.append({"stage": stage, "present": False, "flow": flow})
             continue
@@ -200,7 +337,8 @@ def _triplets_naming(out: Output, wanted: dict[str, set[str]]):
 
 def placeholder(store, partition: str, stage: str) -> str:
     m = manifest(store, partition, stage) or {}
-    return (m.get("config") or {}).get("image_placeholder") or "<image>"
+    token = (m.get("config") or {}).get("image_placeholder")
+    return token if isinstance(token, str) and token else "<image>"
 
 
 def segments(text: str, image_ids: list[str], token: str) -> list[tuple[str, str]]:
@@ -233,16 +371,9 @@ def image_media_type(rel: str) -> str:
 
 
 def read_image(store, rel: str) -> bytes | None:
-    """The bytes of `rel` (from `image_rel`), or None when it is not a regular file of the root."""
-    return read_regular(store, rel)
-
-
-def read_regular(store, rel: str) -> bytes | None:
-    """The bytes of the root's regular file `rel` (see `is_regular`), else None."""
-    if not is_regular(store, rel):
-        return None
-    with store.fs.open(store.path(rel), "rb") as f:
-        return f.read()
+    """The bytes of `rel` (from `image_rel`, or a report's plot), None when there is none; `Refused`
+    when it is no regular file of the root, `TooLarge` over `IMAGE_CAP`."""
+    return read_regular(store, rel, IMAGE_CAP)
 
 
 # -------------------------------------------------------------------- report
@@ -260,8 +391,9 @@ def report_dir(store, partition: str) -> str | None:
 
 
 def _markdown(store, rel: str | None) -> str | None:
-    """`<rel>/report.md` as text, when it is a regular file of the root."""
-    body = read_regular(store, f"{rel}/report.md") if rel else None
+    """`<rel>/report.md` as text, None when there is none; `Refused` when it is no regular file of
+    the root, `TooLarge` over `REPORT_CAP` (never read, so never rendered)."""
+    body = read_regular(store, f"{rel}/report.md", REPORT_CAP) if rel else None
     return None if body is None else body.decode("utf-8", "replace")
 
 
@@ -283,11 +415,10 @@ def report_plots(store, partition: str) -> list[str]:
 
 def is_regular_dir(store, rel: str) -> bool:
     """`rel` is a folder of the root reached without a symlink (local roots); any folder elsewhere."""
-    if not store.is_local:
-        return True
-    base = os.path.realpath(store.base)
-    path = os.path.join(base, *rel.split("/"))
-    return os.path.realpath(path) == path and os.path.isdir(path)
+    try:
+        return folder_exists(store, rel)
+    except Refused:
+        return False
 
 
 def report_file(store, partition: str, name: str) -> str | None:
@@ -338,18 +469,45 @@ def rows_for(out: Output | None, keys: list[tuple[str, str]]) -> list[dict]:
 # ----------------------------------------------------------------- experiments
 
 
+def _record(store, rel: str) -> Any:
+    """An experiment record read as `read_json` does, its refusal a ValueError (what
+    `nyx_tasks.experiments.experiments` takes for an unreadable record)."""
+    try:
+        return read_json(store, rel)
+    except Refused as e:
+        raise ValueError(e.why) from e
+
+
 def experiment_reports(store) -> list[dict]:
-    """The experiment reports under reports/experiments/ (name, base, variants), each a regular
-    report.md of the root (`nyx_tasks.experiments.experiments`)."""
-    return [e for e in experiments(store) if is_regular(store, e["report"])]
+    """The experiment reports under reports/experiments/ (name, base, variants;
+    `nyx_tasks.experiments.experiments`), their records read as every JSON file is (`read_json`).
+    A record that is refused or malformed, or a report.md that is no regular file of the root, is
+    listed with `broken` (why); `linked` when its report.md can be shown. `Refused` when
+    reports/experiments/ itself is no folder of the root."""
+    if not folder_exists(store, REPORTS):
+        return []
+    out = []
+    for e in experiments(store, lambda rel: _record(store, rel)):
+        if "broken" in e:
+            log.warning("refused: %s", one_line(e["broken"]))
+        try:
+            linked = regular_exists(store, e["report"])
+            why = "" if linked else f"{e['report']}: no such file"
+        except Refused as refused:
+            linked, why = False, noted(refused)
+        if why:
+            e = {**e, "broken": "; ".join(filter(None, (e.get("broken"), why)))}
+        out.append({**e, "linked": linked})
+    return out
 
 
 def experiment_dir(store, name: str) -> str | None:
-    """reports/experiments/<name> when `name` is a valid name and its report.md a regular file."""
+    """reports/experiments/<name> when `name` is a valid name and its report.md a regular file of
+    the root; None when there is none, `Refused` when it is something else."""
     if not PARTITION_RE.match(name):
         return None
     rel = f"{REPORTS}/{name}"
-    return rel if is_regular(store, f"{rel}/report.md") else None
+    return rel if regular_exists(store, f"{rel}/report.md") else None
 
 
 def experiment_text(store, name: str) -> str | None:

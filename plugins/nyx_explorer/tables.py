@@ -1,4 +1,5 @@
-"""Reading a stage's output a page at a time, in memory bounded independently of the table's size.
+"""Reading a stage's output a page at a time, in memory bounded independently of the table's size,
+and opening any file of the root safely (`open_regular`).
 
 A stage's manifest lists its output files with their row counts; a file's footer gives its row
 groups' counts. A page of rows [start, stop) skips whole files and row groups by those counts and
@@ -6,12 +7,15 @@ streams the row group(s) that hold its rows in batches of `BATCH` rows, one colu
 the reader holds a batch and a page of one column, however wide the table), keeping only the
 page's rows. With filters (a column equal to a value), one scan of the filter columns alone counts the
 matches per row group (cached: a few integers per row group, and each filter column's distinct
-values for the filter form), so the rows themselves are again read only from the row groups that
-hold the page. A lookup by id (`find_rows`) streams the file in batches and keeps only the matches.
+values for the filter form; the cache is bounded by the bytes it holds, `SCAN_BYTES`), so the rows
+themselves are again read only from the row groups that hold the page. A lookup by id (`find_rows`)
+streams the file in batches and keeps only the matches.
 
-Every file is read only when it is a regular file of the root (`is_regular`) whose size and row
-count are the manifest's (as `nyx_tasks.store.artifacts.iter_stage_batches` checks). Nothing here caches
-rows or tables.
+Every file of the root (Parquet, JSON, Markdown, images) is opened through `open_regular`: a
+regular file inside the root, reached without a symlink at any step below the root, with a single
+link, and (for the callers that give one) at most a cap in bytes; anything else is `Refused`, saying
+why. Parquet files must also have the manifest's size and row count (as
+`nyx_tasks.store.artifacts.iter_stage_batches` checks). Nothing here caches rows or tables.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -30,29 +35,144 @@ from nyx_tasks.store.artifacts import SnapshotError, repair_hint
 
 BATCH = 256  # rows decoded at a time: a batch of the widest table (triplets with texts) is a few MB
 BUFFER = 1 << 16  # the Parquet reader streams column chunks through a buffer this big
-SCANS = 64  # filter scans kept (each: a few integers per row group and the filter columns' values)
+# what the filter scans kept between requests may hold (estimated by `footprint`): a filter value is
+# part of its key, and each distinct value of every request used to be kept (the last 64 scans,
+# however big: five `reason` filters on a 1M-row drops table grew the API server by 430 MB)
+SCAN_BYTES = 64 << 20
+
+
+# ------------------------------------------------------------------ files of the root
+
+
+class Refused(SnapshotError):
+    """A file or folder of the root the explorer will not read, and why (`rel` and `why`); the app
+    answers 404 with the message and logs it."""
+
+    def __init__(self, rel: str, why: str):
+        super().__init__(f"{rel}: {why}")
+        self.rel, self.why = rel, why
+
+
+class TooLarge(Refused):
+    """A file over the cap its reader gives (a report, an image): refused before it is read."""
+
+
+KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
+         (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in KINDS if test(mode)), "not a regular file")
+
+
+def _file_refusal(st: os.stat_result, cap: int | None) -> tuple[str, type[Refused]] | None:
+    """Why a file with this stat is refused (and as what), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"{_kind(st.st_mode)}, not a regular file", Refused
+    if st.st_nlink != 1:  # another name of the same bytes, which may be outside the root
+        return f"hard-linked ({st.st_nlink} links), not a file of the root alone", Refused
+    if cap is not None and st.st_size > cap:
+        return over_cap(st.st_size, cap), TooLarge
+    return None
+
+
+def over_cap(size: int, cap: int) -> str:
+    return f"{size:,} bytes, over the explorer's cap of {cap:,} bytes"
+
+
+def _parts(rel: str) -> list[str]:
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or rel.startswith("/") or "\\" in rel or "\0" in rel or any(p in ("", ".", "..") for p in parts):
+        raise Refused(repr(rel), "not a path inside the root")
+    return parts
+
+
+def _open_local(store, rel: str, folder: bool, cap: int | None) -> int:
+    """A descriptor of the local root's `rel`, each step below the root opened relative to the one
+    before without following a symlink (so nothing swapped in between the check and the read
+    leads out of the root); the last step a folder or a regular file (see `_file_refusal`)."""
+    parts = _parts(rel)
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(os.path.realpath(store.base), flags | os.O_DIRECTORY)
+    try:
+        for i, name in enumerate(parts):
+            where, last = "/".join(parts[:i + 1]), i == len(parts) - 1
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)  # FileNotFoundError: absent
+            except NotADirectoryError as e:
+                raise FileNotFoundError(where) from e
+            if stat.S_ISLNK(st.st_mode):
+                raise Refused(rel, "a symlink" if last else f"under a symlink ({where})")
+            if not last or folder:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise Refused(rel, f"{where} is {_kind(st.st_mode)}, not a folder")
+                step = os.open(name, flags | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            else:
+                if (problem := _file_refusal(st, cap)) is not None:
+                    raise problem[1](rel, problem[0])
+                # no blocking on a FIFO swapped in after the stat; checked again on what was opened
+                step = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+                opened = os.fstat(step)
+                problem = _file_refusal(opened, cap)
+                if problem is not None or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                    os.close(step)
+                    why, kind = problem or ("replaced while it was opened", Refused)
+                    raise kind(rel, why)
+            os.close(fd)
+            fd = step
+        step, fd = fd, -1
+        return step
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise Refused(rel, f"cannot be opened ({e.strerror or e})") from e
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def open_regular(store, rel: str, cap: int | None = None):
+    """The root's file `rel` (relative to the root, no `..`), opened for reading in binary: a regular
+    file inside the root, reached without a symlink anywhere below the root, with one link, of at
+    most `cap` bytes. FileNotFoundError when there is none; `Refused` (`TooLarge` over the cap),
+    saying why, for anything else. A remote root has neither symlinks nor hard links: its file must
+    be a file (and within the cap)."""
+    if store.is_local:
+        return os.fdopen(_open_local(store, rel, False, cap), "rb")
+    _parts(rel)
+    try:
+        info = store.fs.info(store.path(rel))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise Refused(rel, f"cannot be opened ({e})") from e
+    if info.get("type") != "file":
+        raise Refused(rel, f"a {info.get('type', 'thing')}, not a file")
+    if cap is not None and (info.get("size") or 0) > cap:
+        raise TooLarge(rel, over_cap(info["size"], cap))
+    return store.fs.open(store.path(rel), "rb")
 
 
 def is_regular(store, rel: str) -> bool:
-    """`rel` (relative to the root, no `..`, not absolute) names a regular file inside the root.
-    On a local root the path is resolved: a symlink anywhere below the root, a link out of it
-    or anything but a plain file is refused."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-        return False
-    if store.is_local:
-        base = os.path.realpath(store.base)
-        path = os.path.join(base, *parts)
-        if os.path.realpath(path) != path:  # a symlink on the way (or the file itself is one)
-            return False
-        try:
-            return stat.S_ISREG(os.lstat(path).st_mode)
-        except OSError:
-            return False
+    """`rel` names a regular file of the root that `open_regular` opens (no cap)."""
     try:
-        return store.fs.info(store.path(rel)).get("type") == "file"
-    except (OSError, ValueError):
+        open_regular(store, rel).close()
+    except (FileNotFoundError, Refused):
         return False
+    return True
+
+
+def folder_exists(store, rel: str) -> bool:
+    """`rel` is a folder of the root reached without a symlink (True) or absent (False); anything
+    else (a symlink on the way, a file) is `Refused`. On a remote root: whether it exists."""
+    if not store.is_local:
+        _parts(rel)
+        return store.exists(rel)
+    try:
+        os.close(_open_local(store, rel, True, None))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -79,21 +199,26 @@ class Output:
 
 @contextmanager
 def open_checked(out: Output, entry: dict):
-    """The Parquet file of a manifest entry, checked: a regular file inside the root, of the
-    manifest's size and row count (SnapshotError otherwise, as the pipeline's readers say)."""
+    """The Parquet file of a manifest entry, checked: a regular file inside the root
+    (`open_regular`), of the manifest's size and row count (SnapshotError otherwise, as the
+    pipeline's readers say; `Refused` when it is no regular file of the root)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     store, rel = out.store, entry["path"]
     stage = out.manifest.get("stage", "?")
-    if not isinstance(rel, str) or not is_regular(store, rel):
-        raise SnapshotError(f"{stage} output {rel!r} is not a regular file under {store.root}; "
-                            f"{repair_hint(out.manifest)}")
-    size = store.size(rel)
-    if "bytes" in entry and size != entry["bytes"]:
-        raise SnapshotError(f"{stage} output {store.url(rel)}: {size} bytes, the manifest says "
-                            f"{entry['bytes']}; {repair_hint(out.manifest)}")
-    with store.fs.open(store.path(rel), "rb") as f:
+    try:
+        f = open_regular(store, rel)
+    except FileNotFoundError as e:
+        raise SnapshotError(f"{stage} output {rel!r} is missing under {store.root}; {repair_hint(out.manifest)}") from e
+    except Refused as e:
+        raise Refused(e.rel, f"{e.why}: the {stage} output is not a regular file under {store.root}; "
+                             f"{repair_hint(out.manifest)}") from e
+    with f:
+        size = os.fstat(f.fileno()).st_size if store.is_local else store.size(rel)
+        if "bytes" in entry and size != entry["bytes"]:
+            raise SnapshotError(f"{stage} output {store.url(rel)}: {size} bytes, the manifest says "
+                                f"{entry['bytes']}; {repair_hint(out.manifest)}")
         # streamed: no pre-buffering of whole column chunks (pyarrow's default), whose memory grows
         # with the row group; what the reader held is handed back to the OS after the file
         pf = pq.ParquetFile(f, buffer_size=BUFFER, pre_buffer=False)
@@ -135,22 +260,72 @@ class Scan:
         return sum(sum(c) for c in self.counts)
 
 
-_scans: OrderedDict[tuple, Scan] = OrderedDict()
-_scans_lock = threading.Lock()
+def footprint(obj) -> int:
+    """Roughly the bytes `obj` holds: `sys.getsizeof` of it and of everything it contains (tuples,
+    lists, sets, dicts, dataclasses), each object counted once."""
+    seen, todo, total = set(), [obj], 0
+    while todo:
+        o = todo.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, dict):
+            todo.extend(o.keys())
+            todo.extend(o.values())
+        elif isinstance(o, list | tuple | set | frozenset):
+            todo.extend(o)
+        elif hasattr(o, "__dataclass_fields__"):
+            todo.extend(getattr(o, f) for f in o.__dataclass_fields__)
+    return total
+
+
+class ByteLru:
+    """A least-recently-used map bounded by the bytes its entries hold (key and value, estimated by
+    `footprint`), not by their number: the budget is read at each insert (`SCAN_BYTES`), an entry
+    bigger than the whole budget is not kept."""
+
+    def __init__(self):
+        self.entries: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[bool, Any]:
+        with self.lock:
+            if key not in self.entries:
+                return False, None
+            self.entries.move_to_end(key)
+            return True, self.entries[key][0]
+
+    def put(self, key: tuple, value: Any, budget: int) -> None:
+        size = footprint((key, value))
+        with self.lock:
+            if key in self.entries:
+                self.bytes -= self.entries.pop(key)[1]
+            if size <= budget:
+                self.entries[key] = (value, size)
+                self.bytes += size
+            while self.bytes > budget:
+                self.bytes -= self.entries.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.bytes = 0
+
+
+_scans = ByteLru()
 
 
 def _cached(key: tuple, compute):
-    """compute(), kept for the last `SCANS` keys (each key holds the output's files' sizes and
-    hashes, so a recomputed stage is read again); only small results are kept here."""
-    with _scans_lock:
-        if key in _scans:
-            _scans.move_to_end(key)
-            return _scans[key]
+    """compute(), kept while the scans kept stay within `SCAN_BYTES` (least recently used first
+    out; each key holds the output's files' sizes and hashes, so a recomputed stage is read
+    again); only small results are kept here."""
+    hit, found = _scans.get(key)
+    if hit:
+        return found
     found = compute()
-    with _scans_lock:
-        _scans[key] = found
-        while len(_scans) > SCANS:
-            _scans.popitem(last=False)
+    _scans.put(key, found, SCAN_BYTES)
     return found
 
 

@@ -571,6 +571,196 @@ def test_image_route_refuses_traversal_and_paths_outside_images(client, explorer
         assert b"secret" not in r.content and b"rows_out" not in r.content and b"root:" not in r.content
 
 
+# ------------------------------------------------------------- hostile or broken artifacts
+# Someone who can plant files in the artifact root: symlinks and hard links to files outside it,
+# FIFOs and folders where files belong, truncated manifests, oversized reports and images.
+
+
+def stage_row(page: str, stage: str) -> str:
+    return re.search(rf'<tr data-stage="{stage}">(.*?)</tr>', page, re.S).group(1)
+
+
+def partition_row(page: str, name: str) -> str:
+    return re.search(rf'<tr data-partition="{name}"[^>]*>(.*?)</tr>', page, re.S).group(1)
+
+
+def hostile_copy(explorer_root: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "artifacts"
+    shutil.copytree(explorer_root, copy, symlinks=True)
+    return copy
+
+
+def test_symlinked_manifests_and_partition_folders_are_never_read(explorer_root, auth_manager, tmp_path):
+    """A stage manifest that is a symlink, or a partition folder that is one, is never read: the
+    stages page shows that stage as broken (why: a symlink) and the others as before, the symlinked
+    partition answers 404 and is listed as broken, unlinked; the outside manifest's config never shows."""
+    copy = hostile_copy(explorer_root, tmp_path)
+    evil = tmp_path / "outside" / "evil"
+    (evil / "filter").mkdir(parents=True)
+    (evil / "filter" / "_MANIFEST.json").write_text(
+        json.dumps({**manifest(copy, "filter"), "config": {"note": "SECRET-OUTSIDE-THE-ROOT"}}))
+    own = copy / "partitions" / PARTITION / "filter" / "_MANIFEST.json"
+    own.unlink()
+    own.symlink_to(evil / "filter" / "_MANIFEST.json")
+    (copy / "partitions" / "evil").symlink_to(evil, target_is_directory=True)
+    c = app_over(copy, auth_manager)
+
+    stages = c.get(f"/p/{PARTITION}")
+    assert stages.status_code == 200 and "SECRET" not in stages.text
+    row = text_of(stage_row(stages.text, "filter"))
+    assert "broken" in row and f"partitions/{PARTITION}/filter/_MANIFEST.json: a symlink" in row
+    assert 'id="stage-filter"' not in stages.text and 'id="stage-mine"' in stages.text
+    assert re.search(r'class="num rows-out">\d+<', stage_row(stages.text, "mine"))
+    for url in ("/p/evil", "/p/evil/qa", "/p/evil/negatives", "/p/evil/evaluation", "/p/evil/drops/filter"):
+        r = c.get(url)
+        assert r.status_code == 404 and b"SECRET" not in r.content, url
+        assert r.json()["detail"] == "partitions/evil: a symlink", url
+    home = c.get("/")
+    assert home.status_code == 200 and "SECRET" not in home.text
+    assert 'href="/p/evil"' not in home.text and "partitions/evil: a symlink" in text_of(partition_row(home.text, "evil"))
+    ours = text_of(partition_row(home.text, PARTITION))
+    assert "7 / 10" in ours and "filter/_MANIFEST.json: a symlink" in ours  # filter no longer counts as complete
+
+
+def test_hard_linked_images_and_manifests_are_refused(explorer_root, auth_manager, tmp_path):
+    """A hard link is another name of the same bytes, which can be a file outside the root, and its
+    path has no symlink to give it away: an image or a manifest with more than one link is never
+    read (the image: 404; the manifest: its stage shown as broken)."""
+    copy = hostile_copy(explorer_root, tmp_path)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"\x89PNG " + SECRET)
+    name = "ef" + "2" * 62 + ".png"
+    (copy / "images" / "ef").mkdir(exist_ok=True)
+    os.link(outside, copy / "images" / "ef" / name)
+    evil = tmp_path / "outside.json"
+    evil.write_text(json.dumps({**manifest(copy, "ingest"), "config": {"note": "SECRET-OUTSIDE-THE-ROOT"}}))
+    own = copy / "partitions" / PARTITION / "ingest" / "_MANIFEST.json"
+    own.unlink()
+    os.link(evil, own)
+    c = app_over(copy, auth_manager)
+
+    r = c.get(f"/images/ef/{name}")
+    assert r.status_code == 404 and b"SECRET" not in r.content
+    assert r.json()["detail"] == f"images/ef/{name}: hard-linked (2 links), not a file of the root alone"
+    stages = c.get(f"/p/{PARTITION}")
+    assert stages.status_code == 200 and "SECRET" not in stages.text
+    assert "ingest/_MANIFEST.json: hard-linked (2 links)" in text_of(stage_row(stages.text, "ingest"))
+    from nyx_tasks.store.artifacts import ArtifactStore, image_paths
+
+    stored = next(iter(image_paths(ArtifactStore(str(explorer_root)), PARTITION).values()))
+    assert c.get("/" + stored).status_code == 200  # a file with one link is served
+
+
+def test_a_broken_manifest_is_shown_broken_on_its_row_and_the_pages_still_render(explorer_root, auth_manager,
+                                                                                    tmp_path):
+    """One truncated manifest (a write cut short) or one whose fields have other types than the
+    pipeline writes breaks neither the partitions page nor the stages page (200): its stage is shown
+    as broken on its row with the reason, every other stage as before; a page that needs that
+    manifest answers 404 with the reason."""
+    copy = hostile_copy(explorer_root, tmp_path)
+    chunk = copy / "partitions" / PARTITION / "chunk" / "_MANIFEST.json"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    mine = copy / "partitions" / PARTITION / "mine" / "_MANIFEST.json"
+    mine.write_text(json.dumps({**manifest(copy, "mine"), "drops": ["not", "counts"]}))
+    c = app_over(copy, auth_manager)
+
+    home = c.get("/")
+    assert home.status_code == 200
+    row = text_of(partition_row(home.text, PARTITION))
+    assert "6 / 10" in row and "broken" in row
+    assert f"partitions/{PARTITION}/chunk/_MANIFEST.json: not valid JSON (" in row
+    assert f"partitions/{PARTITION}/mine/_MANIFEST.json: `drops` is a list, not a dict" in row
+    stages = c.get(f"/p/{PARTITION}")
+    assert stages.status_code == 200
+    assert "chunk/_MANIFEST.json: not valid JSON" in text_of(stage_row(stages.text, "chunk"))
+    assert "`drops` is a list" in text_of(stage_row(stages.text, "mine"))
+    ingest = manifest(copy, "ingest")
+    assert f'class="num rows-in">{ingest["rows_in"]}<' in stage_row(stages.text, "ingest")
+    r = c.get(f"/p/{PARTITION}/negatives")  # reads mine's output: refused, said, not a 500
+    assert r.status_code == 404 and "mine/_MANIFEST.json: `drops` is a list" in r.json()["detail"]
+
+
+def test_refusals_answer_404_with_one_log_line(explorer_root, auth_manager, tmp_path, caplog):
+    """What the explorer refuses to read (a FIFO where drop records belong, a folder where an image
+    does) answers 404 naming the file and why, and the explorer's logger says the same in one line,
+    once; never a 500 (a refused drop file used to raise out of the app)."""
+    import logging
+
+    copy = hostile_copy(explorer_root, tmp_path)
+    rel = manifest(copy, "ingest")["outputs"]["drops"][0]["path"]
+    (copy / rel).unlink()
+    os.mkfifo(copy / rel)
+    name = "ab" + "3" * 62 + ".png"
+    (copy / "images" / "ab" / name).mkdir(parents=True)
+    c = app_over(copy, auth_manager)
+    caplog.set_level(logging.WARNING, logger="nyx.explorer")
+    for url, path, why in ((f"/p/{PARTITION}/drops/ingest", rel, "a FIFO, not a regular file"),
+                           (f"/images/ab/{name}", f"images/ab/{name}", "a folder, not a regular file")):
+        caplog.clear()
+        r = c.get(url)
+        assert r.status_code == 404 and r.json()["detail"].startswith(f"{path}: {why}"), url
+        lines = [x.getMessage() for x in caplog.records if x.name == "nyx.explorer"]
+        assert len(lines) == 1 and path in lines[0] and why in lines[0] and "\n" not in lines[0], lines
+
+
+def test_the_filter_scan_cache_is_bounded_in_bytes(client, monkeypatch):
+    """Every distinct filter value used to be kept (the last 64 scans, however big): the scans kept
+    now stay within `SCAN_BYTES` (small here), least recently used out first; the newest is kept, a
+    scan bigger than the whole budget is not kept at all."""
+    from nyx_explorer import tables
+
+    monkeypatch.setattr(tables, "SCAN_BYTES", 16_000)
+    tables._scans.clear()
+
+    def reasons() -> list[str]:  # the filter values of the scans kept
+        return [v for key in tables._scans.entries if key[1] == "scan" for c, v in key[3] if c == "reason"]
+
+    for i in range(40):
+        reason = f"{i:03d}-" + "x" * 2000  # each kept scan holds its 2 kB filter value
+        r = client.get(f"/p/{PARTITION}/drops/ingest", params={"reason": reason})
+        assert r.status_code == 200 and "0 in all" in r.text
+        assert tables._scans.bytes <= 16_000
+        assert sum(tables.footprint((k, v)) for k, (v, _) in tables._scans.entries.items()) == tables._scans.bytes
+        assert reasons()[-1] == reason  # the newest is kept
+    assert 1 < len(reasons()) <= 8 and sum(map(len, reasons())) < 16_000
+    client.get(f"/p/{PARTITION}/drops/ingest", params={"reason": "y" * 20_000})
+    assert tables._scans.bytes <= 16_000 and all(not v.startswith("y") for v in reasons())
+    tables._scans.clear()
+
+
+def test_oversized_reports_images_and_plots_are_refused_before_they_are_read(client, explorer_root, monkeypatch):
+    """Size caps: an image over 20 MB (a sparse file: nothing is read) answers 404 saying so; a
+    report.md over `REPORT_CAP` is named on the evaluation page with the reason and not rendered,
+    the results table still shown; a plot over `IMAGE_CAP` answers 404 (the caps made small here)."""
+    from nyx_explorer import data
+
+    name = "ee" + "4" * 62 + ".png"
+    big = explorer_root / "images" / "ee" / name
+    big.parent.mkdir(exist_ok=True)
+    with open(big, "wb") as f:
+        f.truncate(20 * 2**20 + 1)
+    try:
+        r = client.get(f"/images/ee/{name}")
+        assert r.status_code == 404 and len(r.content) < 1000
+        assert r.json()["detail"] == f"images/ee/{name}: 20,971,521 bytes, over the explorer's cap of 20,971,520 bytes"
+    finally:
+        big.unlink()
+
+    monkeypatch.setattr(data, "REPORT_CAP", 64)
+    page = client.get(f"/p/{PARTITION}/evaluation")
+    assert page.status_code == 200 and 'id="report"' not in page.text and "<h2>nyxqa / train</h2>" not in page.text
+    report = manifest(explorer_root, "evaluate")["report"]
+    size = (explorer_root / report).stat().st_size
+    assert f"{report}: {size:,} bytes, over the explorer&#39;s cap of 64 bytes" in page.text
+    assert '<table class="results" data-dataset="nyxqa" data-split="train">' in page.text
+    plots = plot_names(page.text)  # the report not rendered: every plot listed below it
+    assert plots
+    monkeypatch.setattr(data, "IMAGE_CAP", 64)
+    r = client.get(f"/p/{PARTITION}/report/{plots[0]}")
+    assert r.status_code == 404 and "over the explorer's cap of 64 bytes" in r.json()["detail"]
+    assert b"PNG" not in r.content
+
+
 # ----------------------------------------------------------------------------------- auth
 
 
@@ -739,8 +929,6 @@ def test_drops_page_of_a_stage_without_records_or_not_run_or_unknown(client, exp
 
 
 def test_drops_of_a_snapshot_without_records_and_records_outside_the_root(explorer_root, auth_manager, tmp_path):
-    from nyx_tasks.store.artifacts import SnapshotError
-
     copy = tmp_path / "artifacts"
     shutil.copytree(explorer_root, copy, symlinks=True)
     path = copy / "partitions" / PARTITION / "ingest" / "_MANIFEST.json"
@@ -759,14 +947,14 @@ def test_drops_of_a_snapshot_without_records_and_records_outside_the_root(explor
     shutil.copy(copy / entries[0]["path"], outside)
     m["outputs"]["drops"] = [{**entries[0], "path": "../outside.parquet"}]
     path.write_text(json.dumps(m))
-    with pytest.raises(SnapshotError, match="not a regular file"):  # never read from outside the root
-        c.get(f"/p/{PARTITION}/drops/ingest")
+    r = c.get(f"/p/{PARTITION}/drops/ingest")  # never read from outside the root
+    assert r.status_code == 404 and "not a path inside the root" in r.json()["detail"]
     (copy / entries[0]["path"]).unlink()
     (copy / entries[0]["path"]).symlink_to(outside)
     m["outputs"]["drops"] = entries
     path.write_text(json.dumps(m))
-    with pytest.raises(SnapshotError, match="not a regular file"):  # nor through a symlink
-        c.get(f"/p/{PARTITION}/drops/ingest")
+    r = c.get(f"/p/{PARTITION}/drops/ingest")  # nor through a symlink
+    assert r.status_code == 404 and "a symlink" in r.json()["detail"] and "not a regular file" in r.json()["detail"]
 
 
 # ------------------------------------------------------------------ a paper-scale table
