@@ -407,6 +407,19 @@ def export_nyxqa_cmd(out_dir: Annotated[str, typer.Argument(help="Output folder 
     typer.echo(json.dumps(export_nyxqa(cfg, out_dir), indent=2))
 
 
+@export_app.command("model")
+def export_model_cmd(to: Annotated[str, typer.Option("--to", help="A new (or empty) local folder.")],
+                     stage: Annotated[str, typer.Option("--stage", help="train_stage1 or train_stage2.")] = "train_stage1",
+                     profile: Profile = "demo", partition: Partition = None, sets: Sets = None,
+                     root: Root = None) -> None:
+    """Write a trained retriever as a folder that carries its recipe (weights, tokenizer, nyx_model.json,
+    a model card): an encoder's loads with SentenceTransformer(DIR), any with nyx_tasks.embedding.load(DIR)."""
+    from nyx_tasks.export import export_model  # fsspec, pyarrow: kept out of `nyx --help`
+
+    cfg = _config(profile, partition, sets, root)
+    typer.echo(json.dumps(export_model(cfg, stage, to), indent=2))
+
+
 import_app = typer.Typer(no_args_is_help=True,
                          help="Import public training sets into the triplet schema (<root>/datasets/<name>/), "
                               "evaluation benchmarks into <root>/benchmarks/<name>/.")

@@ -1,13 +1,38 @@
-"""`nyx export nyxqa`: the NyxQA table in the HF-datasets Parquet layout, image
-bytes embedded (the `datasets` Image feature: struct<bytes, path>), so that
-`datasets.load_dataset("parquet", data_dir=OUT)` loads it with its splits."""
+"""`nyx export`: what the pipeline made, for use outside it.
+
+`nyx export nyxqa`: the NyxQA table in the HF-datasets Parquet layout, image bytes embedded (the
+`datasets` Image feature: struct<bytes, path>), so that `datasets.load_dataset("parquet",
+data_dir=OUT)` loads it with its splits.
+
+`nyx export model`: a trained retriever as a folder that carries its embedding recipe. The stage's
+merged weights and tokenizer / processor, `nyx_model.json` (family, pooling, prompts or
+instructions, Matryoshka dims, where it came from) and a model card (`README.md`: base model,
+training data, recipe, the run's evaluation with intervals, usage). An encoder backbone's folder is
+a sentence-transformers model that knows its prompts:
+
+    model = SentenceTransformer(DIR, truncate_dim=192)
+    q = model.encode(["what opens a URL?"], prompt_name="query", normalize_embeddings=True)
+    d = model.encode(["Open a URL in the default browser."], prompt_name="document", normalize_embeddings=True)
+
+Any folder (a VLM's too) loads with `nyx_tasks.embedding.load(DIR)`, which embeds as the
+pipeline's stages do.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from nyx_tasks.core.base import StageError
 from nyx_tasks.core.config import NyxConfig
-from nyx_tasks.store.artifacts import ArtifactStore, image_paths, iter_stage_batches
+from nyx_tasks.store.artifacts import (
+    ArtifactStore,
+    image_paths,
+    iter_stage_batches,
+    read_manifest,
+    read_stage_table,
+)
+from nyx_tasks.store.checkpoints import stage_checkpoint
 
 # NyxQA split -> the HF split name (datasets reads a `dev` file as `validation` anyway).
 SPLITS = {"train": "train", "dev": "validation", "test": "test"}
@@ -65,3 +90,109 @@ def export_nyxqa(cfg: NyxConfig, out_dir: str) -> dict:
         for w in writers.values():
             w.close()
     return {"out": out_dir, "rows": counts}
+
+
+RECIPE = "nyx_model.json"
+HEADLINE = ("recall@1", "recall@10", "mrr")
+
+
+def export_model(cfg: NyxConfig, stage: str, out_dir: str) -> dict:
+    """Write `stage`'s published checkpoint of the partition into `out_dir` (a local folder, new or
+    empty); returns the recipe written."""
+    if stage not in ("train_stage1", "train_stage2"):
+        raise StageError(f"export model: --stage must be train_stage1 or train_stage2, not {stage!r}")
+    store = ArtifactStore(cfg.artifact_root())
+    ckpt = stage_checkpoint(store, cfg.partition, stage)
+    manifest = read_manifest(store, cfg.partition, stage)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise StageError(f"export model: {out} is not empty; give a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    merged = ckpt["merged"][len(store.root):].lstrip("/")
+    store.fs.get(store.path(merged) + "/", str(out), recursive=True)
+    trained = manifest.get("config") or {}
+    recipe = ckpt.get("recipe") or {}
+    family = ckpt.get("family", "vlm")
+    record = {
+        "family": family, "pooling": recipe.get("pooling"), "dims": recipe.get("dims") or trained.get("loss", {}).get("dims"),
+        "normalize": True, "base_model": ckpt["base_model"], "stage": stage, "run": ckpt["run"],
+        "partition": cfg.partition, "created_at": ckpt.get("created_at"),
+    }
+    if family == "encoder":
+        record |= {"query_prefix": recipe.get("query_prefix", ""), "document_prefix": recipe.get("document_prefix", ""),
+                   "max_seq_length": recipe.get("max_seq_length")}
+        _sentence_transformers_prompts(out, record["query_prefix"], record["document_prefix"])
+    else:
+        record |= {key: trained.get(key) for key in ("query_instruction", "prompt_format", "image_placeholder",
+                                                   "max_pixels")}
+    (out / RECIPE).write_text(json.dumps(record, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(store, cfg, stage, record, manifest))
+    return record
+
+
+def _sentence_transformers_prompts(out: Path, query: str, document: str) -> None:
+    """`prompt_name="query"` / `"document"` prepend what training prepended."""
+    path = out / "config_sentence_transformers.json"
+    conf = json.loads(path.read_text()) if path.is_file() else {}
+    conf["prompts"] = {"query": query, "document": document}
+    conf["default_prompt_name"] = None
+    path.write_text(json.dumps(conf, indent=2) + "\n")
+
+
+def _evaluation_rows(store: ArtifactStore, cfg: NyxConfig, stage: str) -> list[dict]:
+    """The run's evaluate rows of this model at its full width (retrieval metrics), when evaluated."""
+    name = stage.replace("train_", "")
+    try:
+        rows = read_stage_table(store, cfg.partition, "evaluate").to_pylist()
+    except (FileNotFoundError, StageError):
+        return []
+    full = max((r["dim"] for r in rows if r["model"] == name), default=None)
+    return [r for r in rows if r["model"] == name and r["dim"] == full and r["metric"] in HEADLINE]
+
+
+def _cell(r: dict) -> str:
+    ci = f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r.get("ci_low") is not None else ""
+    delta = ""
+    if r.get("delta") is not None:
+        dci = (f" [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]" if r.get("delta_ci_low") is not None else "")
+        delta = f" ({r['delta']:+.3f}{dci} vs {r['baseline']})"
+    return f"{r['value']:.3f}{ci}{delta}"
+
+
+def model_card(store: ArtifactStore, cfg: NyxConfig, stage: str, record: dict, manifest: dict) -> str:
+    trained = manifest.get("config") or {}
+    sources = ", ".join(s.get("name", "?") for s in trained.get("sources", [])) or "?"
+    loss = trained.get("loss", {})
+    lines = [f"# Nyx retriever: {record['run']} ({stage})", "",
+             f"A mixed-modal retriever trained by the Nyx pipeline (arXiv 2510.17354) from `{record['base_model']}` "
+             f"({record['family']}, {record['pooling']} pooling), partition `{cfg.partition}`.", "",
+             "## Training", "",
+             f"- sources: {sources}; {manifest.get('rows_in', '?')} examples in, {manifest.get('rows_out', '?')} "
+             "logged steps",
+             f"- Matryoshka InfoNCE at dims {loss.get('dims')} (weights {loss.get('weights')}, temperature "
+             f"{loss.get('temperature')}), {trained.get('epochs')} epoch(s), batch {trained.get('per_device_batch_size')}, "
+             f"lr {trained.get('learning_rate')}", ""]
+    rows = _evaluation_rows(store, cfg, stage)
+    if rows:
+        lines += ["## Evaluation (the run's own report: 95% bootstrap intervals, paired differences)", "",
+                  "| dataset | split | n | metric | value |", "|---|---|---|---|---|"]
+        rows.sort(key=lambda r: -r["n"])  # what carries information first
+        lines += [f"| {r['dataset']} | {r['split']} | {r['n']}{' (noise)' if r['n'] < 30 else ''} | {r['metric']} | "
+                  f"{_cell(r)} |" for r in rows]
+        lines += ["", "Rows marked noise have fewer than 30 queries; the run's report says which sets carry "
+                      "information.", ""]
+    lines += ["## Use", ""]
+    if record["family"] == "encoder":
+        dim = (record.get("dims") or [None])[-1]
+        lines += ["```python", "from sentence_transformers import SentenceTransformer", "",
+                  f"model = SentenceTransformer(\"{{this folder}}\", truncate_dim={dim})",
+                  "queries = model.encode([\"what opens a URL?\"], prompt_name=\"query\", normalize_embeddings=True)",
+                  "docs = model.encode([\"Open a URL in the default browser.\"], prompt_name=\"document\", "
+                  "normalize_embeddings=True)", "```", ""]
+    lines += ["```python", "from nyx_tasks.embedding import load", "",
+              "model = load(\"{this folder}\")   # embeds as the pipeline does; model.dim, model.embed(items, role)",
+              "```", "",
+              "## Limits", "",
+              "Trained for retrieval over the pipeline's sources; a demo run trains on small sets and CPU budgets. "
+              "Truncated dims are renormalised before search.", ""]
+    return "\n".join(lines)

@@ -3,13 +3,17 @@ content-hash embedding cache. `make_embedder(cfg, store)` picks the kind."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from nyx_tasks.core.config import EmbedderConfig
 from nyx_tasks.embedding.base import Embedder, MixedItem
 from nyx_tasks.embedding.mme5 import MmE5Embedder
 from nyx_tasks.embedding.nyx import NyxEmbedder
 from nyx_tasks.embedding.st import SentenceTransformerEmbedder
 from nyx_tasks.inference import resolve_model
 
-__all__ = ["Embedder", "MixedItem", "make_embedder", "resolve_model_path"]
+__all__ = ["Embedder", "MixedItem", "load", "make_embedder", "resolve_model_path"]
 
 
 def resolve_model_path(name: str) -> str:
@@ -34,3 +38,21 @@ def make_embedder(cfg, store) -> Embedder:
         return MmE5Embedder(cfg, store, resolve_model_path(cfg.model))
 
     return NyxEmbedder(cfg, store, resolve_model_path(cfg.model))
+
+
+def load(path: str, device: str = "auto", batch_size: int = 32) -> Embedder:
+    """The retriever in a folder `nyx export model` wrote, embedding as the pipeline's stages do:
+    `embed(items, role)` -> L2-normalised vectors (`role` "query" or "document"), `dim`.
+
+        model = load("exported/")
+        vecs = model.embed([MixedItem("what opens a URL?")], "query")
+    """
+    rec = json.loads((Path(path) / "nyx_model.json").read_text())
+    if rec["family"] == "encoder":
+        cfg = EmbedderConfig(kind="sentence-transformers", model=str(path), device=device, batch_size=batch_size,
+                             query_prefix=rec.get("query_prefix", ""), document_prefix=rec.get("document_prefix", ""))
+    else:
+        known = {k: rec[k] for k in ("query_instruction", "prompt_format", "image_placeholder", "max_pixels")
+                 if rec.get(k) is not None}
+        cfg = EmbedderConfig(kind="nyx", model=str(path), device=device, batch_size=batch_size, **known)
+    return make_embedder(cfg, None)
