@@ -363,6 +363,10 @@ class LossSettings(_Model):
     temperature: float = Field(0.02, gt=0)
     share_negatives: bool = Field(False, description="Score every query against every hard negative of the batch.")
     gather_across_devices: bool = Field(True, description="All-gather positives (with gradient) across GPUs.")
+    normalize_weights: bool = Field(
+        True, description="Divide the weighted sum of the per-dim losses by the weights' sum (true), or sum them "
+        "as given (false: the released code's nyx/model.py; with 1/1/0.2/0.2 the loss and its gradient are 2.4x, "
+        "so `max_grad_norm` clips at a different point).")
 
     @model_validator(mode="after")
     def _same_length(self) -> LossSettings:

@@ -148,14 +148,16 @@ def mrl_infonce_losses(
     share_negatives: bool = False,
     gather: bool = True,
     negative_mask: Tensor | None = None,
+    normalize_weights: bool = True,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """Matryoshka InfoNCE (paper: Matryoshka InfoNCE objective; stage 1), with per-dim losses.
 
     Inputs: query (B, D), positive (B, D), negatives (B, K, D) or None, not normalised;
     `negative_mask` (B, K) bool marks real negatives when rows have fewer than K (None: all real).
     For each d in dims the three are truncated to their first d features, renormalised and scored
-    as `infonce_from_embeddings` scores them (same core); the total is the weighted sum with
-    weights normalised to sum to 1.
+    as `infonce_from_embeddings` scores them (same core); the total is the weighted sum, the
+    weights normalised to sum to 1 (`normalize_weights`, the default) or as given (the released
+    code's `total_loss += weight * slice_loss`: a total 2.4x as large with 1/1/0.2/0.2).
     Outputs: (total scalar loss, {d: scalar InfoNCE loss at d}). Raises ValueError, before any
     computation, on a dim > D or <= 0, repeated dims, len(dims) != len(weights), a negative weight
     or a non-positive weight sum, or temperature <= 0. The all-gather (see module docstring) runs
@@ -175,12 +177,13 @@ def mrl_infonce_losses(
 
     positive, negatives, mask, offset = _gather(positive, negatives, share_negatives, gather, negative_mask)
     total, per_dim = query.new_zeros(()), {}
+    scale = sum(weights) if normalize_weights else 1.0
     for d, w in zip(dims, weights, strict=True):
         q = F.normalize(query[:, :d], dim=-1)  # (B, d)
         p = F.normalize(positive[:, :d], dim=-1)  # (N, d)
         n = None if negatives is None else F.normalize(negatives[..., :d], dim=-1)  # (B|N, K, d)
         per_dim[d] = _infonce(q, p, n, temperature, share_negatives, offset, mask)
-        total = total + (w / sum(weights)) * per_dim[d]
+        total = total + (w / scale) * per_dim[d]
     return total, per_dim
 
 

@@ -40,7 +40,8 @@ class NyxTrainer(Trainer):
         c = self.loss_cfg
         total, per_dim = mrl_infonce_losses(q, positives, negatives, c.dims, c.weights, c.temperature,
                                             c.share_negatives, c.gather_across_devices,
-                                            mask if k else None)  # every rank passes one (a collective)
+                                            mask if k else None,  # every rank passes one (a collective)
+                                            normalize_weights=c.normalize_weights)
         for d, v in per_dim.items():
             self._dim_sums[d] += float(v.detach())
         self._dim_calls += 1

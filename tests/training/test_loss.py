@@ -101,6 +101,23 @@ def test_per_dim_losses_and_total():
         torch.testing.assert_close(loss_d, want, rtol=1e-10, atol=1e-12)
 
 
+def test_weights_summed_as_given_like_the_released_code():
+    """`normalize_weights=False` (loss.normalize_weights, the paper profile): the released
+    nyx/model.py's `total_loss += weight * slice_loss`, the same per-dim losses, a total and a
+    gradient sum(weights) times the normalised one."""
+    q, p, n = make_batch(1, 5, 2, 16)
+    weights = (1.0, 1.0, 0.2, 0.2)
+    q1, q2 = q.clone().requires_grad_(), q.clone().requires_grad_()
+    normed, per_dim = mrl_infonce_losses(q1, p, n, dims=(16, 8, 4, 2), weights=weights)
+    summed, per_dim2 = mrl_infonce_losses(q2, p, n, dims=(16, 8, 4, 2), weights=weights, normalize_weights=False)
+    torch.testing.assert_close(summed, sum(w * per_dim2[d] for d, w in zip((16, 8, 4, 2), weights, strict=True)))
+    torch.testing.assert_close(summed, normed * 2.4)
+    normed.backward()
+    summed.backward()
+    torch.testing.assert_close(q2.grad, q1.grad * 2.4)
+    assert {d: float(v) for d, v in per_dim.items()} == {d: float(v) for d, v in per_dim2.items()}
+
+
 def test_empty_negatives_equal_no_negatives():
     q, p, n = make_batch(1, 4, 3, 8)
     for share in (False, True):
