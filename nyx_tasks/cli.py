@@ -392,6 +392,40 @@ def gc_cmd(profile: Profile = "demo", sets: Sets = None, root: Root = None,
     typer.echo(f"removed {len(found)} leftover(s), {remove(store, found):,d} bytes under {cfg.artifact_root()}")
 
 
+@app.command("index")
+def index_cmd(name: Annotated[str, typer.Argument(help="The index's name (indexes/<name>/ under the root).")],
+              inputs: Annotated[list[str], typer.Argument(help="Parquet / JSONL files of documents (globs, URLs).")],
+              model: Annotated[str, typer.Option("--model", help="A folder `nyx export model` wrote.")],
+              id_column: Annotated[str, typer.Option("--id-column")] = "id",
+              text_column: Annotated[str, typer.Option("--text-column")] = "text",
+              profile: Profile = "demo", sets: Sets = None, root: Root = None) -> None:
+    """Embed your own documents with a trained retriever into a searchable index (resumable: a rerun
+    embeds only what is missing). Documents are text; spelled special tokens stay text."""
+    from nyx_tasks.retrieval.user_index import build_index  # torch: kept out of `nyx --help`
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: likewise
+
+    setup_cli_logging()
+    cfg = _config(profile, None, sets, root)
+    typer.echo(json.dumps(build_index(ArtifactStore(cfg.artifact_root()), name, model, list(inputs), id_column,
+                                      text_column), indent=2))
+
+
+@app.command("search")
+def search_cmd(query: Annotated[str, typer.Argument(help="What to look for.")],
+               index: Annotated[str, typer.Option("--index", help="An index `nyx index` built.")],
+               k: Annotated[int, typer.Option("-k", help="How many documents.")] = 10,
+               dim: Annotated[int | None, typer.Option("--dim", help="A Matryoshka width (default: full).")] = None,
+               profile: Profile = "demo", sets: Sets = None, root: Root = None) -> None:
+    """The top-k documents of an index for a query: rank, score, id and the text's start."""
+    from nyx_tasks.retrieval.user_index import search_index  # torch: kept out of `nyx --help`
+    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: likewise
+
+    cfg = _config(profile, None, sets, root)
+    for hit in search_index(ArtifactStore(cfg.artifact_root()), index, [query], k, dim)[0]:
+        text = " ".join(hit.text.split())
+        typer.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.doc_id}  {text[:100]}{'...' if len(text) > 100 else ''}")
+
+
 export_app = typer.Typer(no_args_is_help=True, help="Export datasets for publishing.")
 app.add_typer(export_app, name="export")
 
