@@ -396,8 +396,7 @@ def gc_cmd(profile: Profile = "demo", sets: Sets = None, root: Root = None,
 def index_cmd(name: Annotated[str, typer.Argument(help="The index's name (indexes/<name>/ under the root).")],
               inputs: Annotated[list[str], typer.Argument(help="Parquet / JSONL files of documents (globs, URLs).")],
               model: Annotated[str, typer.Option("--model", help="A folder `nyx export model` wrote.")],
-              id_column: Annotated[str, typer.Option("--id-column")] = "id",
-              text_column: Annotated[str, typer.Option("--text-column")] = "text",
+              columns: Annotated[str, typer.Option("--columns", help="The id and text columns.")] = "id,text",
               profile: Profile = "demo", sets: Sets = None, root: Root = None) -> None:
     """Embed your own documents with a trained retriever into a searchable index (resumable: a rerun
     embeds only what is missing). Documents are text; spelled special tokens stay text."""
@@ -406,8 +405,9 @@ def index_cmd(name: Annotated[str, typer.Argument(help="The index's name (indexe
 
     setup_cli_logging()
     cfg = _config(profile, None, sets, root)
+    id_column, _, text_column = columns.partition(",")
     typer.echo(json.dumps(build_index(ArtifactStore(cfg.artifact_root()), name, model, list(inputs), id_column,
-                                      text_column), indent=2))
+                                      text_column or "text"), indent=2))
 
 
 @app.command("search")
