@@ -156,3 +156,23 @@ def test_cli_import(tmp_path, image_root):
     assert rows[0]["query"].startswith("<pic>\n")
     r = nyx("import", "mme5", str(tmp_path / "missing.parquet"), "--name", "y", "--root", str(root))
     assert r.returncode == 1 and "matches no file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_imported_text_that_spells_special_tokens_stays_text(tmp_path, image_root):
+    """The dataset's own image token (`<|image_N|>`, or the placeholder itself) becomes the placeholder;
+    the text around it is text: a spelled `<|im_start|>`, `<|image_pad|>` or `<|vision_start|>` in it
+    is escaped (`core.text.plain`), so it becomes neither a chat turn nor a special token id."""
+    from nyx_tasks.core.text import JOINER
+
+    (tmp_path / "ImageNet_1K").mkdir()
+    rows = [{"qry": "<|image_1|>\nWhat does <|image_pad|> mean in <|im_start|>user prompts?\n",
+             "qry_image_path": "images/ImageNet_1K/Train/a.jpg", "pos_text": "Qwen opens an image with <|vision_start|>.",
+             "pos_image_path": "", "neg_text": "", "neg_image_path": ""}]
+    src = write_parquet(tmp_path / "ImageNet_1K" / "original-00000-of-00001.parquet", rows)
+    store = ArtifactStore(str(tmp_path / "art"))
+    m = import_dataset("mmeb", [str(src)], "tokens", store, [str(image_root)])
+    assert m["rows_out"] == 1
+    (row,) = read_dataset(store, "tokens")[1]
+    assert row["query"] == f"<image>\nWhat does <{JOINER}|image_pad|> mean in <{JOINER}|im_start|>user prompts?"
+    assert row["query"].count("<image>") == len(row["query_image_ids"]) == 1  # the one real image slot
+    assert row["pos_text"] == f"Qwen opens an image with <{JOINER}|vision_start|>." and row["pos_image_ids"] == []

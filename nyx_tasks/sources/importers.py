@@ -35,6 +35,7 @@ from nyx_tasks.core.base import code_version
 from nyx_tasks.core.config import FetchConfig
 from nyx_tasks.core.hashing import stable_hash
 from nyx_tasks.core.log import DropCounter, get_logger
+from nyx_tasks.core.text import plain
 from nyx_tasks.sources.fetch import decode_image
 from nyx_tasks.sources.files import Malformed, expand_urls, iter_file_rows
 from nyx_tasks.store.artifacts import ArtifactStore
@@ -155,7 +156,8 @@ def encode_side(text, paths: list[str], images: ImageReader, token: re.Pattern, 
 
     The text keeps one placeholder per image: tokens beyond the image count are removed (MMEB's
     WebQA queries carry a token but no image) and missing ones are put in front (an image-only
-    negative has no text at all); both fixes are counted."""
+    negative has no text at all); both fixes are counted. The text between the tokens is text:
+    spelled special tokens and placeholders in it are escaped (`core.text.plain`)."""
     ids = []
     for p in paths:
         iid, reason = images.get(p)
@@ -173,7 +175,11 @@ def encode_side(text, paths: list[str], images: ImageReader, token: re.Pattern, 
         seen += 1
         return placeholder if seen <= len(ids) else ""
 
-    text = token.sub(swap, text).strip()
+    pieces, last = [], 0  # the dataset's image tokens become placeholders; the text between them is text
+    for m in token.finditer(text):
+        pieces += [plain(text[last:m.start()]), swap(m)]
+        last = m.end()
+    text = "".join([*pieces, plain(text[last:])]).strip()
     if n_tok < len(ids):
         extra["image_tokens_added"] += len(ids) - n_tok
         text = (placeholder * (len(ids) - n_tok) + "\n" + text).strip()
