@@ -35,9 +35,8 @@ import numpy as np
 from nyx_tasks.core.config import TextSetConfig
 from nyx_tasks.core.hashing import stable_hash
 from nyx_tasks.core.log import Progress, get_logger
-from nyx_tasks.core.text import plain
-from nyx_tasks.sources.files import Malformed, fingerprint_urls, iter_file_rows
-from nyx_tasks.sources.text_sets import Drop, set_files
+from nyx_tasks.sources.files import fingerprint_urls
+from nyx_tasks.sources.text_sets import Drop, corpus_rows, set_files
 from nyx_tasks.store.artifacts import ArtifactStore
 from nyx_tasks.store.gc import unnamed_builds
 
@@ -184,21 +183,16 @@ def _replay_drops(store: ArtifactStore, manifest: dict, name: str, drop: Drop) -
 
 
 def _source_rows(ts: TextSetConfig, drops: list) -> Iterator[tuple[str, str]]:
-    """(doc_id, text) of every source row with a text, in file order; malformed and empty rows
-    go to `drops` as (rows accepted before it, 0, reason, where) for `_build` to order."""
+    """(doc_id, text) of every source row with a text, in file order (`text_sets.corpus_rows`);
+    malformed and empty rows go to `drops` as (rows accepted before it, 0, reason, where) for
+    `_build` to order."""
     n = 0
-    for url in set_files(ts)[1]:
-        for i, row in enumerate(iter_file_rows(url)):
-            where = f"{url}#{i}"
-            if isinstance(row, Malformed):
-                drops.append((n, 0, f"corpus_malformed_{row.reason}", where))
-                continue
-            doc_id, text = row.get(ts.corpus_id_column), row.get(ts.corpus_text_column)
-            if not isinstance(text, str) or not text.strip():
-                drops.append((n, 0, "corpus_empty_text", where))
-                continue
-            n += 1
-            yield (str(doc_id) if doc_id is not None else where), plain(text)
+    for where, doc_id, text in corpus_rows(ts):
+        if text is None:
+            drops.append((n, 0, doc_id, where))
+            continue
+        n += 1
+        yield doc_id, text
 
 
 def _h64(s: str) -> int:

@@ -9,7 +9,7 @@ Bad rows are dropped with a named reason (`<set>_…`), never a crash.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from nyx_tasks.core.config import TextSetConfig
@@ -93,22 +93,33 @@ def sample_questions(questions: list[TextQuestion], n: int | None, seed: int) ->
     return [questions[i] for i in keep]
 
 
-def read_corpus(ts: TextSetConfig, drop: Drop) -> list[CorpusDoc]:
-    out: list[CorpusDoc] = []
-    seen: set[str] = set()
+def corpus_rows(ts: TextSetConfig) -> Iterator[tuple[str, str, str | None]]:
+    """(where, doc_id, text) of every row of the set's corpus files in file order, the text read as
+    text (`core.text.plain`); a row that cannot be used has text None and, in place of its id, why
+    (`corpus_malformed_<reason>`, `corpus_empty_text`). The one reader of a corpus row: `read_corpus`
+    and the corpus tables (`corpus_table`) both read through it."""
     for url in set_files(ts)[1]:
         for i, row in enumerate(iter_file_rows(url)):
             where = f"{url}#{i}"
             if isinstance(row, Malformed):
-                drop(f"{ts.name}_corpus_malformed_{row.reason}", where)
+                yield where, f"corpus_malformed_{row.reason}", None
                 continue
             doc_id, text = row.get(ts.corpus_id_column), row.get(ts.corpus_text_column)
-            doc_id = str(doc_id) if doc_id is not None else where
             if not isinstance(text, str) or not text.strip():
-                drop(f"{ts.name}_corpus_empty_text", where)
-            elif doc_id in seen:
-                drop(f"{ts.name}_corpus_duplicate_id", doc_id)
-            else:
-                seen.add(doc_id)
-                out.append(CorpusDoc(doc_id, plain(text)))
+                yield where, "corpus_empty_text", None
+                continue
+            yield where, (str(doc_id) if doc_id is not None else where), plain(text)
+
+
+def read_corpus(ts: TextSetConfig, drop: Drop) -> list[CorpusDoc]:
+    out: list[CorpusDoc] = []
+    seen: set[str] = set()
+    for where, doc_id, text in corpus_rows(ts):
+        if text is None:
+            drop(f"{ts.name}_{doc_id}", where)
+        elif doc_id in seen:
+            drop(f"{ts.name}_corpus_duplicate_id", doc_id)
+        else:
+            seen.add(doc_id)
+            out.append(CorpusDoc(doc_id, text))
     return out
