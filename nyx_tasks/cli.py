@@ -43,6 +43,8 @@ class _NyxApp(typer.Typer):
                 raise
             typer.echo(f"error: {failure_line(e)} (run again with --debug for the traceback)", err=True)
             sys.exit(1)
+        finally:
+            _ROOT.clear()  # one command's root (commands run in one process too: tests, notebooks)
 
 
 DEVICE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
@@ -53,7 +55,10 @@ def failure_line(e: BaseException) -> str:
     """The one line a failed command prints: the StageError's message; for a device that refused a
     write (full, over quota, read-only, failing), what and where, and that a re-run resumes."""
     if isinstance(e, OSError) and e.errno in DEVICE_ERRORS:
-        where = e.filename or (f"the artifact root {_ROOT[-1]}" if _ROOT else "the artifact root")
+        root = _ROOT[-1] if _ROOT else ""
+        where = str(e.filename or "") or (f"the artifact root {root}" if root else "the artifact root")
+        if root and e.filename and not where.startswith(root):  # a remote root's path lacks its protocol
+            where = f"{root} ({where})"
         return (f"{os.strerror(e.errno).lower()} while writing under {where}: free space (or fix the device), "
                 "then run the same command again: finished shards and committed stages are kept")
     what = str(e).strip().splitlines()[0] if str(e).strip() else ""

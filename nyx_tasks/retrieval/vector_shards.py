@@ -97,8 +97,12 @@ class CorpusVectors:
             return
         tmp = self.store._tmp_for(self.remote_rel(i))
         self.store.fs.makedirs(self.store.path(self.rel), exist_ok=True)
-        self.store.fs.put(self.path(i), self.store.path(tmp))
-        self.store.commit_tmp(tmp, self.remote_rel(i))
+        try:
+            self.store.fs.put(self.path(i), self.store.path(tmp))
+            self.store.commit_tmp(tmp, self.remote_rel(i))
+        except BaseException:
+            self.store.discard(tmp)  # the local file stays: the next run uploads it again
+            raise
 
     def missing(self) -> list[int]:
         return [i for i in range(self.n_shards) if not self.exists(i)]

@@ -82,12 +82,14 @@ class ShardOutputs:
         idx = int(shard["shard"])
         from nyx_tasks.core.schema import SCHEMAS  # pyarrow, only once rows are written
 
-        self.writers = {
-            kind: ctx.store.parquet_writer(
-                ctx.rel(ArtifactStore.shard_file(kind, idx)), SCHEMAS[schema], f"{ctx.stage.name}/{kind}"
-            )
-            for kind, schema in ctx.stage.outputs.items()
-        }
+        self.writers = {}
+        try:
+            for kind, schema in ctx.stage.outputs.items():
+                self.writers[kind] = ctx.store.parquet_writer(
+                    ctx.rel(ArtifactStore.shard_file(kind, idx)), SCHEMAS[schema], f"{ctx.stage.name}/{kind}")
+        except BaseException:
+            self.abort()  # the kinds opened before the one that failed
+            raise
 
     def write(self, rows: list[dict], kind: str = "part") -> None:
         self.writers[kind].write_rows(rows)

@@ -162,7 +162,6 @@ def corpus_table(store: ArtifactStore, ts: TextSetConfig, drop: Drop | None = No
     manifest = store.read_json(rel)
     if manifest is None:
         manifest = _build(store, ts, key, row_group, file_rows)
-        store.write_json_atomic(rel, manifest)
     if stale := unnamed_builds(store, key, manifest):  # a build that lost the race, or was killed
         for folder in stale:
             store.remove(folder)
@@ -254,11 +253,24 @@ class _Writer:
 
 
 def _build(store: ArtifactStore, ts: TextSetConfig, key: str, row_group: int, file_rows: int) -> dict:
-    """Stream the corpus files into a new build folder; returns the manifest to write."""
+    """Stream the corpus files into a new build folder and publish its manifest; returns it. A build
+    that fails (a full disk, an unreadable file) removes its folder: nothing is left to collect."""
     if file_rows % row_group:
         raise ValueError(f"file_rows ({file_rows}) must be a multiple of row_group ({row_group})")
-    log = get_logger("corpus")
     folder = f"{PREFIX}/{key}/b-{uuid.uuid4().hex[:12]}"
+    try:
+        manifest = _build_into(store, ts, key, folder, row_group, file_rows)
+        store.write_json_atomic(f"{PREFIX}/{key}/{MANIFEST}", manifest)
+    except BaseException:
+        store.discard(folder)
+        raise
+    return manifest
+
+
+def _build_into(store: ArtifactStore, ts: TextSetConfig, key: str, folder: str, row_group: int,
+                file_rows: int) -> dict:
+    """Stream the corpus files into `folder`; returns the manifest to write."""
+    log = get_logger("corpus")
     drops: list[tuple] = []
     id_hash, text_hash = array("Q"), array("Q")
     writer = _Writer(store, folder, row_group, file_rows)

@@ -20,6 +20,7 @@ reference (`adopted_manifest`): every reader resolves it to the base's files unc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -105,11 +106,22 @@ class ArtifactStore:
         self.fs.mv(self.path(tmp_rel), self.path(rel))
 
     def write_bytes_atomic(self, rel: str, data: bytes) -> None:
+        """`data` at `rel`, whole or not at all: a failed write (a full disk) leaves no temporary file."""
         tmp = self._tmp_for(rel)
         self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(self.path(tmp), "wb") as f:
-            f.write(data)
-        self.commit_tmp(tmp, rel)
+        try:
+            with self.fs.open(self.path(tmp), "wb") as f:
+                f.write(data)
+            self.commit_tmp(tmp, rel)
+        except BaseException:
+            self.discard(tmp)
+            raise
+
+    def discard(self, rel: str) -> None:
+        """Remove a temporary file after a failed write, if it is there (never raises: the write's
+        own error is the one to report)."""
+        with contextlib.suppress(Exception):
+            self.remove(rel)
 
     def write_json_atomic(self, rel: str, obj: Any) -> None:
         self.write_bytes_atomic(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
@@ -177,7 +189,13 @@ class ParquetShardWriter:
         self.tmp_rel = store._tmp_for(rel)
         store.fs.makedirs(store.path(rel).rsplit("/", 1)[0], exist_ok=True)
         self._fh = store.fs.open(store.path(self.tmp_rel), "wb")
-        self._writer = pq.ParquetWriter(self._fh, schema, compression="zstd")
+        try:
+            self._writer = pq.ParquetWriter(self._fh, schema, compression="zstd")  # writes the magic bytes
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._fh.close()
+            store.discard(self.tmp_rel)
+            raise
         self.rows = 0
 
     def write_rows(self, rows: list[dict]) -> None:
@@ -205,11 +223,13 @@ class ParquetShardWriter:
                 "sha256": self.store.sha256(self.rel)}
 
     def abort(self) -> None:
-        try:
+        """Drop the unfinished file (after a failure: closing it may fail the same way, which is not
+        reported again)."""
+        with contextlib.suppress(Exception):
             self._writer.close()
+        with contextlib.suppress(Exception):
             self._fh.close()
-        finally:
-            self.store.remove(self.tmp_rel)
+        self.store.discard(self.tmp_rel)
 
     def __enter__(self) -> ParquetShardWriter:
         return self
