@@ -3,8 +3,9 @@ an expiry, `partitions/<p>/<output>/_LEASE.json`.
 
 It is taken with an exclusive create whose content is complete when the file appears (a local
 disk: the record written to a temp file, then hard-linked into place, which fails when the lease
-exists; an object store: `open(..., "xb")`, a conditional put at close), renewed by a heartbeat
-thread while a step of the stage runs, and released when the stage commits. The owner is
+exists; an object store: `open(..., "xb")`, a conditional put at close: on S3 one PUT of the
+whole record with `If-None-Match: *`, refused with FileExistsError when the lease exists), renewed
+by a heartbeat thread while a step of the stage runs, and released when the stage commits. The owner is
 a run, not a process: every task of one Airflow run (plan, the mapped shards, commit)
 shares it, so they renew the same lease; any other writer is refused in one line naming
 the holder, or waits when asked to. A holder that dies stops renewing; once the expiry
@@ -90,6 +91,9 @@ class Lease:
         return self._read(self.path_rel)
 
     def _read(self, rel: str) -> dict | None:
+        # a fresh look: an object store's file system keeps directory listings (s3fs), in which
+        # another writer's lease, or its removal, would not show
+        self.store.fs.invalidate_cache(self.store.path(rel))
         try:
             found = self.store.read_json(rel)
         except (ValueError, OSError):
@@ -105,7 +109,8 @@ class Lease:
         """Exclusive create, the record complete when the file appears; False when the lease exists.
         A failed write leaves no lease behind."""
         self.store.fs.makedirs(self.store.path(self.rel), exist_ok=True)
-        data = json.dumps(self._record(), indent=2).encode()
+        record = self._record()
+        data = json.dumps(record, indent=2).encode()
         if self.store.is_local:
             linked = self._link_into_place(data)
             if linked is not None:
@@ -117,11 +122,20 @@ class Lease:
         try:
             with f:
                 f.write(data)
+        except FileExistsError:  # an object store checks the conditional put at close: the lease exists
+            return False
         except BaseException:
-            with contextlib.suppress(Exception):  # the half-written file is ours: nobody else may read it as a lease
-                self.store.fs.rm(self.store.path(self.path_rel))
+            self._discard(record["nonce"])
             raise
         return True
+
+    def _discard(self, nonce: str) -> None:
+        """Remove what a failed create left: a half-written file (ours, the create being exclusive) or
+        our own record; never another writer's complete lease (an object store's failed put wrote none)."""
+        with contextlib.suppress(Exception):
+            left = self.read()
+            if left is not None and (left.get("unreadable") or left.get("nonce") == nonce):
+                self.store.fs.rm(self.store.path(self.path_rel))
 
     def _link_into_place(self, data: bytes) -> bool | None:
         """Local disk: write a temp file, then hard-link it as the lease (atomic, fails if the lease
