@@ -22,7 +22,7 @@ import pytest
 from nyx_tasks.runner import RunOptions, run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.store.artifacts import ArtifactStore, SnapshotError, read_stage_table
-from nyx_tasks.store.lease import Lease, LeaseHeld
+from nyx_tasks.store.lease import Lease, LeaseHeld, stage_leases
 from tests.conftest import REPO
 
 
@@ -262,6 +262,42 @@ def test_airflow_runs_share_a_lease_per_run_and_a_second_run_is_rescheduled_not_
     holder.release()
     assert stage_group.plan_or_reschedule("chunk", cfg)  # the holder committed: this run plans
     assert store.read_json("partitions/demo/chunk/_LEASE.json")["owner"] == "airflow:nyx_stage_chunk/backfill__2026"
+
+
+def test_a_task_that_failed_for_good_releases_every_lease_its_run_holds_and_no_other(root):
+    """The DAGs' `on_failure_callback` (every task, through DEFAULT_ARGS): the failed run's leases, in
+    any partition, are removed at once, so the next run plans without waiting out the lease; another
+    run's lease stays."""
+    import logging
+
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
+    sys.path.insert(0, str(REPO / "dags"))
+    try:  # importing Airflow configures its logging, which replaces the root logger's handlers: put back
+        from nyx_airflow import stage_group
+        from nyx_airflow.defaults import DEFAULT_ARGS
+    finally:
+        sys.path.remove(str(REPO / "dags"))
+        root_logger.handlers[:] = handlers
+        root_logger.setLevel(level)
+    assert DEFAULT_ARGS["on_failure_callback"] is stage_group.release_run_leases
+
+    class Dag:
+        dag_id = "nyxqa_to_model"
+
+    store = ArtifactStore(str(root))
+    ours = "airflow:nyxqa_to_model/manual__1"
+    for rel in ("partitions/demo/chunk", "partitions/other/sample"):
+        Lease(store, rel, ours, ttl=600).acquire()
+    theirs = Lease(store, "partitions/demo/ingest", "airflow:nyx_stage_ingest/backfill__2", ttl=600)
+    theirs.acquire()
+    context = {"dag": Dag(), "run_id": "manual__1", "params": {"profile": "demo", "artifacts_root": str(root)},
+               "ds": "2026-12-06"}
+    stage_group.release_run_leases(context)
+    assert [(rel, r["owner"]) for rel, r in stage_leases(store)] == [("partitions/demo/ingest", theirs.owner)]
+    nxt = Lease(store, "partitions/demo/chunk", "airflow:nyxqa_to_model/manual__3", ttl=600)
+    assert nxt.try_acquire() is None  # the next run takes the stage at once
+    stage_group.release_run_leases({**context, "params": None})  # a broken context: logged, never raised
 
 
 # ------------------------------------------------------------------------------ verified reads

@@ -19,7 +19,7 @@ from nyx_tasks.retrieval.corpus_jobs import embeds_on_gpu, plan_vector_jobs, run
 from nyx_tasks.runner import RunOptions, commit_stage, plan_stage, run_shard, write_resolved_config
 from nyx_tasks.stages import STAGE_NAMES, get_stage
 from nyx_tasks.store.artifacts import ArtifactStore
-from nyx_tasks.store.lease import LeaseHeld
+from nyx_tasks.store.lease import Lease, LeaseHeld, stage_leases
 
 from .params import ConfError, check_conf, overrides_from_params
 
@@ -76,6 +76,29 @@ def run_options() -> RunOptions:
     task then waits (`plan_or_reschedule`)."""
     ctx = get_current_context()
     return RunOptions(owner=f"airflow:{ctx['dag'].dag_id}/{ctx['run_id']}")
+
+
+def release_run_leases(context) -> None:
+    """`on_failure_callback` of every task (DEFAULT_ARGS): a task that failed for good (its retries
+    spent) releases every stage lease its run holds, in any partition, so another run (a re-trigger,
+    a backfill) starts at once instead of waiting out the lease. The run's other tasks still writing
+    that stage lose the lease and stop at their next renewal; finished shards are kept. Never raises:
+    a lease it cannot release still expires on its own."""
+    log = get_logger("run")
+    try:
+        params = context["params"]
+        cfg = load_config(params.get("profile", "demo"), overrides_from_params(params, run_date(context), None))
+        store = ArtifactStore(cfg.artifact_root())
+        owner = f"airflow:{context['dag'].dag_id}/{context['run_id']}"
+        released = []
+        for rel, record in stage_leases(store):
+            if record.get("owner") == owner:
+                Lease(store, rel, owner).release()  # only if still ours
+                released.append(rel)
+        if released:
+            log.info("run %s failed: released its lease(s) on %s", context["run_id"], ", ".join(released))
+    except Exception as e:  # the failure being reported matters more than this clean-up
+        log.warning("could not release the run's leases (they expire on their own): %s: %s", type(e).__name__, e)
 
 
 @contextlib.contextmanager
