@@ -192,7 +192,9 @@ class Lease:
                        else f"expired at {held.get('expires_at')}")
                 get_logger("lease").warning("%s: took over the lease of %s (%s)", self.what, held.get("owner"), why)
                 return None
-        return self.read()
+        # three tries lost to other writers: never a win by default (a None read here is not ours)
+        return self.read() or {"owner": "another writer (the lease changed hands during three tries)",
+                               "expires": _now()}
 
     def acquire(self, wait: bool = False, timeout: float | None = None) -> None:
         """Take the lease, or refuse in one line naming the holder; with `wait`, poll until it is free
