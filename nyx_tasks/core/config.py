@@ -554,6 +554,11 @@ class FeedbackConfig(_Model):
                                "(nyxqa and text-set names); empty = all.")
     max_queries_per_source: int | None = Field(None, ge=1)
     prompt_version: str = Field("v1", pattern=r"^v\d+$")
+    protocol: Literal["strict", "paper"] = Field(
+        "strict", description="How a window's answer is asked and judged. strict: NyxQA as multiple choice "
+        "constrained to its options, scored 1/0 by option match; text sets free-form, token F1. paper (the "
+        "released code): every answer free-form (NyxQA's choices in the question), scored by token F1 against "
+        "the gold answer (NyxQA: the correct option's text); `threshold` is the quality threshold on it.")
     shard_queries: int = Field(256, ge=1, description="Queries per feedback shard (one mapped task each).")
 
 

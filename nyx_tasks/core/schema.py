@@ -184,7 +184,7 @@ FEEDBACK_WINDOWS = pa.schema(
         pa.field("ranks", pa.list_(pa.int32()), nullable=False),  # 0-based retrieval ranks of doc_ids
         pa.field("answer", pa.string()),  # null when the response did not fit the schema
         pa.field("score", pa.float64(), nullable=False),  # option match (0/1) or token F1
-        pa.field("judge", pa.string(), nullable=False),  # multiple_choice / free_form
+        pa.field("judge", pa.string(), nullable=False),  # option_match / token_f1 (feedback.protocol)
     ]
 )
 

@@ -23,7 +23,8 @@ from nyx_tasks.embedding import MixedItem
 from nyx_tasks.embedding.cache import embed_cached
 from nyx_tasks.evaluation.judges import option_match, token_f1
 from nyx_tasks.inference import GenerationError, make_backend
-from nyx_tasks.retrieval.answering import ANSWER_PROMPTS, Answering, parsed_answer
+from nyx_tasks.retrieval.answering import (ANSWER_PROMPTS, PAPER_ANSWER_PROMPTS, Answering, free_answer,
+                                          parsed_answer)
 from nyx_tasks.retrieval.corpora import (
     Corpus,
     checkpoint_embedder,
@@ -266,7 +267,8 @@ def ask_vlm(ctx: StageContext, data: FeedbackShard, wins: list[WindowRequest], o
     reqs = []
     for wr in wins:
         r, opts = data.rows[wr.query], data.options(wr.query)
-        reqs.append(asking.request(r["query"], r["query_image_ids"], wr.docs, options=opts["options"] if opts else None))
+        reqs.append(asking.request(r["query"], r["query_image_ids"], wr.docs, options=opts["options"] if opts else None,
+                                   protocol=cfg.protocol))
     try:
         backend = make_backend(cfg.generation, ctx.store)
         ctx.log.info("feedback %s: %d queries x windows = %d requests to %s", data.name, len(data.rows), len(reqs),
@@ -280,18 +282,24 @@ def ask_vlm(ctx: StageContext, data: FeedbackShard, wins: list[WindowRequest], o
     return resps
 
 
-def score_answer(answer: str | None, row: dict, opts: dict | None) -> float:
-    """The judged score of one parsed answer: 0 when unparseable, option match for multiple choice,
-    token F1 against the row's answers otherwise."""
+def judge_kind(opts: dict | None, protocol: str) -> str:
+    """What a window's score is: `option_match` (strict, multiple choice: 1 or 0) or `token_f1`."""
+    return "option_match" if opts and protocol == "strict" else "token_f1"
+
+
+def score_answer(answer: str | None, row: dict, opts: dict | None, protocol: str = "strict") -> float:
+    """The judged score of one parsed answer: 0 when unparseable; option match for strict multiple
+    choice; token F1 otherwise, against the correct option's text (paper, NyxQA) or the row's answers."""
     if answer is None:
         return 0.0
-    if opts:
+    if judge_kind(opts, protocol) == "option_match":
         return option_match(answer, opts["options"], opts["correct_index"])
-    return token_f1(answer, row["answers"] or [row["answer"]])
+    golds = [opts["options"][opts["correct_index"]]] if opts else (row["answers"] or [row["answer"]])
+    return token_f1(answer, golds)
 
 
 def judge(data: FeedbackShard, ranking: Ranking, wins: list[WindowRequest], resps: Sequence,
-          extra: Counter[str]) -> tuple[list[list[float]], list[dict]]:
+          extra: Counter[str], protocol: str = "strict") -> tuple[list[list[float]], list[dict]]:
     """Step 4: each window's judged score, per query in window order, and the stored window rows;
     counts `unparseable_answers` and `window_score_0.0` ... `window_score_1.0`."""
     window_scores: list[list[float]] = [[] for _ in data.rows]
@@ -299,16 +307,16 @@ def judge(data: FeedbackShard, ranking: Ranking, wins: list[WindowRequest], resp
     for wr, resp in zip(wins, resps, strict=True):
         qi, docs = wr.query, wr.docs
         r, opts = data.rows[qi], data.options(qi)
-        answer = parsed_answer(resp, opts["options"] if opts else None)
+        answer = free_answer(resp) if protocol == "paper" else parsed_answer(resp, opts["options"] if opts else None)
         if answer is None:
             extra["unparseable_answers"] += 1
-        score = score_answer(answer, r, opts)
+        score = score_answer(answer, r, opts, protocol)
         window_scores[qi].append(score)
         extra[f"window_score_{int(score * 10) / 10:.1f}"] += 1  # 0.0, 0.1, ..., 1.0
         window_rows.append({"qa_id": r["qa_id"], "source": r["source"], "window": wr.window,
                             "doc_ids": [data.corpus.ids[d] for d in docs],
                             "ranks": [list(ranking.ranked[qi]).index(d) for d in docs], "answer": answer,
-                            "score": float(score), "judge": "multiple_choice" if opts else "free_form"})
+                            "score": float(score), "judge": judge_kind(opts, protocol)})
     return window_scores, window_rows
 
 
@@ -391,7 +399,8 @@ class FeedbackStage(Stage):
         return [(emb, ts) for ts in sets]
 
     def config_payload(self, cfg):
-        payload = with_prompts(super().config_payload(cfg), cfg, cfg.feedback.prompt_version, ANSWER_PROMPTS)
+        prompts = PAPER_ANSWER_PROMPTS if cfg.feedback.protocol == "paper" else ANSWER_PROMPTS
+        payload = with_prompts(super().config_payload(cfg), cfg, cfg.feedback.prompt_version, prompts)
         payload["text_sets"] = [t.model_dump(mode="json") for t in cfg.mine.text_sets]
         return payload
 
@@ -421,7 +430,7 @@ class FeedbackStage(Stage):
         ranking = rank(ctx, data, out)
         wins = window_requests(ranking, cfg.window_size, cfg.stride)
         resps = ask_vlm(ctx, data, wins, out)
-        window_scores, window_rows = judge(data, ranking, wins, resps, out.extra)
+        window_scores, window_rows = judge(data, ranking, wins, resps, out.extra, ctx.cfg.feedback.protocol)
         out.write(window_rows, kind="windows")
         out.write(triplets(data, ranking, select(data, ranking, window_scores, cfg, out)))
 

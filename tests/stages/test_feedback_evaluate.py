@@ -33,9 +33,9 @@ def test_feedback_positives_follow_the_rule_over_the_stored_windows(stage2):
     windows = read_stage_table(store, cfg.partition, "feedback", kind="windows").to_pylist()
     triplets = {r["qa_id"]: r for r in read_stage_table(store, cfg.partition, "feedback").to_pylist()}
     nyxqa = [w for w in windows if w["source"] == "nyxqa"]
-    assert nyxqa and all(w["judge"] == "multiple_choice" and w["score"] in (0.0, 1.0) for w in nyxqa)
+    assert nyxqa and all(w["judge"] == "option_match" and w["score"] in (0.0, 1.0) for w in nyxqa)
     assert any(w["score"] == 1.0 for w in nyxqa)  # four options: the constrained random VLM is sometimes right
-    assert all(w["judge"] == "free_form" for w in windows if w["source"] != "nyxqa")
+    assert all(w["judge"] == "token_f1" for w in windows if w["source"] != "nyxqa")
     by_query: dict[str, list[dict]] = {}
     for w in windows:
         by_query.setdefault(w["qa_id"], []).append(w)
