@@ -496,6 +496,9 @@ class TrainConfig(_Model):
     num_gpus: int = Field(0, ge=0, description="0: train on the CPU in one process; N: torchrun over N GPUs.")
     deepspeed: bool = Field(True, description="ZeRO-2 through DeepSpeed when training on GPUs.")
     dataloader_workers: int = Field(2, ge=0)
+    vision_attention: Literal["one_call", "per_window"] = Field(
+        "one_call", description="The vision tower's windowed attention: one block-diagonal call per layer "
+        "(FlexAttention on GPUs), or transformers' call per window (the same numbers, thousands of calls a step).")
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from nyx_tasks.core.log import Progress, get_logger
 from nyx_tasks.embedding.base import MixedItem, l2_normalise, matryoshka
 from nyx_tasks.inference.base import load_image
 from nyx_tasks.inference.hf_backend import model_fingerprint
+from nyx_tasks.models.vision_attention import use_one_call_vision_attention
 
 
 def last_token_pool(hidden, attention_mask):
@@ -83,6 +84,7 @@ class VLMEmbedder:
     def _attach(self, model, processor, fingerprint: str) -> None:
         self.images_embedded = 0  # images passed to the model so far (mine reports it)
         self.model = model.to(self.device).eval()
+        use_one_call_vision_attention(self.model)  # Qwen2.5-VL's windows in one call per layer (same vectors)
         self.processor = processor
         self.processor.tokenizer.padding_side = "right"  # last_token_pool relies on it
         self.dim = int(self.model.config.get_text_config().hidden_size)

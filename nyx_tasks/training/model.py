@@ -21,6 +21,7 @@ from nyx_tasks.core.config import LoraSettings, TrainConfig
 from nyx_tasks.core.log import get_logger
 from nyx_tasks.embedding.nyx import cap_image_pixels
 from nyx_tasks.embedding.vlm import last_token_pool
+from nyx_tasks.models.vision_attention import use_one_call_vision_attention
 
 # Decoder-layer projections of the language model only: Qwen2.5-VL's vision
 # blocks also have gate_proj / up_proj / down_proj, which must stay frozen.
@@ -161,6 +162,7 @@ def load_trainable(path: str, cfg: TrainConfig, use_bf16: bool, adapter: str | N
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.config.use_cache = False
+    use_one_call_vision_attention(model, cfg.vision_attention)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     if cfg.gradient_checkpointing:
