@@ -1,10 +1,19 @@
-# Sourced by the scripts: an embedded Airflow for this checkout (SQLite, local
-# artifacts). Everything is under the project directory; nothing global changes.
+# Sourced by the scripts: an embedded Airflow for this checkout (SQLite, or the
+# UI's Postgres while scripts/ui.sh runs; local artifacts). Everything is under
+# the project directory; nothing global changes.
 NYX_PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$NYX_PROJECT/.airflow}"
-# SQLite waits up to 30 s for a lock (Python's default is 5 s): on a busy small machine the scheduler can
-# hold the write lock longer, and the UI's Backfill then fails with "Database is locked".
-export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db?timeout=30}"
+# The metadata database: yours if AIRFLOW__DATABASE__SQL_ALCHEMY_CONN is set; while scripts/ui.sh runs its
+# Postgres (scripts/ui_postgres.sh; its socket is under $AIRFLOW_HOME/pg/run), that one, so the CLI sees
+# what the UI shows (NYX_UI_DB=sqlite: never); otherwise SQLite, which waits up to 30 s for a lock
+# (Python's default is 5 s: on a busy small machine the scheduler can hold the write lock longer).
+NYX_SQLITE_URL="sqlite:///$AIRFLOW_HOME/airflow.db?timeout=30"
+NYX_UI_PG_URL="postgresql+psycopg2://airflow@/airflow?host=$AIRFLOW_HOME/pg/run&port=5432"  # = ui_pg_url
+if [ -z "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}" ] && [ "${NYX_UI_DB:-postgres}" != sqlite ] \
+    && [ -S "$AIRFLOW_HOME/pg/run/.s.PGSQL.5432" ]; then
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$NYX_UI_PG_URL"
+fi
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-$NYX_SQLITE_URL}"
 export AIRFLOW__CORE__DAGS_FOLDER="$NYX_PROJECT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$NYX_PROJECT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False

@@ -13,28 +13,18 @@ cd "$(dirname "$0")/.."
 quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
 
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+bash scripts/setup.sh   # .venv with the project (a no-op when up to date)
+bash scripts/postgres_env.sh   # Debian's PostgreSQL, psycopg2 and asyncpg in .venv
 apt_pkgs=()
-[ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || apt_pkgs+=(postgresql)
 command -v redis-server > /dev/null || apt_pkgs+=(redis-server)
 # Debian's docker-compose (1.29, the Python client; no engine needed): tests/test_compose.py runs
 # its `config` on docker-compose.yaml, the deployment these servers stand in for.
 command -v docker-compose > /dev/null || apt_pkgs+=(docker-compose)
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     echo "[celery-env] apt-get install ${apt_pkgs[*]}" >&2
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    # policy-rc.d 101: the packages install without starting their system services
-    # (the test runs its own instances; nothing should listen on 5432/6379).
-    POLICY=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$POLICY" ]; then
-        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" > /dev/null && $SUDO chmod +x "$POLICY" && made_policy=1
-    fi
-    trap '[ "$made_policy" = 1 ] && $SUDO rm -f "$POLICY"' EXIT
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" > /dev/null
+    bash scripts/apt_install.sh "${apt_pkgs[@]}"  # without starting their services: the test runs its own
 fi
 
-bash scripts/setup.sh   # .venv with the project (a no-op when up to date)
 # celery 5.7 dropped `celery.backends.database.retry`, which the provider (3.26) still imports:
 # keep celery below 5.7 until a provider release stops needing it. The check imports the
 # executor module itself, so a broken combination is re-installed.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main command: set up, then run the full nyxqa_to_model DAG under a real
-# (embedded, SQLite) Airflow on the bundled sample corpus, and print where the
-# artifacts are and each stage's manifest summary.
+# (embedded: SQLite, or the UI's Postgres while scripts/ui.sh runs) Airflow on the
+# bundled sample corpus, and print where the artifacts are and each stage's
+# manifest summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
 # The Airflow UI for this checkout: `airflow standalone` (api-server, scheduler,
-# dag-processor, triggerer; SQLite) on http://127.0.0.1:${NYX_UI_PORT:-8080},
-# with the gpu pool made by `nyx airflow init`. Everything listens on 127.0.0.1.
+# dag-processor, triggerer) on http://127.0.0.1:${NYX_UI_PORT:-8080}, with the
+# gpu pool made by `nyx airflow init`. Everything listens on 127.0.0.1.
+# Its metadata database: by default a PostgreSQL cluster of its own under
+# $AIRFLOW_HOME/pg (scripts/ui_postgres.sh: made once and reused, Unix socket
+# only, started before Airflow and stopped after it; Debian's PostgreSQL and the
+# drivers are installed by scripts/postgres_env.sh when missing). SQLite takes one
+# writer at a time and refused the UI's Run Backfill while the scheduler wrote.
+# AIRFLOW__DATABASE__SQL_ALCHEMY_CONN set: that database, and no Postgres is
+# started; NYX_UI_DB=sqlite: SQLite under $AIRFLOW_HOME (the old default).
 # When all four components are healthy it prints one line,
 #   [ui] http://127.0.0.1:8080  admin / <password>
 # (Airflow generates the password once, under $AIRFLOW_HOME), and runs until
-# Ctrl-C or SIGTERM, which stop the whole standalone process group. If a
-# component dies, or the UI is not healthy within NYX_UI_TIMEOUT seconds (300),
-# it says so in one line, names the log to read, stops it all and exits 1.
+# Ctrl-C or SIGTERM, which stop the whole standalone process group, then its
+# Postgres. If a component (or the Postgres) dies, or the UI is not healthy within
+# NYX_UI_TIMEOUT seconds (300), it says so in one line, names the log to read,
+# stops it all and exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+USER_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}"  # before airflow_env.sh sets its default
 source scripts/airflow_env.sh
+# A shell that sourced airflow_env.sh before exports one of its defaults: not a database of the user's.
+case "$USER_CONN" in "$NYX_SQLITE_URL"|"$NYX_UI_PG_URL") USER_CONN="" ;; esac
 PORT="${NYX_UI_PORT:-8080}"
 TIMEOUT="${NYX_UI_TIMEOUT:-300}"
 PY="$PWD/.venv/bin/python"
@@ -22,11 +33,24 @@ export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS:-admin:admin}"
 PASSWORDS="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated}"
 LOG="$AIRFLOW_HOME/standalone.log"
-fail() { echo "[ui] FAILED: $*" >&2; exit 1; }
+SPID=""
+# The standalone's whole process group (its own session), then the Postgres: Airflow's components
+# end their database sessions before the database goes away.
+stop() {
+  if [ -n "$SPID" ] && kill -TERM -- "-$SPID" 2>/dev/null; then
+    for _ in $(seq 60); do kill -0 -- "-$SPID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$SPID" 2>/dev/null || true
+  fi
+  [ "$(type -t ui_pg_stop)" != function ] || ui_pg_stop
+}
+trap 'trap - INT TERM EXIT; stop; echo "[ui] stopped" >&2; exit 130' INT
+trap 'trap - INT TERM EXIT; stop; echo "[ui] stopped" >&2; exit 143' TERM
+trap 'rc=$?; trap - INT TERM EXIT; stop; exit "$rc"' EXIT  # a command that failed under set -e
+die() { trap - INT TERM EXIT; echo "[ui] FAILED: $*" >&2; stop; exit 1; }
 
 # Refuse a taken port now, not after a minute of start-up (SO_REUSEADDR as the api-server: a
 # previous run's TIME_WAIT connections do not count).
-"$PY" - "$PORT" <<'EOF' || fail "127.0.0.1:$PORT is already in use; stop what listens there or pick another port with NYX_UI_PORT=<port>"
+"$PY" - "$PORT" <<'EOF' || die "127.0.0.1:$PORT is already in use; stop what listens there or pick another port with NYX_UI_PORT=<port>"
 import socket, sys
 with socket.socket() as s:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -37,7 +61,19 @@ with socket.socket() as s:
 EOF
 
 mkdir -p "$AIRFLOW_HOME"
-airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log" >&2; fail "airflow db migrate; read $AIRFLOW_HOME/db-migrate.log"; }
+if [ -n "$USER_CONN" ]; then
+  echo "[ui] metadata database: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (yours; no Postgres started)" >&2
+else
+  case "${NYX_UI_DB:-postgres}" in
+    postgres)
+      bash scripts/postgres_env.sh || die "could not install PostgreSQL or its drivers (scripts/postgres_env.sh); or run with NYX_UI_DB=sqlite"
+      source scripts/ui_postgres.sh
+      ui_pg_start ;;
+    sqlite) echo "[ui] metadata database: SQLite ($AIRFLOW_HOME/airflow.db; one writer at a time)" >&2 ;;
+    *) die "NYX_UI_DB=$NYX_UI_DB: use postgres (the default) or sqlite" ;;
+  esac
+fi
+airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log" >&2; die "airflow db migrate; read $AIRFLOW_HOME/db-migrate.log"; }
 nyx airflow init > /dev/null
 
 # The scheduler and the triggerer start log servers on 0.0.0.0 (Airflow 3.3 hard-codes the host:
@@ -69,16 +105,11 @@ STARTED="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
 # Its own session, so its process group is all of it (components, their children).
 setsid "$PWD/.venv/bin/airflow" standalone > "$LOG" 2>&1 < /dev/null &
 SPID=$!
-stop() {
-  kill -TERM -- "-$SPID" 2>/dev/null || return 0
-  for _ in $(seq 60); do kill -0 -- "-$SPID" 2>/dev/null || return 0; sleep 0.5; done
-  kill -KILL -- "-$SPID" 2>/dev/null || true
-}
-trap 'trap - INT TERM; stop; echo "[ui] stopped" >&2; exit 130' INT
-trap 'trap - INT TERM; stop; echo "[ui] stopped" >&2; exit 143' TERM
-die() { trap - INT TERM; echo "[ui] FAILED: $*" >&2; stop; exit 1; }
 check_alive() {
   kill -0 "$SPID" 2>/dev/null || die "airflow standalone exited; read $LOG"
+  if [ -n "${UI_PG_PID:-}" ] && ! kill -0 "$UI_PG_PID" 2>/dev/null; then
+    die "postgres exited; read $UI_PG_LOG"
+  fi
   if [ -s "$EXITS" ]; then
     read -r name rc < "$EXITS"
     die "the $name exited (status $rc); read $LOG"

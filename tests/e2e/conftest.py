@@ -4,6 +4,8 @@ chromium driven by Playwright, and Airflow's login page."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,16 @@ def login(page, base: str, user: str, password: str) -> None:
     page.fill("input[name=password]", password)
     page.click("button:has-text('Sign in')")
     page.wait_for_url(lambda url: "/auth/" not in url)
+
+
+@pytest.fixture
+def ui_tmp():
+    """A temp dir for `bash scripts/ui.sh`'s AIRFLOW_HOME that others can search (0755): run as
+    root, ui.sh runs its Postgres as the `postgres` user, which cannot reach pytest's tmp_path
+    (its parents are 0700). Removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="nyx-ui-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

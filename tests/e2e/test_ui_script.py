@@ -89,10 +89,10 @@ def stop(proc: subprocess.Popen, pgids: set[int]) -> None:
         proc.wait(10)
 
 
-def test_ui_script_from_a_clean_shell(tmp_path):
+def test_ui_script_from_a_clean_shell(ui_tmp):
     port = free_port()
-    err = tmp_path / "ui.stderr"
-    proc = start_ui(clean_env(tmp_path, port), err)
+    err = ui_tmp / "ui.stderr"
+    proc = start_ui(clean_env(ui_tmp, port), err)
     pgids = {proc.pid}
     try:
         line = read_line(proc, 600)
