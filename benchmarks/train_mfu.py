@@ -8,6 +8,7 @@ at the paper's pixel cap (400 x 28 x 28).
 
     torchrun --standalone --nproc-per-node 1 benchmarks/train_mfu.py            # one GPU (goal: MFU >= 35%)
     python benchmarks/train_mfu.py --tiny                                      # CPU smoke run of the same path
+    python benchmarks/train_mfu.py --cpu-profile                               # CPU: attention calls per step
 
 Model FLOPs per step count what LoRA training must compute: the forward pass
 (2 x parameters x tokens for every matmul of the language model and the
@@ -142,6 +143,111 @@ class Profile:
         return _Profile()
 
 
+def narrow_3b_config(tok):
+    """The 3B's structure (36 + 32 layers, heads, windows, patches, merge, full-attention layers) at
+    narrow widths, for the CPU step profile: every call the real model makes, at a fraction of the cost."""
+    cfg = qwen25_vl_3b_config(tok)
+    text, vis = cfg.text_config, cfg.vision_config
+    text.hidden_size, text.intermediate_size = 256, 512
+    text.rope_parameters = {**text.rope_parameters, "mrope_section": [2, 3, 3]}  # head_dim 16
+    vis.hidden_size, vis.intermediate_size, vis.num_heads, vis.out_hidden_size = 128, 256, 8, 256
+    return cfg
+
+
+class StepCounter:
+    """Over one training step: F.scaled_dot_product_attention calls (attention) and every operator
+    torch dispatched (torch.profiler's CPU events: the launches a GPU would see), and its time."""
+
+    def __new__(cls, step: int):
+        import torch
+        import torch.nn.functional as F
+        from transformers import TrainerCallback
+
+        real = F.scaled_dot_product_attention
+
+        class _Counter(TrainerCallback):
+            attention = ops = 0
+            seconds = 0.0
+            prof = None
+
+            def counted(self, *args, **kwargs):
+                self.attention += 1
+                return real(*args, **kwargs)
+
+            def on_step_begin(self, a, state, control, **kw):
+                if state.global_step == step:
+                    F.scaled_dot_product_attention = self.counted
+                    self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                    self.prof.__enter__()
+                    self.t0 = time.perf_counter()
+
+            def on_step_end(self, a, state, control, **kw):
+                if self.prof is not None:
+                    self.seconds = time.perf_counter() - self.t0
+                    F.scaled_dot_product_attention = real
+                    self.prof.__exit__(None, None, None)
+                    self.ops = sum(e.count for e in self.prof.key_averages() if e.key.startswith("aten::"))
+                    self.prof = None
+
+        return _Counter()
+
+
+def cpu_step_profile(args) -> None:
+    """One training step of the 3B's structure at narrow widths on the CPU, with the vision tower's
+    attention per window (transformers) and in one call per layer (ours), side by side."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainingArguments
+
+    from nyx_tasks.core.config import TrainConfig
+    from nyx_tasks.embedding.nyx import cap_image_pixels
+    from nyx_tasks.inference import resolve_model
+    from nyx_tasks.models.vision_attention import use_one_call_vision_attention
+    from nyx_tasks.store.artifacts import ArtifactStore
+    from nyx_tasks.training.collator import TripletCollator
+    from nyx_tasks.training.data import ExampleDataset
+    from nyx_tasks.training.model import Backbone, apply_lora
+    from nyx_tasks.training.trainer import NyxTrainer
+
+    processor = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
+    processor.tokenizer.padding_side = "right"
+    cfg = TrainConfig(per_device_batch_size=args.batch, max_pixels=400 * 28 * 28, negatives={"per_query": 1},
+                      max_steps=2, loss={"dims": [256, 128, 64, 32], "weights": [1, 1, 0.2, 0.2]}, num_gpus=0)
+    cap_image_pixels(processor, cfg.max_pixels)
+    store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-profile-"))
+    examples = make_examples(store, args.batch * 2, images=not args.no_images)
+    collator = TripletCollator(processor, cfg, store)
+    first = collator(examples[:args.batch])
+    images = int(first["docs"]["image_grid_thw"].shape[0]) if "image_grid_thw" in first["docs"] else 0
+    rows = {}
+    for mode in ("per_window", "one_call"):
+        torch.manual_seed(0)
+        model = Qwen2_5_VLForConditionalGeneration(narrow_3b_config(processor.tokenizer))
+        model.config.use_cache = False
+        use_one_call_vision_attention(model, mode)
+        model = apply_lora(model, cfg.lora)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        counter = StepCounter(1)
+        targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="nyx-profile-out-"), max_steps=2,
+                                  per_device_train_batch_size=args.batch, use_cpu=True, report_to=[],
+                                  save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
+        NyxTrainer(model=model, args=targs, train_dataset=ExampleDataset(examples), data_collator=collator,
+                   loss_cfg=cfg.loss, backbone=Backbone(), callbacks=[counter]).train()
+        rows[mode] = (counter.attention, counter.ops, counter.seconds)
+    text, vis = model.config.get_text_config(), model.config.vision_config
+    layers = text.num_hidden_layers + vis.depth
+    print(f"CPU step profile: Qwen2.5-VL-3B structure ({text.num_hidden_layers} language + {vis.depth} vision layers, "
+          f"windows of {vis.window_size} px, full attention in layers {vis.fullatt_block_indexes}) at narrow widths; "
+          f"batch {args.batch} (query + positive + 1 negative), {images} images at 560 x 560 (the pixel cap) in the "
+          "documents, LoRA, gradient checkpointing (every layer's forward runs twice)")
+    print(f"  {'vision attention':18s} {'attention calls/step':>21s} {'operators/step':>15s} {'s/step':>8s}")
+    for mode, (calls, ops, secs) in rows.items():
+        print(f"  {mode:18s} {calls:21,d} {ops:15,d} {secs:8.2f}")
+    (c0, o0, s0), (c1, o1, s1) = rows["per_window"], rows["one_call"]
+    print(f"  one_call / per_window: attention calls x{c1 / c0:.3f}, operators x{o1 / o0:.3f}, time x{s1 / s0:.2f}")
+    print(f"  goal: attention calls per step <= 2 x {layers} layers = {2 * layers} per forward pass of query and "
+          f"documents, i.e. {2 * 2 * 2 * layers} with both passes recomputed; one_call: {c1}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the tiny offline model on the CPU (smoke run)")
@@ -150,7 +256,12 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops over two warm steps")
     ap.add_argument("--batch", type=int, default=8, help="per-device batch size")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (default: by name)")
+    ap.add_argument("--cpu-profile", action="store_true", help="one step of the 3B's structure at narrow widths "
+                    "on the CPU: attention calls, operators and time per step, per-window vs one-call vision attention")
     args = ap.parse_args()
+    if args.cpu_profile:
+        cpu_step_profile(args)
+        return
 
     import torch
     from transformers import (
