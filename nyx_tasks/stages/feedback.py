@@ -23,8 +23,13 @@ from nyx_tasks.embedding import MixedItem
 from nyx_tasks.embedding.cache import embed_cached
 from nyx_tasks.evaluation.judges import option_match, token_f1
 from nyx_tasks.inference import GenerationError, make_backend
-from nyx_tasks.retrieval.answering import (ANSWER_PROMPTS, PAPER_ANSWER_PROMPTS, Answering, free_answer,
-                                          parsed_answer)
+from nyx_tasks.retrieval.answering import (
+    ANSWER_PROMPTS,
+    PAPER_ANSWER_PROMPTS,
+    Answering,
+    free_answer,
+    parsed_answer,
+)
 from nyx_tasks.retrieval.corpora import (
     Corpus,
     checkpoint_embedder,

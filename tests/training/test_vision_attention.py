@@ -14,7 +14,10 @@ from PIL import Image
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from nyx_tasks.inference import resolve_model
-from nyx_tasks.models.vision_attention import block_diagonal_attention, use_one_call_vision_attention
+from nyx_tasks.models.vision_attention import (
+    block_diagonal_attention,
+    use_one_call_vision_attention,
+)
 
 
 def per_block(q, k, v, cu, scale):
