@@ -27,8 +27,8 @@ class _Model(BaseModel):
 class ArtifactsConfig(_Model):
     root: str = Field(
         "./artifacts",
-        description="fsspec URL or local path of the artifact root; "
-        "$NYX_ARTIFACTS_ROOT wins when set.",
+        description="fsspec URL or local path of the artifact root; $NYX_ARTIFACTS_ROOT replaces the "
+        "profile's, and an explicit override (`--root`, the trigger form's artifact root) replaces both.",
     )
 
 
@@ -770,7 +770,7 @@ class NyxConfig(_Model):
         return self
 
     def artifact_root(self) -> str:
-        root = os.environ.get("NYX_ARTIFACTS_ROOT") or self.artifacts.root
+        root = self.artifacts.root
         if "://" not in root:
             root = str(Path(root).expanduser().resolve())
         return root
@@ -854,6 +854,8 @@ def load_config(
         )
     data = profile_tree(path)
     data.setdefault("profile", path.stem)
+    if os.environ.get("NYX_ARTIFACTS_ROOT"):  # the deployment's root replaces the profile's; overrides win
+        data = deep_merge(data, {"artifacts": {"root": os.environ["NYX_ARTIFACTS_ROOT"]}})
     if isinstance(overrides, dict):
         data = deep_merge(data, overrides)
     else:  # `key=value` strings (values parsed as YAML) or trees taken verbatim

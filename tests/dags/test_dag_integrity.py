@@ -17,7 +17,7 @@ from tests.conftest import REPO
 # Every DAG the folder defines; test_the_dag_folder_defines_exactly_these fails when one is added
 # or dropped, so a new DAG cannot miss the checks below (the ids are known at collection time, the
 # DagBag is parsed once, when the first test needs it).
-DAG_IDS = ["nyxqa_to_model", "nyx_remine_negatives", "nyx_experiments", *(f"nyx_stage_{s}" for s in STAGE_NAMES)]
+DAG_IDS = ["nyxqa_to_model", "nyx_remine_negatives", "nyx_experiments", "nyx_index", *(f"nyx_stage_{s}" for s in STAGE_NAMES)]
 EVERY_DAG = pytest.mark.parametrize("dag_id", DAG_IDS)
 
 # Tasks that deliberately have no retries, each with its reason.
@@ -246,7 +246,7 @@ def test_trigger_form_submits_as_it_opens(dagbag, dag_id):
     defaults = ParamsDict(copy.deepcopy(params)).validate()
     # defaults pass, in a backfill too where the partition is left to the logical date (the re-mining
     # DAG's is fixed: it is no backfill DAG)
-    check_conf(defaults, {}, run_type="backfill" if defaults["partition"] is None else "manual", known=set(params))
+    check_conf(defaults, {}, run_type="backfill" if defaults.get("partition") is None else "manual", known=set(params))
 
 
 def test_redo_names_stages_and_later_stages():
