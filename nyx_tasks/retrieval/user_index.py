@@ -68,8 +68,9 @@ def build_index(store: ArtifactStore, name: str, model_dir: str, files: list[str
 
 
 def search_index(store: ArtifactStore, name: str, queries: list[str], k: int = 10, dim: int | None = None,
-                 search: SearchConfig | None = None) -> list[list[Hit]]:
-    """Each query's top-k documents of index `name` at Matryoshka `dim` (None: the model's full width)."""
+                 search: SearchConfig | None = None, embedder=None) -> list[list[Hit]]:
+    """Each query's top-k documents of index `name` at Matryoshka `dim` (None: the model's full width).
+    `embedder`: the index's model already loaded (`load(record["model"])`; a server keeps it)."""
     record = store.read_json(f"indexes/{name}/{RECORD}")
     if record is None:
         raise StageError(f"no index {name!r} under {store.root}; build it with `nyx index`")
@@ -77,7 +78,7 @@ def search_index(store: ArtifactStore, name: str, queries: list[str], k: int = 1
     table: CorpusTable = corpus_table(store, ts)
     if table.key != record["corpus"]:
         raise StageError(f"index {name!r}: its files changed since it was built; run `nyx index` again")
-    embedder = load(record["model"])
+    embedder = embedder or load(record["model"])
     if dim is not None and not 0 < dim <= embedder.dim:
         raise StageError(f"--dim {dim}: the model has {embedder.dim} dims")
     q_vecs = embedder.embed([MixedItem(q) for q in queries], "query")

@@ -14,6 +14,7 @@
     /experiments                       the experiment reports (nyx_experiments): name, base, variants
     /experiments/<name>                an experiment's comparison report.md rendered, its plots
     /experiments/<name>/<plot>.png     a plot of that report
+    /search?index=&q=&k=&dim=          search an index `nyx index` built: the top-k documents and scores
     /images/<aa>/<sha>.<ext>           an image of the root's content-addressed store
 
 Every list reads only the rows of the page it shows (`tables`). Every route requires an Airflow user (`auth.require_explorer_access`). Mounted by the plugin under
@@ -35,6 +36,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from nyx_tasks.core.base import StageError
 from nyx_tasks.store.artifacts import SnapshotError
 
 from . import data
@@ -238,6 +240,25 @@ def experiment(request: Request, name: str):
 def experiment_plot(request: Request, name: str, plot: str):
     st = store(request)
     return plot_response(st, data.experiment_file(st, name, plot))
+
+
+@router.get("/search", response_class=HTMLResponse, name="search")
+def search(request: Request, index: str = "", q: str = "", k: int = 10, dim: str = ""):
+    """Search an index `nyx index` built (text queries): its top-k documents with their scores."""
+    st = store(request)
+    indexes = data.user_indexes(st)
+    hits, problem = [], ""
+    k = max(1, min(k, 100))
+    if index and q.strip():
+        try:
+            hits = data.search(st, index, q, k, int(dim) if dim.strip() else None)
+        except data.Refused as e:
+            problem = data.noted(e)
+        except (StageError, ValueError) as e:  # a width the model does not have, a changed index
+            problem = data.one_line(str(e))
+    return render(request, "search.html", root=st.root, indexes=indexes, index=index or
+                  next((i["name"] for i in indexes if not i["broken"]), ""), q=q, k=k, dim=dim, hits=hits,
+                  problem=problem, searched=bool(index and q.strip()))
 
 
 @router.get("/images/{tail:path}", name="image")

