@@ -39,7 +39,9 @@ def build() -> dict:
     from airflow.sdk.exceptions import AirflowFailException
     from nyx_airflow.stage_group import config_from_context
 
-    from nyx_tasks.core.base import StageError  # the DAG file parses without the library's heavy imports
+    from nyx_tasks.core.base import (
+        StageError,  # the DAG file parses without the library's heavy imports
+    )
     from nyx_tasks.retrieval.user_index import build_index  # torch: only in the task
     from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: only in the task
 
