@@ -11,8 +11,13 @@ retried task) embeds only the vector shards that are missing. Search it with `ny
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 from nyx_airflow.defaults import DEFAULT_ARGS, START_DATE
 from nyx_airflow.params import optional_str, run_params
+from nyx_airflow.stage_group import config_from_context
+
+from nyx_tasks.core.base import StageError
+from nyx_tasks.store.artifacts import ArtifactStore
 
 
 def index_params() -> dict[str, Param]:
@@ -36,14 +41,7 @@ def index_params() -> dict[str, Param]:
 def build() -> dict:
     """The index task: the form's values -> `build_index`; a bad value fails the run in one line
     (no retry)."""
-    from airflow.sdk.exceptions import AirflowFailException
-    from nyx_airflow.stage_group import config_from_context
-
-    from nyx_tasks.core.base import (
-        StageError,  # the DAG file parses without the library's heavy imports
-    )
     from nyx_tasks.retrieval.user_index import build_index  # torch: only in the task
-    from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: only in the task
 
     params = get_current_context()["params"]
     if not params.get("inputs") or not params.get("model"):

