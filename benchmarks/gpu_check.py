@@ -217,6 +217,20 @@ def e5_base_dir(out: Path, smoke: bool) -> str:
     return str(out / "st")
 
 
+def host_preparation(emb, table, n: int) -> float:
+    """Passages/s the host side of a vector shard reaches alone: the corpus table's row groups read
+    (`iter_texts`) and tokenised as the model's encode does (prefix, truncation, padding per batch)."""
+    tok, size, prefix = emb.model.tokenizer, emb.cfg.batch_size, emb.cfg.document_prefix
+    t0 = time.perf_counter()
+    done = 0
+    for texts in table.iter_texts(0, n):
+        for i in range(0, len(texts), size):
+            tok([prefix + t for t in texts[i:i + size]], padding=True, truncation=True,
+                max_length=emb.model.max_seq_length)
+        done += len(texts)
+    return done / (time.perf_counter() - t0)
+
+
 def check_vectors(smoke: bool) -> None:
     """One mapped embedding shard of a wiki-sized text corpus (`vector_shards.embed_shard`, what
     each `vectors` / `vectors_gpu` task runs) with E5-base-v2's shape on the GPU, then the exact
@@ -253,6 +267,7 @@ def check_vectors(smoke: bool) -> None:
                          document_prefix="passage: ", batch_size=batch, device=device)
     emb = SentenceTransformerEmbedder(cfg, e5_base_dir(work / "e5", smoke))
     emb.embed([MixedItem(t) for t in passages[:batch]], "document")  # warm-up
+    prep = host_preparation(emb, table, n)
     t0 = time.perf_counter()
     rows = embed_shard(emb, table, 0, shard_rows=n)
     secs = time.perf_counter() - t0
@@ -273,6 +288,10 @@ def check_vectors(smoke: bool) -> None:
                      f"{next(emb.model.parameters()).dtype} vs float32 cosine min {cos.min():.4f}); "
                      f"{nq:,} queries top-30 over it in {search:.2f} s; "
                      f"wiki18's 21M passages: {21_015_324 / (rows / secs) / 3600:.1f} GPU-hours at this rate")
+    _line("vectors", f"host preparation (Parquet read + tokenisation, one process): {prep:,.0f} passages/s, "
+                     f"{prep / (os.cpu_count() or 1):,.0f} per core over {os.cpu_count()} cores; embedding "
+                     f"{rows / secs:,.0f} passages/s: the host prepares {prep / (rows / secs):.1f}x what the "
+                     f"model takes ({'the model limits' if prep > rows / secs else 'the host limits'})")
 
 
 # ------------------------------------------------------------------ vLLM

@@ -308,3 +308,29 @@ def test_rank_keys_order_by_score_then_row():
     order = np.lexsort((np.where(rows < 0, 2**40, rows), -scores.astype(np.float64)), axis=1)[:, :15]
     np.testing.assert_array_equal(r, np.take_along_axis(rows, order, 1))
     np.testing.assert_array_equal(s, np.take_along_axis(scores, order, 1))
+
+
+def test_prefetched_batches_keep_their_order_raise_the_readers_error_and_stop_when_dropped():
+    import threading
+
+    from nyx_tasks.retrieval.vector_shards import prefetched
+
+    assert list(prefetched(iter([[1, 2], [3], [4, 5]]))) == [[1, 2], [3], [4, 5]]
+
+    def failing():
+        yield ["a"]
+        raise OSError("a row group could not be read")
+
+    got = []
+    with pytest.raises(OSError, match="could not be read"):
+        for batch in prefetched(failing()):
+            got.append(batch)
+    assert got == [["a"]]
+    endless = prefetched(iter(range(10**9)), depth=2)
+    assert next(endless) == 0
+    endless.close()  # the consumer stops early: the reader thread ends instead of reading on
+    for _ in range(50):
+        if not any(t.name == "nyx-prefetch" and t.is_alive() for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.1)
+    assert not any(t.name == "nyx-prefetch" and t.is_alive() for t in threading.enumerate())

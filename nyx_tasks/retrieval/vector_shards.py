@@ -28,9 +28,11 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from queue import Full, Queue
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +139,39 @@ def corpus_vectors(embedder: Embedder, corpus: CorpusTable, shard_rows: int = SH
     return CorpusVectors(os.path.join(mirror, where, rel), len(corpus), shard_rows, store, rel)
 
 
+def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
+    """`batches`, read up to `depth` ahead in a thread: the next Parquet row group is read (pyarrow
+    releases the GIL) while the model embeds this one. An error of the reader surfaces here."""
+    done = object()
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        queue.put(batch, timeout=0.5)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            queue.put(e)
+
+    reader = threading.Thread(target=read, name="nyx-prefetch", daemon=True)
+    reader.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int = SHARD_ROWS) -> int:
     """Embed shard i unless its file exists; returns the rows embedded now (0: it was there).
     The file appears whole or not at all."""
@@ -156,7 +191,7 @@ def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int
     tmp = os.path.join(vectors.folder, f"{TMP_PREFIX}shard-{i:05d}.{uuid.uuid4().hex[:8]}.npy")
     out, done = None, 0
     try:
-        for texts in corpus.iter_texts(start, stop):
+        for texts in prefetched(corpus.iter_texts(start, stop)):
             vecs = np.asarray(embedder.embed([MixedItem(t) for t in texts], "document"), dtype=np.float32)
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, vecs.shape[1]))
