@@ -32,8 +32,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from queue import Full, Queue
 from dataclasses import dataclass
+from queue import Full, Queue
 
 import numpy as np
 
