@@ -148,6 +148,9 @@ def training_args(cfg, ckpt_dir: Path, total_steps: int, world: int, on_gpu: boo
         save_total_limit=None,  # CompleteCheckpoints rotates, after the marker, counting complete checkpoints
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, disable_tqdm=True,
         dataloader_num_workers=cfg.dataloader_workers if on_gpu else 0, use_cpu=not on_gpu,
+        # workers decode and process the images of the next batches while the GPU runs this step
+        dataloader_prefetch_factor=4 if on_gpu and cfg.dataloader_workers else None,
+        dataloader_persistent_workers=bool(on_gpu and cfg.dataloader_workers), dataloader_pin_memory=on_gpu,
         ddp_find_unused_parameters=False, log_level="warning",
         deepspeed=zero2_config(cfg, total_steps, world) if on_gpu and cfg.deepspeed else None,
     )
