@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from nyx_tasks.core.text import plain
 from nyx_tasks.embedding import MixedItem, load, resolve_model_path
 from nyx_tasks.retrieval.user_index import search_index
 from nyx_tasks.store.artifacts import ArtifactStore
@@ -68,5 +69,16 @@ def test_index_then_search_from_the_cli(tmp_path):
             assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
     top = search_index(store, "mydocs", ["Qwen image pad token"], k=1)[0][0]
     assert top.doc_id == "qwen" and "image_pad" in top.text.replace("\u2060", "")  # indexed and shown as text
+
+    class Spy:  # what the model is asked to embed for a query that spells Qwen's tokens
+        dim, model_id, seen = emb.dim, emb.model_id, []
+
+        def embed(self, items, role):
+            self.seen += [(it.text, role) for it in items]
+            return emb.embed(items, role)
+
+    spy = Spy()
+    search_index(store, "mydocs", ["what does <|image_pad|> mean?"], k=1, embedder=spy)
+    assert spy.seen == [(plain("what does <|image_pad|> mean?"), "query")] and "<|image_pad|>" not in spy.seen[0][0]
     missing = nyx("search", "x", "--index", "nope", "--root", str(root))
     assert missing.returncode == 1 and "no index 'nope'" in missing.stderr

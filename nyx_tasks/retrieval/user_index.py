@@ -20,6 +20,7 @@ from pathlib import Path
 from nyx_tasks.core.base import StageError
 from nyx_tasks.core.config import SearchConfig, TextSetConfig
 from nyx_tasks.core.log import get_logger
+from nyx_tasks.core.text import plain
 from nyx_tasks.embedding import MixedItem, load
 from nyx_tasks.retrieval.corpora import search_table
 from nyx_tasks.retrieval.vector_shards import SHARD_ROWS, embed_missing
@@ -81,7 +82,7 @@ def search_index(store: ArtifactStore, name: str, queries: list[str], k: int = 1
     embedder = embedder or load(record["model"])
     if dim is not None and not 0 < dim <= embedder.dim:
         raise StageError(f"--dim {dim}: the model has {embedder.dim} dims")
-    q_vecs = embedder.embed([MixedItem(q) for q in queries], "query")
+    q_vecs = embedder.embed([MixedItem(plain(q)) for q in queries], "query")  # a typed <|image_pad|> is text
     scores, rows, _ = search_table(embedder, table, q_vecs, k, search or SearchConfig(), dim, record["shard_rows"])
     out = []
     for srow, rrow in zip(scores, rows, strict=True):
