@@ -228,22 +228,29 @@ def test_a_lease_whose_write_fails_leaves_no_lease_behind(tmp_path, monkeypatch)
     assert store.read_json("partitions/p/chunk/_LEASE.json")["owner"] == "cli:x"
 
 
-def test_airflow_runs_share_a_lease_per_run_and_a_second_run_is_rescheduled_not_failed(monkeypatch, root):
-    """The DAGs write through `run_options()` (owner = the Airflow run, so its plan, shard and commit
-    tasks share the lease); a plan that finds another run's lease is rescheduled (up_for_reschedule,
-    no worker slot held, no retry spent), and plans once the holder is gone."""
+def dags_module(name: str):
+    """A module of dags/ (as Airflow imports it); importing Airflow configures its logging, which
+    replaces the root logger's handlers: they are put back."""
+    import importlib
     import logging
 
     root_logger = logging.getLogger()
     handlers, level = list(root_logger.handlers), root_logger.level
     sys.path.insert(0, str(REPO / "dags"))
-    try:  # importing Airflow configures its logging, which replaces the root logger's handlers: put back
-        from airflow.sdk.exceptions import AirflowRescheduleException
-        from nyx_airflow import stage_group
+    try:
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "dags"))
         root_logger.handlers[:] = handlers
         root_logger.setLevel(level)
+
+
+def test_airflow_runs_share_a_lease_per_run_and_a_second_run_is_rescheduled_not_failed(monkeypatch, root):
+    """The DAGs write through `run_options()` (owner = the Airflow run, so its plan, shard and commit
+    tasks share the lease); a plan that finds another run's lease is rescheduled (up_for_reschedule,
+    no worker slot held, no retry spent), and plans once the holder is gone."""
+    stage_group = dags_module("nyx_airflow.stage_group")
+    AirflowRescheduleException = dags_module("airflow.sdk.exceptions").AirflowRescheduleException  # noqa: N806
 
     class Dag:
         dag_id = "nyx_stage_chunk"
@@ -268,18 +275,8 @@ def test_a_task_that_failed_for_good_releases_every_lease_its_run_holds_and_no_o
     """The DAGs' `on_failure_callback` (every task, through DEFAULT_ARGS): the failed run's leases, in
     any partition, are removed at once, so the next run plans without waiting out the lease; another
     run's lease stays."""
-    import logging
-
-    root_logger = logging.getLogger()
-    handlers, level = list(root_logger.handlers), root_logger.level
-    sys.path.insert(0, str(REPO / "dags"))
-    try:  # importing Airflow configures its logging, which replaces the root logger's handlers: put back
-        from nyx_airflow import stage_group
-        from nyx_airflow.defaults import DEFAULT_ARGS
-    finally:
-        sys.path.remove(str(REPO / "dags"))
-        root_logger.handlers[:] = handlers
-        root_logger.setLevel(level)
+    stage_group = dags_module("nyx_airflow.stage_group")
+    DEFAULT_ARGS = dags_module("nyx_airflow.defaults").DEFAULT_ARGS
     assert DEFAULT_ARGS["on_failure_callback"] is stage_group.release_run_leases
 
     class Dag:

@@ -89,6 +89,13 @@ def output_hashes(root: str) -> dict[str, str]:
     return {s: (store.read_json(manifest_rel("demo", s)) or {}).get("output_hash") for s in STAGES}
 
 
+def recorded(fault: Fault, **result) -> dict:
+    """A clean run's result with what it wrote where: the write points, and those that rename or
+    link a finished file into place (where an `eio` fault fires)."""
+    writes = Counter((point, op) for point, op, _ in fault.seen)
+    return {**result, "writes": writes, "commits": {point for point, op in writes if op == "commit"}}
+
+
 @pytest.fixture(scope="module", params=WHERE)
 def reference(request, tmp_path_factory):
     """A run that never fails, recorded: its output hashes, and what it wrote where."""
@@ -97,9 +104,7 @@ def reference(request, tmp_path_factory):
         failing_storage(mp, fault, root if request.param == "local" else None)
         assert all(code == 0 for _, code, _ in run_stages(root))
         hashes = output_hashes(root)
-    writes = Counter((point, op) for point, op, _ in fault.seen)
-    return {"where": request.param, "hashes": hashes, "writes": writes,
-            "commits": {point for point, op in writes if op == "commit"}}
+    return recorded(fault, where=request.param, hashes=hashes)
 
 
 def test_every_write_of_the_stages_is_at_a_named_point(reference):
@@ -162,9 +167,7 @@ def index_reference(request, model_and_docs, tmp_path_factory):
         failing_storage(mp, fault, root if request.param == "local" else None)
         code, err, hits = index_and_search(root, *model_and_docs)
         assert code == 0, err[-2000:]
-    writes = Counter((point, op) for point, op, _ in fault.seen)
-    return {"where": request.param, "hits": hits, "writes": writes,
-            "commits": {point for point, op in writes if op == "commit"}}
+    return recorded(fault, where=request.param, hits=hits)
 
 
 def test_every_write_of_an_index_is_at_a_named_point(index_reference):
