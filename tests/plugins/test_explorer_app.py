@@ -64,7 +64,7 @@ def _add_feedback_and_evaluate(root: Path) -> None:
                 out.write([{"qa_id": t["qa_id"], "source": t["source"], "window": w, "doc_ids": [d], "ranks": [w],
                             "answer": None if w == 2 else (t["answer"] if helpful and w == 1 else "wrong"),
                             "score": 1.0 if helpful and w == 1 else 0.0,
-                            "judge": "multiple_choice" if mc else "free_form"} for w, d in enumerate(docs)],
+                            "judge": "option_match" if mc else "token_f1"} for w, d in enumerate(docs)],
                           kind="windows")
                 if helpful:
                     out.write([{**t, "pos_chunk_id": docs[1], "pos_rank": 1, "miner_id": "feedback:test"}])
@@ -281,7 +281,7 @@ def test_feedback_windows_show_the_vlm_answers_and_scores(client, explorer_root)
     assert sum("no helpful window</span>" in q for q in queries) == manifest(explorer_root, "feedback")["drops"]["no_helpful_window"]
     scores = re.findall(r'<span class="tag (?:ok)?">(\d\.\d\d)</span>', r.text)
     assert sorted(map(float, scores)) == sorted(w["score"] for w in windows)
-    assert "(no valid answer)" in r.text and "multiple_choice" in r.text and "free_form" in r.text
+    assert "(no valid answer)" in r.text and "option_match" in r.text and "token_f1" in r.text
 
 
 def window_rows(page: str) -> dict[tuple[str, str, int], str]:

@@ -47,7 +47,7 @@ def test_the_real_reader_judges_stdlib_qa_windows(reader_feedback):
     windows = read_stage_table(store, cfg.partition, "feedback", kind="windows").to_pylist()
     triplets = {r["qa_id"]: r for r in read_stage_table(store, cfg.partition, "feedback").to_pylist()}
     assert m["extra"]["requests"] == len(windows) == 4 * 3 and {w["source"] for w in windows} == {"stdlib_qa"}
-    assert all(w["judge"] == "free_form" for w in windows)
+    assert all(w["judge"] == "token_f1" for w in windows)
     assert sum(w["answer"] is not None for w in windows) >= 10  # greedy JSON answers parse (up to max_tokens)
     assert any(w["score"] > 0 for w in windows), [w["answer"] for w in windows]  # a random VLM: none
     text = Path(resolve_pkgdata(cfg.mine.text_sets[-1].questions[0])).read_text()

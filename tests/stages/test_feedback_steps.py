@@ -67,11 +67,11 @@ def test_judge_scores_each_window_and_stores_its_row():
     assert extra == {"window_score_1.0": 2, "window_score_0.0": 1, "unparseable_answers": 1}
     assert rows == [
         {"qa_id": "mc", "source": "s", "window": 0, "doc_ids": ["e", "a"], "ranks": [0, 1], "answer": "green",
-         "score": 1.0, "judge": "multiple_choice"},
+         "score": 1.0, "judge": "option_match"},
         {"qa_id": "mc", "source": "s", "window": 1, "doc_ids": ["c"], "ranks": [2], "answer": None,
-         "score": 0.0, "judge": "multiple_choice"},
+         "score": 0.0, "judge": "option_match"},
         {"qa_id": "ff", "source": "s", "window": 0, "doc_ids": ["b", "d"], "ranks": [0, 1],
-         "answer": "paris france", "score": 1.0, "judge": "free_form"},
+         "answer": "paris france", "score": 1.0, "judge": "token_f1"},
     ]
 
 
