@@ -246,3 +246,24 @@ def test_checkpoint_markers_under_a_failing_disk(kind, tmp_path, monkeypatch):
     write_checkpoint_marker(store, rel, base_model="m", stage="train_stage1", run="run1", partition="demo", metrics={})
     assert read_checkpoint_marker(store, rel)["base_model"] == "m"
     assert_nothing_left(root)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_checkpoint_marker_on_a_remote_root_under_a_failing_disk(kind, tmp_path, monkeypatch):
+    """On a remote root the published checkpoint's marker (what feedback, stage 2 and evaluation
+    load) is written or absent, never half there; the Trainer's step markers are local by nature."""
+    fault = Fault("checkpoint", kind, commits={"checkpoint"})
+    rel = "models/run1/train_stage1"
+    with artifact_root("remote", tmp_path) as root:
+        failing_storage(monkeypatch, fault)
+        store = ArtifactStore(root)
+        with pytest.raises(OSError) as failed:
+            write_checkpoint_marker(store, rel, base_model="m", stage="train_stage1", run="run1",
+                                    partition="demo", metrics={})
+        assert fault.fired and failure_line(failed.value).startswith(os.strerror(KINDS[kind]).lower())
+        assert read_checkpoint_marker(store, rel) is None
+        fault.clear()
+        write_checkpoint_marker(store, rel, base_model="m", stage="train_stage1", run="run1", partition="demo",
+                                metrics={})
+        assert read_checkpoint_marker(store, rel)["base_model"] == "m"
+        assert_nothing_left(root)
