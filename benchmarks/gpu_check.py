@@ -287,11 +287,10 @@ def check_vectors(smoke: bool) -> None:
                      f"(corpus table built in {build:.1f} s; shard {docs.shape}, finite: {bool(np.isfinite(docs).all())}, "
                      f"{next(emb.model.parameters()).dtype} vs float32 cosine min {cos.min():.4f}); "
                      f"{nq:,} queries top-30 over it in {search:.2f} s; "
-                     f"wiki18's 21M passages: {21_015_324 / (rows / secs) / 3600:.1f} GPU-hours at this rate")
-    _line("vectors", f"host preparation (Parquet read + tokenisation, one process): {prep:,.0f} passages/s, "
-                     f"{prep / (os.cpu_count() or 1):,.0f} per core over {os.cpu_count()} cores; embedding "
-                     f"{rows / secs:,.0f} passages/s: the host prepares {prep / (rows / secs):.1f}x what the "
-                     f"model takes ({'the model limits' if prep > rows / secs else 'the host limits'})")
+                     f"wiki18's 21M passages: {21_015_324 / (rows / secs) / 3600:.1f} GPU-hours at this rate; "
+                     f"host preparation (Parquet read + tokenisation, one process): {prep:,.0f} passages/s, "
+                     f"{prep / (rows / secs):.1f}x what the model takes "
+                     f"({'the model limits' if prep > rows / secs else 'the host limits'}; {os.cpu_count()} cores)")
 
 
 # ------------------------------------------------------------------ vLLM

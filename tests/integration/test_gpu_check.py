@@ -23,6 +23,8 @@ def test_gpu_check_cpu_smoke_runs_every_path_and_prints_figures():
     assert "vectors finite: True" in lines["mme5"]
     assert float(re.search(r"([\d,.]+) passages/s", lines["vectors"]).group(1).replace(",", "")) > 0
     assert "finite: True" in lines["vectors"]
+    host = re.search(r"host preparation \(.*?\): ([\d,.]+) passages/s, ([\d.]+)x", lines["vectors"])
+    assert host and float(host.group(1).replace(",", "")) > 0 and float(host.group(2)) > 0
     assert float(re.search(r"([\d.]+) samples/s", lines["train"]).group(1)) > 0
     assert "load_format=dummy" in lines["vllm"] and float(re.search(r"([\d.]+) req/s", lines["vllm"]).group(1)) > 0
 
