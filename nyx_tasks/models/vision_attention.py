@@ -19,6 +19,7 @@ A model asked for flash-attention keeps its own varlen kernel.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import TYPE_CHECKING
 
@@ -36,21 +37,24 @@ def block_ids(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
     return torch.bucketize(positions, cu_seqlens[1:].to(positions.dtype), right=True)
 
 
-_COMPILED: dict[str, object] = {}
+@functools.cache
+def compiled_flex():
+    """FlexAttention compiled once per process (dynamic shapes: the sequence length changes with
+    every batch); uncompiled it would materialise the scores it exists to skip."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
 
 
 def _flex(q, k, v, ids: torch.Tensor, scaling: float):
-    """FlexAttention, compiled once per process (dynamic shapes: the sequence length changes with
-    every batch); uncompiled it would materialise the scores it exists to skip."""
-    import torch
+    """FlexAttention with a block mask from the block ids: compiled on CUDA, eager elsewhere (tests)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     def same_block(_b, _h, qi, ki):
         return ids[qi] == ids[ki]
 
-    if "flex" not in _COMPILED and q.is_cuda:
-        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=True)
-    attend = _COMPILED.get("flex", flex_attention) if q.is_cuda else flex_attention
+    attend = compiled_flex() if q.is_cuda else flex_attention
     mask = create_block_mask(same_block, None, None, q.shape[2], k.shape[2], device=q.device, _compile=q.is_cuda)
     return attend(q, k, v, block_mask=mask, scale=scaling)
 
@@ -59,7 +63,7 @@ def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              scaling: float, use_flex: bool | None = None) -> torch.Tensor:
     """(1, heads, S, d) x3 -> (1, heads, S, d): every position attends to the positions of its own
     block only (blocks given by `cu_seqlens`), in one call. `use_flex`: None picks FlexAttention on
-    CUDA, SDPA with a dense mask elsewhere."""
+    CUDA, the blocks as one padded SDPA batch elsewhere (`padded_block_attention`)."""
     if use_flex if use_flex is not None else q.is_cuda:
         return _flex(q, k, v, block_ids(cu_seqlens, q.shape[2]), scaling)
     return padded_block_attention(q, k, v, cu_seqlens, scaling)

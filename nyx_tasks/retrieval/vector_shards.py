@@ -146,20 +146,24 @@ def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
     queue: Queue = Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Hand `item` over unless the consumer has stopped (False: the reader ends, never blocked)."""
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.5)
+                return True
+            except Full:
+                continue
+        return False
+
     def read() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        queue.put(batch, timeout=0.5)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
+                if not put(batch):
                     return
-            queue.put(done)
+            put(done)
         except BaseException as e:  # handed to the consumer, raised there
-            queue.put(e)
+            put(e)
 
     reader = threading.Thread(target=read, name="nyx-prefetch", daemon=True)
     reader.start()

@@ -531,26 +531,26 @@ INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def user_indexes(store) -> list[dict]:
-    """The indexes `nyx index` built under the root: name, documents, model; a record that is refused
-    or malformed is listed `broken` (why), and cannot be searched."""
+    """The indexes `nyx index` built under the root (`user_index` of each)."""
     if not folder_exists(store, INDEXES):
         return []
-    out = []
-    for name in sorted(store.listdir(INDEXES)):
-        if not INDEX_NAME.match(name):
-            continue
-        try:
-            record = read_json(store, f"{INDEXES}/{name}/_INDEX.json")
-            problem = None if record is None else index_problem(store, record)
-        except Refused as e:
-            record, problem = {}, noted(e)
-        if record is None:
-            continue
-        if problem:
-            log.warning("refused: index %s: %s", name, one_line(problem))
-        out.append({"name": name, "documents": record.get("documents"), "model": record.get("model"),
-                    "broken": problem})
-    return out
+    return [entry for name in sorted(store.listdir(INDEXES)) if INDEX_NAME.match(name)
+            if (entry := user_index(store, name)) is not None]
+
+
+def user_index(store, name: str) -> dict | None:
+    """Index `name`: documents and model; a record that is refused or malformed is `broken` (why),
+    and cannot be searched. None when there is no record."""
+    try:
+        record = read_json(store, f"{INDEXES}/{name}/_INDEX.json")
+        problem = None if record is None else index_problem(store, record)
+    except Refused as e:
+        record, problem = {}, noted(e)
+    if record is None:
+        return None
+    if problem:
+        log.warning("refused: index %s: %s", name, one_line(problem))
+    return {"name": name, "documents": record.get("documents"), "model": record.get("model"), "broken": problem}
 
 
 def index_problem(store, record: Any) -> str | None:
@@ -582,9 +582,9 @@ def search(store, name: str, query: str, k: int, dim: int | None) -> list:
     """The top-k hits of `query` in index `name` (`nyx_tasks.retrieval.user_index.search_index`)."""
     from nyx_tasks.retrieval.user_index import search_index  # torch: only when someone searches
 
-    found = {i["name"]: i for i in user_indexes(store)}
-    if name not in found or found[name]["broken"]:
-        raise Refused(f"{INDEXES}/{name}", found[name]["broken"] if name in found else "no such index")
-    model = found[name]["model"]
+    entry = user_index(store, name) if INDEX_NAME.match(name) else None
+    if entry is None or entry["broken"]:
+        raise Refused(f"{INDEXES}/{name}", entry["broken"] if entry else "no such index")
+    model = entry["model"]
     embedder = index_model(model, Path(model, "nyx_model.json").stat().st_mtime)
     return search_index(store, name, [query], k, dim, embedder=embedder)[0]
