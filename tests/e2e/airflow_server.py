@@ -1,5 +1,6 @@
 """A real `airflow standalone` (api-server, scheduler, dag-processor,
-triggerer; SQLite, LocalExecutor) for end-to-end tests: this project's DAGs and
+triggerer; PostgreSQL as scripts/ui.sh gives the user's UI, this project's
+WarmLocalExecutor) for end-to-end tests: this project's DAGs and
 plugins, on a free loopback port, with a known admin password; stopped (its
 whole process group) on exit. Talks to the REST API (`/api/v2`) with a token
 from `/auth/token`."""
@@ -10,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +19,11 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO
+from tests.postgres import Postgres, free_port
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 USER, PASSWORD = "admin", "nyx-e2e-password"
 VIEWER, VIEWER_PASSWORD = "nyx", "nyx-e2e-viewer"  # the Viewer role: reads DAGs, runs, logs and plugins
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class AirflowServer:
@@ -49,29 +44,35 @@ class AirflowServer:
             "NYX_CONFIG_DIR": str(REPO / "configs"), "NYX_ARTIFACTS_ROOT": str(home / "artifacts"),
             "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 1),  # as scripts/airflow_env.sh sets them
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=30",
             "AIRFLOW__CORE__EXECUTOR": "nyx_executor.WarmLocalExecutor",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "PYTHONHASHSEED": "0", "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen | None = None
+        self.postgres = Postgres(home / "postgres.log")
         self.log = home / "standalone.log"
         self._token: str | None = None
 
     def __enter__(self) -> AirflowServer:
+        # PostgreSQL, not SQLite: on SQLite the UI's backfill dialog (unpause + create, at once) met
+        # "database is locked" under load, and a DAG left paused never starts its backfill runs.
+        self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.postgres.__enter__().url
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
         out = subprocess.run([AIRFLOW, "db", "migrate"], env=self.env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         subprocess.run([sys.executable, "-m", "nyx_tasks", "airflow", "init"], env=self.env, check=True,
                        capture_output=True, timeout=300, cwd=REPO)
         self.proc = subprocess.Popen([AIRFLOW, "standalone"], env=self.env, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_healthy(240)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
+        self._wait_healthy(240)
 
     def __exit__(self, *exc) -> None:
         if self.proc and self.proc.poll() is None:
@@ -83,9 +84,15 @@ class AirflowServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        self.postgres.__exit__(None, None, None)
 
     def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+        """The end of the standalone's log without the api-server's access lines (a polling test's own
+        requests would fill it)."""
+        if not self.log.exists():
+            return ""
+        lines = [x for x in self.log.read_text(errors="replace").splitlines() if "[http.access]" not in x]
+        return "\n".join(lines)[-n:]
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ SHARED_DAGS = ("nyxqa_to_model", "nyx_stage_ingest", "nyx_stage_chunk")
 
 @pytest.fixture(scope="session")
 def airflow(tmp_path_factory):
-    """One real `airflow standalone` (api-server, scheduler, dag-processor, triggerer; SQLite,
+    """One real `airflow standalone` (api-server, scheduler, dag-processor, triggerer; PostgreSQL,
     this project's WarmLocalExecutor) per pytest run, started on first use and stopped at the end.
     Its `demo` profile is the demo on the stand-in text sets (tests.conftest.small_demo_configs):
     the full demo runs once, under `airflow dags test` (test_airflow_dags_test.py); here every form,

@@ -4,7 +4,6 @@ scheduler, a task's log read back with the stage's counts in it, and a
 backfill of one stage DAG that runs that stage only. On the run's shared standalone
 (tests/e2e/conftest.py): partition `api`, backfill dates no other module uses."""
 
-import contextlib
 import json
 import re
 
@@ -87,22 +86,9 @@ def test_trigger_run_read_log_and_backfill_one_stage(server):
     # need the DAG unpaused; the daily run that unpausing fires is skipped by the gate.
     assert server.api("PATCH", "/dags/nyx_stage_ingest", json={"is_paused": False}).status_code == 200
 
-    def scheduled_run_settled():  # create the backfill only once the scheduler has finished that run:
-        # on SQLite, the API inserting backfill runs while the scheduler updates dag_run rows once
-        # crashed the scheduler loop (StaleDataError), and the backfill never ran
-        runs = server.api("GET", "/dags/nyx_stage_ingest/dagRuns").json().get("dag_runs", [])
-        return [r for r in runs if r["run_type"] == "scheduled" and r["state"] in ("success", "failed")]
-
-    with contextlib.suppress(TimeoutError):  # no scheduled run to wait for: nothing races the backfill
-        server.wait_for("the run unpausing fired has finished", scheduled_run_settled, 120, every=2)
-
-    def create_backfill():  # SQLite answers 503 "Database is locked" while the scheduler writes: ask again
-        r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": f"{DAYS[0]}T00:00:00Z",
-                                                   "to_date": f"{DAYS[1]}T00:00:00Z", "max_active_runs": 2,
-                                                   "dag_run_conf": {}, "reprocess_behavior": "none"})
-        return None if r.status_code == 503 and "locked" in r.text else r
-
-    r = server.wait_for("the backfill was created", create_backfill, 120, every=5)
+    r = server.api("POST", "/backfills", json={"dag_id": "nyx_stage_ingest", "from_date": f"{DAYS[0]}T00:00:00Z",
+                                               "to_date": f"{DAYS[1]}T00:00:00Z", "max_active_runs": 2,
+                                               "dag_run_conf": {}, "reprocess_behavior": "none"})
     assert r.status_code in (200, 201), r.text
     backfill_id = r.json()["id"]
 

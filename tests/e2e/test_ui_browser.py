@@ -54,6 +54,15 @@ def finished(server, dag_id: str, n: int, run_type: str, before: frozenset = fro
     return mine if len(mine) >= n and all(r["state"] in ("success", "failed") for r in mine) else None
 
 
+def where_runs_stand(server, dag_id: str) -> str:
+    lines = [f"{dag_id} paused: {server.api('GET', f'/dags/{dag_id}').json().get('is_paused')}"]
+    for r in runs(server, dag_id):
+        tis = server.api("GET", f"/dags/{dag_id}/dagRuns/{r['dag_run_id']}/taskInstances").json()
+        states = {t["task_id"]: t["state"] for t in tis.get("task_instances", [])}
+        lines.append(f"{r['dag_run_id']} ({r['run_type']}): {r['state']} {states}")
+    return "\n".join(lines)
+
+
 def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, server, tmp_path):
     root = server.home / "artifacts"
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
@@ -125,6 +134,9 @@ def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, 
         page.get_by_placeholder("HH:mm").last.fill("00:00")
         page.keyboard.press("Enter")
     dialog.get_by_text("2 runs will be triggered").wait_for()
+    unpause = dialog.get_by_role("checkbox", name="Unpause nyx_stage_chunk on trigger")  # backfill runs need it
+    if unpause.count() and not unpause.is_checked():
+        unpause.check(force=True)
     dialog.get_by_role("button", name="Run", exact=True).click()
     assert dialog.locator("#element_partition").input_value() == ""  # each date names its own partition
     run_backfill = dialog.get_by_role("button", name="Run Backfill")
@@ -132,8 +144,11 @@ def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, 
     assert run_backfill.is_enabled()
     shot(page, tmp_path, "backfill-form")
     run_backfill.click()
-    backfilled = server.wait_for("the backfill finished",
-                                 lambda: finished(server, "nyx_stage_chunk", 2, "backfill", before), 600, every=5)
+    try:
+        backfilled = server.wait_for("the backfill finished",
+                                     lambda: finished(server, "nyx_stage_chunk", 2, "backfill", before), 600, every=5)
+    except TimeoutError as e:  # say what the DAG, its runs and their tasks were doing
+        raise AssertionError(f"{e}\n{where_runs_stand(server, 'nyx_stage_chunk')}") from None
     assert {r["state"] for r in backfilled} == {"success"}, server.tail()
     for day in BACKFILL_DATES:  # one partition per date
         manifest = json.loads((root / "partitions" / day / "chunk" / "_MANIFEST.json").read_text())

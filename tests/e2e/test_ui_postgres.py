@@ -30,7 +30,7 @@ from tests.conftest import REPO
 from tests.e2e import conftest as e2e
 from tests.e2e.airflow_server import free_port
 from tests.e2e.test_ui_script import READY, clean_env, read_line, start_ui, stop, tree
-from tests.integration.celery_cluster import postgres_bindir
+from tests.postgres import postgres_bindir
 
 pytestmark = pytest.mark.airflow
 STARTS, DAGS_PER_START, DAY = 3, 7, "2026-01-01"

@@ -5,9 +5,8 @@
         run_id = cluster.trigger("nyxqa_to_model", {"partition": "p"})
         cluster.wait_for_run("nyxqa_to_model", run_id, timeout=300)
 
-Everything lives in one temp dir: the Postgres cluster (initdb as the `postgres`
-user when run as root: initdb refuses root), Redis (no persistence), AIRFLOW_HOME,
-the artifact root, and one log file per component. Every component is started
+Everything but the Postgres cluster (tests/postgres.py) lives in one temp dir: Redis
+(no persistence), AIRFLOW_HOME, the artifact root, and one log file per component. Every component is started
 in its own process group and carries a marker variable in its environment; on
 exit each group is stopped (SIGTERM, then SIGKILL), then every process still
 carrying the marker (task runners and training subprocesses live in process
@@ -21,7 +20,6 @@ Stdlib only at import time: the workers import `worker_hostname` from here.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import signal
@@ -34,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.postgres import Postgres, free_port, postgres_bindir
+
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 MARKER = "NYX_CELERY_CLUSTER_ID"  # in the environment of every process the cluster starts
@@ -44,15 +44,6 @@ def worker_hostname() -> str:
     """`[core] hostname_callable` of the workers: both run on this machine, so the
     FQDN would not tell them apart in a task instance's `hostname`."""
     return os.environ.get(WORKER_NAME) or socket.getfqdn()
-
-
-def postgres_bindir() -> str | None:
-    """Where initdb / postgres are: on PATH, else Debian's /usr/lib/postgresql/<v>/bin."""
-    found = shutil.which("initdb")
-    if found and shutil.which("postgres"):
-        return str(Path(found).resolve().parent)
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
-    return next((d for d in reversed(dirs) if os.access(f"{d}/initdb", os.X_OK)), None)
 
 
 def missing_requirements() -> str | None:
@@ -78,12 +69,6 @@ def missing_requirements() -> str | None:
         except KeyError:
             needs.append("a `postgres` user to run initdb as (initdb refuses root)")
     return ("missing " + ", ".join(needs) + "; run `bash scripts/celery_env.sh`") if needs else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -183,18 +168,16 @@ class CeleryCluster:
         self.components: dict[str, Component] = {}
         self.dir: Path | None = None
         self.timings: dict[str, float] = {}
+        self.postgres: Postgres | None = None
 
     # ------------------------------------------------------------------ layout
     def _paths(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="nyx-celery-"))
-        os.chmod(self.dir, 0o755)  # the postgres user must reach its data dir inside
         self.logs = self.dir / "logs"
-        self.pgdata = self.dir / "pgdata"
-        self.pgsock = self.dir / "pgsock"
         self.redis_dir = self.dir / "redis"
         self.home = self.dir / "airflow"
         self.artifacts = self.dir / "artifacts"
-        for d in (self.logs, self.pgsock, self.redis_dir, self.home, self.artifacts):
+        for d in (self.logs, self.redis_dir, self.home, self.artifacts):
             d.mkdir()
 
     def log_path(self, name: str) -> Path:
@@ -252,46 +235,8 @@ class CeleryCluster:
         return comp
 
     def _start_postgres(self) -> None:
-        bindir = postgres_bindir()
-        user = None
-        if os.geteuid() == 0:
-            user = "postgres"
-            for d in (self.pgdata, self.pgsock):
-                d.mkdir(exist_ok=True)
-                shutil.chown(d, user, user)
-            self.pgdata.chmod(0o700)
-        self.pg_port = free_port()
-        init = subprocess.run(
-            [f"{bindir}/initdb", "-D", str(self.pgdata), "-U", "airflow", "--auth=trust", "-E", "UTF8",
-             "--locale=C", "--no-sync", "--no-instructions"],
-            env={**self.base_env, "LC_ALL": "C"}, capture_output=True, text=True, timeout=120, cwd="/",
-            **({"user": user, "extra_groups": []} if user else {}))
-        if init.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{init.stdout[-3000:]}\n{init.stderr[-3000:]}")
-        pg = self._add("postgres", [
-            f"{bindir}/postgres", "-D", str(self.pgdata), "-p", str(self.pg_port), "-k", str(self.pgsock),
-            "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=off",
-            "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "shared_buffers=64MB"],
-            env={**self.base_env, "LC_ALL": "C"}, user=user, stop_signal=signal.SIGINT)  # SIGINT: fast shutdown
-        pg.start()
-        self._wait(lambda: self._pg_ready(), 60, "postgres accepting connections", pg)
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="airflow", dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE airflow")
-        conn.close()
-
-    def _pg_ready(self) -> bool:
-        import psycopg2
-
-        try:
-            psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="airflow", dbname="postgres",
-                             connect_timeout=2).close()
-            return True
-        except psycopg2.OperationalError:
-            return False
+        self.postgres = Postgres(self.log_path("postgres"), env=self.base_env).__enter__()  # stopped in close()
+        self.pg_port = self.postgres.port
 
     def _start_redis(self) -> None:
         self.redis_port = free_port()
@@ -495,7 +440,7 @@ class CeleryCluster:
 
     def close(self) -> None:
         # Airflow first (workers before the api-server they report to), the databases last.
-        order = ["worker-default", *self.gpu_names, "scheduler", "dag-processor", "api-server", "redis", "postgres"]
+        order = ["worker-default", *self.gpu_names, "scheduler", "dag-processor", "api-server", "redis"]
         for name in order + [n for n in self.components if n not in order]:
             comp = self.components.get(name)
             if comp is None:
@@ -504,10 +449,12 @@ class CeleryCluster:
             for p in process_tree(comp.pid) if comp.alive() else []:
                 with contextlib.suppress(Exception):
                     groups.add(os.getpgid(p.pid))
-            comp.stop(grace=15 if name == "postgres" else 8)
+            comp.stop(grace=8)
             for g in groups - {comp.pid}:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(g, signal.SIGKILL)
+        if self.postgres is not None:
+            self.postgres.__exit__(None, None, None)
         with contextlib.suppress(ImportError):
             import psutil
 
