@@ -48,6 +48,7 @@ lane() {  # NAME ARGS...: one pytest process in the background, its output to $t
 }
 lane b "${lane_b[@]}" & pid_b=$!
 lane c "${lane_c[@]}" & pid_c=$!
+mkdir -p "$tmp/a"  # pytest makes --basetemp itself, not its parent
 rc_a=0; .venv/bin/python -m pytest -q --durations=30 --basetemp="$tmp/a/t" "${lane_a[@]}" || rc_a=$?
 rc_b=0; wait "$pid_b" || rc_b=$?
 rc_c=0; wait "$pid_c" || rc_c=$?
