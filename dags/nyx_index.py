@@ -32,6 +32,8 @@ def index_params() -> dict[str, Param]:
         "id_column": optional_str("Id column", "Index", "The documents' id column; empty = id.", default="id"),
         "text_column": optional_str("Text column", "Index", "The documents' text column; empty = text.",
                                     default="text"),
+        "image_column": optional_str("Image column", "Index", "A column of image paths or URLs per document (a VLM "
+                                     "retriever); empty = text only. Fetched as ingest fetches images."),
         "on_gpu": Param(False, type="boolean", title="Embed on the gpu queue", section="Index",
                         description="Run on a gpu worker holding one `gpu` pool slot (else the default queue)."),
         "profile": run["profile"], "artifacts_root": run["artifacts_root"],
@@ -41,16 +43,17 @@ def index_params() -> dict[str, Param]:
 def build() -> dict:
     """The index task: the form's values -> `build_index`; a bad value fails the run in one line
     (no retry)."""
-    from nyx_tasks.retrieval.user_index import build_index  # torch: only in the task
+    from nyx_tasks.retrieval.user_index import Columns, build_index  # torch: only in the task
 
     params = get_current_context()["params"]
     if not params.get("inputs") or not params.get("model"):
         raise AirflowFailException("refused: give the document files and the exported model folder")
     cfg = config_from_context()
     try:
+        columns = Columns(params.get("id_column") or "id", params.get("text_column") or "text",
+                          params.get("image_column") or None)
         return build_index(ArtifactStore(cfg.artifact_root()), params["name"], params["model"],
-                           [str(p) for p in params["inputs"]], params.get("id_column") or "id",
-                           params.get("text_column") or "text")
+                           [str(p) for p in params["inputs"]], columns, cfg.ingest.fetch)
     except StageError as e:
         raise AirflowFailException(f"refused: {e}") from None
 

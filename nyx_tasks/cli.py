@@ -401,18 +401,21 @@ def gc_cmd(profile: Profile = "demo", sets: Sets = None, root: Root = None,
 def index_cmd(name: Annotated[str, typer.Argument(help="The index's name (indexes/<name>/ under the root).")],
               inputs: Annotated[list[str], typer.Argument(help="Parquet / JSONL files of documents (globs, URLs).")],
               model: Annotated[str, typer.Option("--model", help="A folder `nyx export model` wrote.")],
-              columns: Annotated[str, typer.Option("--columns", help="The id and text columns.")] = "id,text",
+              columns: Annotated[str, typer.Option(
+                  "--columns", help="ID,TEXT[,IMAGES]: the id and text columns, and a column of image paths or "
+                  "URLs (a list per document; a VLM retriever).")] = "id,text",
               profile: Profile = "demo", sets: Sets = None, root: Root = None) -> None:
     """Embed your own documents with a trained retriever into a searchable index (resumable: a rerun
-    embeds only what is missing). Documents are text; spelled special tokens stay text."""
-    from nyx_tasks.retrieval.user_index import build_index  # torch: kept out of `nyx --help`
+    embeds only what is missing). Spelled special tokens stay text; images are fetched as ingest
+    fetches them (the profile's ingest.fetch, plus the documents' own folders)."""
+    from nyx_tasks.retrieval import user_index  # torch: kept out of `nyx --help`
     from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: likewise
 
     setup_cli_logging()
     cfg = _config(profile, None, sets, root)
-    id_column, _, text_column = columns.partition(",")
-    typer.echo(json.dumps(build_index(ArtifactStore(cfg.artifact_root()), name, model, list(inputs), id_column,
-                                      text_column or "text"), indent=2))
+    record = user_index.build_index(ArtifactStore(cfg.artifact_root()), name, model, list(inputs),
+                                    user_index.Columns.parse(columns), cfg.ingest.fetch)
+    typer.echo(json.dumps(record, indent=2))
 
 
 @app.command("search")
@@ -420,15 +423,20 @@ def search_cmd(query: Annotated[str, typer.Argument(help="What to look for.")],
                index: Annotated[str, typer.Option("--index", help="An index `nyx index` built.")],
                k: Annotated[int, typer.Option("-k", help="How many documents.")] = 10,
                dim: Annotated[int | None, typer.Option("--dim", help="A Matryoshka width (default: full).")] = None,
-               profile: Profile = "demo", sets: Sets = None, root: Root = None) -> None:
-    """The top-k documents of an index for a query: rank, score, id and the text's start."""
+               image: Annotated[list[str] | None, typer.Option(
+                   "--image", help="An image file the query carries (repeatable; a VLM index).")] = None,
+               profile: Profile = "demo", root: Root = None) -> None:
+    """The top-k documents of an index for a query: rank, score, id, the text's start and the
+    document's images (paths under the root)."""
     from nyx_tasks.retrieval.user_index import search_index  # torch: kept out of `nyx --help`
     from nyx_tasks.store.artifacts import ArtifactStore  # fsspec: likewise
 
-    cfg = _config(profile, None, sets, root)
-    for hit in search_index(ArtifactStore(cfg.artifact_root()), index, [query], k, dim)[0]:
+    cfg = _config(profile, None, None, root)
+    for hit in search_index(ArtifactStore(cfg.artifact_root()), index, [query], k, dim, images=image or ())[0]:
         text = " ".join(hit.text.split())
-        typer.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.doc_id}  {text[:100]}{'...' if len(text) > 100 else ''}")
+        pics = f"  [{', '.join(hit.images)}]" if hit.images else ""
+        typer.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.doc_id}  {text[:100]}{'...' if len(text) > 100 else ''}"
+                   f"{pics}")
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export datasets for publishing.")

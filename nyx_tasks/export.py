@@ -189,8 +189,11 @@ def model_card(store: ArtifactStore, cfg: NyxConfig, stage: str, record: dict, m
                   "queries = model.encode([\"what opens a URL?\"], prompt_name=\"query\", normalize_embeddings=True)",
                   "docs = model.encode([\"Open a URL in the default browser.\"], prompt_name=\"document\", "
                   "normalize_embeddings=True)", "```", ""]
-    lines += ["```python", "from nyx_tasks.embedding import load", "",
+    lines += ["```python", "from nyx_tasks.embedding import MixedItem, load", "",
               "model = load(\"{this folder}\")   # embeds as the pipeline does; model.dim, model.embed(items, role)",
+              *([f"items = [MixedItem(\"what opens a URL?\"), MixedItem.of_files(\"{record.get('image_placeholder') or '<image>'} "
+                 "a chart of sales\", [\"chart.png\"])]   # one placeholder per image"]
+                if record["family"] != "encoder" else []),
               "```", "",
               "## Limits", "",
               "Trained for retrieval over the pipeline's sources; a demo run trains on small sets and CPU budgets. "

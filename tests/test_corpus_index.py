@@ -78,6 +78,35 @@ def test_the_table_holds_read_corpus_rows_and_reports_its_drops(tmp_path, name):
         assert table.manifest["distinct"] == len(set(texts)) < len(texts)
 
 
+def test_an_image_column_keeps_each_rows_urls_and_identical_means_same_text_and_images(tmp_path):
+    """A corpus that names an image column: each row's image URLs (relative paths read beside their
+    file), a bad image value a named drop, a duplicate id dropped with its images, and identical
+    documents the same text with the same images in order (across row groups and files)."""
+    rows = [{"id": "a", "contents": "a car", "pics": ["x.png"]},
+            {"id": "b", "contents": "a car", "pics": ["y.png"]},            # same text, other image
+            {"id": "c", "contents": "a car", "pics": "x.png"},              # one string: same as a
+            {"id": "a", "contents": "dup id", "pics": ["z.png"]},           # duplicate id: dropped
+            {"id": "d", "contents": "bad", "pics": [3]},                    # not strings: dropped
+            {"id": "e", "contents": "a car", "pics": ["y.png", "x.png"]},   # other order: another document
+            {"id": "f", "contents": "a car", "pics": ["https://example.org/x.png"]},
+            {"id": "g", "contents": "no pics"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ts = TextSetConfig(name="pics", questions=[str(tmp_path / "d.jsonl")], corpus=[str(tmp_path / "d.jsonl")],
+                       corpus_image_column="pics")
+    seen, drop = recorder()
+    table = corpus_table(ArtifactStore(str(tmp_path / "root")), ts, drop, row_group=2, file_rows=4)
+    x, y = ((tmp_path / n).as_uri() for n in ("x.png", "y.png"))
+    assert table.doc_ids(np.arange(len(table))) == ["a", "b", "c", "e", "f", "g"]
+    assert table.images(np.arange(len(table))) == [(x,), (y,), (x,), (y, x), ("https://example.org/x.png",), ()]
+    assert sum(table.iter_contents(1, 5), []) == [("a car", (y,)), ("a car", (x,)), ("a car", (y, x)),
+                                                  ("a car", ("https://example.org/x.png",))]
+    assert table.rep(np.arange(len(table))).tolist() == [0, 1, 0, 3, 4, 5]
+    assert sorted(r for r, _ in seen) == ["pics_corpus_bad_images", "pics_corpus_duplicate_id"]
+    assert corpus_key(ts) != corpus_key(ts.model_copy(update={"corpus_image_column": None}))
+    text_only = corpus_table(ArtifactStore(str(tmp_path / "root")), ts.model_copy(update={"corpus_image_column": None}))
+    assert not text_only.has_images and text_only.rep(np.arange(len(text_only))).tolist()[:3] == [0, 0, 0]
+
+
 def test_texts_by_row_read_only_their_row_groups_and_the_table_is_built_once(tmp_path, monkeypatch):
     ts = packaged("hotpotqa")
     docs = read_corpus(ts, lambda *a: None)

@@ -299,6 +299,10 @@ class TextSetConfig(_Model):
     answers_column: str = Field("golden_answers", description="A list of strings (or one string).")
     corpus_id_column: str = "id"
     corpus_text_column: str = "contents"
+    corpus_image_column: str | None = Field(
+        None, exclude_if=lambda v: v is None, description="A list of image paths or URLs per passage (one string: "
+        "one image), a relative path read against its file's folder; `nyx index --columns ID,TEXT,IMAGES`. "
+        "null: the corpus is text only.")
     max_questions: int | None = Field(None, ge=1, description="Mine at most this many questions (in file order).")
     gold_id_column: str | None = Field(
         None, description="The questions file's column holding the corpus id of the passage each question was "

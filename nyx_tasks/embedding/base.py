@@ -6,6 +6,7 @@ content hashes, so identical content is embedded once per model."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -14,8 +15,25 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MixedItem:
+    """One query or document: `text` (one image placeholder per image where the images stand, or
+    none: the embedder puts them first) and its images in order, as (image_id, path). In the
+    pipeline a path is relative to the artifact root; for an embedder `load` made without a root,
+    a local path or fsspec URL (`MixedItem.of_files`)."""
+
     text: str
-    images: tuple[tuple[str, str], ...] = field(default=())  # (image_id, path relative to the artifact root)
+    images: tuple[tuple[str, str], ...] = field(default=())  # (image_id: sha256 of the bytes, path)
+
+    @classmethod
+    def of_files(cls, text: str, paths: Sequence[str] = ()) -> MixedItem:
+        """An item whose images are files (local paths or fsspec URLs), read once here for their
+        content hashes: the same bytes have the same id as in the pipeline's image store."""
+        import fsspec
+
+        images = []
+        for path in paths:
+            with fsspec.open(str(path), "rb") as f:
+                images.append((hashlib.sha256(f.read()).hexdigest(), str(path)))
+        return cls(text, tuple(images))
 
     def key(self, role: str) -> str:
         blob = "\x1f".join([role, self.text, *(i for i, _ in self.images)])

@@ -111,10 +111,13 @@ def text_of(message_content: str | list[dict]) -> str:
 
 
 def load_image(store, part: dict):
-    """The PIL image behind an image part (converted to RGB)."""
+    """The PIL image behind an image part (converted to RGB): its path is relative to the store's
+    root, or (no store: an embedder `load` made) a local path or fsspec URL."""
     import io
 
+    import fsspec
     from PIL import Image
 
-    with store.fs.open(store.path(part["path"]), "rb") as f:
+    opened = store.fs.open(store.path(part["path"]), "rb") if store is not None else fsspec.open(part["path"], "rb")
+    with opened as f:
         return Image.open(io.BytesIO(f.read())).convert("RGB")

@@ -130,7 +130,7 @@ def corpus_vectors(embedder: Embedder, corpus: CorpusTable, shard_rows: int = SH
     """The shards' location for this embedder and corpus (nothing is read or embedded)."""
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be positive, got {shard_rows}")
-    rel = f"{PREFIX}/{stable_hash(embedder.model_id)}/{corpus.key}/s{shard_rows}"
+    rel = f"{PREFIX}/{stable_hash(embedder.model_id)}/{corpus.vector_key}/s{shard_rows}"
     store = corpus.store
     if store.is_local:
         return CorpusVectors(store.path(rel), len(corpus), shard_rows)
@@ -176,6 +176,22 @@ def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
         stop.set()
 
 
+def corpus_items(corpus: CorpusTable, start: int = 0, stop: int | None = None) -> Iterator[list[MixedItem]]:
+    """The documents of rows [start, stop) as the embedder takes them, a row group at a time: the
+    text, and in an image table each fetched image (`corpus.fetched`; one that did not fetch is
+    left out), their placeholders first."""
+    if not corpus.has_images:
+        yield from ([MixedItem(t) for t in texts] for texts in corpus.iter_texts(start, stop))
+        return
+    fetched = corpus.fetched or {}
+    for batch in corpus.iter_contents(start, stop):
+        items = []
+        for text, urls in batch:
+            images = tuple(fetched[u] for u in urls if u in fetched)
+            items.append(MixedItem(corpus.placeholder * len(images) + text, images))
+        yield items
+
+
 def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int = SHARD_ROWS) -> int:
     """Embed shard i unless its file exists; returns the rows embedded now (0: it was there).
     The file appears whole or not at all."""
@@ -195,8 +211,8 @@ def embed_shard(embedder: Embedder, corpus: CorpusTable, i: int, shard_rows: int
     tmp = os.path.join(vectors.folder, f"{TMP_PREFIX}shard-{i:05d}.{uuid.uuid4().hex[:8]}.npy")
     out, done = None, 0
     try:
-        for texts in prefetched(corpus.iter_texts(start, stop)):
-            vecs = np.asarray(embedder.embed([MixedItem(t) for t in texts], "document"), dtype=np.float32)
+        for items in prefetched(corpus_items(corpus, start, stop)):
+            vecs = np.asarray(embedder.embed(items, "document"), dtype=np.float32)
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, vecs.shape[1]))
             out[done:done + len(vecs)] = vecs

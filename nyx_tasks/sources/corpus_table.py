@@ -2,18 +2,20 @@
 stages take the texts of the rows they need, never the whole corpus.
 
     <root>/corpora/<key>/_CORPUS.json                  the table, written last
-    <root>/corpora/<key>/<build>/rows-<i:05d>.parquet  columns row (int64), doc_id, text
+    <root>/corpora/<key>/<build>/rows-<i:05d>.parquet  columns row (int64), doc_id, text (+ images)
     <root>/corpora/<key>/<build>/repeats.npy           int64 (D, 2): (row, row of its text's first occurrence)
     <root>/corpora/<key>/<build>/drops.parquet         the source rows dropped (reason, where)
 
 `key` is the hash of the corpus files' fingerprint (size, mtime / etag of each file) and the
-id / text column names, so a changed file builds a new table and an unchanged one is built once.
+id / text (/ image) column names, so a changed file builds a new table and an unchanged one is built once.
 Rows are numbered 0..N-1 densely in file order; a dropped source row (malformed, empty text, a
 duplicate id: `text_sets.read_corpus`'s reasons, in its order) takes no number, so row r is
 `read_corpus(ts)[r]`. Every file holds `file_rows` rows in row groups of `row_group` rows (the
 last ones shorter), so a row's file and row group are arithmetic, and `texts(rows)` reads only
 the row groups those rows sit in. Identical texts count once (as `search.distinct_contents`):
-`repeats()` lists each row whose text came before, with that first row.
+`repeats()` lists each row whose text came before, with that first row. A corpus that names an
+image column (a user's own documents, `nyx index`) keeps each row's image URLs (list<string>
+`images`), and identical means the same text and the same images in order.
 
 Building it holds 16 bytes a passage (64-bit hashes of ids and texts; equal hashes are checked
 against the strings, so a collision never merges two passages) besides one row group.
@@ -47,16 +49,21 @@ ROW_GROUP = 4096
 FILE_ROWS = 256 * ROW_GROUP
 
 
-def _schema():
+def _schema(images: bool = False):
     import pyarrow as pa
 
-    return pa.schema([("row", pa.int64()), ("doc_id", pa.string()), ("text", pa.string())])
+    fields = [("row", pa.int64()), ("doc_id", pa.string()), ("text", pa.string())]
+    return pa.schema(fields + ([("images", pa.list_(pa.string()))] if images else []))
+
+
+def _columns(ts: TextSetConfig) -> list[str]:
+    return [ts.corpus_id_column, ts.corpus_text_column, *([ts.corpus_image_column] if ts.corpus_image_column else [])]
 
 
 def corpus_key(ts: TextSetConfig) -> str:
     """The table's key: the corpus files' fingerprint and the columns read from them."""
     files = set_files(ts)[1]
-    return stable_hash([FORMAT, fingerprint_urls(files), ts.corpus_id_column, ts.corpus_text_column], 32)
+    return stable_hash([FORMAT, fingerprint_urls(files), *_columns(ts)], 32)
 
 
 @dataclass
@@ -66,6 +73,11 @@ class CorpusTable:
     store: ArtifactStore
     key: str
     manifest: dict
+    # an image table's URLs as fetched into the store (URL -> (image_id, path under the root); a URL
+    # missing here did not fetch) and the embedder's image placeholder: set by whoever fetched them
+    # (`retrieval.user_index`) before embedding; they key the vectors too (`vector_key`)
+    fetched: dict[str, tuple[str, str]] | None = None
+    placeholder: str = "<image>"
     _files: dict = field(default_factory=dict, repr=False)
     _repeats: tuple | None = field(default=None, repr=False)
 
@@ -87,6 +99,29 @@ class CorpusTable:
     def doc_ids(self, rows) -> list[str]:
         return self._take(rows, "doc_id")
 
+    @property
+    def vector_key(self) -> str:
+        """What the vectors of this table depend on besides the model: its key, and for an image
+        table the images each URL fetched as and the placeholder they are embedded with."""
+        if not self.has_images:
+            return self.key
+        images = sorted((url, image_id) for url, (image_id, _) in (self.fetched or {}).items())
+        return stable_hash([self.key, images, self.placeholder], 32)
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.manifest.get("images"))
+
+    def images(self, rows) -> list[tuple[str, ...]]:
+        """The image URLs of `rows` (all empty in a text-only table)."""
+        if not self.has_images:
+            return [()] * len(np.asarray(rows).reshape(-1))
+        return [tuple(v or ()) for v in self._take(rows, "images")]
+
+    def contents(self, rows) -> list[tuple[str, tuple[str, ...]]]:
+        """(text, image URLs) of `rows`: what makes two rows the same document."""
+        return list(zip(self.texts(rows), self.images(rows), strict=True))
+
     def repeats(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, firsts), int64, rows ascending: each row whose text an earlier row has, and that
         earlier row's number (the text's first occurrence). Few, in a real corpus."""
@@ -105,15 +140,25 @@ class CorpusTable:
         at = np.minimum(np.searchsorted(dup, rows), len(dup) - 1)
         return np.where(dup[at] == rows, first[at], rows)
 
-    def iter_texts(self, start: int = 0, stop: int | None = None) -> Iterator[list[str]]:
-        """The texts of rows [start, stop) in order, one row group (or its part in range) at a time."""
+    def iter_texts(self, start: int = 0, stop: int | None = None, column: str = "text") -> Iterator[list]:
+        """The texts (or another column) of rows [start, stop) in order, one row group (or its part in
+        range) at a time."""
         stop = len(self) if stop is None else min(stop, len(self))
         g = start // self.row_group
         while g * self.row_group < stop:
             lo, hi = g * self.row_group, min((g + 1) * self.row_group, stop)
-            col = self._row_group(g, "text")
+            col = self._row_group(g, column)
             yield col.slice(max(start - lo, 0), hi - max(start, lo)).to_pylist()
             g += 1
+
+    def iter_contents(self, start: int = 0, stop: int | None = None) -> Iterator[list[tuple[str, tuple]]]:
+        """(text, image URLs) of rows [start, stop) in order, a row group at a time."""
+        texts = self.iter_texts(start, stop)
+        if not self.has_images:
+            yield from ([(t, ()) for t in batch] for batch in texts)
+            return
+        for batch, images in zip(texts, self.iter_texts(start, stop, "images"), strict=True):
+            yield [(t, tuple(i or ())) for t, i in zip(batch, images, strict=True)]
 
     def close(self) -> None:
         for fh, _ in self._files.values():
@@ -181,17 +226,17 @@ def _replay_drops(store: ArtifactStore, manifest: dict, name: str, drop: Drop) -
             drop(f"{name}_{reason}", where)
 
 
-def _source_rows(ts: TextSetConfig, drops: list) -> Iterator[tuple[str, str]]:
-    """(doc_id, text) of every source row with a text, in file order (`text_sets.corpus_rows`);
-    malformed and empty rows go to `drops` as (rows accepted before it, 0, reason, where) for
-    `_build` to order."""
+def _source_rows(ts: TextSetConfig, drops: list) -> Iterator[tuple[str, str, tuple]]:
+    """(doc_id, text, image URLs) of every source row with a text, in file order
+    (`text_sets.corpus_rows`); malformed and empty rows go to `drops` as (rows accepted before it,
+    0, reason, where) for `_build` to order."""
     n = 0
-    for where, doc_id, text in corpus_rows(ts):
+    for where, doc_id, text, images in corpus_rows(ts):
         if text is None:
             drops.append((n, 0, doc_id, where))
             continue
         n += 1
-        yield doc_id, text
+        yield doc_id, text, images
 
 
 def _h64(s: str) -> int:
@@ -201,17 +246,21 @@ def _h64(s: str) -> int:
 class _Writer:
     """Rows -> `rows-<i>.parquet` files of `file_rows` rows in row groups of `row_group`."""
 
-    def __init__(self, store: ArtifactStore, folder: str, row_group: int, file_rows: int):
+    def __init__(self, store: ArtifactStore, folder: str, row_group: int, file_rows: int, images: bool = False):
         self.store, self.folder, self.row_group, self.file_rows = store, folder, row_group, file_rows
+        self.schema = _schema(images)
         self.files: list[dict] = []
         self.ids: list[str] = []
         self.texts: list[str] = []
+        self.images: list[list[str]] | None = [] if images else None
         self.rows = 0
         self._w = None
 
-    def add(self, doc_id: str, text: str) -> None:
+    def add(self, doc_id: str, text: str, images: tuple = ()) -> None:
         self.ids.append(doc_id)
         self.texts.append(text)
+        if self.images is not None:
+            self.images.append(list(images))
         if len(self.ids) == self.row_group:
             self._flush()
 
@@ -226,11 +275,14 @@ class _Writer:
             tmp = self.store._tmp_for(rel)
             self.store.fs.makedirs(self.store.path(self.folder), exist_ok=True)
             fh = self.store.fs.open(self.store.path(tmp), "wb")
-            self._w = (rel, tmp, fh, pq.ParquetWriter(fh, _schema(), compression="zstd"), self.rows)
+            self._w = (rel, tmp, fh, pq.ParquetWriter(fh, self.schema, compression="zstd"), self.rows)
         n = len(self.ids)
-        self._w[3].write_table(pa.table({"row": pa.array(np.arange(self.rows, self.rows + n)),
-                                         "doc_id": pa.array(self.ids, pa.string()),
-                                         "text": pa.array(self.texts, pa.string())}, schema=_schema()))
+        columns = {"row": pa.array(np.arange(self.rows, self.rows + n)), "doc_id": pa.array(self.ids, pa.string()),
+                   "text": pa.array(self.texts, pa.string())}
+        if self.images is not None:
+            columns["images"] = pa.array(self.images, pa.list_(pa.string()))
+            self.images = []
+        self._w[3].write_table(pa.table(columns, schema=self.schema))
         self.rows += n
         self.ids, self.texts = [], []
         if self.rows % self.file_rows == 0:
@@ -273,12 +325,13 @@ def _build_into(store: ArtifactStore, ts: TextSetConfig, key: str, folder: str, 
     log = get_logger("corpus")
     drops: list[tuple] = []
     id_hash, text_hash = array("Q"), array("Q")
-    writer = _Writer(store, folder, row_group, file_rows)
+    images = ts.corpus_image_column is not None
+    writer = _Writer(store, folder, row_group, file_rows, images)
     progress = Progress(log, f"corpus {ts.name} ({key[:8]})", unit="passages")
-    for doc_id, text in _source_rows(ts, drops):
+    for doc_id, text, urls in _source_rows(ts, drops):
         id_hash.append(_h64(doc_id))
-        text_hash.append(_h64(text))
-        writer.add(doc_id, text)
+        text_hash.append(_h64("\x1f".join([text, *urls]) if urls else text))
+        writer.add(doc_id, text, urls)
         progress.update()
     files = writer.close()
     progress.close()
@@ -288,17 +341,18 @@ def _build_into(store: ArtifactStore, ts: TextSetConfig, key: str, folder: str, 
     del id_hash
     texts = np.frombuffer(text_hash, np.uint64)
     if dup.size:  # rare: rewrite without the duplicate ids
-        files = _drop_duplicate_ids(store, files, dup, drops, _Writer(store, f"{folder}/dedup", row_group, file_rows))
+        files = _drop_duplicate_ids(store, files, dup, drops,
+                                    _Writer(store, f"{folder}/dedup", row_group, file_rows, images))
         texts = np.delete(texts, dup)
     rows = sum(f["rows"] for f in files)
-    with _open(store, key, layout, files) as table:
-        same, first = _repeats(texts, table.texts)
+    with _open(store, key, {**layout, "images": images}, files) as table:
+        same, first = _repeats(texts, table.contents if images else table.texts)
     del texts, text_hash
     _write_npy(store, f"{folder}/repeats.npy", np.stack([same, first], 1))
     manifest = {"format": FORMAT, "key": key, "rows": rows, **layout, "files": files,
                 "repeats": f"{folder}/repeats.npy", "distinct": rows - len(same),
                 "drops": _write_drops(store, folder, drops), "dropped": len(drops),
-                "sources": set_files(ts)[1], "columns": [ts.corpus_id_column, ts.corpus_text_column]}
+                "sources": set_files(ts)[1], "columns": _columns(ts), **({"images": True} if images else {})}
     log.info("corpus %s: %d passages (%d distinct texts), %d source rows dropped -> %s", ts.name, rows,
              manifest["distinct"], len(drops), store.url(f"{PREFIX}/{key}"))
     return manifest
@@ -346,14 +400,16 @@ def _drop_duplicate_ids(store: ArtifactStore, files: list[dict], dup: np.ndarray
     returns the files."""
     dup = set(dup.tolist())
     p = 0
+    columns = ["doc_id", "text", *(["images"] if writer.images is not None else [])]
     for entry in files:
-        for batch in store.read_parquet(entry["path"], columns=["doc_id", "text"], batch_size=writer.row_group):
-            for doc_id, text in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(),
-                                    strict=True):
+        for batch in store.read_parquet(entry["path"], columns=columns, batch_size=writer.row_group):
+            images = batch.column("images").to_pylist() if writer.images is not None else [()] * batch.num_rows
+            for doc_id, text, urls in zip(batch.column("doc_id").to_pylist(), batch.column("text").to_pylist(),
+                                          images, strict=True):
                 if p in dup:
                     drops.append((p, 1, "corpus_duplicate_id", doc_id))
                 else:
-                    writer.add(doc_id, text)
+                    writer.add(doc_id, text, tuple(urls or ()))
                 p += 1
         store.remove(entry["path"])
     drops.sort(key=lambda d: d[:2])

@@ -9,8 +9,11 @@ Bad rows are dropped with a named reason (`<set>_…`), never a crash.
 
 from __future__ import annotations
 
+import os
+import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from nyx_tasks.core.config import TextSetConfig
 from nyx_tasks.core.paths import resolve_pkgdata
@@ -93,28 +96,57 @@ def sample_questions(questions: list[TextQuestion], n: int | None, seed: int) ->
     return [questions[i] for i in keep]
 
 
-def corpus_rows(ts: TextSetConfig) -> Iterator[tuple[str, str, str | None]]:
-    """(where, doc_id, text) of every row of the set's corpus files in file order, the text read as
-    text (`core.text.plain`); a row that cannot be used has text None and, in place of its id, why
-    (`corpus_malformed_<reason>`, `corpus_empty_text`). The one reader of a corpus row: `read_corpus`
-    and the corpus tables (`corpus_table`) both read through it."""
+def corpus_rows(ts: TextSetConfig) -> Iterator[tuple[str, str, str | None, tuple[str, ...]]]:
+    """(where, doc_id, text, images) of every row of the set's corpus files in file order, the text
+    read as text (`core.text.plain`); a row that cannot be used has text None and, in place of its
+    id, why (`corpus_malformed_<reason>`, `corpus_empty_text`, `corpus_bad_images`). `images`: the
+    row's image URLs when the set names `corpus_image_column` (a relative path read against its
+    file's folder), else (). The one reader of a corpus row: `read_corpus` and the corpus tables
+    (`corpus_table`) both read through it."""
     for url in set_files(ts)[1]:
         for i, row in enumerate(iter_file_rows(url)):
             where = f"{url}#{i}"
             if isinstance(row, Malformed):
-                yield where, f"corpus_malformed_{row.reason}", None
+                yield where, f"corpus_malformed_{row.reason}", None, ()
                 continue
             doc_id, text = row.get(ts.corpus_id_column), row.get(ts.corpus_text_column)
             if not isinstance(text, str) or not text.strip():
-                yield where, "corpus_empty_text", None
+                yield where, "corpus_empty_text", None, ()
                 continue
-            yield where, (str(doc_id) if doc_id is not None else where), plain(text)
+            images = image_refs(row.get(ts.corpus_image_column), url) if ts.corpus_image_column else ()
+            if images is None:
+                yield where, "corpus_bad_images", None, ()
+                continue
+            yield where, (str(doc_id) if doc_id is not None else where), plain(text), images
+
+
+def image_refs(value, file_url: str) -> tuple[str, ...] | None:
+    """A row's image column as absolute URLs: None, "" or [] -> (); a string or a list of strings,
+    each a URL (`scheme://...`) or a path (relative: to the folder of `file_url`); else None."""
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        return None
+    out = []
+    for v in (v.strip() for v in values):
+        if not v:
+            continue
+        if "://" in v:
+            out.append(v)
+        elif "://" in file_url and not file_url.startswith("file://"):  # a remote file: a URL beside it
+            scheme, rest = file_url.split("://", 1)
+            out.append(f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), v))}")
+        else:
+            folder = os.path.dirname(file_url.removeprefix("file://"))
+            out.append(Path(os.path.normpath(os.path.join(folder, v))).absolute().as_uri())
+    return tuple(out)
 
 
 def read_corpus(ts: TextSetConfig, drop: Drop) -> list[CorpusDoc]:
     out: list[CorpusDoc] = []
     seen: set[str] = set()
-    for where, doc_id, text in corpus_rows(ts):
+    for where, doc_id, text, _ in corpus_rows(ts):
         if text is None:
             drop(f"{ts.name}_{doc_id}", where)
         elif doc_id in seen:

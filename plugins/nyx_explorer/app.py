@@ -14,7 +14,9 @@
     /experiments                       the experiment reports (nyx_experiments): name, base, variants
     /experiments/<name>                an experiment's comparison report.md rendered, its plots
     /experiments/<name>/<plot>.png     a plot of that report
-    /search?index=&q=&k=&dim=          search an index `nyx index` built: the top-k documents and scores
+    /search?index=&q=&k=&dim=          search an index `nyx index` built: the top-k documents (text and
+                                       images) and scores; POSTed with an image file (multipart), the
+                                       query carries that image (a VLM index)
     /images/<aa>/<sha>.<ext>           an image of the root's content-addressed store
 
 Every list reads only the rows of the page it shows (`tables`). Every route requires an Airflow user (`auth.require_explorer_access`). Mounted by the plugin under
@@ -32,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -244,21 +246,35 @@ def experiment_plot(request: Request, name: str, plot: str):
 
 @router.get("/search", response_class=HTMLResponse, name="search")
 def search(request: Request, index: str = "", q: str = "", k: int = 10, dim: str = ""):
-    """Search an index `nyx index` built (text queries): its top-k documents with their scores."""
+    """Search an index `nyx index` built (a text query): its top-k documents with their scores."""
+    return search_page(request, index, q, k, dim)
+
+
+@router.post("/search", response_class=HTMLResponse, name="search_with_image")
+async def search_with_image(request: Request, index: str = Form(""), q: str = Form(""), k: int = Form(10),
+                            dim: str = Form(""), image: UploadFile | None = File(None)):
+    """The search form sent with an image file: the query carries it (read up to `data.IMAGE_CAP`
+    bytes and fully decoded first; a file that is no image is named on the page)."""
+    body = await image.read(data.IMAGE_CAP + 1) if image is not None else b""
+    return search_page(request, index, q, k, dim, body, image.filename if image is not None else "")
+
+
+def search_page(request: Request, index: str, q: str, k: int, dim: str, image: bytes = b"",
+                image_name: str = "") -> HTMLResponse:
     st = store(request)
     indexes = data.user_indexes(st)
     hits, problem = [], ""
     k = max(1, min(k, 100))
-    if index and q.strip():
+    if index and (q.strip() or image):
         try:
-            hits = data.search(st, index, q, k, int(dim) if dim.strip() else None)
+            hits = data.search(st, index, q, k, int(dim) if dim.strip() else None, image)
         except data.Refused as e:
             problem = data.noted(e)
-        except (StageError, ValueError) as e:  # a width the model does not have, a changed index
+        except (StageError, ValueError) as e:  # a width the model does not have, a changed index, no image
             problem = data.one_line(str(e))
     return render(request, "search.html", root=st.root, indexes=indexes, index=index or
                   next((i["name"] for i in indexes if not i["broken"]), ""), q=q, k=k, dim=dim, hits=hits,
-                  problem=problem, searched=bool(index and q.strip()))
+                  problem=problem, searched=bool(index and (q.strip() or image)), image_name=image_name)
 
 
 @router.get("/images/{tail:path}", name="image")

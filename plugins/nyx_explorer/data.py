@@ -23,11 +23,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from nyx_tasks.core.config import load_config
+from nyx_tasks.core.config import FetchConfig, load_config
 from nyx_tasks.core.log import get_logger
 from nyx_tasks.experiments import REPORTS, experiments
 from nyx_tasks.stages import STAGE_NAMES, get_stage
@@ -578,8 +581,10 @@ def index_model(path: str, mtime: float):
     return load(path)
 
 
-def search(store, name: str, query: str, k: int, dim: int | None) -> list:
-    """The top-k hits of `query` in index `name` (`nyx_tasks.retrieval.user_index.search_index`)."""
+def search(store, name: str, query: str, k: int, dim: int | None, image: bytes = b"") -> list:
+    """The top-k hits of `query` in index `name` (`nyx_tasks.retrieval.user_index.search_index`);
+    `image`: the bytes of an image the query carries (decoded first, under the ingest fetch's
+    default guards; `ValueError` when it is no image or over `IMAGE_CAP`)."""
     from nyx_tasks.retrieval.user_index import search_index  # torch: only when someone searches
 
     entry = user_index(store, name) if INDEX_NAME.match(name) else None
@@ -587,4 +592,23 @@ def search(store, name: str, query: str, k: int, dim: int | None) -> list:
         raise Refused(f"{INDEXES}/{name}", entry["broken"] if entry else "no such index")
     model = entry["model"]
     embedder = index_model(model, Path(model, "nyx_model.json").stat().st_mtime)
-    return search_index(store, name, [query], k, dim, embedder=embedder)[0]
+    if not image:
+        return search_index(store, name, [query], k, dim, embedder=embedder)[0]
+    with query_image(image) as path:
+        return search_index(store, name, [query], k, dim, embedder=embedder, images=[path])[0]
+
+
+@contextmanager
+def query_image(body: bytes) -> Iterator[str]:
+    """An uploaded image as a temporary file for the query (removed after): fully decoded first."""
+    from nyx_tasks.sources.fetch import decode_image  # PIL: only when someone uploads
+
+    if len(body) > IMAGE_CAP:
+        raise ValueError(f"the image is over {IMAGE_CAP >> 20} MiB")
+    checked = decode_image("upload", body, FetchConfig())
+    if not checked.ok:
+        raise ValueError(f"the uploaded file is no usable image ({checked.reason}: {checked.detail})")
+    with tempfile.NamedTemporaryFile(suffix=f".{checked.ext}", prefix="nyx-query-") as f:
+        f.write(body)
+        f.flush()
+        yield f.name

@@ -82,7 +82,8 @@ def test_explorer_in_the_airflow_ui_shows_qa_items_with_images(built, api_server
 def test_search_your_documents_from_the_explorer(airflow, browser):
     """An index `nyx index` built under the server's root (the packaged MiniLM as an exported
     encoder), searched from the explorer's Search page: the query typed in the box, the best
-    document first in the results."""
+    document first in the results; then an index of documents with images (the tiny VLM) searched
+    with an uploaded image, the hits' images shown."""
     from nyx_tasks.embedding import resolve_model_path
     from nyx_tasks.retrieval.user_index import build_index
     from nyx_tasks.store.artifacts import ArtifactStore
@@ -109,3 +110,29 @@ def test_search_your_documents_from_the_explorer(airflow, browser):
     first = frame.locator("tr.hit").first
     first.wait_for()
     assert "browser" in first.inner_text() and frame.locator("tr.hit").count() == 2
+
+    # an index of documents with images (the tiny VLM), searched with an uploaded image: each hit
+    # shows its images, loaded from the root's image store
+    from nyx_tasks.retrieval.user_index import Columns
+    from tests.conftest import png_bytes, tiny_vlm_export
+
+    pics = airflow.home / "search-pics"
+    (pics / "img").mkdir(parents=True, exist_ok=True)
+    (pics / "img" / "red.png").write_bytes(png_bytes(40, 32, (220, 20, 20)))
+    docs = write_jsonl(pics / "docs.jsonl", [{"id": "red", "text": "A red square.", "images": ["img/red.png"]},
+                                             {"id": "words", "text": "Only words here.", "images": []}])
+    build_index(ArtifactStore(str(airflow.home / "artifacts")), "browser-pics", tiny_vlm_export(pics), [str(docs)],
+                Columns(images="images"))
+    (pics / "query.png").write_bytes(png_bytes(36, 30, (200, 40, 40)))
+    frame.get_by_role("link", name="Search").click()
+    frame.locator("select[name=index]").select_option("browser-pics")
+    frame.locator("input[name=q]").fill("a square")
+    frame.locator("input[name=image]").set_input_files(str(pics / "query.png"))
+    frame.get_by_role("button", name="Search").click()
+    frame.get_by_text("searched with query.png").wait_for()
+    assert frame.locator("tr.hit").count() == 2
+    thumb = frame.locator("tr.hit img.thumb")
+    assert thumb.count() == 1
+    thumb.first.wait_for()
+    assert thumb.first.evaluate("img => img.complete && img.naturalWidth") == 40
+    page.screenshot(path=str(airflow.home / "nyx-ui-search-pics.png"), full_page=True)

@@ -1168,3 +1168,41 @@ def test_search_never_builds_what_a_planted_index_record_names(search_client):
     (root / "indexes" / "linked" / "_INDEX.json").symlink_to(root / "indexes" / "mydocs" / "_INDEX.json")
     assert "linked" in c.get("/search").text and "broken" in c.get("/search").text
     assert '<tr class="hit">' not in c.get("/search", params={"index": "linked", "q": "copy"}).text
+
+
+def test_search_with_an_uploaded_image_shows_each_hits_images(auth_manager, tmp_path):
+    """An index of documents with images (the tiny VLM): the form POSTed with an image file ranks as
+    `search_index` does with that image, each hit shows its images from the root's image store,
+    and a file that is no image is named on the page, not searched."""
+    from fastapi.testclient import TestClient
+    from nyx_explorer.app import create_app
+
+    from nyx_tasks.retrieval.user_index import Columns, build_index, search_index
+    from nyx_tasks.store.artifacts import ArtifactStore
+    from tests.conftest import png_bytes, tiny_vlm_export, write_jsonl
+
+    (tmp_path / "img").mkdir()
+    for name, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "img" / f"{name}.png").write_bytes(png_bytes(40, 32, colour))
+    docs = write_jsonl(tmp_path / "docs.jsonl", [
+        {"id": "red", "text": "A red square.", "images": ["img/red.png"]},
+        {"id": "blue", "text": "A blue square.", "images": ["img/blue.png"]},
+        {"id": "words", "text": "Only words here.", "images": []}])
+    store = ArtifactStore(str(tmp_path / "root"))
+    build_index(store, "pics", tiny_vlm_export(tmp_path), [str(docs)], Columns(images="images"))
+    c = TestClient(create_app(store.root))
+    c.cookies.set("_token", token(auth_manager))
+    query = png_bytes(36, 30, (200, 40, 40))
+    page = c.post("/search", data={"index": "pics", "q": "a square", "k": "3"},
+                  files={"image": ("query.png", query, "image/png")})
+    assert page.status_code == 200 and "searched with query.png" in page.text
+    rows = re.findall(r'<tr class="hit">(.*?)</tr>', page.text, re.S)
+    (tmp_path / "q.png").write_bytes(query)
+    want = search_index(store, "pics", ["a square"], k=3, images=[str(tmp_path / "q.png")])[0]
+    assert [re.search(r"<code>(.*?)</code>", r).group(1) for r in rows] == [h.doc_id for h in want]
+    for row, hit in zip(rows, want, strict=True):
+        srcs = re.findall(r'<img class="thumb" src="(/images/[^"]+)"', row)
+        assert len(srcs) == len(hit.images)
+        assert [c.get(src).content for src in srcs] == [store.fs.cat_file(store.path(p)) for p in hit.images]
+    bad = c.post("/search", data={"index": "pics", "q": "a square"}, files={"image": ("x.png", b"not a png", "image/png")})
+    assert bad.status_code == 200 and "no usable image" in bad.text and '<tr class="hit">' not in bad.text

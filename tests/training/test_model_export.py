@@ -5,6 +5,7 @@ pipeline embeds that checkpoint; any folder (the tiny VLM's too) loads with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
 from nyx_tasks.store.artifacts import ArtifactStore
 from nyx_tasks.store.checkpoints import stage_checkpoint
-from tests.conftest import REPO, VLM_TRAIN, demo_cfg
+from tests.conftest import REPO, VLM_TRAIN, demo_cfg, png_bytes
 
 TEXTS = ["Return the absolute path of a file.", "Open a URL in the default browser and wait for it to close."]
 
@@ -80,8 +81,25 @@ def test_a_vlm_exports_a_folder_that_loads_and_embeds_as_the_pipeline(built, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "nyx_model.json").read_text())
     assert record["family"] == "vlm" and record["query_instruction"] == cfg.train_stage1.query_instruction
-    pipeline = checkpoint_embedder(cfg.evaluate.embedder, stage_checkpoint(store, cfg.partition, "train_stage1"), None)
+    pipeline = checkpoint_embedder(cfg.evaluate.embedder, stage_checkpoint(store, cfg.partition, "train_stage1"),
+                                   store)
     model = load(str(out), device="cpu", batch_size=cfg.evaluate.embedder.batch_size)
-    items = [MixedItem(t) for t in TEXTS]
+    # mixed items: text alone, text with one image, with two, an image alone; the pipeline reads its
+    # images from the artifact root's store, the loaded model from plain files (MixedItem.of_files)
+    stored = []
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        data = png_bytes(48 + 16 * i, 40, colour)
+        image_id = hashlib.sha256(data).hexdigest()
+        rel = store.image_rel(image_id, "png")
+        store.write_bytes_atomic(rel, data)
+        stored.append((image_id, rel))
+    ph = cfg.evaluate.embedder.image_placeholder
+    texts_images = [(TEXTS[0], []), (f"{ph} {TEXTS[1]}", stored[:1]), (f"{ph}{ph} two colours", stored), (ph, stored[1:])]
+    theirs = [MixedItem.of_files(t, [store.path(rel) for _, rel in ims]) for t, ims in texts_images]
+    ours = [MixedItem(t, tuple(ims)) for t, ims in texts_images]
+    assert [x.images[0][0] for x in theirs if x.images] == [x.images[0][0] for x in ours if x.images]
     for role in ("query", "document"):
-        np.testing.assert_allclose(model.embed(items, role), pipeline.embed(items, role), atol=1e-5)
+        mine = model.embed(theirs, role)
+        np.testing.assert_allclose(mine, pipeline.embed(ours, role), atol=1e-5)
+        other = MixedItem.of_files(texts_images[1][0], [store.path(stored[1][1])])  # the same text, the other image
+        assert np.abs(mine[1] - model.embed([other], role)[0]).max() > 1e-3
