@@ -27,6 +27,20 @@ def test_good_images_are_decoded_and_content_addressed(image_server):
     assert res[jpg].ok and res[jpg].ext == "jpg"
 
 
+def test_fetch_all_works_where_an_event_loop_already_runs(image_server):
+    """A notebook cell or a Playwright script calls it with a loop running in its thread: the same
+    results, no "asyncio.run() cannot be called from a running event loop"."""
+    import asyncio
+
+    url = image_server.add("/c.png", "ok", png_bytes(24, 20), "image/png")
+
+    async def inside_a_loop():
+        return fetch([url])
+
+    res = asyncio.run(inside_a_loop())
+    assert res[url].ok and (res[url].width, res[url].height) == (24, 20)
+
+
 @pytest.mark.parametrize("route,reason", [
     (("missing",), "http_404"),
     (("ok", b"<html>not an image</html>", "text/html"), "not_image_content_type"),

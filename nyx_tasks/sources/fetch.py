@@ -23,6 +23,7 @@ import os
 import random
 import socket
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -152,7 +153,15 @@ class ImageFetcher:
         self.file_roots = [os.path.realpath(resolve_pkgdata(r)) for r in cfg.file_roots]
 
     def fetch_all(self, urls: list[str]) -> dict[str, FetchResult]:
-        return asyncio.run(self._fetch_all(list(dict.fromkeys(urls))))
+        """Each distinct URL's result. Called where an event loop already runs in this thread (a
+        notebook, a Playwright script), the fetches run on a loop of their own in a helper thread."""
+        urls = list(dict.fromkeys(urls))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._fetch_all(urls))
+        with ThreadPoolExecutor(1, thread_name_prefix="nyx-fetch") as pool:
+            return pool.submit(asyncio.run, self._fetch_all(urls)).result()
 
     async def _fetch_all(self, urls: list[str]) -> dict[str, FetchResult]:
         sem = asyncio.Semaphore(self.cfg.concurrency)

@@ -87,14 +87,17 @@ def test_full_dag_runs_under_airflow_and_second_run_is_a_noop(airflow_env):
     assert again == manifests
     assert asset_events(airflow_env) == events  # a no-op run emits nothing: no re-mining is scheduled
 
-    # redo: exactly the named stage recomputes; the rest stay no-ops; only its asset fires
-    third = dags_test(airflow_env, {"partition": "e2e", "redo": ["evaluate"]})
+    # redo: exactly the named stage recomputes (chunk: a second, where evaluate took a minute); its
+    # output hash is the same, so every later stage stays a no-op; only its asset fires
+    third = dags_test(airflow_env, {"partition": "e2e", "redo": ["chunk"]})
     log3 = third.stdout + third.stderr
     assert third.returncode == 0, log3[-5000:]
     assert log3.count("already complete") == len(STAGE_NAMES) - 1
-    assert "evaluate: recomputing partition e2e (force)" in log3
+    assert "chunk: recomputing partition e2e (force)" in log3
+    redone = json.loads((root / "partitions/e2e/chunk/_MANIFEST.json").read_text())
+    assert redone["attempt"] != manifests["chunk"]["attempt"] and redone["output_hash"] == manifests["chunk"]["output_hash"]
     after = asset_events(airflow_env)
-    assert after == {**events, "nyx_evaluate": 2}, after
+    assert after == {**events, "nyx_chunk": 2}, after
 
 
 def asset_events(env) -> dict[str, int]:
