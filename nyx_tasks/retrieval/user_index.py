@@ -19,6 +19,7 @@ column. `indexes/<name>/_INDEX.json` names the model folder, the files, the colu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -77,8 +78,6 @@ def _corpus(name: str, files: list[str], columns: Columns) -> TextSetConfig:
 
 
 def _model_record(model_dir: str) -> dict:
-    import json
-
     path = Path(model_dir) / "nyx_model.json"
     if not path.is_file():
         raise StageError(f"{model_dir} is not an exported model (no nyx_model.json); make one with `nyx export model`")
@@ -126,10 +125,10 @@ def build_index(store: ArtifactStore, name: str, model_dir: str, files: list[str
     are fetched (default: `FetchConfig()`); the documents' own folders are added to its file roots."""
     if not NAME.match(name):
         raise StageError(f"index name {name!r}: letters, digits, '.', '_' or '-', at most 64")
-    if columns.images and _model_record(model_dir)["family"] == "encoder":
+    family = _model_record(model_dir)["family"]  # refuses a folder that is not an export before any document is read
+    if columns.images and family == "encoder":
         raise StageError(f"{model_dir} is a text encoder: it cannot embed the images of column {columns.images!r}; "
                          "leave the image column out, or export a VLM retriever")
-    _model_record(model_dir)  # refuses a folder that is not an export before any document is read
     dropped: list[tuple] = []
     table = corpus_table(store, _corpus(name, files, columns), lambda *a: dropped.append(a))
     embedder, image_drops, fetched = load(model_dir), Counter(), {}
