@@ -54,6 +54,19 @@ def finished(server, dag_id: str, n: int, run_type: str, before: frozenset = fro
     return mine if len(mine) >= n and all(r["state"] in ("success", "failed") for r in mine) else None
 
 
+def idle_while_it_runs(page, server, dag_id: str, run_type: str, before: frozenset) -> None:
+    """Once the click's runs exist and its "unpause on trigger" took effect (both requests done),
+    leave the page blank while they run: the UI re-renders its grid every few seconds, and Chromium
+    took about a third of a core doing it through the waits, CPU the runs (and the suite's other
+    lanes) need. The test opens the pages it reads afterwards."""
+    def sent() -> bool:
+        made = [r for r in runs(server, dag_id) if r["run_type"] == run_type and r["dag_run_id"] not in before]
+        return bool(made) and server.api("GET", f"/dags/{dag_id}").json().get("is_paused") is False
+
+    server.wait_for(f"the {run_type} run of {dag_id} created and the DAG unpaused", sent, 120, every=1)
+    page.goto("about:blank")
+
+
 def where_runs_stand(server, dag_id: str) -> str:
     lines = [f"{dag_id} paused: {server.api('GET', f'/dags/{dag_id}').json().get('is_paused')}"]
     for r in runs(server, dag_id):
@@ -88,6 +101,7 @@ def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, 
     shot(page, tmp_path, "trigger-form")
     before = frozenset(r["dag_run_id"] for r in runs(server, "nyxqa_to_model"))
     submit.click()
+    idle_while_it_runs(page, server, "nyxqa_to_model", "manual", before)
     done = server.wait_for("the triggered run finished",
                            lambda: finished(server, "nyxqa_to_model", 1, "manual", before), 1200, every=5)
     (run,) = done
@@ -144,6 +158,7 @@ def test_trigger_with_defaults_read_a_shard_log_and_backfill_two_dates(browser, 
     assert run_backfill.is_enabled()
     shot(page, tmp_path, "backfill-form")
     run_backfill.click()
+    idle_while_it_runs(page, server, "nyx_stage_chunk", "backfill", before)
     try:
         backfilled = server.wait_for("the backfill finished",
                                      lambda: finished(server, "nyx_stage_chunk", 2, "backfill", before), 600, every=5)
