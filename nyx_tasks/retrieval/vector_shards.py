@@ -180,11 +180,8 @@ def corpus_items(corpus: CorpusTable, start: int = 0, stop: int | None = None) -
     """The documents of rows [start, stop) as the embedder takes them, a row group at a time: the
     text, and in an image table each fetched image (`corpus.fetched`; one that did not fetch is
     left out), their placeholders first."""
-    if not corpus.has_images:
-        yield from ([MixedItem(t) for t in texts] for texts in corpus.iter_texts(start, stop))
-        return
     fetched = corpus.fetched or {}
-    for batch in corpus.iter_contents(start, stop):
+    for batch in corpus.iter_contents(start, stop):  # a text-only table: every row's URLs are ()
         items = []
         for text, urls in batch:
             images = tuple(fetched[u] for u in urls if u in fetched)
