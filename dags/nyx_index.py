@@ -34,6 +34,8 @@ def index_params() -> dict[str, Param]:
                                     default="text"),
         "image_column": optional_str("Image column", "Index", "A column of image paths or URLs per document (a VLM "
                                      "retriever); empty = text only. Fetched as ingest fetches images."),
+        "server": optional_str("Embedding server", "Index", "The /v1 URL of `vllm serve` on the exported folder "
+                               "(the README's flags), which then embeds; empty = embed in this task."),
         "on_gpu": Param(False, type="boolean", title="Embed on the gpu queue", section="Index",
                         description="Run on a gpu worker holding one `gpu` pool slot (else the default queue)."),
         "profile": run["profile"], "artifacts_root": run["artifacts_root"],
@@ -53,7 +55,8 @@ def build() -> dict:
         columns = Columns(params.get("id_column") or "id", params.get("text_column") or "text",
                           params.get("image_column") or None)
         return build_index(ArtifactStore(cfg.artifact_root()), params["name"], params["model"],
-                           [str(p) for p in params["inputs"]], columns, cfg.ingest.fetch)
+                           [str(p) for p in params["inputs"]], columns, cfg.ingest.fetch,
+                           server=params.get("server") or None)
     except StageError as e:
         raise AirflowFailException(f"refused: {e}") from None
 

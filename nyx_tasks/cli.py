@@ -404,6 +404,9 @@ def index_cmd(name: Annotated[str, typer.Argument(help="The index's name (indexe
               columns: Annotated[str, typer.Option(
                   "--columns", help="ID,TEXT[,IMAGES]: the id and text columns, and a column of image paths or "
                   "URLs (a list per document; a VLM retriever).")] = "id,text",
+              server: Annotated[str | None, typer.Option(
+                  "--server", help="The /v1 URL of `vllm serve MODEL` (the README's flags): the server embeds, "
+                  "here and in every search of this index.")] = None,
               profile: Profile = "demo", sets: Sets = None, root: Root = None) -> None:
     """Embed your own documents with a trained retriever into a searchable index (resumable: a rerun
     embeds only what is missing). Spelled special tokens stay text; images are fetched as ingest
@@ -414,7 +417,7 @@ def index_cmd(name: Annotated[str, typer.Argument(help="The index's name (indexe
     setup_cli_logging()
     cfg = _config(profile, None, sets, root)
     record = user_index.build_index(ArtifactStore(cfg.artifact_root()), name, model, list(inputs),
-                                    user_index.Columns.parse(columns), cfg.ingest.fetch)
+                                    user_index.Columns.parse(columns), cfg.ingest.fetch, server=server)
     typer.echo(json.dumps(record, indent=2))
 
 
@@ -461,10 +464,11 @@ def export_model_cmd(to: Annotated[str, typer.Option("--to", help="A new (or emp
                      root: Root = None) -> None:
     """Write a trained retriever as a folder that carries its recipe (weights, tokenizer, nyx_model.json,
     a model card): an encoder's loads with SentenceTransformer(DIR), any with nyx_tasks.embedding.load(DIR)."""
-    from nyx_tasks.export import export_model  # fsspec, pyarrow: kept out of `nyx --help`
+    from nyx_tasks.export import export_model, serve_command  # fsspec, pyarrow: not in --help
 
     cfg = _config(profile, partition, sets, root)
     typer.echo(json.dumps(export_model(cfg, stage, to), indent=2))
+    typer.echo(f"serve it: {serve_command(to)}", err=True)
 
 
 import_app = typer.Typer(no_args_is_help=True,

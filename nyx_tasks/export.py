@@ -21,10 +21,12 @@ pipeline's stages do.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from nyx_tasks.core.base import StageError
 from nyx_tasks.core.config import NyxConfig
+from nyx_tasks.embedding import vllm_serve_flags, write_serving_template
 from nyx_tasks.store.artifacts import (
     ArtifactStore,
     image_paths,
@@ -126,7 +128,9 @@ def export_model(cfg: NyxConfig, stage: str, out_dir: str) -> dict:
         record |= {key: trained.get(key) for key in ("query_instruction", "prompt_format", "image_placeholder",
                                                    "max_pixels")}
     (out / RECIPE).write_text(json.dumps(record, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(store, cfg, stage, record, manifest))
+    if family != "encoder":
+        write_serving_template(str(out))
+    (out / "README.md").write_text(model_card(store, cfg, stage, record, manifest, str(out.resolve())))
     return record
 
 
@@ -159,7 +163,13 @@ def _cell(r: dict) -> str:
     return f"{r['value']:.3f}{ci}{delta}"
 
 
-def model_card(store: ArtifactStore, cfg: NyxConfig, stage: str, record: dict, manifest: dict) -> str:
+def serve_command(folder: str) -> str:
+    """`vllm serve FOLDER` with the flags that make it embed as the folder's recipe says, as a shell line."""
+    return shlex.join(["vllm", "serve", folder, *vllm_serve_flags(folder)])
+
+
+def model_card(store: ArtifactStore, cfg: NyxConfig, stage: str, record: dict, manifest: dict,
+               out_dir: str) -> str:
     trained = manifest.get("config") or {}
     sources = ", ".join(s.get("name", "?") for s in trained.get("sources", [])) or "?"
     loss = trained.get("loss", {})
@@ -195,6 +205,14 @@ def model_card(store: ArtifactStore, cfg: NyxConfig, stage: str, record: dict, m
                  "a chart of sales\", [\"chart.png\"])]   # one placeholder per image"]
                 if record["family"] != "encoder" else []),
               "```", "",
+              "## Serve", "",
+              "vLLM's pooling runner serves this folder behind an OpenAI-compatible `/v1/embeddings`; the flags "
+              "make it embed as the recipe says" + (" (the serving template: the prompt and its end-of-text token; "
+                                                   "last-token pooling; the pixel cap)" if record["family"] != "encoder"
+                                                   else "") + ":", "",
+              "```bash", serve_command(out_dir).replace(out_dir, "{this folder}"), "```",
+              "", "```python", "model = load(\"{this folder}\", server=\"http://127.0.0.1:8000/v1\")   # the same "
+              "recipe; the server computes the vectors", "```", "",
               "## Limits", "",
               "Trained for retrieval over the pipeline's sources; a demo run trains on small sets and CPU budgets. "
               "Truncated dims are renormalised before search.", ""]

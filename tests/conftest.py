@@ -351,13 +351,14 @@ VLM_TRAIN = (*_vlm("train_stage1"), *_vlm("train_stage2"), "train_stage1.learnin
 def tiny_vlm_export(folder: Path) -> str:
     """The tiny random-weight Qwen2.5-VL with the recipe `nyx export model` writes for a VLM
     (`folder/vlm`): what `nyx index` and the explorer load for a user's documents with images."""
-    from nyx_tasks.embedding import resolve_model_path
+    from nyx_tasks.embedding import resolve_model_path, write_serving_template
 
     model = folder / "vlm"
     shutil.copytree(resolve_model_path("tiny:qwen2_5_vl"), model)
     (model / "nyx_model.json").write_text(json.dumps({
         "family": "vlm", "pooling": "last", "dims": [128, 64], "query_instruction": "Find the matching document.",
         "prompt_format": "chat", "image_placeholder": "<image>", "max_pixels": 12544}))
+    write_serving_template(str(model))  # as `nyx export model` does
     return str(model)
 
 

@@ -20,6 +20,7 @@ EXCEPTIONS = {
     "nyx_tasks/sources/importers.py:import_dataset": "one streaming loop from the source rows to the manifest",
     "nyx_tasks/sources/importers.py:convert_row": "the layout's pieces, one per parameter",
     "nyx_tasks/cli.py:_import": "the `nyx import` options, one per parameter (typer)",
+    "nyx_tasks/cli.py:index_cmd": "the `nyx index` options, one per parameter (typer)",
 }
 
 

@@ -253,6 +253,11 @@ class EmbedderConfig(_Model):
     api_key_env: str = Field("OPENAI_API_KEY", exclude_if=lambda v: v == "OPENAI_API_KEY",
                              description="openai: the environment variable holding the server's key.")
     adapter: str | None = Field(None, description="nyx: a LoRA adapter on top of `model`.")
+    request: Literal["text", "chat"] = Field(
+        "text", exclude_if=lambda v: v == "text", description="openai: text = each item's text, the role's prefix "
+        "first, in `input`; chat = each item as a chat conversation (a query's instruction as its system message, "
+        "its images as data URLs where their placeholders stood), for a VLM folder served with "
+        "`vllm_serve_flags` (the recipe's template and last-token pooling).")
     query_instruction: str = "Please retrieve the most relevant document to answer the question."
     prompt_format: Literal["chat", "plain"] = Field(
         "chat", description="nyx: chat = Qwen's chat template, the instruction as the system message; plain = "

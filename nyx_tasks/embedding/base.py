@@ -43,6 +43,7 @@ class MixedItem:
 class Embedder(Protocol):
     model_id: str  # model + everything that changes its vectors (pooling, instruction, pixel cap)
     dim: int
+    takes_images: bool  # whether items may carry images
 
     def embed(self, items: list[MixedItem], role: str) -> np.ndarray:
         """(len(items), dim) float32, L2-normalised. role: "query" or "document"."""

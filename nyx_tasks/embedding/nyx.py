@@ -10,10 +10,20 @@ from __future__ import annotations
 from nyx_tasks.embedding.base import MixedItem
 from nyx_tasks.embedding.vlm import VLMEmbedder, last_token_pool
 
-__all__ = ["VISION", "NyxEmbedder", "cap_image_pixels", "last_token_pool", "nyx_prompt"]
+__all__ = ["SERVING_TEMPLATE", "VISION", "NyxEmbedder", "cap_image_pixels", "last_token_pool", "nyx_prompt",
+           "serving_template"]
 
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 PROMPT_FORMAT = "chat-v1"  # part of model_id: a change of prompt invalidates cached embeddings
+SERVING_TEMPLATE = "nyx_serving_template.jinja"  # in an exported VLM folder: `vllm serve --chat-template` takes it
+# The plain format as a chat template: a system message (a query's instruction) and a newline, the user's text with
+# a vision block per image, then the end-of-text token (vLLM hands an image part to the template as type "image").
+PLAIN_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m.content is string -%}{{ m.content }}{%- else -%}{%- for c in m.content -%}"
+    "{%- if c.type == 'text' -%}{{ c.text }}{%- else -%}" + VISION + "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- if m.role == 'system' -%}{{ '\\n' }}{%- endif -%}"
+    "{%- endfor -%}")
 
 
 def nyx_prompt(processor, text: str, role: str, instruction: str, placeholder: str, fmt: str = "chat") -> str:
@@ -38,6 +48,16 @@ def nyx_prompt(processor, text: str, role: str, instruction: str, placeholder: s
     if role == "query" and instruction:
         messages.insert(0, {"role": "system", "content": instruction})
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + eos
+
+
+def serving_template(processor, fmt: str = "chat") -> str:
+    """The chat template under which a served model's requests render as `nyx_prompt` builds them: a
+    query's instruction as the system message, each image part where its placeholder stood. The chat
+    format is the processor's own template, the generation prompt opened; both end with the
+    end-of-text token, whose hidden state vLLM's last-token pooling takes."""
+    eos = processor.tokenizer.pad_token or "<|endoftext|>"
+    body = PLAIN_TEMPLATE if fmt == "plain" else processor.chat_template.rstrip("\n")
+    return body + "{{- " + repr(eos) + " }}"
 
 
 def cap_image_pixels(processor, max_pixels: int) -> None:

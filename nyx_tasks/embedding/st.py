@@ -13,6 +13,7 @@ from nyx_tasks.inference.hf_backend import model_fingerprint
 
 
 class SentenceTransformerEmbedder:
+    takes_images = False
     def __init__(self, cfg, path: str):
         from sentence_transformers import SentenceTransformer
 

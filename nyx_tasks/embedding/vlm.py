@@ -56,6 +56,7 @@ def device_and_dtype(device: str):
 
 class VLMEmbedder:
     kind = "vlm"  # prefix of model_id and of the progress lines
+    takes_images = True
     model_class = "AutoModelForImageTextToText"  # a transformers class name
     prompt_format = ""  # a version of the prompt text, part of model_id when set
 

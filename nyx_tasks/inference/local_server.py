@@ -94,8 +94,13 @@ class LocalVLLMServer:
 
 
 class LocalEmbeddingServer(LocalVLLMServer):
-    """`vllm serve DIR --runner pooling`: an embedding model (a folder `nyx export model` wrote) behind
-    `/v1/embeddings`, its pooling taken from the folder (sentence-transformers' config for an encoder)."""
+    """`vllm serve DIR --runner pooling [flags]`: an embedding model (a folder `nyx export model` wrote) behind
+    `/v1/embeddings`; `flags`: `nyx_tasks.embedding.vllm_serve_flags(DIR)` (an encoder's pooling comes from
+    its sentence-transformers config; a VLM's from the flags)."""
+
+    def __init__(self, *args, flags: tuple[str, ...] = ("--runner", "pooling"), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flags = list(flags)
 
     def arguments(self) -> list[str]:
-        return ["--runner", "pooling"]
+        return self.flags

@@ -31,7 +31,6 @@ from nyx_tasks.core.config import FetchConfig, SearchConfig, TextSetConfig
 from nyx_tasks.core.log import get_logger
 from nyx_tasks.core.text import plain
 from nyx_tasks.embedding import MixedItem, load
-from nyx_tasks.embedding.vlm import VLMEmbedder
 from nyx_tasks.retrieval.corpora import search_table
 from nyx_tasks.retrieval.vector_shards import SHARD_ROWS, embed_missing
 from nyx_tasks.sources.corpus_table import CorpusTable, corpus_table
@@ -119,10 +118,12 @@ def _attach(store: ArtifactStore, table: CorpusTable, fetched: dict, embedder) -
 
 
 def build_index(store: ArtifactStore, name: str, model_dir: str, files: list[str], columns: Columns = Columns(),
-                fetch: FetchConfig | None = None, shard_rows: int = SHARD_ROWS) -> dict:
+                fetch: FetchConfig | None = None, server: str | None = None) -> dict:
     """Embed every document of `files` with the exported model in `model_dir` (missing shards only:
     a rerun or a resumed one embeds nothing twice); returns the index record. `fetch`: how images
-    are fetched (default: `FetchConfig()`); the documents' own folders are added to its file roots."""
+    are fetched (default: `FetchConfig()`); the documents' own folders are added to its file roots.
+    `server`: the /v1 URL of `vllm serve model_dir` (`vllm_serve_flags`), which computes the vectors;
+    the record keeps it, and searches embed their queries there too."""
     if not NAME.match(name):
         raise StageError(f"index name {name!r}: letters, digits, '.', '_' or '-', at most 64")
     family = _model_record(model_dir)["family"]  # refuses a folder that is not an export before any document is read
@@ -131,16 +132,17 @@ def build_index(store: ArtifactStore, name: str, model_dir: str, files: list[str
                          "leave the image column out, or export a VLM retriever")
     dropped: list[tuple] = []
     table = corpus_table(store, _corpus(name, files, columns), lambda *a: dropped.append(a))
-    embedder, image_drops, fetched = load(model_dir), Counter(), {}
+    embedder, image_drops, fetched = load(model_dir, server=server), Counter(), {}
     if table.has_images:
         fetch = fetch or FetchConfig()
         fetch = fetch.model_copy(update={"file_roots": [*fetch.file_roots, *_file_roots(files)]})
         fetched = fetch_images(store, table, fetch, image_drops)
         store.write_json_atomic(f"indexes/{name}/{IMAGES}", fetched)
         _attach(store, table, fetched, embedder)
-    _, new = embed_missing(embedder, table, shard_rows)
-    record = {"name": name, "model": str(Path(model_dir).resolve()), "files": files, "id_column": columns.id,
-              "text_column": columns.text, "image_column": columns.images, "shard_rows": shard_rows,
+    _, new = embed_missing(embedder, table, SHARD_ROWS)
+    record = {"name": name, "model": str(Path(model_dir).resolve()), "server": server, "files": files,
+              "id_column": columns.id,
+              "text_column": columns.text, "image_column": columns.images, "shard_rows": SHARD_ROWS,
               "documents": len(table), "distinct_texts": table.manifest.get("distinct"), "dropped": len(dropped),
               "images": len(fetched), "image_drops": dict(sorted(image_drops.items())), "corpus": table.key}
     table.close()
@@ -155,7 +157,7 @@ def _query(embedder, text: str, images) -> MixedItem:
     """A query as the model embeds it: typed text is text (a typed <|image_pad|> too), its images first."""
     if not images:
         return MixedItem(plain(text))
-    if not isinstance(embedder, VLMEmbedder):
+    if not embedder.takes_images:
         raise StageError("a query image needs a VLM retriever; this index's model is a text encoder")
     return MixedItem.of_files(embedder.cfg.image_placeholder * len(images) + plain(text), [str(p) for p in images])
 
@@ -163,7 +165,8 @@ def _query(embedder, text: str, images) -> MixedItem:
 def search_index(store: ArtifactStore, name: str, queries: list[str], k: int = 10, dim: int | None = None,
                  embedder=None, images=()) -> list[list[Hit]]:
     """Each query's top-k documents of index `name` at Matryoshka `dim` (None: the model's full width).
-    `embedder`: the index's model already loaded (`load(record["model"])`; a server keeps it).
+    `embedder`: the index's model already loaded (`load(record["model"], server=record["server"])`; a
+    server keeps it).
     `images`: image files (paths or fsspec URLs) every query carries (a VLM index)."""
     record = store.read_json(f"indexes/{name}/{RECORD}")
     if record is None:
@@ -172,7 +175,7 @@ def search_index(store: ArtifactStore, name: str, queries: list[str], k: int = 1
     table: CorpusTable = corpus_table(store, _corpus(name, record["files"], columns))
     if table.key != record["corpus"]:
         raise StageError(f"index {name!r}: its files changed since it was built; run `nyx index` again")
-    embedder = embedder or load(record["model"])
+    embedder = embedder or load(record["model"], server=record.get("server"))
     if dim is not None and not 0 < dim <= embedder.dim:
         raise StageError(f"--dim {dim}: the model has {embedder.dim} dims")
     fetched = (store.read_json(f"indexes/{name}/{IMAGES}") or {}) if table.has_images else {}

@@ -553,7 +553,9 @@ def user_index(store, name: str) -> dict | None:
         return None
     if problem:
         log.warning("refused: index %s: %s", name, one_line(problem))
-    return {"name": name, "documents": record.get("documents"), "model": record.get("model"), "broken": problem}
+    server = record.get("server") if isinstance(record, dict) and isinstance(record.get("server"), str) else None
+    return {"name": name, "documents": record.get("documents"), "model": record.get("model"), "server": server,
+            "broken": problem}
 
 
 def index_problem(store, record: Any) -> str | None:
@@ -574,11 +576,12 @@ def index_problem(store, record: Any) -> str | None:
 
 
 @lru_cache(maxsize=2)
-def index_model(path: str, mtime: float):
-    """An index's model, loaded once per folder version (a search page request must not load it)."""
+def index_model(path: str, mtime: float, server: str | None = None):
+    """An index's model, loaded once per folder version (a search page request must not load it); an
+    index built through a server (`nyx index --server`) embeds its queries there."""
     from nyx_tasks.embedding import load  # torch: only when someone searches
 
-    return load(path)
+    return load(path, server=server)
 
 
 def search(store, name: str, query: str, k: int, dim: int | None, image: bytes = b"") -> list:
@@ -591,7 +594,7 @@ def search(store, name: str, query: str, k: int, dim: int | None, image: bytes =
     if entry is None or entry["broken"]:
         raise Refused(f"{INDEXES}/{name}", entry["broken"] if entry else "no such index")
     model = entry["model"]
-    embedder = index_model(model, Path(model, "nyx_model.json").stat().st_mtime)
+    embedder = index_model(model, Path(model, "nyx_model.json").stat().st_mtime, entry.get("server"))
     if not image:
         return search_index(store, name, [query], k, dim, embedder=embedder)[0]
     with query_image(image) as path:

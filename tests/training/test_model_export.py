@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import sys
 import numpy as np
 
 from nyx_tasks.core.config import EmbedderConfig
-from nyx_tasks.embedding import MixedItem, load
+from nyx_tasks.embedding import MixedItem, load, vllm_serve_flags
+from nyx_tasks.embedding.nyx import SERVING_TEMPLATE
 from nyx_tasks.retrieval.corpora import checkpoint_embedder
 from nyx_tasks.runner import run_stage
 from nyx_tasks.stages import get_stage
@@ -81,6 +83,12 @@ def test_a_vlm_exports_a_folder_that_loads_and_embeds_as_the_pipeline(built, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "nyx_model.json").read_text())
     assert record["family"] == "vlm" and record["query_instruction"] == cfg.train_stage1.query_instruction
+    # how to serve it: the serving template written, the command in the card and on stderr
+    flags = vllm_serve_flags(str(out))
+    assert (out / SERVING_TEMPLATE).is_file() and str(out / SERVING_TEMPLATE) in flags
+    assert f"serve it: {shlex.join(['vllm', 'serve', str(out), *flags])}" in done.stderr
+    card = (out / "README.md").read_text()
+    assert shlex.join(["vllm", "serve", str(out), *flags]).replace(str(out), "{this folder}") in card
     pipeline = checkpoint_embedder(cfg.evaluate.embedder, stage_checkpoint(store, cfg.partition, "train_stage1"),
                                    store)
     model = load(str(out), device="cpu", batch_size=cfg.evaluate.embedder.batch_size)
