@@ -510,6 +510,12 @@ class TrainConfig(_Model):
     num_gpus: int = Field(0, ge=0, description="0: train on the CPU in one process; N: torchrun over N GPUs.")
     deepspeed: bool = Field(True, description="ZeRO-2 through DeepSpeed when training on GPUs.")
     dataloader_workers: int = Field(2, ge=0)
+    length_grouping: int = Field(
+        0, ge=0, exclude_if=lambda v: v == 0, description="Micro-batches of similar length, so each pads "
+        "less: the examples of every window of N global batches are sorted by their size (images, then "
+        "their longest document's characters), cut into per-device micro-batches, and those "
+        "micro-batches shuffled (seeded). 0: off, the mix's shuffled order (the paper's). Grouping changes which "
+        "examples meet as in-batch negatives.")
     vision_attention: Literal["one_call", "per_window"] = Field(
         "one_call", description="The vision tower's windowed attention: one block-diagonal call per layer "
         "(FlexAttention on GPUs), or transformers' call per window (the same numbers, thousands of calls a step).")

@@ -300,6 +300,29 @@ class TrainingMix:
         return out
 
 
+def example_size(ex: Example) -> tuple[int, int]:
+    """What sets the padded length of an example's micro-batch: its images (each a block of vision
+    tokens), then its longest document's characters (a micro-batch's documents pad to the longest)."""
+    docs = (ex.positive, *ex.negatives)
+    return sum(len(d.images) for d in (ex.query, *docs)), max(len(d.text) for d in docs)
+
+
+def group_by_length(examples: list[Example], micro: int, window: int, seed: str) -> list[Example]:
+    """`examples` reordered so each run of `micro` holds examples of similar size: every window of
+    `window` examples sorted by `example_size`, cut into micro-batches, and the window's micro-batches
+    shuffled (seeded by `seed` and the window), so the step order stays mixed. The same examples, each
+    once; a trailing partial window is grouped the same way, its short micro-batch last (`window` is a
+    multiple of `micro`)."""
+    out: list[Example] = []
+    for w, start in enumerate(range(0, len(examples), window)):
+        part = sorted(examples[start:start + window], key=example_size)
+        batches = [part[i:i + micro] for i in range(0, len(part), micro)]
+        short = batches.pop() if len(batches[-1]) < micro else []  # stays last: the cuts stay micro-batches
+        random.Random(f"{seed}:length-groups:{w}").shuffle(batches)
+        out += [ex for b in batches for ex in b] + short
+    return out
+
+
 @functools.cache
 def _example_dataset_class():
     import torch.utils.data

@@ -25,7 +25,7 @@ from nyx_tasks.embedding.vlm import use_bf16
 from nyx_tasks.store.artifacts import ArtifactStore
 from nyx_tasks.store.checkpoints import resume_checkpoint
 from nyx_tasks.training.collator import TripletCollator
-from nyx_tasks.training.data import TrainingMix, image_index, load_sources
+from nyx_tasks.training.data import TrainingMix, group_by_length, image_index, load_sources
 from nyx_tasks.training.deepspeed_config import zero2_config
 from nyx_tasks.training.model import Backbone, export_merged, load_trainable, resolve_pooling
 
@@ -128,6 +128,9 @@ def plan_data(store, partition: str, cfg, world: int, log) -> dict:
     n_examples = max(1, int(round(cfg.epochs * per_epoch)))
     examples = mix.examples(math.ceil(cfg.epochs))[:n_examples]
     global_batch = cfg.per_device_batch_size * cfg.accumulation * world
+    if cfg.length_grouping:
+        examples = group_by_length(examples, cfg.per_device_batch_size, cfg.length_grouping * global_batch,
+                                   f"{cfg.seed}")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(n_examples / global_batch))
     log.info("data: %s; %d examples per epoch, %d to train on, global batch %d -> %d steps",
              json.dumps(mix.counts, sort_keys=True), per_epoch, n_examples, global_batch, total_steps)
