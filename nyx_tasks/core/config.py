@@ -272,6 +272,11 @@ class EmbedderConfig(_Model):
     max_pixels: int = Field(400 * 28 * 28, ge=28 * 28, description="nyx: the paper's pixel cap per image.")
     dim: int | None = Field(None, ge=1, description="Matryoshka: truncate and renormalise to this many dims.")
     batch_size: int = Field(32, ge=1)
+    prepare_workers: int = Field(
+        0, ge=0, exclude_if=lambda v: v == 0, description="sentence-transformers: tokenise the batches in this many "
+        "DataLoader worker processes ahead of the model (pinned memory on a GPU; longest texts first, rows "
+        "restored), so the host keeps a GPU fed; 0: in line (sentence-transformers' encode). The vectors are "
+        "the same either way.")
     device: str = "auto"
     bf16: Literal["auto", "native"] = Field(
         "auto", description="sentence-transformers: auto = bf16 on a GPU, fp32 on a CPU; native = also bf16 "

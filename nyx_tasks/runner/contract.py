@@ -170,7 +170,7 @@ class Stage:
             node = payload
             for p in parents:
                 node = node[p]
-            del node[leaf]
+            node.pop(leaf, None)  # absent: a field left out of the dump at its default (`exclude_if`)
         return payload
 
     def input_fingerprint(self, ctx: StageContext) -> dict[str, str]:

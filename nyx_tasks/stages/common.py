@@ -9,8 +9,8 @@ from nyx_tasks.prompts import fingerprint
 # Left out of config hashes (Stage.execution_only): throughput and where it runs.
 GENERATION_TUNING = ("generation.concurrency", "generation.batch_size", "generation.timeout_s",
                      "generation.retries", "generation.base_url", "generation.api_key_env", "generation.device")
-RETRIEVAL_TUNING = ("embedder.batch_size", "embedder.device", "search.query_batch", "search.doc_chunk",
-                    "search.backend")
+RETRIEVAL_TUNING = ("embedder.batch_size", "embedder.device", "embedder.prepare_workers", "search.query_batch",
+                    "search.doc_chunk", "search.backend")
 
 
 def with_prompts(payload: dict, cfg, version: str, names: tuple[str, ...]) -> dict:

@@ -139,7 +139,8 @@ class MineStage(Stage):
     inputs = ("filter", "chunk", "ingest")
     outputs = {"part": "triplets"}
     execution_only = ("search.query_batch", "search.doc_chunk", "search.backend", "embedder.batch_size",
-                      "embedder.device", "text_embedder.batch_size", "text_embedder.device")
+                      "embedder.device", "embedder.prepare_workers", "text_embedder.batch_size",
+                      "text_embedder.device", "text_embedder.prepare_workers")
     doc = ("Embed queries and chunks with the miner (mmE5), exact search, skip 10 ranks, drop the "
            "positive by id, keep 5 hard negatives; the text-only sets (top-1 retrieved = positive) too.")
     flow = {
