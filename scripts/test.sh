@@ -23,15 +23,16 @@ if [ "$#" -gt 0 ]; then  # arguments: one pytest run with them
 fi
 # The whole suite in two lanes at once, each its own pytest process with its own temp folder: about a
 # third of a serial run's time the machine's two cores sat idle (waiting on schedulers, heartbeats,
-# servers). Lane A: the full demo under `airflow dags test` (the longest module) and the three fresh
-# scripts/ui.sh starts of test_ui_postgres.py (~3 min; lane B was the longer lane), then the unit tests;
-# lane B: every other end-to-end and integration module (its own Airflow, Celery cluster, vLLM server)
-# and the two unit modules that mostly wait on subprocesses (balancing the lanes: 30.5 / 26.9 min without).
+# servers). Lane A: the `airflow dags test` modules (the demo pipeline and its ablations on a cheaper
+# conf; the paper profile in shape) and the two fresh scripts/ui.sh starts of test_ui_postgres.py, then
+# the unit tests; lane B: every other end-to-end and integration module (the shared standalone with the
+# demo's own run from its trigger form, the Celery cluster, vLLM servers) and the two unit modules that
+# mostly wait on subprocesses.
 # Each prints its 30 slowest tests; lane B's output follows lane A's. OpenMP threads sleep when idle
 # instead of spinning, so a lane's torch threads do not take the cores the other lane is using.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 lane_b_units=(tests/test_cli.py tests/test_airflow_init.py)
-lane_a_e2e=(tests/e2e/test_airflow_dags_test.py tests/e2e/test_ui_postgres.py)
+lane_a_e2e=(tests/e2e/test_airflow_dags_test.py tests/e2e/test_paper_shape.py tests/e2e/test_ui_postgres.py)
 lane_a=(--ignore=tests/integration) lane_b_ignore=()
 for f in tests/e2e/test_*.py; do
   if [[ " ${lane_a_e2e[*]} " == *" $f "* ]]; then lane_b_ignore+=(--ignore="$f"); else lane_a+=(--ignore="$f"); fi
@@ -46,8 +47,8 @@ lane_b=$!
 rc_a=0; .venv/bin/python -m pytest -q --durations=30 --basetemp="$tmp_a/t" tests "${lane_a[@]}" || rc_a=$?
 rc_b=0; wait "$lane_b" || rc_b=$?
 disk "after the tests"
-echo "==================== lane B: tests/e2e (but the full demo and ui.sh on Postgres), tests/integration, ${lane_b_units[*]} ===================="
+echo "==================== lane B: tests/e2e (but ${lane_a_e2e[*]}), tests/integration, ${lane_b_units[*]} ===================="
 cat "$log_b"
 rm -rf "$tmp_a" "$tmp_b" "$log_b"
-echo "[test] lane A (full demo + ui.sh on Postgres + unit tests): exit $rc_a; lane B (other end-to-end + integration): exit $rc_b" >&2
+echo "[test] lane A (dags test modules + ui.sh on Postgres + unit tests): exit $rc_a; lane B (other end-to-end + integration): exit $rc_b" >&2
 [ "$rc_a" -eq 0 ] && [ "$rc_b" -eq 0 ]

@@ -1,5 +1,5 @@
 """`bash scripts/ui.sh`'s metadata database, its own Postgres under $AIRFLOW_HOME/pg, holds the
-UI's first clicks: three fresh UIs, one after the other, each sent what the Run Backfill dialog
+UI's first clicks: two fresh UIs, one after the other, each sent what the Run Backfill dialog
 sends (unpause the DAG and create its backfill, at the same moment) for seven stage DAGs at once
 as soon as the DAGs are listed; on the first UI one of the seven goes through the dialog itself in
 Chromium (when `bash scripts/browser_env.sh` installed it). No write may fail (on SQLite these
@@ -33,7 +33,7 @@ from tests.e2e.test_ui_script import READY, clean_env, read_line, start_ui, stop
 from tests.postgres import postgres_bindir
 
 pytestmark = pytest.mark.airflow
-STARTS, DAGS_PER_START, DAY = 3, 7, "2026-01-01"
+STARTS, DAGS_PER_START, DAY = 2, 7, "2026-01-01"
 
 
 def postgres_of(home: Path) -> list[psutil.Process]:
@@ -168,13 +168,13 @@ def one_ui(tmp: Path, browser: bool) -> list[tuple[str, int | None, str]]:
         stop(proc, pgids | groups(postgres_of(home)))
 
 
-def test_backfills_right_after_unpausing_on_three_fresh_uis(ui_tmp):
+def test_backfills_right_after_unpausing_on_two_fresh_uis(ui_tmp):
     results = []
     for i in range(STARTS):
         (ui_tmp / f"ui{i}").mkdir()
         results += one_ui(ui_tmp / f"ui{i}", browser=i == 0)
     backfills = [r for r in results if "POST" in r[0] or r[0].startswith("backfill")]
-    assert len(backfills) >= 20, results
+    assert len(backfills) >= STARTS * DAGS_PER_START - 1, results  # all but the dialog's (in Chromium)
     # the first UI's first DAG went through the dialog in Chromium (scripts/browser_env.sh installs it)
     assert not have_browser() or sum(r[0].startswith("browser") for r in results) == 2, results
     assert not [r for r in results if failed(r[1], r[2])], results
