@@ -1,7 +1,6 @@
-"""The real thing: `airflow dags test nyxqa_to_model` on the demo profile (a cheaper conf: every stage,
-less work), in a fresh SQLite Airflow home, twice (the second redoes one stage and finds every other
-complete), the shipped ablations over that partition, plus a trigger with a bad param that must be
-refused before anything runs."""
+"""The real thing: `airflow dags test nyxqa_to_model` on the demo profile, in a fresh SQLite Airflow
+home, twice (the second redoes one stage and finds every other complete), the shipped ablations over
+that partition, plus a trigger with a bad param that must be refused before anything runs."""
 
 import json
 import os
@@ -44,25 +43,21 @@ def dags_test(env, conf: dict) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=900)
 
 
-# Every stage, less work: the demo's own defaults run from the trigger form on the shared standalone
-# (tests/e2e/test_ui_browser.py, the user's path), which checks the demo's own figures; this module
-# checks what `airflow dags test` adds on a cheaper conf (and the ablations' base is that partition).
-CHEAP = {"sample_size": 30, "train_steps": 2, "feedback_top_k": 3}
-
-
 def test_full_dag_runs_under_airflow_and_a_redo_recomputes_one_stage(airflow_env):
     root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
-    first = dags_test(airflow_env, {"partition": "e2e", **CHEAP})
+    first = dags_test(airflow_env, {"partition": "e2e"})
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-5000:]
     assert "successful" in log and "failed" not in log.lower().replace("failed_", "")
     manifests = {s: json.loads((root / "partitions/e2e" / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
     ingest, chunk, sample = (manifests[s] for s in ("ingest", "chunk", "sample"))
+    assert ingest["rows_out"] >= 40 and ingest["drops"]["image_not_found"] == 1
+    assert len(ingest["shards"]) == 3  # three sample files, three shards, run as two tasks (max_shard_tasks: 2)
     assert chunk["inputs"] == {"ingest": ingest["output_hash"]}
     assert sample["inputs"] == {"chunk": chunk["output_hash"]}
     from nyx_tasks.stages.sample import GROUPS, group_targets
 
-    targets = group_targets(CHEAP["sample_size"], (0.6329, 0.2985, 1 - 0.6329 - 0.2985))
+    targets = group_targets(60, (0.6329, 0.2985, 1 - 0.6329 - 0.2985))  # the demo asks for 60
     x = sample["extra"]
     assert sample["rows_out"] == sum(min(targets[g], x[f"available_{g}"]) for g in GROUPS)
     assert "rendered_map_index='obelics-00000.jsonl .. obelics-00001.jsonl (2 shards)'" in log  # named in the UI
@@ -75,17 +70,20 @@ def test_full_dag_runs_under_airflow_and_a_redo_recomputes_one_stage(airflow_env
     skipped = " ".join(re.findall(r"Skipping tasks \[[^\n]*", log))
     for stage in ("synthesize", "train_stage1"):  # hf backend / num_gpus 0: default queue, no gpu variant runs
         assert all(f"('{stage}.shard_gpu{n}', -1)" in skipped for n in (1, 2, 4, 8)), (stage, skipped)
-    train = manifests["train_stage1"]
-    assert train["inputs"] == {"mine": manifests["mine"]["output_hash"]}
-    assert train["rows_out"] == train["extra"]["steps"] == CHEAP["train_steps"] and train["checkpoint"]["merged"]
+    mine, train = manifests["mine"], manifests["train_stage1"]
+    assert {s["name"] for s in mine["shards"]} == {"nyxqa", "text:hotpotqa", "text:2wikimultihopqa", "text:musique",
+                                                  "text:docstrings_train"}
+    assert mine["rows_out"] > 0 and train["inputs"] == {"mine": mine["output_hash"]}
+    assert train["rows_out"] == train["extra"]["steps"] > 0 and train["checkpoint"]["merged"]
     assert "train_stage1: launching" in log and "nyx.train: step 1/" in log  # the trainer's lines, streamed
+    assert train["checkpoint"]["family"] == "encoder" and train["extra"]["steps"] >= 30  # MiniLM, all 2,046 pairs
 
     events = asset_events(airflow_env)
     assert events["nyx_checkpoint"] == 2 and all(events[f"nyx_{s}"] == 1 for s in STAGE_NAMES), events
 
     # redo: exactly the named stage recomputes (chunk: a second); its output hash is the same, so every
     # other stage is a no-op (found complete, nothing rewritten); only the redone stage's asset fires
-    again = dags_test(airflow_env, {"partition": "e2e", **CHEAP, "redo": ["chunk"]})
+    again = dags_test(airflow_env, {"partition": "e2e", "redo": ["chunk"]})
     log2 = again.stdout + again.stderr
     assert again.returncode == 0, log2[-5000:]
     assert log2.count("already complete") == len(STAGE_NAMES) - 1
@@ -131,7 +129,7 @@ def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_e
     root = Path(airflow_env["NYX_ARTIFACTS_ROOT"])
     base_dir = root / "partitions/e2e"
     if not (base_dir / "evaluate/_MANIFEST.json").exists():  # run alone: the base first, as the module does
-        assert dags_test(airflow_env, {"partition": "e2e", **CHEAP}).returncode == 0
+        assert dags_test(airflow_env, {"partition": "e2e"}).returncode == 0
     before = {s: json.loads((base_dir / s / "_MANIFEST.json").read_text()) for s in STAGE_NAMES}
     shipped = yaml.safe_load((REPO / "configs/experiments/demo-ablations.yaml").read_text())["variants"]
     # every shipped variant resolves against the base config; one of the two that retrain stage 1
@@ -139,8 +137,7 @@ def test_the_shipped_ablations_run_as_an_experiment_and_share_the_base(airflow_e
     # later stages recomputed), and each such variant costs the suite a full stage 1 -> evaluate
     check_variants(load_config("demo", [f"artifacts.root={root}"]), expand(variants=shipped))
     variants = {k: v for k, v in shipped.items() if k != "in-batch-only"}
-    conf = {"partition": "e2e", **CHEAP, "experiment": "demo-ablations", "grid": {},  # no example grid
-            "variants": variants}
+    conf = {"partition": "e2e", "experiment": "demo-ablations", "grid": {}, "variants": variants}  # no example grid
     out = subprocess.run([AIRFLOW, "dags", "test", "nyx_experiments", "-c", json.dumps(conf)],
                          env=airflow_env, capture_output=True, text=True, timeout=1800)
     log = out.stdout + out.stderr
