@@ -23,15 +23,15 @@ if [ "$#" -gt 0 ]; then  # arguments: one pytest run with them
 fi
 # The whole suite in two lanes at once, each its own pytest process with its own temp folder: about a
 # third of a serial run's time the machine's two cores sat idle (waiting on schedulers, heartbeats,
-# servers). Lane A: the `airflow dags test` modules (the demo pipeline and its ablations on a cheaper
-# conf; the paper profile in shape) and the two fresh scripts/ui.sh starts of test_ui_postgres.py, then
-# the unit tests; lane B: every other end-to-end and integration module (the shared standalone with the
-# demo's own run from its trigger form, the Celery cluster, vLLM servers) and the two unit modules that
+# servers). Lane A: the `airflow dags test` modules (the demo pipeline and its
+# ablations; the paper profile in shape) and the two fresh scripts/ui.sh starts of test_ui_postgres.py, then
+# the unit tests; lane B: every other end-to-end and integration module (the shared standalone, whose trigger
+# form runs the demo on stand-in sets, the Celery cluster, vLLM servers) and the three unit modules that
 # mostly wait on subprocesses.
 # Each prints its 30 slowest tests; lane B's output follows lane A's. OpenMP threads sleep when idle
 # instead of spinning, so a lane's torch threads do not take the cores the other lane is using.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-lane_b_units=(tests/test_cli.py tests/test_airflow_init.py)
+lane_b_units=(tests/test_cli.py tests/test_airflow_init.py tests/test_user_index.py)
 lane_a_e2e=(tests/e2e/test_airflow_dags_test.py tests/e2e/test_paper_shape.py tests/e2e/test_ui_postgres.py)
 lane_a=(--ignore=tests/integration) lane_b_ignore=()
 for f in tests/e2e/test_*.py; do
