@@ -66,7 +66,7 @@ def vllm_serve_flags(path: str) -> list[str]:
                                     "`nyx export model`, which writes it")
         flags += ["--chat-template", str(Path(path) / SERVING_TEMPLATE),
                   "--pooler-config", json.dumps({"seq_pooling_type": "LAST"}),
-                  "--mm-processor-kwargs", json.dumps({"max_pixels": rec.get("max_pixels") or 400 * 28 * 28})]
+                  "--mm-processor-kwargs", json.dumps({"max_pixels": rec.get("max_pixels") or EmbedderConfig().max_pixels})]
     return flags
 
 
