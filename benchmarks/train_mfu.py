@@ -66,6 +66,19 @@ def qwen25_vl_3b_config(tok):
                             vision_end_token_id=ids("<|vision_end|>"))
 
 
+def paper_stage1(args, **update):
+    """configs/paper.yaml's train_stage1 (its LoRA/DoRA recipe, pixel cap, loss, checkpointing) with the
+    benchmark's batch, steps and the command line's checkpointing and compilation choices."""
+    from nyx_tasks.core.config import load_config
+
+    cfg = load_config("paper").train_stage1
+    layers = {"language": args.checkpoint_language, "vision": args.checkpoint_vision}
+    return cfg.model_copy(update={"per_device_batch_size": args.batch, "max_steps": args.steps, "sources": [],
+                                  "checkpoint_layers": cfg.checkpoint_layers.model_copy(update=layers),
+                                  "compile_layers": args.compile, "image_placeholder": "<image>",  # make_examples'
+                                  **update})
+
+
 def noise_image(store, side: int) -> tuple[str, str]:
     """A side x side noise PNG in the store's image folder: (sha256, path relative to the root)."""
     import hashlib
@@ -79,20 +92,32 @@ def noise_image(store, side: int) -> tuple[str, str]:
     return sha, store.put_image(sha, "png", data)
 
 
-def make_examples(store, n: int, seed: int = 0, images: bool = True):
+def tokens_per_word(tok) -> float:
+    """How many tokens the tokenizer spends on a LOREM word (the tiny offline tokenizer ~2.3; Qwen's, ~1)."""
+    import random
+
+    rng = random.Random(0)
+    return len(tok(" ".join(rng.choice(LOREM) for _ in range(500))).input_ids) / 500
+
+
+def make_examples(store, n: int, seed: int = 0, images: bool = True, tok=None):
+    """Query (~30 text tokens) + positive + 1 negative (~200 text tokens each, a third with one image at
+    the pixel cap); with `tok`, the word counts are set so that its token counts are those."""
     import random
 
     from nyx_tasks.training.data import Doc, Example
 
     rng = random.Random(seed)
     _, path = noise_image(store, 560)  # 400 merged tokens at the cap
+    per_word = tokens_per_word(tok) if tok is not None else 1.0
+    q_words, d_words = max(1, round(30 / per_word)), max(1, round(200 / per_word))
 
     def doc(words: int, image: bool) -> Doc:
         text = " ".join(rng.choice(LOREM) for _ in range(words))
         return Doc(f"<image> {text}", (path,)) if image else Doc(text)
 
-    return [Example(f"q{i}", "bench", doc(24, False), doc(170, images and i % 3 == 0),
-                    (doc(170, images and i % 3 == 1),))
+    return [Example(f"q{i}", "bench", doc(q_words, False), doc(d_words, images and i % 3 == 0),
+                    (doc(d_words, images and i % 3 == 1),))
             for i in range(n)]
 
 
@@ -158,7 +183,7 @@ class StepCounter:
     """Over one training step: F.scaled_dot_product_attention calls (attention) and every operator
     torch dispatched (torch.profiler's CPU events: the launches a GPU would see), and its time."""
 
-    def __new__(cls, step: int):
+    def __new__(cls, step: int, count_attention: bool = True):
         import torch
         import torch.nn.functional as F
         from transformers import TrainerCallback
@@ -176,7 +201,8 @@ class StepCounter:
 
             def on_step_begin(self, a, state, control, **kw):
                 if state.global_step == step:
-                    F.scaled_dot_product_attention = self.counted
+                    if count_attention:  # (not in compiled code: a Python counter there is a guard)
+                        F.scaled_dot_product_attention = self.counted
                     self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
                     self.prof.__enter__()
                     self.t0 = time.perf_counter()
@@ -186,64 +212,239 @@ class StepCounter:
                     self.seconds = time.perf_counter() - self.t0
                     F.scaled_dot_product_attention = real
                     self.prof.__exit__(None, None, None)
-                    self.ops = sum(e.count for e in self.prof.key_averages() if e.key.startswith("aten::"))
+                    self.ops = sum(e.count for e in self.prof.key_averages()
+                                   if e.key.startswith("aten::") or "cpp_fused" in e.key)
                     self.prof = None
 
         return _Counter()
 
 
+class LiveBytes:
+    """The bytes of every tensor storage created while it is active and still alive (a dispatch mode:
+    each operator's outputs, freed when their storage goes), and the peak; tensors made before it
+    (the weights) and views of tensors are not counted. Device-independent: what an allocator would hold, less its slack."""
+
+    def __new__(cls):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        class _Live(TorchDispatchMode):
+            live = peak = 0
+            sizes: dict = {}
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                          if hasattr(t, "untyped_storage") and not t.is_meta}  # views and in-place results
+                for t in tree_flatten(out)[0]:
+                    if hasattr(t, "untyped_storage") and not t.is_meta:
+                        storage = t.untyped_storage()
+                        if storage._cdata not in self.sizes and storage._cdata not in inputs:
+                            self.sizes[storage._cdata] = storage.nbytes()
+                            self.live += storage.nbytes()
+                            weakref.finalize(storage, self.free, storage._cdata)
+                self.peak = max(self.peak, self.live)
+                return out
+
+            def free(self, key):
+                self.live -= self.sizes.pop(key, 0)
+
+        return _Live()
+
+
+def layer_increments(model, live) -> dict:
+    """Hooks on every transformer layer: the live bytes each one's first forward adds (what it keeps for
+    the backward, plus its output), summed over the query and document passes."""
+    from nyx_tasks.training.model import layer_stacks
+
+    kept: dict = {}
+    for stack in layer_stacks(model).values():
+        for layer in stack:
+            def before(mod, _args, layer=layer):
+                mod._nyx_start = live.live
+
+            def after(mod, _args, _out, layer=layer):
+                if not getattr(mod, "_nyx_backward", False):
+                    kept[mod] = kept.get(mod, 0) + live.live - mod._nyx_start
+            layer.register_forward_pre_hook(before)
+            layer.register_forward_hook(after)
+    return kept
+
+
+def memory_step(processor, cfg, batch, keep: bool) -> dict:
+    """One forward + backward at the 3B's real widths with one decoder layer and two vision blocks (a
+    windowed one and a full-attention one), in bf16 on the CPU: each layer's kept bytes, the bytes
+    outside the layers, and the backward's transient peak."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from nyx_tasks.training.collator import split_docs
+    from nyx_tasks.training.loss import mrl_infonce_losses
+    from nyx_tasks.training.model import Backbone, layer_stacks, prepare_for_training
+
+    config = qwen25_vl_3b_config(processor.tokenizer)
+    config.text_config.num_hidden_layers, config.vision_config.depth = 1, 2
+    config.vision_config.fullatt_block_indexes = [1]
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    layers = {"language": 0, "vision": 0} if keep else {"language": None, "vision": None}
+    model = prepare_for_training(model, cfg.model_copy(update={
+        "checkpoint_layers": cfg.checkpoint_layers.model_copy(update=layers)}))
+    model.train()
+    live = LiveBytes()
+    kept = layer_increments(model, live)
+    c = cfg.loss
+    with live:
+        q = Backbone().encode(model, batch["query"])
+        d = Backbone().encode(model, batch["docs"])
+        pos, neg = split_docs(d, batch["negative_mask"])
+        loss, _ = mrl_infonce_losses(q, pos, neg, c.dims, c.weights, c.temperature, True, False,
+                                     batch["negative_mask"], normalize_weights=c.normalize_weights)
+        after_forward = live.live
+        for stack in layer_stacks(model).values():
+            for layer in stack:
+                layer._nyx_backward = True  # recomputation re-runs the hooks
+        loss.backward()
+    stacks = layer_stacks(model)
+    lang, (windowed, full) = stacks["language"][0], stacks["vision"]
+    in_layers = sum(kept.values())
+    return {"language": kept[lang], "windowed": kept[windowed], "full": kept[full],
+            "other": after_forward - in_layers, "transient": live.peak - after_forward}
+
+
+def weight_bytes(processor, cfg) -> tuple[float, float]:
+    """(bytes of the 3B's bf16 weights with the LoRA/DoRA adapters, bytes of the trainable parameters'
+    training state: bf16 gradient, fp32 master copy, Adam's two moments), from a model on the meta device."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from nyx_tasks.training.model import apply_lora
+
+    with torch.device("meta"):
+        model = apply_lora(Qwen2_5_VLForConditionalGeneration(qwen25_vl_3b_config(processor.tokenizer)), cfg.lora)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 2.0 * total, (2 + 4 + 4 + 4) * float(trainable)
+
+
+def cpu_memory(args) -> None:
+    """Estimate a training step's peak GPU memory at the 3B's shape and the given per-device batch, from
+    one measured step of one layer of each kind at real widths (`memory_step`), scaled to 36 decoder
+    layers and 32 vision blocks (28 windowed, 4 full), for every number of recomputed decoder layers."""
+    import tempfile
+
+    from transformers import AutoProcessor
+
+    from nyx_tasks.embedding.nyx import cap_image_pixels
+    from nyx_tasks.inference import resolve_model
+    from nyx_tasks.store.artifacts import ArtifactStore
+    from nyx_tasks.training.collator import TripletCollator
+
+    processor = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
+    processor.tokenizer.padding_side = "right"
+    cfg = paper_stage1(args, num_gpus=0)
+    cap_image_pixels(processor, cfg.max_pixels)
+    store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-memory-"))
+    batch = TripletCollator(processor, cfg, store)(make_examples(store, args.batch, tok=processor.tokenizer))
+    weights, state = weight_bytes(processor, cfg)
+    t0 = time.perf_counter()
+    ck, kp = memory_step(processor, cfg, batch, keep=False), memory_step(processor, cfg, batch, keep=True)
+    gib = 2.0 ** 30
+    tokens = {k: tuple(batch[k]["input_ids"].shape) for k in ("query", "docs")}
+    print(f"CPU memory estimate: Qwen2.5-VL-3B shape, per-device batch {args.batch} (query + positive + 1 "
+          f"negative: {tokens['query']} query and {tokens['docs']} document tokens, "
+          f"{int(batch['docs']['image_grid_thw'].shape[0])} images at the pixel cap), paper LoRA/DoRA, bf16; "
+          f"measured on one layer of each kind in {time.perf_counter() - t0:.0f} s")
+    print(f"  weights {weights / gib:.1f} GiB, trainable state {state / gib:.2f} GiB; kept per layer "
+          f"(checkpointed / not): decoder {ck['language'] / gib:.3f} / {kp['language'] / gib:.3f}, windowed vision "
+          f"{ck['windowed'] / gib:.3f} / {kp['windowed'] / gib:.3f}, full-attention vision {ck['full'] / gib:.3f} / "
+          f"{kp['full'] / gib:.3f} GiB; outside the layers {ck['other'] / gib:.2f} GiB")
+
+    def peak(n_lang: int, vision_ckpt: bool) -> float:
+        v = ck if vision_ckpt else kp
+        lang = n_lang * ck["language"] + (36 - n_lang) * kp["language"]
+        transient = max(ck["transient"] if n_lang or vision_ckpt else kp["transient"], kp["transient"])
+        return weights + state + ck["other"] + lang + 28 * v["windowed"] + 4 * v["full"] + transient
+
+    budget = args.memory_budget * gib
+    print(f"  {'recomputed decoder layers':>26s} {'vision recomputed':>18s} {'estimated peak GiB':>19s}")
+    for n in (36, 24, 12, 0):
+        for vision in (True, False):
+            print(f"  {n:26d} {'all' if vision else 'none':>18s} {peak(n, vision) / gib:19.1f}")
+    fits = [n for n in range(37) if peak(n, True) <= budget]
+    print(f"  budget {args.memory_budget:.0f} GiB: " + (f"checkpoint_layers.language: {min(fits)} is the fewest "
+          "recomputed decoder layers that fit (vision all)" if fits else "does not fit even fully checkpointed"))
+
+
 def cpu_step_profile(args) -> None:
     """One training step of the 3B's structure at narrow widths on the CPU, with the vision tower's
-    attention per window (transformers) and in one call per layer (ours), side by side."""
+    attention per window (transformers) and in one call per layer (ours), side by side; with
+    --compile, one call per layer eager and with every layer compiled."""
     import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainingArguments
 
-    from nyx_tasks.core.config import TrainConfig
+    from nyx_tasks.core.config import LossSettings
     from nyx_tasks.embedding.nyx import cap_image_pixels
     from nyx_tasks.inference import resolve_model
-    from nyx_tasks.models.vision_attention import use_one_call_vision_attention
     from nyx_tasks.store.artifacts import ArtifactStore
     from nyx_tasks.training.collator import TripletCollator
     from nyx_tasks.training.data import ExampleDataset
-    from nyx_tasks.training.model import Backbone, apply_lora
+    from nyx_tasks.training.model import Backbone, prepare_for_training
     from nyx_tasks.training.trainer import NyxTrainer
 
     processor = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
     processor.tokenizer.padding_side = "right"
-    cfg = TrainConfig(per_device_batch_size=args.batch, max_pixels=400 * 28 * 28, negatives={"per_query": 1},
-                      max_steps=2, loss={"dims": [256, 128, 64, 32], "weights": [1, 1, 0.2, 0.2]}, num_gpus=0)
+    cfg = paper_stage1(args, max_steps=2, num_gpus=0, loss=LossSettings(dims=[256, 128, 64, 32],
+                                                                        weights=[1, 1, 0.2, 0.2]))
     cap_image_pixels(processor, cfg.max_pixels)
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-profile-"))
-    examples = make_examples(store, args.batch * 2, images=not args.no_images)
+    examples = make_examples(store, args.batch * 2, images=not args.no_images, tok=processor.tokenizer)
     collator = TripletCollator(processor, cfg, store)
     first = collator(examples[:args.batch])
     images = int(first["docs"]["image_grid_thw"].shape[0]) if "image_grid_thw" in first["docs"] else 0
-    rows = {}
-    for mode in ("per_window", "one_call"):
+    # per-window vs one-call vision attention; with --compile, one-call eager vs compiled
+    variants = [("one_call", False), ("one_call", True)] if args.compile else [("per_window", False), ("one_call", False)]
+    steps = 3  # the last one is counted: the first pays for kernel selection (and compilation, recompilation
+    rows = {}  # once dynamic shapes are seen)
+    for mode, compiled in variants:
+        if compiled:
+            import torch._inductor.config as inductor
+
+            inductor.cpp.enable_kernel_profile = True  # fused kernels show in the profile as events
         torch.manual_seed(0)
         model = Qwen2_5_VLForConditionalGeneration(narrow_3b_config(processor.tokenizer))
-        model.config.use_cache = False
-        use_one_call_vision_attention(model, mode)
-        model = apply_lora(model, cfg.lora)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        counter = StepCounter(1)
-        targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="nyx-profile-out-"), max_steps=2,
+        model = prepare_for_training(model, cfg.model_copy(update={"vision_attention": mode,
+                                                                   "compile_layers": compiled}))
+        counter = StepCounter(steps - 1, count_attention=not compiled)
+        targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="nyx-profile-out-"), max_steps=steps,
                                   per_device_train_batch_size=args.batch, use_cpu=True, report_to=[],
                                   save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
-        NyxTrainer(model=model, args=targs, train_dataset=ExampleDataset(examples), data_collator=collator,
+        NyxTrainer(model=model, args=targs, train_dataset=ExampleDataset(examples * 2), data_collator=collator,
                    loss_cfg=cfg.loss, backbone=Backbone(), callbacks=[counter]).train()
-        rows[mode] = (counter.attention, counter.ops, counter.seconds)
+        rows[mode + (" + compile" if compiled else "")] = (counter.attention, counter.ops, counter.seconds)
     text, vis = model.config.get_text_config(), model.config.vision_config
     layers = text.num_hidden_layers + vis.depth
     print(f"CPU step profile: Qwen2.5-VL-3B structure ({text.num_hidden_layers} language + {vis.depth} vision layers, "
           f"windows of {vis.window_size} px, full attention in layers {vis.fullatt_block_indexes}) at narrow widths; "
           f"batch {args.batch} (query + positive + 1 negative), {images} images at 560 x 560 (the pixel cap) in the "
-          "documents, LoRA, gradient checkpointing (every layer's forward runs twice)")
-    print(f"  {'vision attention':18s} {'attention calls/step':>21s} {'operators/step':>15s} {'s/step':>8s}")
+          "documents, the paper's LoRA/DoRA, gradient checkpointing (every layer's forward runs twice)")
+    print(f"  {'vision attention':22s} {'attention calls/step':>21s} {'operators/step':>15s} {'s/step':>8s}")
     for mode, (calls, ops, secs) in rows.items():
-        print(f"  {mode:18s} {calls:21,d} {ops:15,d} {secs:8.2f}")
-    (c0, o0, s0), (c1, o1, s1) = rows["per_window"], rows["one_call"]
-    print(f"  one_call / per_window: attention calls x{c1 / c0:.3f}, operators x{o1 / o0:.3f}, time x{s1 / s0:.2f}")
+        shown = "(compiled)" if "compile" in mode else f"{calls:,d}"
+        print(f"  {mode:22s} {shown:>21s} {ops:15,d} {secs:8.2f}")
+    c1, o1, s1 = rows["one_call"]
+    if "per_window" in rows:
+        c0, o0, s0 = rows["per_window"]
+        print(f"  one_call / per_window: attention calls x{c1 / c0:.3f}, operators x{o1 / o0:.3f}, time x{s1 / s0:.2f}")
+    if "one_call + compile" in rows:
+        _, o2, s2 = rows["one_call + compile"]
+        print(f"  compiled / one_call: operators and fused kernels x{o2 / o1:.3f}, time x{s2 / s1:.2f}")
     print(f"  goal: attention calls per step <= 2 x {layers} layers = {2 * layers} per forward pass of query and "
           f"documents, i.e. {2 * 2 * 2 * layers} with both passes recomputed; one_call: {c1}")
 
@@ -255,12 +456,23 @@ def main() -> None:
     ap.add_argument("--no-images", action="store_true", help="text-only documents (isolates the vision tower's cost)")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops over two warm steps")
     ap.add_argument("--batch", type=int, default=8, help="per-device batch size")
+    ap.add_argument("--checkpoint-language", type=int, default=None, help="gradient checkpointing on the first N "
+                    "decoder layers only (default: all)")
+    ap.add_argument("--checkpoint-vision", type=int, default=None, help="... and the first N vision blocks")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each layer (regional)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (default: by name)")
     ap.add_argument("--cpu-profile", action="store_true", help="one step of the 3B's structure at narrow widths "
                     "on the CPU: attention calls, operators and time per step, per-window vs one-call vision attention")
+    ap.add_argument("--cpu-memory", action="store_true", help="estimate the peak GPU memory of a step at the 3B's "
+                    "shape and --batch from one layer of each kind measured on the CPU")
+    ap.add_argument("--memory-budget", type=float, default=72.0, help="GiB a step may use (--cpu-memory; default: "
+                    "an 80 GB card's 74.5 GiB less room for the allocator's slack)")
     args = ap.parse_args()
     if args.cpu_profile:
         cpu_step_profile(args)
+        return
+    if args.cpu_memory:
+        cpu_memory(args)
         return
 
     import torch
@@ -271,14 +483,14 @@ def main() -> None:
         TrainingArguments,
     )
 
-    from nyx_tasks.core.config import TrainConfig
+    from nyx_tasks.core.config import LossSettings
     from nyx_tasks.embedding.nyx import cap_image_pixels
     from nyx_tasks.inference import resolve_model
     from nyx_tasks.store.artifacts import ArtifactStore
     from nyx_tasks.training.collator import TripletCollator
     from nyx_tasks.training.data import ExampleDataset
     from nyx_tasks.training.deepspeed_config import zero2_config
-    from nyx_tasks.training.model import Backbone, apply_lora
+    from nyx_tasks.training.model import Backbone, prepare_for_training
     from nyx_tasks.training.trainer import NyxTrainer
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -287,9 +499,8 @@ def main() -> None:
     processor = AutoProcessor.from_pretrained(tiny)  # the real Qwen2.5-VL processor, the tiny tokenizer
     processor.tokenizer.padding_side = "right"
     dims = [128, 64, 32, 16] if args.tiny else [2048, 1024, 512, 256]
-    cfg = TrainConfig(per_device_batch_size=args.batch, max_pixels=400 * 28 * 28, negatives={"per_query": 1},
-                      max_steps=args.steps, learning_rate=1e-4, loss={"dims": dims, "weights": [1, 1, 0.2, 0.2]},
-                      num_gpus=world if on_gpu else 0)
+    cfg = paper_stage1(args, learning_rate=1e-4, num_gpus=world if on_gpu else 0,
+                       loss=LossSettings(dims=dims, weights=[1, 1, 0.2, 0.2]))
     cap_image_pixels(processor, cfg.max_pixels)
     torch.manual_seed(0)
     if args.tiny:
@@ -297,12 +508,11 @@ def main() -> None:
     else:
         with torch.device("cuda"):
             model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_3b_config(processor.tokenizer)).to(torch.bfloat16)
-    model.config.use_cache = False
-    model = apply_lora(model, cfg.lora)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_for_training(model, cfg)
 
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-mfu-"))
-    examples = make_examples(store, args.batch * world * args.steps, images=not args.no_images)
+    examples = make_examples(store, args.batch * world * args.steps, images=not args.no_images,
+                             tok=processor.tokenizer)
     collator = TripletCollator(processor, cfg, store)
     flops_per_step = model_flops(model, collator(examples[:args.batch])) * world  # batches are alike
     tokens_per_step = world * sum(float(collator(examples[:args.batch])[k]["attention_mask"].sum())
@@ -339,6 +549,13 @@ def main() -> None:
     print(f"  {secs * 1000:.0f} ms/step  {samples:.1f} samples/s  {tokens_per_step / secs:,.0f} tokens/s")
     print(f"  model FLOPs {flops_per_step / 1e12:.2f} TFLOP/step -> {flops_per_step / secs / 1e12 / world:.1f} "
           f"TFLOP/s per device: MFU {mfu:.1%} of {device}'s {peak / 1e12:.0f} TFLOP/s (goal >= 35% on GPUs)")
+    if on_gpu:
+        layers = cfg.checkpoint_layers
+        print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated, "
+              f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB reserved of "
+              f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f}; checkpointing language "
+              f"{'all' if layers.language is None else layers.language}, vision "
+              f"{'all' if layers.vision is None else layers.vision} layers; compile {cfg.compile_layers}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ pipeline's stages do.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 from pathlib import Path
 
 from nyx_tasks.core.base import StageError
@@ -100,16 +102,34 @@ HEADLINE = ("recall@1", "recall@10", "mrr")
 
 def export_model(cfg: NyxConfig, stage: str, out_dir: str) -> dict:
     """Write `stage`'s published checkpoint of the partition into `out_dir` (a local folder, new or
-    empty); returns the recipe written."""
+    empty); returns the recipe written. The folder appears whole or not at all: it is written beside
+    it (`.NAME.partial-PID`) and renamed into place; a killed export's partial folder is removed by
+    the next export to the same place."""
     if stage not in ("train_stage1", "train_stage2"):
         raise StageError(f"export model: --stage must be train_stage1 or train_stage2, not {stage!r}")
     store = ArtifactStore(cfg.artifact_root())
     ckpt = stage_checkpoint(store, cfg.partition, stage)
     manifest = read_manifest(store, cfg.partition, stage)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise StageError(f"export model: {out} is not empty; give a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir).resolve()
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise StageError(f"export model: {final} is not empty; give a new folder")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    out = final.parent / f".{final.name}.partial-{os.getpid()}"
+    try:
+        record = _write_model(store, cfg, stage, ckpt, manifest, out)
+        if final.exists():
+            final.rmdir()  # the empty folder the user made
+        out.rename(final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return record
+
+
+def _write_model(store: ArtifactStore, cfg: NyxConfig, stage: str, ckpt: dict, manifest: dict, out: Path) -> dict:
+    """The folder's files, written into `out` (the card names no path: "{this folder}")."""
+    out.mkdir()
     merged = ckpt["merged"][len(store.root):].lstrip("/")
     store.fs.get(store.path(merged) + "/", str(out), recursive=True)
     trained = manifest.get("config") or {}
@@ -130,7 +150,7 @@ def export_model(cfg: NyxConfig, stage: str, out_dir: str) -> dict:
     (out / RECIPE).write_text(json.dumps(record, indent=2) + "\n")
     if family != "encoder":
         write_serving_template(str(out))
-    (out / "README.md").write_text(model_card(store, cfg, stage, record, manifest, str(out.resolve())))
+    (out / "README.md").write_text(model_card(store, cfg, stage, record, manifest, str(out)))
     return record
 
 

@@ -31,7 +31,7 @@ fi
 # Each prints its 30 slowest tests; lane B's output follows lane A's. OpenMP threads sleep when idle
 # instead of spinning, so a lane's torch threads do not take the cores the other lane is using.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-lane_b_units=(tests/test_cli.py tests/test_airflow_init.py tests/test_user_index.py)
+lane_b_units=(tests/test_cli.py tests/test_airflow_init.py tests/test_user_index.py tests/training/test_compile_layers.py)
 lane_a_e2e=(tests/e2e/test_airflow_dags_test.py tests/e2e/test_paper_shape.py tests/e2e/test_ui_postgres.py)
 lane_a=(--ignore=tests/integration) lane_b_ignore=()
 for f in tests/e2e/test_*.py; do

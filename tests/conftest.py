@@ -45,7 +45,7 @@ def _tensor_slots() -> dict[str, int] | None:
 # deepspeed's `os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")`, which failed whichever test
 # imported deepspeed first when a module ran alone)
 _ENV_NOT_A_LEAK = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "TORCHINDUCTOR_CACHE_DIR",
-                   "PYTORCH_NVML_BASED_CUDA_CHECK"}
+                   "PYTORCH_NVML_BASED_CUDA_CHECK", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
 
 
 def _globals() -> dict:

@@ -352,6 +352,14 @@ class MineConfig(_Model):
         return self
 
 
+class CheckpointLayers(_Model):
+    """Which layers gradient checkpointing recomputes (null: every layer of that tower)."""
+
+    language: int | None = Field(None, ge=0, description="the first N decoder layers of the language model "
+                                 "(an encoder's layers, for the encoder family)")
+    vision: int | None = Field(None, ge=0, description="the first N blocks of the vision tower")
+
+
 class LoraSettings(_Model):
     """LoRA through peft on the language model only (paper: rank 8)."""
 
@@ -504,6 +512,16 @@ class TrainConfig(_Model):
         "auto", description="auto: bf16 on GPUs, fp32 on a CPU; native: bf16 also on a CPU that computes it natively "
         "(AVX512-BF16 or AMX: mixed precision, fp32 weights, ~1.5x faster there), fp32 on other CPUs.")
     gradient_checkpointing: bool = True
+    checkpoint_layers: CheckpointLayers = Field(
+        default_factory=lambda: CheckpointLayers(), exclude_if=lambda v: v == CheckpointLayers(),
+        description="With gradient_checkpointing: how many layers recompute their forward pass in the "
+        "backward (the first N of each tower; null: all). A layer left out keeps its activations instead: "
+        "faster (no second forward) and more memory. `benchmarks/train_mfu.py --cpu-memory` estimates "
+        "the peak for a per-device batch.")
+    compile_layers: bool = Field(
+        False, exclude_if=lambda v: not v, description="torch.compile the language model's decoder layers "
+        "(regional: one shape-polymorphic compilation reused by every layer), fusing the small operators "
+        "between the matmuls; the first steps pay for the compilation. The vision tower stays eager.")
     save_steps: int = Field(100, ge=1, description="Checkpoint (model, optimizer, scheduler, step) every N steps.")
     save_total_limit: int = Field(3, ge=1, description="Complete step checkpoints kept while training.")
     keep_checkpoints: bool = Field(

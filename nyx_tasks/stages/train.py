@@ -97,7 +97,7 @@ class TrainStage(Stage):
     version = 1
     inputs = ("mine",)
     outputs = {"part": "train_log"}
-    execution_only = ("dataloader_workers", "vision_attention", "save_steps", "save_total_limit", "keep_checkpoints", "logging_steps")
+    execution_only = ("dataloader_workers", "vision_attention", "checkpoint_layers", "compile_layers", "save_steps", "save_total_limit", "keep_checkpoints", "logging_steps")
     gpu_routed = True
     publishes_checkpoint = True
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nyx_tasks.core.config import LoraSettings, TrainConfig
+from nyx_tasks.core.config import CheckpointLayers, LoraSettings, TrainConfig
 from nyx_tasks.core.log import get_logger
 from nyx_tasks.embedding.nyx import cap_image_pixels
 from nyx_tasks.embedding.vlm import last_token_pool
@@ -130,6 +130,93 @@ def freeze_lower_layers(model, n: int) -> None:
                              "train", n, trainable, sum(p.numel() for p in model.parameters()))
 
 
+def layer_stacks(model) -> dict[str, list]:
+    """The model's stacks of transformer layers ({"language": [...], "vision": [...]}), in order: the
+    layers gradient checkpointing wraps (transformers' GradientCheckpointingLayer), grouped by the list
+    holding them; a list under a `visual` module is the vision tower."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    stacks: dict[str, list] = {"language": [], "vision": []}
+    for key, module in model.named_modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            stacks["vision" if ".visual." in f".{key}" else "language"].append(module)
+    return stacks
+
+
+def enable_checkpointing(model, layers: CheckpointLayers) -> dict[str, str]:
+    """Gradient checkpointing (non-reentrant) on the first N layers of each stack (`layers`; None: all)
+    and off on the rest, which keep their activations. Returns {stack: "k of n"} for the log."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    told = {}
+    for name, stack in layer_stacks(model).items():
+        n = getattr(layers, name)
+        keep = len(stack) if n is None else min(n, len(stack))
+        for i, layer in enumerate(stack):
+            layer.gradient_checkpointing = i < keep
+        if stack:
+            told[name] = f"{keep} of {len(stack)}"
+    return told
+
+
+def traceable_dora() -> None:
+    """Let dynamo trace peft's DoRA: its weight lookup asks `type(weight).__module__.startswith(
+    "torchao.")`, which dynamo cannot trace (a graph break inside a checkpointed layer leaves the
+    whole layer uncompiled); for a plain Parameter the answer is the weight itself, asked first."""
+    import peft.tuners.lora.dora as dora
+    import torch
+
+    general = dora.dequantize_module_weight
+    if getattr(general, "nyx_plain_first", False):
+        return
+
+    def plain_first(module):
+        weight = getattr(module, "weight", None)
+        if type(weight) is torch.nn.Parameter and not hasattr(module, "W_q"):
+            return weight
+        return general(module)
+
+    plain_first.nyx_plain_first = True
+    dora.dequantize_module_weight = plain_first
+
+
+def compile_layers(model) -> int:
+    """torch.compile the language model's layers in place, shape-polymorphic (regional compilation:
+    the layers share one compiled code, so the cost is one compilation, not one per layer, and a new
+    sequence length reuses it). The vision tower's blocks stay eager: their block boundaries are data
+    (each batch's image grid), which a graph cannot hold. Side effects in a checkpointed forward
+    (transformers' kernel-selection context) are not replayed in the recomputation, which they need
+    not be. Returns how many layers were compiled."""
+    import torch
+
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+    traceable_dora()
+    layers = layer_stacks(model)["language"]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def prepare_for_training(model, cfg: TrainConfig):
+    """What every training path does to a loaded backbone, in order: the vision attention mode
+    (VLM), LoRA (or partial freezing), gradient checkpointing on the layers named, and compilation."""
+    log = get_logger("train")
+    if cfg.family == "vlm":
+        model.config.use_cache = False
+        use_one_call_vision_attention(model, cfg.vision_attention)
+        if cfg.lora.enabled:
+            model = apply_lora(model, cfg.lora)
+    elif cfg.lora.enabled:
+        model = apply_encoder_lora(model, cfg.lora)
+    else:
+        freeze_lower_layers(model, cfg.frozen_layers)
+    if cfg.gradient_checkpointing:
+        told = enable_checkpointing(model, cfg.checkpoint_layers)
+        log.info("gradient checkpointing: %s", ", ".join(f"{k} {v} layers" for k, v in told.items()))
+    if cfg.compile_layers:
+        log.info("torch.compile: %d language-model layers (regional, dynamic shapes)", compile_layers(model))
+    return model
+
+
 def load_encoder(path: str, cfg: TrainConfig, use_bf16: bool):
     """A text encoder (its transformers model under a sentence-transformers folder) and its
     tokenizer, LoRA-wrapped or partly frozen. Returns (model, tokenizer)."""
@@ -137,12 +224,7 @@ def load_encoder(path: str, cfg: TrainConfig, use_bf16: bool):
     from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(path, dtype=torch.bfloat16 if use_bf16 else torch.float32)
-    if cfg.lora.enabled:
-        model = apply_encoder_lora(model, cfg.lora)
-    else:
-        freeze_lower_layers(model, cfg.frozen_layers)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_for_training(model, cfg)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "right"
     return model, tokenizer
@@ -161,12 +243,7 @@ def load_trainable(path: str, cfg: TrainConfig, use_bf16: bool, adapter: str | N
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.config.use_cache = False
-    use_one_call_vision_attention(model, cfg.vision_attention)
-    if cfg.lora.enabled:
-        model = apply_lora(model, cfg.lora)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_for_training(model, cfg)
     processor = AutoProcessor.from_pretrained(path)
     processor.tokenizer.padding_side = "right"  # last-token pooling relies on it
     cap_image_pixels(processor, cfg.max_pixels)

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py --cpu-smoke: the GPU check's code paths (torch search, the mmE5
-embedder around an in-memory model, stage-1 training through the real trainer) at tiny shapes,
+embedder around an in-memory model, stage-1 training through the real trainer, eager and with
+selective checkpointing and compiled layers) at tiny shapes,
 so the script is known to run before a GPU session spends its minutes on it."""
 
 import re
@@ -16,8 +17,8 @@ def test_gpu_check_cpu_smoke_runs_every_path_and_prints_figures():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = {m.group(1): m.group(2) for m in re.finditer(r"^\[gpu_check\] (\w+): (.*)$", out.stdout, re.M)}
-    assert set(lines) >= {"search", "mme5", "vectors", "train", "vllm"}
-    assert "5/5 checks passed" in out.stdout
+    assert set(lines) >= {"search", "mme5", "vectors", "train", "vllm", "train_fast"}
+    assert "6/6 checks passed" in out.stdout
     assert float(re.search(r"agreement with fp32: ([\d.]+)", lines["search"]).group(1)) == 1.0
     assert float(re.search(r"([\d.]+) items/s", lines["mme5"]).group(1)) > 0
     assert "vectors finite: True" in lines["mme5"]
@@ -26,6 +27,7 @@ def test_gpu_check_cpu_smoke_runs_every_path_and_prints_figures():
     host = re.search(r"host preparation \(.*?\): ([\d,.]+) passages/s, ([\d.]+)x", lines["vectors"])
     assert host and float(host.group(1).replace(",", "")) > 0 and float(host.group(2)) > 0
     assert float(re.search(r"([\d.]+) samples/s", lines["train"]).group(1)) > 0
+    assert float(re.search(r"([\d.]+) samples/s", lines["train_fast"]).group(1)) > 0  # compiled, 28 layers
     assert "load_format=dummy" in lines["vllm"] and float(re.search(r"([\d.]+) req/s", lines["vllm"]).group(1)) > 0
 
 

@@ -45,13 +45,36 @@ def export(cfg, out) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True)
 
 
-def test_an_encoder_exports_as_a_sentence_transformer_that_embeds_as_the_pipeline(built, tmp_path):
+def failed_exports_leave_nothing_behind(cfg, out, monkeypatch) -> None:
+    """An export that fails half-way leaves no folder; a killed one's partial folder (its `finally` never
+    ran) is swept by the next export to that place."""
+    import pytest
+
+    from nyx_tasks import export as export_module
+
+    def broken_card(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(export_module, "model_card", broken_card)
+        with pytest.raises(OSError, match="No space"):
+            export_module.export_model(cfg, "train_stage1", str(out))
+    assert not out.exists() and not list(out.parent.glob(".model.partial-*"))
+    killed = out.parent / ".model.partial-4242"
+    (killed / "1_Pooling").mkdir(parents=True)
+    (killed / "model.safetensors").write_bytes(b"half a file")
+    out.mkdir()  # an empty folder made by the user is fine
+
+
+def test_an_encoder_exports_as_a_sentence_transformer_that_embeds_as_the_pipeline(built, tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
     cfg, store = trained(built, tmp_path, 'train_stage1.query_prefix="query: "',
                          'train_stage1.document_prefix="passage: "')
     out = tmp_path / "model"
+    failed_exports_leave_nothing_behind(cfg, out, monkeypatch)
     done = export(cfg, out)
+    assert not list(tmp_path.glob(".model.partial-*"))  # the killed export's folder is gone
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "nyx_model.json").read_text())
     assert (record["family"], record["query_prefix"], record["document_prefix"]) == ("encoder", "query: ", "passage: ")
