@@ -1,7 +1,7 @@
 """The GPU check: every GPU path of the pipeline at the paper's shapes with random
 weights, one line of figures per path.
 
-    python benchmarks/gpu_check.py               # on a GPU machine (one command, < 8 minutes on one H100)
+    python benchmarks/gpu_check.py               # on a GPU machine (one command; the first five checks took < 8 min on one H100)
     python benchmarks/gpu_check.py --cpu-smoke   # the same code paths at tiny shapes on a CPU (the test suite)
     python benchmarks/gpu_check.py --only search,mme5
 
