@@ -28,6 +28,8 @@ def test_gpu_check_cpu_smoke_runs_every_path_and_prints_figures():
     assert host and float(host.group(1).replace(",", "")) > 0 and float(host.group(2)) > 0
     assert float(re.search(r"([\d.]+) samples/s", lines["train"]).group(1)) > 0
     assert float(re.search(r"([\d.]+) samples/s", lines["train_fast"]).group(1)) > 0  # compiled, 28 layers
+    ratio = re.search(r"vLLM's own LLM.chat on the same requests .* ratio ([\d.]+) \(goal", out.stdout)
+    assert ratio and float(ratio.group(1)) > 0
     assert "load_format=dummy" in lines["vllm"] and float(re.search(r"([\d.]+) req/s", lines["vllm"]).group(1)) > 0
 
 
