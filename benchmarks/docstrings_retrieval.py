@@ -11,6 +11,8 @@ and each checkpoint's training time (steps, seconds).
     .venv/bin/python benchmarks/docstrings_retrieval.py --run              # the demo, in process, then score
     .venv/bin/python benchmarks/docstrings_retrieval.py --partition demo   # score what a demo run trained
     .venv/bin/python benchmarks/docstrings_retrieval.py --checkpoint DIR   # + a merged checkpoint folder
+    .venv/bin/python benchmarks/docstrings_retrieval.py --partition demo --against "demo stage1"
+                                              # + each variant's paired difference from the recipe
 
 `--run` runs every stage of the demo profile (`nyx run`, no Airflow) into the partition first
 (the artifact root: $NYX_ARTIFACTS_ROOT or the profile's). Checkpoints are embedded as `evaluate`
@@ -87,6 +89,18 @@ def report(name: str, result: dict, base: dict | None, trained: str) -> None:
         print(f"{'':<30} {trained}")
 
 
+def report_difference(name: str, result: dict, reference: dict) -> None:
+    """`name` minus `reference` on the same questions, paired, at every width both have."""
+    from nyx_tasks.evaluation.metrics import paired_bootstrap_ci
+
+    for dim in (d for d in result if d in reference):
+        cells = []
+        for m, v in result[dim].items():
+            diff, lo, hi = paired_bootstrap_ci(v, reference[dim][m], n_boot=1000, seed=0)
+            cells.append(f"{m} {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        print(f"{name:<30} dim {dim:>4}: {', '.join(cells)}")
+
+
 def trained_note(manifest: dict | None) -> str:
     """The training stage's steps and wall time, from its manifest."""
     if not manifest:
@@ -142,6 +156,8 @@ def main() -> None:
     ap.add_argument("--run", action="store_true", help="run the profile's stages into the partition first")
     ap.add_argument("--checkpoint", action="append", default=[], help="a merged checkpoint folder")
     ap.add_argument("--limit", type=int, help="score the first N questions only")
+    ap.add_argument("--against", help="also the paired difference of every other checkpoint from this one "
+                    "(a name as printed, e.g. 'demo stage1'): a variant against the recipe")
     args = ap.parse_args()
     if args.run:
         args.partition = args.partition or "demo"
@@ -162,8 +178,17 @@ def main() -> None:
         family = "encoder" if (Path(folder) / "modules.json").is_file() else "vlm"
         runs.append((folder, checkpoint_embedder(load_config(args.profile).evaluate.embedder,
                                                  {"merged": folder, "family": family}, None), dims[1:], ""))
+    scored = {}
     for name, embedder, ckpt_dims, note in runs:
-        report(name, score(embedder, questions, corpus, (None, *ckpt_dims)), base, note)
+        scored[name] = score(embedder, questions, corpus, (None, *ckpt_dims))
+        report(name, scored[name], base, note)
+    if args.against:
+        if args.against not in scored:
+            raise SystemExit(f"--against {args.against!r}: not one of {sorted(scored)}")
+        print(f"Paired differences from {args.against} [95% CI]:")
+        for name, result in scored.items():
+            if name != args.against:
+                report_difference(name, result, scored[args.against])
 
 
 if __name__ == "__main__":
