@@ -79,6 +79,20 @@ def paper_stage1(args, **update):
                                   **update})
 
 
+def bench_processor(max_pixels: int):
+    """The real Qwen2.5-VL processor with the tiny offline tokenizer, set up as training sets it up:
+    right padding (last-token pooling) and the recipe's pixel cap."""
+    from transformers import AutoProcessor
+
+    from nyx_tasks.embedding.nyx import cap_image_pixels
+    from nyx_tasks.inference import resolve_model
+
+    processor = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
+    processor.tokenizer.padding_side = "right"
+    cap_image_pixels(processor, max_pixels)
+    return processor
+
+
 def noise_image(store, side: int) -> tuple[str, str]:
     """A side x side noise PNG in the store's image folder: (sha256, path relative to the root)."""
     import hashlib
@@ -339,17 +353,11 @@ def cpu_memory(args) -> None:
     layers and 32 vision blocks (28 windowed, 4 full), for every number of recomputed decoder layers."""
     import tempfile
 
-    from transformers import AutoProcessor
-
-    from nyx_tasks.embedding.nyx import cap_image_pixels
-    from nyx_tasks.inference import resolve_model
     from nyx_tasks.store.artifacts import ArtifactStore
     from nyx_tasks.training.collator import TripletCollator
 
-    processor = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
-    processor.tokenizer.padding_side = "right"
     cfg = paper_stage1(args, num_gpus=0)
-    cap_image_pixels(processor, cfg.max_pixels)
+    processor = bench_processor(cfg.max_pixels)
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-memory-"))
     batch = TripletCollator(processor, cfg, store)(make_examples(store, args.batch, tok=processor.tokenizer))
     weights, state = weight_bytes(processor, cfg)
@@ -387,22 +395,18 @@ def cpu_step_profile(args) -> None:
     attention per window (transformers) and in one call per layer (ours), side by side; with
     --compile, one call per layer eager and with every layer compiled."""
     import torch
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainingArguments
+    from transformers import Qwen2_5_VLForConditionalGeneration, TrainingArguments
 
     from nyx_tasks.core.config import LossSettings
-    from nyx_tasks.embedding.nyx import cap_image_pixels
-    from nyx_tasks.inference import resolve_model
     from nyx_tasks.store.artifacts import ArtifactStore
     from nyx_tasks.training.collator import TripletCollator
     from nyx_tasks.training.data import ExampleDataset
     from nyx_tasks.training.model import Backbone, prepare_for_training
     from nyx_tasks.training.trainer import NyxTrainer
 
-    processor = AutoProcessor.from_pretrained(resolve_model("tiny:qwen2_5_vl"))
-    processor.tokenizer.padding_side = "right"
     cfg = paper_stage1(args, max_steps=2, num_gpus=0, loss=LossSettings(dims=[256, 128, 64, 32],
                                                                         weights=[1, 1, 0.2, 0.2]))
-    cap_image_pixels(processor, cfg.max_pixels)
+    processor = bench_processor(cfg.max_pixels)
     store = ArtifactStore(tempfile.mkdtemp(prefix="nyx-profile-"))
     examples = make_examples(store, args.batch * 2, images=not args.no_images, tok=processor.tokenizer)
     collator = TripletCollator(processor, cfg, store)
@@ -477,14 +481,12 @@ def main() -> None:
 
     import torch
     from transformers import (
-        AutoProcessor,
         Qwen2_5_VLForConditionalGeneration,
         TrainerCallback,
         TrainingArguments,
     )
 
     from nyx_tasks.core.config import LossSettings
-    from nyx_tasks.embedding.nyx import cap_image_pixels
     from nyx_tasks.inference import resolve_model
     from nyx_tasks.store.artifacts import ArtifactStore
     from nyx_tasks.training.collator import TripletCollator
@@ -496,12 +498,10 @@ def main() -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     on_gpu = torch.cuda.is_available() and not args.tiny
     tiny = resolve_model("tiny:qwen2_5_vl")
-    processor = AutoProcessor.from_pretrained(tiny)  # the real Qwen2.5-VL processor, the tiny tokenizer
-    processor.tokenizer.padding_side = "right"
     dims = [128, 64, 32, 16] if args.tiny else [2048, 1024, 512, 256]
     cfg = paper_stage1(args, learning_rate=1e-4, num_gpus=world if on_gpu else 0,
                        loss=LossSettings(dims=dims, weights=[1, 1, 0.2, 0.2]))
-    cap_image_pixels(processor, cfg.max_pixels)
+    processor = bench_processor(cfg.max_pixels)
     torch.manual_seed(0)
     if args.tiny:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny)
